@@ -1,0 +1,25 @@
+//! Backend-generic statistic math for small-batch normalization layers.
+//!
+//! Everything here is a pure function over burn tensors for any
+//! [`Backend`](burn::tensor::backend::Backend); the stateful modules live in
+//! `bnorm-renorm` and `bnorm-crossiter` and call into this crate, so each
+//! formula exists exactly once.
+//!
+//! - [`moments`]: per-channel moments of `[N, C, ...]` tensors (rank 2..=5)
+//!   and of padded `[N, C, L]` sequences with a `[N, L]` mask.
+//! - [`renorm`]: the Batch Renormalization correction `r`, `d`.
+//! - [`schedule`]: values as a function of the training step (the `rmax` /
+//!   `dmax` ramps, burn-in), evaluated on the device.
+//! - [`shape`]: the shape checks and broadcast helpers shared by the layers.
+//! - [`record_check`]: validating a loaded record against the module.
+
+pub mod moments;
+pub mod renorm;
+pub mod schedule;
+pub mod shape;
+
+pub use moments::{masked_moments, moments, BatchMoments};
+pub use renorm::{renorm_correction, EpsPlacement, RenormCorrection};
+pub use schedule::Schedule;
+pub mod record_check;
+pub use record_check::{check_record_shape, CheckpointError, RecordShapeError};

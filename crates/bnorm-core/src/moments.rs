@@ -1,0 +1,97 @@
+//! Per-channel batch moments.
+//!
+//! For an input `x` of shape `[N, C, ...]` the statistics of channel `c` run
+//! over every other axis, `M = N * prod(spatial)` values:
+//!
+//! ```text
+//! mean_c = 1/M * sum x[:, c, ...]
+//! var_c  = 1/M * sum (x[:, c, ...] - mean_c)^2        (biased)
+//! ```
+//!
+//! The variance is computed from the centered input (two passes), not as
+//! `E[x^2] - E[x]^2`, which cancels catastrophically when `|mean| >> std`.
+//! The centered input is returned too: every normalization needs it next.
+
+use burn::tensor::{backend::Backend, Bool, Tensor};
+
+use crate::shape::{flatten_spatial, per_channel};
+
+/// Batch moments of a `[N, C, ...]` tensor.
+#[derive(Debug, Clone)]
+pub struct BatchMoments<B: Backend, const D: usize> {
+    /// Per-channel mean, shape `[C]`.
+    pub mean: Tensor<B, 1>,
+    /// Per-channel biased variance, shape `[C]`.
+    pub var: Tensor<B, 1>,
+    /// `x - mean`, shape of the input.
+    pub centered: Tensor<B, D>,
+}
+
+/// Scales a biased variance over `count` values to the unbiased estimate
+/// `var * M / (M - 1)`. A no-op for `count <= 1`, where the unbiased estimate
+/// is undefined (a batch of one must not produce NaN).
+pub fn bessel<B: Backend>(var: Tensor<B, 1>, count: usize) -> Tensor<B, 1> {
+    if count > 1 {
+        var.mul_scalar(count as f64 / (count - 1) as f64)
+    } else {
+        var
+    }
+}
+
+/// Per-channel sum of a `[N, C, ...]` tensor, shape `[C]`.
+///
+/// Reduces the contiguous trailing axis first, then the batch axis, so no
+/// transposed copy of the input is made.
+pub fn channel_sum<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, 1> {
+    let c = x.dims()[1];
+    flatten_spatial(x).sum_dim(2).sum_dim(0).reshape([c])
+}
+
+/// Per-channel mean of a `[N, C, ...]` tensor, shape `[C]`.
+pub fn channel_mean<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, 1> {
+    let dims = x.dims();
+    let count = values_per_channel(&dims);
+    channel_sum(x).div_scalar(count as f64)
+}
+
+/// `M = N * prod(spatial)`: how many values each channel's statistics cover.
+pub fn values_per_channel(dims: &[usize]) -> usize {
+    dims[0] * dims[2..].iter().product::<usize>()
+}
+
+/// Mean and biased variance per channel of `x`, shape `[N, C, ...]`.
+pub fn moments<B: Backend, const D: usize>(x: Tensor<B, D>) -> BatchMoments<B, D> {
+    let mean = channel_mean(x.clone());
+    let centered = x.sub(per_channel::<B, D>(mean.clone()));
+    let var = channel_mean(centered.clone().square());
+    BatchMoments {
+        mean,
+        var,
+        centered,
+    }
+}
+
+/// Mean and biased variance per channel of a padded sequence batch.
+///
+/// `x` has shape `[N, C, L]`, `padding` shape `[N, L]` with `true` marking
+/// padding positions. Padding is excluded from the statistics; `centered` is
+/// still returned for every position (padding included), as the layers
+/// normalize the whole tensor. The number of kept positions stays on the
+/// device (no host synchronisation); it is clamped to at least 1, so an
+/// all-padding batch gives mean 0 and variance 0 instead of NaN.
+pub fn masked_moments<B: Backend>(
+    x: Tensor<B, 3>,
+    padding: Tensor<B, 2, Bool>,
+) -> BatchMoments<B, 3> {
+    let [n, _, l] = x.dims();
+    let keep = padding.bool_not().float().reshape([n, 1, l]);
+    let count = keep.clone().sum().clamp_min(1.0);
+    let mean = channel_sum(x.clone().mul(keep.clone())).div(count.clone());
+    let centered = x.sub(per_channel::<B, 3>(mean.clone()));
+    let var = channel_sum(centered.clone().mul(keep).square()).div(count);
+    BatchMoments {
+        mean,
+        var,
+        centered,
+    }
+}

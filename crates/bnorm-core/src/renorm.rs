@@ -1,0 +1,88 @@
+//! The Batch Renormalization correction (Ioffe 2017, arXiv:1702.03275).
+//!
+//! Batch statistics `mu_B`, `sigma_B` are corrected towards the running ones
+//! `mu`, `sigma` by two per-channel factors that are treated as constants in
+//! the backward pass (`sg` = stop-gradient):
+//!
+//! ```text
+//! r = sg(clip(sigma_B / sigma, 1/rmax, rmax))
+//! d = sg(clip((mu_B - mu) / sigma, -dmax, dmax))
+//! y = (x - mu_B) / sigma_B * r + d
+//! ```
+//!
+//! With `rmax = 1, dmax = 0` this is exactly BatchNorm.
+
+use burn::config::Config;
+use burn::tensor::{backend::Backend, Tensor};
+
+/// Where the numerical-stability `epsilon` enters the standard deviation.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum EpsPlacement {
+    /// `sigma = sqrt(var + eps)`: the paper's and burn `BatchNorm`'s choice.
+    InsideSqrt,
+    /// `sigma = sqrt(var) + eps`: what the reference implementations do
+    /// (ludvb/batchrenorm, Howal's CBN without `out_p`). Use it to reproduce
+    /// models trained with them.
+    OnStd,
+}
+
+impl EpsPlacement {
+    /// Standard deviation from a (biased or unbiased) variance, shape `[C]`.
+    ///
+    /// For [`EpsPlacement::OnStd`] the square root is taken of
+    /// `max(var, f32::MIN_POSITIVE)`: `d sqrt(v)/dv` is infinite at `v = 0`,
+    /// which a batch of one hits exactly and which would turn the backward
+    /// pass into NaN (the reference's failure). The forward value is
+    /// unchanged for any `eps` above 1e-19, and the gradient there is 0, its
+    /// limit.
+    pub fn std<B: Backend>(self, var: Tensor<B, 1>, epsilon: f64) -> Tensor<B, 1> {
+        match self {
+            EpsPlacement::InsideSqrt => var.add_scalar(epsilon).sqrt(),
+            EpsPlacement::OnStd => var
+                .clamp_min(f32::MIN_POSITIVE as f64)
+                .sqrt()
+                .add_scalar(epsilon),
+        }
+    }
+}
+
+/// The detached correction factors, each of shape `[C]`.
+#[derive(Debug, Clone)]
+pub struct RenormCorrection<B: Backend> {
+    /// `r = clip(sigma_B / sigma, 1/rmax, rmax)`.
+    pub r: Tensor<B, 1>,
+    /// `d = clip((mu_B - mu) / sigma, -dmax, dmax)`.
+    pub d: Tensor<B, 1>,
+}
+
+/// Computes `r` and `d` from the batch statistics (`[C]`, any graph: they are
+/// detached here), the running ones (`[C]`) and the clip bounds `rmax`,
+/// `dmax` (shape `[1]`, as produced on the device by
+/// [`Schedule::value_on_device`](crate::Schedule::value_on_device)).
+pub fn renorm_correction<B: Backend>(
+    batch_mean: Tensor<B, 1>,
+    batch_std: Tensor<B, 1>,
+    running_mean: Tensor<B, 1>,
+    running_std: Tensor<B, 1>,
+    rmax: Tensor<B, 1>,
+    dmax: Tensor<B, 1>,
+) -> RenormCorrection<B> {
+    let [c] = batch_mean.dims();
+    let rmax = rmax.expand([c]);
+    let dmax = dmax.expand([c]);
+    let r = batch_std
+        .detach()
+        .div(running_std.clone())
+        .max_pair(rmax.clone().recip())
+        .min_pair(rmax);
+    let d = batch_mean
+        .detach()
+        .sub(running_mean)
+        .div(running_std)
+        .max_pair(dmax.clone().neg())
+        .min_pair(dmax);
+    RenormCorrection {
+        r: r.detach(),
+        d: d.detach(),
+    }
+}

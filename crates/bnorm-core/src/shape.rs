@@ -1,0 +1,62 @@
+//! Shape checks and broadcast helpers shared by every layer.
+//!
+//! The layers follow burn's convention for bad input: a panic whose message
+//! names what was expected and what came. The checks run before any state is
+//! touched, so a rejected call leaves the module exactly as it was.
+
+use burn::tensor::{backend::Backend, Tensor};
+
+/// Shape `[1, C, 1, ...]` of rank `D`, for broadcasting a per-channel vector
+/// against a `[N, C, ...]` tensor.
+pub fn channel_shape<const D: usize>(channels: usize) -> [usize; D] {
+    let mut shape = [1; D];
+    shape[1] = channels;
+    shape
+}
+
+/// Reshapes a per-channel vector `[C]` to `[1, C, 1, ...]` of rank `D`.
+pub fn per_channel<B: Backend, const D: usize>(v: Tensor<B, 1>) -> Tensor<B, D> {
+    let [c] = v.dims();
+    v.reshape(channel_shape::<D>(c))
+}
+
+/// Views `[N, C, ...]` as `[N, C, S]` (S = product of the spatial dims, 1 for
+/// rank 2). A reshape of a contiguous tensor, no copy.
+pub fn flatten_spatial<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, 3> {
+    let dims = x.dims();
+    let spatial: usize = dims[2..].iter().product();
+    x.reshape([dims[0], dims[1], spatial])
+}
+
+/// Panics unless `D` is in `2..=5` and `dims[1] == channels`.
+///
+/// `layer` names the caller in the message, e.g. `"BatchRenorm"`.
+pub fn check_input<const D: usize>(layer: &str, dims: &[usize; D], channels: usize) {
+    if !(2..=5).contains(&D) {
+        panic!(
+            "{layer} expects an input of rank 2 to 5 with shape [batch_size, channels, ...], \
+             received a rank-{D} tensor of shape {dims:?}"
+        );
+    }
+    if dims[1] != channels {
+        panic!(
+            "{layer} was built for {channels} channels and expects an input of shape \
+             [batch_size, {channels}, ...], received shape {dims:?} ({} channels)",
+            dims[1]
+        );
+    }
+    if dims[0] == 0 {
+        panic!("{layer} received an empty batch: input shape {dims:?}");
+    }
+}
+
+/// Panics unless `mask` has shape `[N, L]` for an input of shape `[N, C, L]`.
+pub fn check_mask(layer: &str, input_dims: &[usize; 3], mask_dims: &[usize; 2]) {
+    let [n, _, l] = *input_dims;
+    if mask_dims != &[n, l] {
+        panic!(
+            "{layer} expects a padding mask of shape [batch_size, length] = [{n}, {l}] for an \
+             input of shape {input_dims:?}, received a mask of shape {mask_dims:?}"
+        );
+    }
+}

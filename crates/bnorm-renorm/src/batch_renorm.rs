@@ -1,0 +1,200 @@
+use burn::module::{Module, Param, RunningState};
+use burn::tensor::{backend::Backend, Bool, ElementConversion, Tensor};
+
+use bnorm_core::shape::{check_input, check_mask, per_channel};
+use bnorm_core::{
+    masked_moments, moments, renorm_correction, BatchMoments, EpsPlacement, Schedule,
+};
+
+/// The step counter saturates here: float32 counts exactly up to 2^24, far
+/// past the end of any schedule.
+pub(crate) const STEP_SATURATION: f64 = 16_777_216.0;
+
+/// Batch Renormalization over a `[N, C, ...]` input.
+///
+/// Training (the autodiff backend), per channel over every axis but 1:
+///
+/// ```text
+/// mu_B, sigma_B   batch mean and std, sigma_B = sqrt(var_B + eps)  (biased var_B)
+/// r = sg(clip(sigma_B / sigma, 1/rmax, rmax))
+/// d = sg(clip((mu_B - mu) / sigma, -dmax, dmax))
+/// y = gamma * ((x - mu_B) / sigma_B * r + d) + beta
+/// mu    <- mu    + momentum * (mu_B - mu)        (after computing r, d)
+/// sigma <- sigma + momentum * (sigma_B - sigma)
+/// ```
+///
+/// `sg` is stop-gradient: the gradient flows through `mu_B` and `sigma_B`
+/// as in BatchNorm, scaled by `r`. `rmax` and `dmax` follow
+/// [`Schedule`]s of the step counter `n` (training batches seen); with
+/// `rmax = 1, dmax = 0` the layer is BatchNorm, which is how the paper
+/// starts.
+///
+/// Inference (`model.valid()`, a backend without autodiff):
+/// `y = gamma * (x - mu) / sigma + beta`.
+///
+/// The running statistic is a standard deviation, not a variance. Created
+/// with [`BatchRenormConfig`](crate::BatchRenormConfig).
+///
+/// Everything a resumed run needs (gamma, beta, running mean and std, the
+/// step counter) is in the record; see [`BatchRenorm::try_load_record`].
+#[derive(Module, Debug)]
+pub struct BatchRenorm<B: Backend> {
+    /// Learnable scale `gamma`, `[C]` (absent when not affine).
+    pub gamma: Option<Param<Tensor<B, 1>>>,
+    /// Learnable shift `beta`, `[C]` (absent when not affine).
+    pub beta: Option<Param<Tensor<B, 1>>>,
+    /// Running mean `mu`, `[C]`.
+    pub running_mean: RunningState<Tensor<B, 1>>,
+    /// Running standard deviation `sigma`, `[C]`.
+    pub running_std: RunningState<Tensor<B, 1>>,
+    /// Training batches seen, `[1]`, a float so the record saves it (exact up
+    /// to 2^24, where it saturates).
+    pub steps: RunningState<Tensor<B, 1>>,
+    /// Number of channels `C`.
+    pub num_features: usize,
+    /// Weight of the batch statistics in the running ones.
+    pub momentum: f64,
+    /// Numerical-stability term of the standard deviation.
+    pub epsilon: f64,
+    /// Where `epsilon` enters the standard deviation.
+    pub eps_placement: EpsPlacement,
+    /// Clip bound of `r` by step.
+    pub rmax: Schedule,
+    /// Clip bound of `|d|` by step.
+    pub dmax: Schedule,
+}
+
+impl<B: Backend> BatchRenorm<B> {
+    /// Normalizes `input`; training or inference mode as in burn's
+    /// `BatchNorm` (autodiff backend = training).
+    ///
+    /// # Shapes
+    ///
+    /// - `input`: `[batch_size, channels, ...]`, rank 2 to 5
+    /// - output: the same
+    ///
+    /// # Panics
+    ///
+    /// If the rank is outside 2..=5, the channel axis is not `num_features`
+    /// long, or the batch is empty. The module's state is untouched then.
+    pub fn forward<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
+        check_input("BatchRenorm", &input.dims(), self.num_features);
+        if B::ad_enabled(&input.device()) {
+            self.forward_train(moments(input))
+        } else {
+            self.forward_inference(input)
+        }
+    }
+
+    /// Normalizes a padded sequence batch: positions where `padding` is
+    /// `true` are excluded from the batch statistics (they are still
+    /// normalized, with the same per-channel transform). In inference mode
+    /// the mask plays no role.
+    ///
+    /// # Shapes
+    ///
+    /// - `input`: `[batch_size, channels, length]`
+    /// - `padding`: `[batch_size, length]`, `true` = padding
+    /// - output: `[batch_size, channels, length]`
+    ///
+    /// # Panics
+    ///
+    /// If the channel axis is not `num_features` long or the mask's shape is
+    /// not `[batch_size, length]`. The module's state is untouched then.
+    pub fn forward_masked(&self, input: Tensor<B, 3>, padding: Tensor<B, 2, Bool>) -> Tensor<B, 3> {
+        check_input("BatchRenorm", &input.dims(), self.num_features);
+        check_mask("BatchRenorm", &input.dims(), &padding.dims());
+        if B::ad_enabled(&input.device()) {
+            self.forward_train(masked_moments(input, padding))
+        } else {
+            self.forward_inference(input)
+        }
+    }
+
+    /// Normalizes with the running statistics on any backend, leaving the
+    /// state untouched: `y = gamma * (x - mu) / sigma + beta`.
+    ///
+    /// This is inference mode with gradients: on an autodiff backend they
+    /// flow to `input`, `gamma` and `beta`, which is how a model is
+    /// fine-tuned with frozen normalization statistics. [`forward`](Self::forward) on a
+    /// backend without autodiff calls the same code.
+    ///
+    /// # Shapes and panics
+    ///
+    /// As for [`forward`](Self::forward).
+    pub fn forward_frozen<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
+        check_input("BatchRenorm", &input.dims(), self.num_features);
+        self.forward_inference(input)
+    }
+
+    /// The step counter `n` on the host (training batches seen).
+    pub fn step(&self) -> usize {
+        self.steps.value_sync().into_scalar().elem::<f64>() as usize
+    }
+
+    fn forward_train<const D: usize>(&self, batch: BatchMoments<B, D>) -> Tensor<B, D> {
+        let batch_std = self.eps_placement.std(batch.var, self.epsilon);
+        let running_mean = self.running_mean.value_sync();
+        let running_std = self.running_std.value_sync();
+        let steps = self.steps.value_sync();
+
+        let correction = renorm_correction(
+            batch.mean.clone(),
+            batch_std.clone(),
+            running_mean.clone(),
+            running_std.clone(),
+            self.rmax.value_on_device(steps.clone()),
+            self.dmax.value_on_device(steps.clone()),
+        );
+
+        // y = gamma * ((x - mu_B) / sigma_B * r + d) + beta
+        //   = (x - mu_B) * (gamma * r / sigma_B) + (gamma * d + beta):
+        // the per-channel factors are folded on [C] so the full-size tensor
+        // sees one multiply and one add.
+        let scale = correction.r.div(batch_std.clone());
+        let (scale, shift) = self.affine(scale, correction.d);
+        let output = batch
+            .centered
+            .mul(per_channel::<B, D>(scale))
+            .add(per_channel::<B, D>(shift));
+
+        let momentum = self.momentum;
+        self.running_mean.update(
+            running_mean
+                .clone()
+                .add(batch.mean.detach().sub(running_mean).mul_scalar(momentum))
+                .detach(),
+        );
+        self.running_std.update(
+            running_std
+                .clone()
+                .add(batch_std.detach().sub(running_std).mul_scalar(momentum))
+                .detach(),
+        );
+        self.steps
+            .update(steps.add_scalar(1.0).clamp_max(STEP_SATURATION).detach());
+
+        output
+    }
+
+    fn forward_inference<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
+        let mean = self.running_mean.value_sync();
+        let std = self.running_std.value_sync();
+        let (scale, shift) = self.affine(std.recip(), mean.zeros_like());
+        input
+            .sub(per_channel::<B, D>(mean))
+            .mul(per_channel::<B, D>(scale))
+            .add(per_channel::<B, D>(shift))
+    }
+
+    /// `(gamma * scale, gamma * shift + beta)`, or the inputs when not affine.
+    fn affine(&self, scale: Tensor<B, 1>, shift: Tensor<B, 1>) -> (Tensor<B, 1>, Tensor<B, 1>) {
+        match (&self.gamma, &self.beta) {
+            (Some(gamma), Some(beta)) => {
+                let gamma = gamma.val();
+                (scale.mul(gamma.clone()), shift.mul(gamma).add(beta.val()))
+            }
+            _ => (scale, shift),
+        }
+    }
+}

@@ -1,0 +1,102 @@
+use burn::config::Config;
+use burn::module::{Initializer, Param, RunningState};
+use burn::tensor::{backend::Backend, Tensor};
+
+use bnorm_core::{EpsPlacement, Schedule};
+
+use crate::BatchRenorm;
+
+/// Configuration of a [`BatchRenorm`] layer.
+///
+/// ```
+/// # use bnorm_renorm::{BatchRenormConfig, Schedule};
+/// // The paper's schedule compressed into a 2000-step run.
+/// let config = BatchRenormConfig::new(64).with_steps_compressed_to(2000);
+/// assert_eq!(config.rmax.final_step(), 2000.0);
+/// ```
+#[derive(Config, Debug)]
+pub struct BatchRenormConfig {
+    /// Number of channels `C` of the `[N, C, ...]` input.
+    pub num_features: usize,
+    /// Added to the variance (or the standard deviation, see
+    /// `eps_placement`) for numerical stability. Default: 1e-3 (the
+    /// reference implementation's).
+    #[config(default = 1e-3)]
+    pub epsilon: f64,
+    /// Weight of the current batch in the running statistics:
+    /// `running += momentum * (batch - running)`. Default: 0.01 (the
+    /// paper's; the running statistics take part in training, so they must
+    /// move slowly).
+    #[config(default = 0.01)]
+    pub momentum: f64,
+    /// Learnable per-channel scale `gamma` and shift `beta`. Default: true.
+    #[config(default = true)]
+    pub affine: bool,
+    /// Upper clip bound of `r` as a function of the step. Default: the
+    /// paper's, 1 until step 5000 then linear to 3 at step 40000.
+    #[config(default = "Schedule::paper_rmax()")]
+    pub rmax: Schedule,
+    /// Clip bound of `|d|` as a function of the step. Default: the paper's,
+    /// 0 until step 5000 then linear to 5 at step 25000.
+    #[config(default = "Schedule::paper_dmax()")]
+    pub dmax: Schedule,
+    /// Where `epsilon` enters the standard deviation. Default:
+    /// [`EpsPlacement::InsideSqrt`], `sqrt(var + eps)` as in the paper and
+    /// burn's `BatchNorm`; [`EpsPlacement::OnStd`] reproduces the reference
+    /// implementation (ludvb/batchrenorm).
+    #[config(default = "EpsPlacement::InsideSqrt")]
+    pub eps_placement: EpsPlacement,
+}
+
+impl BatchRenormConfig {
+    /// Compresses the `rmax` and `dmax` schedules so that the paper's ramps
+    /// (which end at step 40000) end at `total_steps` instead: every
+    /// breakpoint step is scaled by `total_steps / 40000`, the values stay.
+    /// With the defaults, `rmax` then ramps from `total_steps / 8` to
+    /// `total_steps` and `dmax` from `total_steps / 8` to `5 * total_steps / 8`.
+    pub fn with_steps_compressed_to(self, total_steps: usize) -> Self {
+        let end = self.rmax.final_step().max(self.dmax.final_step());
+        let factor = total_steps as f64 / end;
+        let rmax = self.rmax.compressed(factor);
+        let dmax = self.dmax.compressed(factor);
+        self.with_rmax(rmax).with_dmax(dmax)
+    }
+
+    /// Initializes a [`BatchRenorm`] layer: `gamma = 1`, `beta = 0`, running
+    /// mean 0, running std 1, step counter 0.
+    ///
+    /// # Panics
+    ///
+    /// If `num_features` is 0, `momentum` is outside `[0, 1]` or `epsilon`
+    /// is negative.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> BatchRenorm<B> {
+        let c = self.num_features;
+        assert!(c > 0, "BatchRenormConfig: num_features must be positive");
+        assert!(
+            (0.0..=1.0).contains(&self.momentum),
+            "BatchRenormConfig: momentum must be in [0, 1], received {}",
+            self.momentum
+        );
+        assert!(
+            self.epsilon >= 0.0,
+            "BatchRenormConfig: epsilon must not be negative, received {}",
+            self.epsilon
+        );
+        let affine = |init: Initializer| -> Option<Param<Tensor<B, 1>>> {
+            self.affine.then(|| init.init([c], device))
+        };
+        BatchRenorm {
+            gamma: affine(Initializer::Ones),
+            beta: affine(Initializer::Zeros),
+            running_mean: RunningState::new(Tensor::zeros([c], device)),
+            running_std: RunningState::new(Tensor::ones([c], device)),
+            steps: RunningState::new(Tensor::zeros([1], device)),
+            num_features: c,
+            momentum: self.momentum,
+            epsilon: self.epsilon,
+            eps_placement: self.eps_placement,
+            rmax: self.rmax.clone(),
+            dmax: self.dmax.clone(),
+        }
+    }
+}

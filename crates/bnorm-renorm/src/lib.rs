@@ -1,0 +1,27 @@
+//! Batch Renormalization (Ioffe 2017, [arXiv:1702.03275](https://arxiv.org/abs/1702.03275))
+//! for burn.
+//!
+//! A drop-in replacement for burn's `BatchNorm` that keeps working when only
+//! 1–4 samples fit in a training step. See [`BatchRenorm`] for the math and
+//! [`BatchRenormConfig`] for the knobs.
+//!
+//! ```
+//! use bnorm_renorm::BatchRenormConfig;
+//! use burn::backend::{Autodiff, NdArray};
+//! use burn::tensor::Tensor;
+//!
+//! type B = Autodiff<NdArray>;
+//! let device = Default::default();
+//! let brn = BatchRenormConfig::new(8).init::<B>(&device);
+//! let x = Tensor::<B, 4>::ones([2, 8, 4, 4], &device);
+//! let y = brn.forward(x); // training: batch statistics, running state updated
+//! assert_eq!(y.dims(), [2, 8, 4, 4]);
+//! ```
+
+mod batch_renorm;
+mod checkpoint;
+mod config;
+
+pub use batch_renorm::BatchRenorm;
+pub use bnorm_core::{CheckpointError, EpsPlacement, RecordShapeError, Schedule};
+pub use config::BatchRenormConfig;

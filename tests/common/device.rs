@@ -1,0 +1,62 @@
+//! The devices test bodies run on: ndarray always, CUDA with `--features
+//! cuda`. Test bodies are generic functions over an autodiff backend; the
+//! [`on_device!`] macro instantiates one for a [`TestDevice`] case.
+
+/// One backend a test case runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TestDevice {
+    NdArray,
+    #[cfg(feature = "cuda")]
+    Cuda,
+}
+
+impl TestDevice {
+    /// The device a single-device test uses: `BNORM_DEVICE=cuda` selects
+    /// CUDA (with the `cuda` feature), anything else ndarray.
+    pub fn from_env() -> Self {
+        match std::env::var("BNORM_DEVICE").as_deref() {
+            #[cfg(feature = "cuda")]
+            Ok("cuda") => TestDevice::Cuda,
+            #[cfg(not(feature = "cuda"))]
+            Ok("cuda") => panic!(
+                "BNORM_DEVICE=cuda but the tests were built without the `cuda` feature; \
+                 rebuild with `--features cuda`"
+            ),
+            _ => TestDevice::NdArray,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TestDevice::NdArray => "ndarray",
+            #[cfg(feature = "cuda")]
+            TestDevice::Cuda => "cuda",
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+pub type CudaAd = burn::backend::Autodiff<burn::backend::Cuda>;
+
+/// The first CUDA device, with a clear message when there is none.
+#[cfg(feature = "cuda")]
+pub fn cuda_device() -> burn::backend::cuda::CudaDevice {
+    bnorm::cuda::device_or_explain(0)
+}
+
+/// Calls the generic test body `$body::<B>(&device, args...)` on the backend
+/// of the [`TestDevice`] `$dev`.
+#[macro_export]
+macro_rules! on_device {
+    ($dev:expr, $body:ident $(, $arg:expr)* $(,)?) => {
+        match $dev {
+            $crate::common::TestDevice::NdArray => {
+                $body::<$crate::common::NdArrayAd>(&Default::default() $(, $arg)*)
+            }
+            #[cfg(feature = "cuda")]
+            $crate::common::TestDevice::Cuda => {
+                $body::<$crate::common::CudaAd>(&$crate::common::cuda_device() $(, $arg)*)
+            }
+        }
+    };
+}

@@ -1,0 +1,204 @@
+//! Shared test support: the device cases, fixture loading and tolerant
+//! comparison with messages that name what failed.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::{Autodiff, NdArray};
+use burn::tensor::{backend::Backend, Bool, Tensor, TensorData};
+use serde::Deserialize;
+
+pub mod device;
+pub use device::*;
+
+/// A tensor as the reference fixtures store it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct JsonTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<serde_json::Value>,
+}
+
+impl JsonTensor {
+    pub fn values(&self) -> Vec<f32> {
+        self.data
+            .iter()
+            .map(|v| v.as_f64().expect("numeric tensor") as f32)
+            .collect()
+    }
+
+    pub fn bools(&self) -> Vec<bool> {
+        self.data
+            .iter()
+            .map(|v| v.as_bool().expect("bool tensor"))
+            .collect()
+    }
+
+    pub fn tensor<B: Backend, const D: usize>(&self, device: &B::Device) -> Tensor<B, D> {
+        assert_eq!(self.shape.len(), D, "fixture tensor rank");
+        Tensor::from_data(TensorData::new(self.values(), self.shape.clone()), device)
+    }
+
+    pub fn mask<B: Backend>(&self, device: &B::Device) -> Tensor<B, 2, Bool> {
+        Tensor::from_data(TensorData::new(self.bools(), self.shape.clone()), device)
+    }
+}
+
+/// The reference fixture root: `BNORM_REFERENCE_FIXTURES` when set, else
+/// `tests/fixtures/reference` under the package directory (read at run time,
+/// so packed test binaries find it from their working directory).
+pub fn reference_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("BNORM_REFERENCE_FIXTURES") {
+        return PathBuf::from(dir);
+    }
+    package_dir().join("tests/fixtures/reference")
+}
+
+/// The package directory at run time.
+pub fn package_dir() -> PathBuf {
+    std::env::var("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from("."))
+}
+
+/// Every `*.json` in `dir`, sorted by name.
+pub fn json_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("cannot read fixture directory {}: {e}", dir.display()))
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no fixtures in {}", dir.display());
+    files
+}
+
+/// Fixture tolerance: about 1e-4 relative with a 1e-5 absolute floor, as the
+/// fixtures' README prescribes for float32 reference numbers.
+pub const RTOL: f32 = 1e-4;
+pub const ATOL: f32 = 1e-5;
+
+/// Compares `actual` with `expected` elementwise: `|a - e| <= atol + rtol * |e|`.
+/// The error names `what` (fixture, step, tensor), the worst element and its
+/// values.
+pub fn check_close(
+    what: &str,
+    actual: &TensorData,
+    expected_shape: &[usize],
+    expected: &[f32],
+    rtol: f32,
+    atol: f32,
+) -> Result<(), String> {
+    if actual.shape.as_slice() != expected_shape {
+        return Err(format!(
+            "{what}: shape {:?}, expected {:?}",
+            actual.shape, expected_shape
+        ));
+    }
+    let actual: Vec<f32> = actual.to_vec().expect("float data");
+    let mut worst: Option<(usize, f32)> = None;
+    for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
+        let excess = (a - e).abs() - (atol + rtol * e.abs());
+        if !(excess <= 0.0) && worst.is_none_or(|(_, w)| excess > w || excess.is_nan()) {
+            worst = Some((
+                i,
+                if excess.is_nan() {
+                    f32::INFINITY
+                } else {
+                    excess
+                },
+            ));
+        }
+    }
+    match worst {
+        None => Ok(()),
+        Some((i, _)) => Err(format!(
+            "{what}: element {i} is {}, expected {} (rtol {rtol}, atol {atol}; {} of {} elements off)",
+            actual[i],
+            expected[i],
+            actual
+                .iter()
+                .zip(expected)
+                .filter(|(a, e)| !((*a - *e).abs() <= atol + rtol * e.abs()))
+                .count(),
+            actual.len()
+        )),
+    }
+}
+
+/// [`check_close`] against a fixture tensor.
+pub fn check_json(
+    what: &str,
+    actual: &TensorData,
+    expected: &JsonTensor,
+    rtol: f32,
+    atol: f32,
+) -> Result<(), String> {
+    check_close(
+        what,
+        actual,
+        &expected.shape,
+        &expected.values(),
+        rtol,
+        atol,
+    )
+}
+
+/// Panics with `what` unless the two tensors are bit-identical.
+pub fn assert_bits_eq(what: &str, a: &TensorData, b: &TensorData) {
+    assert_eq!(a.shape, b.shape, "{what}: shapes differ");
+    let a: Vec<f32> = a.to_vec().unwrap();
+    let b: Vec<f32> = b.to_vec().unwrap();
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!(
+            x.to_bits() == y.to_bits(),
+            "{what}: element {i} differs: {x} vs {y}"
+        );
+    }
+}
+
+/// Panics unless every value is finite.
+pub fn assert_finite(what: &str, data: &TensorData) {
+    let values: Vec<f32> = data.to_vec().unwrap();
+    if let Some(i) = values.iter().position(|v| !v.is_finite()) {
+        panic!("{what}: element {i} is {}", values[i]);
+    }
+}
+
+/// Runs every fixture through `replay`, collecting failures, and panics at
+/// the end with one line per failing fixture (so one broken case does not
+/// hide the others). Prints one line per fixture.
+pub fn run_fixtures(dir: &Path, device_name: &str, replay: impl Fn(&Path) -> Result<(), String>) {
+    let mut failures = Vec::new();
+    let files = json_files(dir);
+    for file in &files {
+        let name = file.file_stem().unwrap().to_string_lossy().to_string();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| replay(file)))
+            .unwrap_or_else(|panic| {
+                Err(format!(
+                    "panicked: {}",
+                    panic
+                        .downcast_ref::<String>()
+                        .cloned()
+                        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                        .unwrap_or_default()
+                ))
+            });
+        match outcome {
+            Ok(()) => println!("fixture {name} [{device_name}]: ok"),
+            Err(e) => {
+                println!("fixture {name} [{device_name}]: FAILED: {e}");
+                failures.push(format!("{name}: {e}"));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} fixtures failed on {device_name}:\n{}",
+        failures.len(),
+        files.len(),
+        failures.join("\n")
+    );
+}
+
+/// The CPU autodiff backend every test uses as its baseline.
+pub type NdArrayAd = Autodiff<NdArray>;
