@@ -1,0 +1,64 @@
+//! BatchRenorm forward + backward against burn's BatchNorm on the same input,
+//! side by side in one run, with the ratios printed at the end.
+//!
+//! ```sh
+//! cargo bench --bench brn_vs_batchnorm                    # ndarray
+//! cargo bench --bench brn_vs_batchnorm --features cuda    # + CUDA
+//! ```
+
+mod common;
+
+use bnorm::BatchRenormConfig;
+use burn::backend::{Autodiff, NdArray};
+use burn::nn::BatchNormConfig;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Distribution, Tensor};
+use common::{print_ratios, shape_name, SHAPES};
+use criterion::{BenchmarkId, Criterion};
+
+fn bench_backend<B: AutodiffBackend>(c: &mut Criterion, backend: &str, device: &B::Device) -> Vec<String> {
+    let mut groups = Vec::new();
+    for shape in SHAPES {
+        let name = format!("brn-{backend}-{}", shape_name(shape));
+        let mut group = c.benchmark_group(&name);
+        let x = Tensor::<B, 4>::random(shape, Distribution::Normal(0.5, 2.0), device);
+        let bn = BatchNormConfig::new(shape[1]).init::<B>(device);
+        // Late in the schedule: r and d clip, the full BRN path runs.
+        let brn = BatchRenormConfig::new(shape[1]).with_steps_compressed_to(1).init::<B>(device);
+        let sync = |t: Tensor<B::InnerBackend, 1>| {
+            let _ = t.into_data();
+        };
+        group.bench_function(BenchmarkId::from_parameter("BatchNorm"), |b| {
+            b.iter(|| {
+                let x = x.clone().require_grad();
+                let grads = bn.forward(x.clone()).sum().backward();
+                sync(x.grad(&grads).unwrap().sum());
+            })
+        });
+        group.bench_function(BenchmarkId::from_parameter("BatchRenorm"), |b| {
+            b.iter(|| {
+                let x = x.clone().require_grad();
+                let grads = brn.forward(x.clone()).sum().backward();
+                sync(x.grad(&grads).unwrap().sum());
+            })
+        });
+        group.finish();
+        groups.push(name);
+    }
+    groups
+}
+
+fn main() {
+    let mut c = Criterion::default()
+        .sample_size(20)
+        .measurement_time(std::time::Duration::from_secs(3))
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .configure_from_args();
+    let groups = bench_backend::<Autodiff<NdArray>>(&mut c, "ndarray", &Default::default());
+    #[cfg(feature = "cuda")]
+    let cuda_groups = bench_backend::<Autodiff<burn::backend::Cuda>>(&mut c, "cuda", &bnorm::cuda::device_or_explain(0));
+    c.final_summary();
+    print_ratios("BatchRenorm / BatchNorm, forward + backward, ndarray", &groups, "BatchNorm", "BatchRenorm");
+    #[cfg(feature = "cuda")]
+    print_ratios("BatchRenorm / BatchNorm, forward + backward, CUDA", &cuda_groups, "BatchNorm", "BatchRenorm");
+}

@@ -1,0 +1,47 @@
+//! Shared bench support: the shapes of the design card and a summary that
+//! prints each layer's time as a ratio of the baseline's, read from
+//! criterion's own estimates of this run.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// `[N, C, H, W]` shapes every comparison runs on.
+pub const SHAPES: [[usize; 4]; 3] = [[2, 64, 56, 56], [1, 32, 128, 128], [8, 128, 28, 28]];
+
+pub fn shape_name(s: [usize; 4]) -> String {
+    format!("{}x{}x{}x{}", s[0], s[1], s[2], s[3])
+}
+
+fn criterion_dir() -> PathBuf {
+    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target")
+    });
+    target.join("criterion")
+}
+
+/// Mean time in nanoseconds criterion estimated for `group/function`.
+pub fn mean_ns(group: &str, function: &str) -> Option<f64> {
+    let path = criterion_dir().join(group).join(function).join("new/estimates.json");
+    let text = std::fs::read_to_string(path).ok()?;
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    value["mean"]["point_estimate"].as_f64()
+}
+
+/// Prints a markdown table: for each group, baseline time, candidate time
+/// and candidate / baseline.
+pub fn print_ratios(title: &str, groups: &[String], baseline: &str, candidate: &str) {
+    println!("\n{title}\n");
+    println!("| shape | {baseline} | {candidate} | ratio |");
+    println!("|---|---|---|---|");
+    for group in groups {
+        match (mean_ns(group, baseline), mean_ns(group, candidate)) {
+            (Some(b), Some(c)) => println!(
+                "| {group} | {:.3} ms | {:.3} ms | {:.2}x |",
+                b / 1e6,
+                c / 1e6,
+                c / b
+            ),
+            _ => println!("| {group} | (not run) | (not run) | |"),
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! The training protocol: SGD with momentum 0.9, weight decay 5e-4,
+//! lr = max(0.1 * batch / 32, 0.01) with cosine decay to 0, evaluation in
+//! inference mode (running statistics).
+
+use burn::module::AutodiffModule;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::decay::WeightDecayConfig;
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Int, Tensor, TensorData};
+
+use super::model::{DigitsNet, Norm};
+use super::{Digits, SplitMix64};
+
+/// How training batches are drawn each epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sampling {
+    /// Shuffle all samples, cut into batches.
+    Iid,
+    /// The BRN paper's non-i.i.d. setting: each class's shuffled samples are
+    /// cut into same-class pairs, pairs shuffled and grouped `batch / 2` to
+    /// a batch.
+    Paired,
+}
+
+pub struct RunConfig {
+    pub norm: Norm,
+    pub batch_size: usize,
+    pub epochs: usize,
+    pub sampling: Sampling,
+    pub seed: u64,
+}
+
+/// The order of training indices for one epoch, already cut into batches.
+pub fn epoch_batches(data: &Digits, batch: usize, sampling: Sampling, rng: &mut SplitMix64) -> Vec<Vec<usize>> {
+    match sampling {
+        Sampling::Iid => {
+            let mut order: Vec<usize> = (0..data.len()).collect();
+            rng.shuffle(&mut order);
+            order.chunks(batch).filter(|c| c.len() == batch).map(|c| c.to_vec()).collect()
+        }
+        Sampling::Paired => {
+            assert!(batch >= 2 && batch % 2 == 0, "paired batches need an even batch size, got {batch}");
+            let mut pairs = Vec::new();
+            for class in 0..10u8 {
+                let mut idx: Vec<usize> = (0..data.len()).filter(|&i| data.labels[i] == class).collect();
+                rng.shuffle(&mut idx);
+                pairs.extend(idx.chunks(2).filter(|c| c.len() == 2).map(|c| [c[0], c[1]]));
+            }
+            rng.shuffle(&mut pairs);
+            pairs
+                .chunks(batch / 2)
+                .filter(|c| c.len() == batch / 2)
+                .map(|c| c.iter().flatten().copied().collect())
+                .collect()
+        }
+    }
+}
+
+pub fn steps_per_epoch(data: &Digits, batch: usize, sampling: Sampling) -> usize {
+    match sampling {
+        Sampling::Iid => data.len() / batch,
+        Sampling::Paired => epoch_batches(data, batch, sampling, &mut SplitMix64(0)).len(),
+    }
+}
+
+pub fn images<B: burn::tensor::backend::Backend>(data: &Digits, idx: &[usize], device: &B::Device) -> Tensor<B, 4> {
+    let values: Vec<f32> = idx.iter().flat_map(|&i| data.images[i]).collect();
+    Tensor::from_data(TensorData::new(values, [idx.len(), 1, 8, 8]), device)
+}
+
+pub fn labels<B: burn::tensor::backend::Backend>(data: &Digits, idx: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
+    let values: Vec<i64> = idx.iter().map(|&i| data.labels[i] as i64).collect();
+    Tensor::from_data(TensorData::new(values, [idx.len()]), device)
+}
+
+/// Trains one model and returns its test accuracy in percent. `on_step`
+/// is called after every step with (step, total, loss).
+pub fn train_and_evaluate<B: AutodiffBackend>(
+    cfg: &RunConfig,
+    train: &Digits,
+    test: &Digits,
+    device: &B::Device,
+    mut on_step: impl FnMut(usize, usize, f32),
+) -> f64 {
+    B::seed(device, cfg.seed);
+    let per_epoch = steps_per_epoch(train, cfg.batch_size, cfg.sampling);
+    let total = per_epoch * cfg.epochs;
+    let mut model = DigitsNet::<B>::new(cfg.norm, total, device);
+    let mut optim = SgdConfig::new()
+        .with_momentum(Some(MomentumConfig::new().with_momentum(0.9)))
+        .with_weight_decay(Some(WeightDecayConfig::new(5e-4)))
+        .init::<B, DigitsNet<B>>();
+    let base_lr = (0.1 * cfg.batch_size as f64 / 32.0).max(0.01);
+    let loss_fn = CrossEntropyLossConfig::new().init(device);
+    let mut rng = SplitMix64(cfg.seed ^ 0x5EED);
+    let mut step = 0;
+    for _ in 0..cfg.epochs {
+        for batch in epoch_batches(train, cfg.batch_size, cfg.sampling, &mut rng) {
+            let lr = base_lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos());
+            let logits = model.forward(images::<B>(train, &batch, device));
+            let loss = loss_fn.forward(logits, labels::<B>(train, &batch, device));
+            let loss_value = if step % 50 == 0 { loss.clone().into_scalar().elem::<f32>() } else { f32::NAN };
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(lr, model, grads);
+            step += 1;
+            on_step(step, total, loss_value);
+        }
+    }
+    evaluate(&model.valid(), test, device)
+}
+
+/// Accuracy in percent of `model` in inference mode.
+pub fn evaluate<B: burn::tensor::backend::Backend>(model: &DigitsNet<B>, test: &Digits, device: &B::Device) -> f64 {
+    let mut correct = 0usize;
+    let idx: Vec<usize> = (0..test.len()).collect();
+    for chunk in idx.chunks(128) {
+        let pred = model.forward(images::<B>(test, chunk, device)).argmax(1).reshape([chunk.len()]);
+        let truth = labels::<B>(test, chunk, device);
+        correct += pred.equal(truth).int().sum().into_scalar().elem::<i64>() as usize;
+    }
+    100.0 * correct as f64 / test.len() as f64
+}
+
+use burn::tensor::ElementConversion as _;
