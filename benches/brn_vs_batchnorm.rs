@@ -16,7 +16,11 @@ use burn::tensor::{Distribution, Tensor};
 use common::{print_ratios, shape_name, SHAPES};
 use criterion::{BenchmarkId, Criterion};
 
-fn bench_backend<B: AutodiffBackend>(c: &mut Criterion, backend: &str, device: &B::Device) -> Vec<String> {
+fn bench_backend<B: AutodiffBackend>(
+    c: &mut Criterion,
+    backend: &str,
+    device: &B::Device,
+) -> Vec<String> {
     let mut groups = Vec::new();
     for shape in SHAPES {
         let name = format!("brn-{backend}-{}", shape_name(shape));
@@ -24,7 +28,9 @@ fn bench_backend<B: AutodiffBackend>(c: &mut Criterion, backend: &str, device: &
         let x = Tensor::<B, 4>::random(shape, Distribution::Normal(0.5, 2.0), device);
         let bn = BatchNormConfig::new(shape[1]).init::<B>(device);
         // Late in the schedule: r and d clip, the full BRN path runs.
-        let brn = BatchRenormConfig::new(shape[1]).with_steps_compressed_to(1).init::<B>(device);
+        let brn = BatchRenormConfig::new(shape[1])
+            .with_steps_compressed_to(1)
+            .init::<B>(device);
         let sync = |t: Tensor<B::InnerBackend, 1>| {
             let _ = t.into_data();
         };
@@ -56,9 +62,23 @@ fn main() {
         .configure_from_args();
     let groups = bench_backend::<Autodiff<NdArray>>(&mut c, "ndarray", &Default::default());
     #[cfg(feature = "cuda")]
-    let cuda_groups = bench_backend::<Autodiff<burn::backend::Cuda>>(&mut c, "cuda", &bnorm::cuda::device_or_explain(0));
+    let cuda_groups = bench_backend::<Autodiff<burn::backend::Cuda>>(
+        &mut c,
+        "cuda",
+        &bnorm::cuda::device_or_explain(0),
+    );
     c.final_summary();
-    print_ratios("BatchRenorm / BatchNorm, forward + backward, ndarray", &groups, "BatchNorm", "BatchRenorm");
+    print_ratios(
+        "BatchRenorm / BatchNorm, forward + backward, ndarray",
+        &groups,
+        "BatchNorm",
+        "BatchRenorm",
+    );
     #[cfg(feature = "cuda")]
-    print_ratios("BatchRenorm / BatchNorm, forward + backward, CUDA", &cuda_groups, "BatchNorm", "BatchRenorm");
+    print_ratios(
+        "BatchRenorm / BatchNorm, forward + backward, CUDA",
+        &cuda_groups,
+        "BatchNorm",
+        "BatchRenorm",
+    );
 }

@@ -16,17 +16,33 @@ use digits::train::{train_and_evaluate, RunConfig, Sampling};
 use digits::Digits;
 
 fn main() {
-    let epochs: usize = std::env::args().nth(1).map(|a| a.parse().expect("epochs: a number")).unwrap_or(2);
-    let data = Digits::load_csv_gz(&Path::new(env!("CARGO_MANIFEST_DIR")).join("data/optdigits-1797.csv.gz"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let epochs: usize = std::env::args()
+        .nth(1)
+        .map(|a| a.parse().expect("epochs: a number"))
+        .unwrap_or(2);
+    let data = Digits::load_csv_gz(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("data/optdigits-1797.csv.gz"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let (train, test) = data.split(0);
     let device = Default::default();
-    println!("UCI optical digits: {} train / {} test images, batch size 2, {epochs} epochs", train.len(), test.len());
+    println!(
+        "UCI optical digits: {} train / {} test images, batch size 2, {epochs} epochs",
+        train.len(),
+        test.len()
+    );
     for norm in [Norm::BatchNorm, Norm::BatchRenorm] {
         for sampling in [Sampling::Iid, Sampling::Paired] {
             let start = Instant::now();
-            let cfg = RunConfig { norm, batch_size: 2, epochs, sampling, seed: 1 };
-            let acc = train_and_evaluate::<Autodiff<NdArray>>(&cfg, &train, &test, &device, |_, _, _| {});
+            let cfg = RunConfig {
+                norm,
+                batch_size: 2,
+                epochs,
+                sampling,
+                seed: 1,
+            };
+            let acc =
+                train_and_evaluate::<Autodiff<NdArray>>(&cfg, &train, &test, &device, |_, _, _| {});
             println!(
                 "{:<12} {:<7} test accuracy {acc:5.1}%  ({:.1}s)",
                 norm.name(),

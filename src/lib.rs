@@ -7,6 +7,10 @@
 //! - [`renorm`] (`bnorm-renorm`): **Batch Renormalization** (Ioffe 2017),
 //!   BatchNorm whose batch statistics are corrected towards the running ones
 //!   by clipped, stop-gradient factors `r` and `d`.
+//! - [`crossiter`] (`bnorm-crossiter`): **Cross-Iteration Batch
+//!   Normalization** (Yao et al. 2020), statistics averaged over the last
+//!   `k` iterations, each compensated to the current weights; fused with its
+//!   conv or linear layer.
 //! - [`core`] (`bnorm-core`): the backend-generic statistic math the layers
 //!   share.
 //!
@@ -14,9 +18,14 @@
 //! time through NVRTC; building needs no CUDA toolkit).
 
 pub use bnorm_core as core;
+pub use bnorm_crossiter as crossiter;
 pub use bnorm_renorm as renorm;
 
-pub use bnorm_core::{CheckpointError, EpsPlacement, RecordShapeError, Schedule};
+pub use bnorm_core::{BurnInMode, CheckpointError, EpsPlacement, RecordShapeError, Schedule};
+pub use bnorm_crossiter::{
+    Conv2dCbn, Conv2dCbnConfig, CrossIterBatchNorm, CrossIterBatchNormConfig, LinearCbn,
+    LinearCbnConfig,
+};
 pub use bnorm_renorm::{BatchRenorm, BatchRenormConfig};
 
 /// Re-export of the burn version the layers are built against (`=0.21.0`).

@@ -13,13 +13,21 @@ use burn::tensor::{Tensor, TensorData};
 use common::*;
 use rstest::rstest;
 
-fn random<B: Backend, const D: usize>(shape: [usize; D], seed: u64, device: &B::Device) -> Tensor<B, D> {
+fn random<B: Backend, const D: usize>(
+    shape: [usize; D],
+    seed: u64,
+    device: &B::Device,
+) -> Tensor<B, D> {
     // Deterministic across backends: generated on the host.
     let n: usize = shape.iter().product();
-    let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let values: Vec<f32> = (0..n)
         .map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 1.5
         })
         .collect();
@@ -37,7 +45,10 @@ fn equals_batch_norm<B: AutodiffBackend>(device: &B::Device) {
             .with_rmax(Schedule::constant(1.0))
             .with_dmax(Schedule::constant(0.0))
             .init(device);
-        let bn = BatchNormConfig::new(c).with_epsilon(1e-5).with_momentum(0.1).init::<B>(device);
+        let bn = BatchNormConfig::new(c)
+            .with_epsilon(1e-5)
+            .with_momentum(0.1)
+            .init::<B>(device);
         for step in 0..3 {
             // Two independent leaves: each backward pass consumes its graph.
             let x = random::<B, D>(shape, step, device).require_grad();
@@ -46,25 +57,65 @@ fn equals_batch_norm<B: AutodiffBackend>(device: &B::Device) {
             let y_brn = brn.forward(x.clone());
             let y_bn = bn.forward(x_bn.clone());
             let what = format!("{shape:?} step {step}");
-            check_close(&format!("{what} output"), &y_brn.clone().into_data(),
-                &shape, &y_bn.clone().into_data().to_vec::<f32>().unwrap(), 1e-5, 1e-6).unwrap();
+            check_close(
+                &format!("{what} output"),
+                &y_brn.clone().into_data(),
+                &shape,
+                &y_bn.clone().into_data().to_vec::<f32>().unwrap(),
+                1e-5,
+                1e-6,
+            )
+            .unwrap();
             let grads_brn = y_brn.mul(g.clone()).sum().backward();
             let grads_bn = y_bn.mul(g).sum().backward();
             let gx_brn = x.grad(&grads_brn).unwrap().into_data();
             let gx_bn = x_bn.grad(&grads_bn).unwrap().into_data();
-            check_close(&format!("{what} grad_input"), &gx_brn, &shape,
-                &gx_bn.to_vec::<f32>().unwrap(), 1e-4, 1e-5).unwrap();
+            check_close(
+                &format!("{what} grad_input"),
+                &gx_brn,
+                &shape,
+                &gx_bn.to_vec::<f32>().unwrap(),
+                1e-4,
+                1e-5,
+            )
+            .unwrap();
             let pairs = [
-                (brn.gamma.as_ref().unwrap().grad(&grads_brn), bn.gamma.grad(&grads_bn), "gamma"),
-                (brn.beta.as_ref().unwrap().grad(&grads_brn), bn.beta.grad(&grads_bn), "beta"),
+                (
+                    brn.gamma.as_ref().unwrap().grad(&grads_brn),
+                    bn.gamma.grad(&grads_bn),
+                    "gamma",
+                ),
+                (
+                    brn.beta.as_ref().unwrap().grad(&grads_brn),
+                    bn.beta.grad(&grads_bn),
+                    "beta",
+                ),
             ];
             for (a, b, name) in pairs {
-                check_close(&format!("{what} grad_{name}"), &a.unwrap().into_data(), &[c],
-                    &b.unwrap().into_data().to_vec::<f32>().unwrap(), 1e-4, 1e-5).unwrap();
+                check_close(
+                    &format!("{what} grad_{name}"),
+                    &a.unwrap().into_data(),
+                    &[c],
+                    &b.unwrap().into_data().to_vec::<f32>().unwrap(),
+                    1e-4,
+                    1e-5,
+                )
+                .unwrap();
             }
             // BatchNorm's running mean follows the same update.
-            check_close(&format!("{what} running_mean"), &brn.running_mean.value_sync().into_data(),
-                &[c], &bn.running_mean.value_sync().into_data().to_vec::<f32>().unwrap(), 1e-6, 1e-7).unwrap();
+            check_close(
+                &format!("{what} running_mean"),
+                &brn.running_mean.value_sync().into_data(),
+                &[c],
+                &bn.running_mean
+                    .value_sync()
+                    .into_data()
+                    .to_vec::<f32>()
+                    .unwrap(),
+                1e-6,
+                1e-7,
+            )
+            .unwrap();
         }
         // Inference: BN's running var vs BRN's running std are different
         // statistics, so only the shapes of the pipeline are compared here;
@@ -98,15 +149,27 @@ fn batch_of_one<B: AutodiffBackend>(device: &B::Device) {
                 for step in 0..4 {
                     let x = random::<B, D>(shape, step, device).require_grad();
                     let y = layer.forward(x.clone());
-                    let what = format!("{shape:?} {placement:?} compressed={compressed} step {step}");
+                    let what =
+                        format!("{shape:?} {placement:?} compressed={compressed} step {step}");
                     assert_finite(&format!("{what} output"), &y.clone().into_data());
-                    let grads = y.mul(random::<B, D>(shape, 7 + step, device)).sum().backward();
-                    assert_finite(&format!("{what} grad_input"), &x.grad(&grads).unwrap().into_data());
+                    let grads = y
+                        .mul(random::<B, D>(shape, 7 + step, device))
+                        .sum()
+                        .backward();
+                    assert_finite(
+                        &format!("{what} grad_input"),
+                        &x.grad(&grads).unwrap().into_data(),
+                    );
                     let gamma = layer.gamma.as_ref().unwrap().grad(&grads).unwrap();
                     assert_finite(&format!("{what} grad_gamma"), &gamma.into_data());
-                    assert_finite(&format!("{what} running_std"), &layer.running_std.value_sync().into_data());
+                    assert_finite(
+                        &format!("{what} running_std"),
+                        &layer.running_std.value_sync().into_data(),
+                    );
                 }
-                let eval = layer.valid().forward(random::<B::InnerBackend, D>(shape, 99, device));
+                let eval = layer
+                    .valid()
+                    .forward(random::<B::InnerBackend, D>(shape, 99, device));
                 assert_finite("eval output", &eval.into_data());
             }
         }
@@ -136,7 +199,10 @@ fn train<B: AutodiffBackend>(
         let x = random::<B, 4>([2, 3, 4, 4], step, device);
         let y = layer.forward(x);
         outputs.push(y.clone().into_data());
-        let grads = y.mul(random::<B, 4>([2, 3, 4, 4], 1000 + step, device)).sum().backward();
+        let grads = y
+            .mul(random::<B, 4>([2, 3, 4, 4], 1000 + step, device))
+            .sum()
+            .backward();
         let grads = GradientsParams::from_grads(grads, &layer);
         layer = optim.step(0.05, layer, grads);
     }
@@ -162,7 +228,11 @@ fn resume<B: AutodiffBackend>(device: &B::Device) {
     let (straight, outputs_straight) = train(config.init::<B>(device), 0, n + m, device);
 
     let (first, _) = train(config.init::<B>(device), 0, n, device);
-    let dir = std::env::temp_dir().join(format!("bnorm-brn-resume-{}-{:?}", std::process::id(), std::thread::current().id()));
+    let dir = std::env::temp_dir().join(format!(
+        "bnorm-brn-resume-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("brn");
     let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
@@ -175,7 +245,11 @@ fn resume<B: AutodiffBackend>(device: &B::Device) {
     let (resumed, outputs_resumed) = train(fresh, n, m, device);
     std::fs::remove_dir_all(&dir).ok();
 
-    for (i, (a, b)) in outputs_straight[n as usize..].iter().zip(&outputs_resumed).enumerate() {
+    for (i, (a, b)) in outputs_straight[n as usize..]
+        .iter()
+        .zip(&outputs_resumed)
+        .enumerate()
+    {
         assert_bits_eq(&format!("output of step {}", n as usize + i), a, b);
     }
     for ((name, a), (_, b)) in state(&straight).iter().zip(state(&resumed).iter()) {
@@ -194,23 +268,55 @@ fn brn_resume_is_bit_identical(#[case] dev: TestDevice) {
 /// error value that names the field and both shapes.
 fn record_mismatch<B: AutodiffBackend>(device: &B::Device) {
     let record = BatchRenormConfig::new(4).init::<B>(device).into_record();
-    let err = BatchRenormConfig::new(6).init::<B>(device).try_load_record(record).unwrap_err();
-    assert_eq!((err.field.as_str(), err.expected.clone(), err.found.clone()), ("gamma", vec![6], vec![4]));
+    let err = BatchRenormConfig::new(6)
+        .init::<B>(device)
+        .try_load_record(record)
+        .unwrap_err();
+    assert_eq!(
+        (err.field.as_str(), err.expected.clone(), err.found.clone()),
+        ("gamma", vec![6], vec![4])
+    );
     let message = err.to_string();
-    assert!(message.contains("gamma") && message.contains("[4]") && message.contains("[6]"), "{message}");
+    assert!(
+        message.contains("gamma") && message.contains("[4]") && message.contains("[6]"),
+        "{message}"
+    );
 
-    let record = BatchRenormConfig::new(4).with_affine(false).init::<B>(device).into_record();
-    let err = BatchRenormConfig::new(4).init::<B>(device).try_load_record(record).unwrap_err();
+    let record = BatchRenormConfig::new(4)
+        .with_affine(false)
+        .init::<B>(device)
+        .into_record();
+    let err = BatchRenormConfig::new(4)
+        .init::<B>(device)
+        .try_load_record(record)
+        .unwrap_err();
     assert_eq!(err.field, "gamma");
 
     // Through a file, the error is CheckpointError::Shape.
-    let dir = std::env::temp_dir().join(format!("bnorm-brn-mismatch-{}-{:?}", std::process::id(), std::thread::current().id()));
+    let dir = std::env::temp_dir().join(format!(
+        "bnorm-brn-mismatch-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
-    BatchRenormConfig::new(4).init::<B>(device).save_file(dir.join("four"), &recorder).unwrap();
-    let result = BatchRenormConfig::new(5).init::<B>(device).load_checkpoint(dir.join("four.mpk"), &recorder, device);
-    assert!(matches!(result, Err(CheckpointError::Shape(ref e)) if e.found == vec![4] && e.expected == vec![5]));
-    let missing = BatchRenormConfig::new(5).init::<B>(device).load_checkpoint(dir.join("absent.mpk"), &recorder, device);
+    BatchRenormConfig::new(4)
+        .init::<B>(device)
+        .save_file(dir.join("four"), &recorder)
+        .unwrap();
+    let result = BatchRenormConfig::new(5).init::<B>(device).load_checkpoint(
+        dir.join("four.mpk"),
+        &recorder,
+        device,
+    );
+    assert!(
+        matches!(result, Err(CheckpointError::Shape(ref e)) if e.found == vec![4] && e.expected == vec![5])
+    );
+    let missing = BatchRenormConfig::new(5).init::<B>(device).load_checkpoint(
+        dir.join("absent.mpk"),
+        &recorder,
+        device,
+    );
     assert!(matches!(missing, Err(CheckpointError::Recorder(_))));
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -229,13 +335,17 @@ fn bad_input<B: AutodiffBackend>(device: &B::Device) {
     layer.forward(random::<B, 3>([2, 3, 4], 0, device));
     let before = state(&layer);
     let message = |f: &dyn Fn()| -> String {
-        let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).expect_err("should panic");
+        let err =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).expect_err("should panic");
         err.downcast_ref::<String>().cloned().unwrap_or_default()
     };
     let m = message(&|| {
         layer.forward(random::<B, 1>([3], 0, device));
     });
-    assert!(m.contains("rank 2 to 5") && m.contains("rank-1") && m.contains("[3]"), "{m}");
+    assert!(
+        m.contains("rank 2 to 5") && m.contains("rank-1") && m.contains("[3]"),
+        "{m}"
+    );
     let m = message(&|| {
         layer.forward(random::<B, 6>([1, 3, 1, 1, 1, 2], 0, device));
     });
@@ -243,7 +353,10 @@ fn bad_input<B: AutodiffBackend>(device: &B::Device) {
     let m = message(&|| {
         layer.forward(random::<B, 4>([2, 5, 4, 4], 0, device));
     });
-    assert!(m.contains("3 channels") && m.contains("[2, 5, 4, 4]"), "{m}");
+    assert!(
+        m.contains("3 channels") && m.contains("[2, 5, 4, 4]"),
+        "{m}"
+    );
     let m = message(&|| {
         let mask = Tensor::<B, 2, burn::tensor::Bool>::empty([2, 5], device);
         layer.forward_masked(random::<B, 3>([2, 3, 4], 0, device), mask);
@@ -260,4 +373,3 @@ fn bad_input<B: AutodiffBackend>(device: &B::Device) {
 fn brn_bad_input_panics_clearly(#[case] dev: TestDevice) {
     on_device!(dev, bad_input);
 }
-

@@ -13,15 +13,18 @@ pub fn shape_name(s: [usize; 4]) -> String {
 }
 
 fn criterion_dir() -> PathBuf {
-    let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target")
-    });
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
     target.join("criterion")
 }
 
 /// Mean time in nanoseconds criterion estimated for `group/function`.
 pub fn mean_ns(group: &str, function: &str) -> Option<f64> {
-    let path = criterion_dir().join(group).join(function).join("new/estimates.json");
+    let path = criterion_dir()
+        .join(group)
+        .join(function)
+        .join("new/estimates.json");
     let text = std::fs::read_to_string(path).ok()?;
     let value: serde_json::Value = serde_json::from_str(&text).ok()?;
     value["mean"]["point_estimate"].as_f64()

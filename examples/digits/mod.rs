@@ -47,18 +47,34 @@ impl Digits {
         flate2::read::GzDecoder::new(file)
             .read_to_string(&mut text)
             .map_err(|e| format!("{}: not a gzip-compressed CSV: {e}", path.display()))?;
-        let mut digits = Digits { images: Vec::new(), labels: Vec::new() };
-        for (row, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let mut digits = Digits {
+            images: Vec::new(),
+            labels: Vec::new(),
+        };
+        for (row, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
             let fields: Vec<&str> = line.split(',').map(str::trim).collect();
             if fields.len() != 65 {
-                return Err(format!("{} line {}: expected 65 fields, found {}", path.display(), row + 1, fields.len()));
+                return Err(format!(
+                    "{} line {}: expected 65 fields, found {}",
+                    path.display(),
+                    row + 1,
+                    fields.len()
+                ));
             }
             let mut image = [0f32; 64];
             for (pixel, field) in image.iter_mut().zip(&fields[..64]) {
-                let v: f32 = field.parse().map_err(|_| format!("{} line {}: bad pixel {field:?}", path.display(), row + 1))?;
+                let v: f32 = field.parse().map_err(|_| {
+                    format!("{} line {}: bad pixel {field:?}", path.display(), row + 1)
+                })?;
                 *pixel = v / 16.0;
             }
-            let label: u8 = fields[64].parse().map_err(|_| format!("{} line {}: bad label", path.display(), row + 1))?;
+            let label: u8 = fields[64]
+                .parse()
+                .map_err(|_| format!("{} line {}: bad label", path.display(), row + 1))?;
             digits.images.push(image);
             digits.labels.push(label);
         }

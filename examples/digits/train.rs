@@ -33,18 +33,32 @@ pub struct RunConfig {
 }
 
 /// The order of training indices for one epoch, already cut into batches.
-pub fn epoch_batches(data: &Digits, batch: usize, sampling: Sampling, rng: &mut SplitMix64) -> Vec<Vec<usize>> {
+pub fn epoch_batches(
+    data: &Digits,
+    batch: usize,
+    sampling: Sampling,
+    rng: &mut SplitMix64,
+) -> Vec<Vec<usize>> {
     match sampling {
         Sampling::Iid => {
             let mut order: Vec<usize> = (0..data.len()).collect();
             rng.shuffle(&mut order);
-            order.chunks(batch).filter(|c| c.len() == batch).map(|c| c.to_vec()).collect()
+            order
+                .chunks(batch)
+                .filter(|c| c.len() == batch)
+                .map(|c| c.to_vec())
+                .collect()
         }
         Sampling::Paired => {
-            assert!(batch >= 2 && batch % 2 == 0, "paired batches need an even batch size, got {batch}");
+            assert!(
+                batch >= 2 && batch % 2 == 0,
+                "paired batches need an even batch size, got {batch}"
+            );
             let mut pairs = Vec::new();
             for class in 0..10u8 {
-                let mut idx: Vec<usize> = (0..data.len()).filter(|&i| data.labels[i] == class).collect();
+                let mut idx: Vec<usize> = (0..data.len())
+                    .filter(|&i| data.labels[i] == class)
+                    .collect();
                 rng.shuffle(&mut idx);
                 pairs.extend(idx.chunks(2).filter(|c| c.len() == 2).map(|c| [c[0], c[1]]));
             }
@@ -65,12 +79,20 @@ pub fn steps_per_epoch(data: &Digits, batch: usize, sampling: Sampling) -> usize
     }
 }
 
-pub fn images<B: burn::tensor::backend::Backend>(data: &Digits, idx: &[usize], device: &B::Device) -> Tensor<B, 4> {
+pub fn images<B: burn::tensor::backend::Backend>(
+    data: &Digits,
+    idx: &[usize],
+    device: &B::Device,
+) -> Tensor<B, 4> {
     let values: Vec<f32> = idx.iter().flat_map(|&i| data.images[i]).collect();
     Tensor::from_data(TensorData::new(values, [idx.len(), 1, 8, 8]), device)
 }
 
-pub fn labels<B: burn::tensor::backend::Backend>(data: &Digits, idx: &[usize], device: &B::Device) -> Tensor<B, 1, Int> {
+pub fn labels<B: burn::tensor::backend::Backend>(
+    data: &Digits,
+    idx: &[usize],
+    device: &B::Device,
+) -> Tensor<B, 1, Int> {
     let values: Vec<i64> = idx.iter().map(|&i| data.labels[i] as i64).collect();
     Tensor::from_data(TensorData::new(values, [idx.len()]), device)
 }
@@ -98,10 +120,15 @@ pub fn train_and_evaluate<B: AutodiffBackend>(
     let mut step = 0;
     for _ in 0..cfg.epochs {
         for batch in epoch_batches(train, cfg.batch_size, cfg.sampling, &mut rng) {
-            let lr = base_lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos());
+            let lr =
+                base_lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos());
             let logits = model.forward(images::<B>(train, &batch, device));
             let loss = loss_fn.forward(logits, labels::<B>(train, &batch, device));
-            let loss_value = if step % 50 == 0 { loss.clone().into_scalar().elem::<f32>() } else { f32::NAN };
+            let loss_value = if step % 50 == 0 {
+                loss.clone().into_scalar().elem::<f32>()
+            } else {
+                f32::NAN
+            };
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(lr, model, grads);
             step += 1;
@@ -112,11 +139,18 @@ pub fn train_and_evaluate<B: AutodiffBackend>(
 }
 
 /// Accuracy in percent of `model` in inference mode.
-pub fn evaluate<B: burn::tensor::backend::Backend>(model: &DigitsNet<B>, test: &Digits, device: &B::Device) -> f64 {
+pub fn evaluate<B: burn::tensor::backend::Backend>(
+    model: &DigitsNet<B>,
+    test: &Digits,
+    device: &B::Device,
+) -> f64 {
     let mut correct = 0usize;
     let idx: Vec<usize> = (0..test.len()).collect();
     for chunk in idx.chunks(128) {
-        let pred = model.forward(images::<B>(test, chunk, device)).argmax(1).reshape([chunk.len()]);
+        let pred = model
+            .forward(images::<B>(test, chunk, device))
+            .argmax(1)
+            .reshape([chunk.len()]);
         let truth = labels::<B>(test, chunk, device);
         correct += pred.equal(truth).int().sum().into_scalar().elem::<i64>() as usize;
     }

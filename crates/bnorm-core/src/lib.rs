@@ -23,3 +23,10 @@ pub use renorm::{renorm_correction, EpsPlacement, RenormCorrection};
 pub use schedule::Schedule;
 pub mod record_check;
 pub use record_check::{check_record_shape, CheckpointError, RecordShapeError};
+pub mod jacobian;
+pub mod window;
+pub use jacobian::{
+    compensate, conv2d_moment_jacobians, linear_moment_jacobians, CompensatedMoments,
+    Conv2dGeometry, MomentJacobians,
+};
+pub use window::{active_entries, history_in_use, push_front, window_statistics, BurnInMode};

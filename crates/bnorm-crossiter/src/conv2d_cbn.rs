@@ -1,0 +1,175 @@
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{Initializer, PaddingConfig2d};
+use burn::tensor::{backend::Backend, Tensor};
+
+use bnorm_core::{conv2d_moment_jacobians, Conv2dGeometry};
+
+use crate::{CrossIterBatchNorm, CrossIterBatchNormConfig, WeightLayout};
+
+/// Configuration of a [`Conv2dCbn`]: burn's `Conv2dConfig` fields with the
+/// same defaults, plus the CBN options in `norm` (its `num_features` is
+/// taken from the conv's output channels).
+///
+/// ```
+/// # use bnorm_crossiter::Conv2dCbnConfig;
+/// # use burn::nn::PaddingConfig2d;
+/// let config = Conv2dCbnConfig::new([64, 64], [3, 3])
+///     .with_padding(PaddingConfig2d::Same)
+///     .with_bias(false)
+///     .with_window(8);
+/// assert_eq!(config.norm.window, 8);
+/// ```
+#[derive(Config, Debug)]
+pub struct Conv2dCbnConfig {
+    /// `[in, out]` channels.
+    pub channels: [usize; 2],
+    /// `[kh, kw]`.
+    pub kernel_size: [usize; 2],
+    /// Default: `[1, 1]`.
+    #[config(default = "[1, 1]")]
+    pub stride: [usize; 2],
+    /// Default: `[1, 1]`.
+    #[config(default = "[1, 1]")]
+    pub dilation: [usize; 2],
+    /// Default: 1.
+    #[config(default = "1")]
+    pub groups: usize,
+    /// Default: valid (no padding), as burn's `Conv2dConfig`.
+    #[config(default = "PaddingConfig2d::Valid")]
+    pub padding: PaddingConfig2d,
+    /// Conv bias. Default: true, as burn's `Conv2dConfig` (the bias is
+    /// compensated in the window too; with a normalization after it, it is
+    /// usually redundant: `with_bias(false)` saves a little).
+    #[config(default = true)]
+    pub bias: bool,
+    /// Conv weight initializer. Default: burn's.
+    #[config(
+        default = "Initializer::KaimingUniform{gain:0.577_350_269_189_625_8,fan_out_only:false}"
+    )]
+    pub initializer: Initializer,
+    /// CBN options (`num_features` is overridden by `channels[1]`).
+    #[config(default = "CrossIterBatchNormConfig::new(0)")]
+    pub norm: CrossIterBatchNormConfig,
+}
+
+impl Conv2dCbnConfig {
+    /// Sets the CBN window `k` (current iteration + `k - 1` history entries).
+    pub fn with_window(mut self, window: usize) -> Self {
+        self.norm.window = window;
+        self
+    }
+
+    /// Initializes the conv (as burn's `Conv2dConfig::init`) and its CBN.
+    ///
+    /// # Panics
+    ///
+    /// As burn's `Conv2dConfig::init` (channels not divisible by groups) and
+    /// [`CrossIterBatchNormConfig::init`].
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Conv2dCbn<B> {
+        let conv = Conv2dConfig::new(self.channels, self.kernel_size)
+            .with_stride(self.stride)
+            .with_dilation(self.dilation)
+            .with_groups(self.groups)
+            .with_padding(self.padding.clone())
+            .with_bias(self.bias)
+            .with_initializer(self.initializer.clone())
+            .init(device);
+        let layout = WeightLayout {
+            groups: self.groups,
+            patch_len: self.channels[0] / self.groups * self.kernel_size[0] * self.kernel_size[1],
+        };
+        let mut norm = self.norm.clone();
+        norm.num_features = self.channels[1];
+        Conv2dCbn {
+            conv,
+            norm: norm.init(layout, device),
+        }
+    }
+}
+
+/// A burn `Conv2d` followed by [`CrossIterBatchNorm`].
+///
+/// The Jacobians of the output moments with respect to the conv weight are
+/// computed in closed form from the conv input and output (one extra
+/// weight-gradient convolution per training step, no second backward pass).
+#[derive(Module, Debug)]
+pub struct Conv2dCbn<B: Backend> {
+    /// The convolution.
+    pub conv: Conv2d<B>,
+    /// The normalization of its output.
+    pub norm: CrossIterBatchNorm<B>,
+}
+
+impl<B: Backend> Conv2dCbn<B> {
+    /// `norm(conv(x))`: training or inference as burn's `BatchNorm`.
+    ///
+    /// # Shapes
+    ///
+    /// - `input`: `[batch_size, channels_in, height, width]`
+    /// - output: `[batch_size, channels_out, height_out, width_out]`
+    ///
+    /// # Panics
+    ///
+    /// If `input` does not have `channels_in` channels (the state is
+    /// untouched then).
+    pub fn forward(&self, input: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [c_out, c_in_g, kh, kw] = self.conv.weight.dims();
+        let c_in = c_in_g * self.conv.groups;
+        let dims = input.dims();
+        if dims[1] != c_in {
+            panic!(
+                "Conv2dCbn expects an input of shape [batch_size, {c_in}, height, width], received {dims:?}"
+            );
+        }
+        let y = self.conv.forward(input.clone());
+        if !B::ad_enabled(&y.device()) {
+            return self.norm.forward_frozen(y);
+        }
+        let g = self.conv.groups;
+        let weight = self
+            .conv
+            .weight
+            .val()
+            .reshape([g, c_out / g, c_in_g * kh * kw]);
+        let bias = self.conv.bias.as_ref().map(|b| b.val());
+        let geometry = self.geometry(dims[2], dims[3]);
+        let (x_values, y_values) = (input.detach(), y.clone().detach());
+        self.norm.forward_with(y, weight, bias, || {
+            conv2d_moment_jacobians(x_values, y_values, [c_out, c_in_g, kh, kw], geometry)
+        })
+    }
+
+    /// The conv's geometry with its padding resolved for an input of
+    /// `height x width` (burn's rule for `Same`: the extra pixel of an odd
+    /// total goes to the end).
+    fn geometry(&self, height: usize, width: usize) -> Conv2dGeometry {
+        let same = |kernel: usize, stride: usize, size: usize| {
+            let out = size.div_ceil(stride);
+            let total = if out > 0 {
+                ((out - 1) * stride + kernel).saturating_sub(size)
+            } else {
+                0
+            };
+            [total / 2, total - total / 2]
+        };
+        let [kh, kw] = self.conv.kernel_size;
+        let padding = match &self.conv.padding {
+            PaddingConfig2d::Valid => [[0, 0], [0, 0]],
+            PaddingConfig2d::Same => [
+                same(kh, self.conv.stride[0], height),
+                same(kw, self.conv.stride[1], width),
+            ],
+            PaddingConfig2d::Explicit(top, left, bottom, right) => {
+                [[*top, *bottom], [*left, *right]]
+            }
+        };
+        Conv2dGeometry {
+            stride: self.conv.stride,
+            padding,
+            dilation: self.conv.dilation,
+            groups: self.conv.groups,
+        }
+    }
+}

@@ -1,0 +1,302 @@
+use burn::module::{Module, Param, RunningState};
+use burn::tensor::{backend::Backend, ElementConversion, Tensor};
+
+use bnorm_core::moments::{bessel, values_per_channel};
+use bnorm_core::shape::{check_input, per_channel};
+use bnorm_core::{
+    active_entries, compensate, history_in_use, moments, push_front, window_statistics, BurnInMode,
+    EpsPlacement, MomentJacobians,
+};
+
+use crate::history::CbnHistory;
+use crate::{PlainVariance, RunningStatistics, WeightLayout};
+
+/// The counter saturates where float32 stops counting exactly.
+const ITERATION_SATURATION: f64 = 16_777_216.0;
+
+/// Cross-Iteration Batch Normalization over the output `y` `[N, C, ...]` of
+/// a layer with weight `W` (and optional bias `b`).
+///
+/// Training (the autodiff backend), per channel `c`, with `M` values per
+/// channel and up to `K = window - 1` history entries `i` recorded at
+/// earlier weights `W_i`:
+///
+/// ```text
+/// mu_t = mean(y),  nu_t = mean(y^2)                     the current iteration
+/// mu_i(W) = mu_i + rho * <d mu_i/dW, W - W_i>           each entry compensated
+/// nu_i(W) = nu_i + rho * <d nu_i/dW, W - W_i>           to the current weight
+/// entry i dropped for channel c where nu_i(W) - mu_i(W)^2 < 0
+/// mu  = mean of the kept mu (the current one always kept)
+/// var = mean of the kept nu - mu^2
+/// out = gamma * (y - mu) / sqrt(var + eps) + beta
+/// ```
+///
+/// During burn-in (and with `window = 1`) the layer is BatchNorm with the
+/// current batch's mean and (by default unbiased) variance. Gradients flow
+/// through `mu_t`, `nu_t` and `y`, and, with `history_gradient`, through
+/// the compensated history terms into `W` and `b`.
+///
+/// Running statistics: `running = (1 - momentum) * running + momentum * s`
+/// with `s` the current batch's mean and unbiased variance (or the window's,
+/// see [`RunningStatistics`]). Inference (`model.valid()`):
+/// `out = gamma * (y - mu_run) / sqrt(var_run + eps) + beta`.
+///
+/// Use it through [`Conv2dCbn`](crate::Conv2dCbn) or
+/// [`LinearCbn`](crate::LinearCbn), or from a custom layer with
+/// [`forward_with`](Self::forward_with). Everything a resumed run needs —
+/// running statistics, iteration counter and the whole history — is in the
+/// record.
+#[derive(Module, Debug)]
+pub struct CrossIterBatchNorm<B: Backend> {
+    /// Learnable scale `gamma`, `[C]` (absent when not affine).
+    pub gamma: Option<Param<Tensor<B, 1>>>,
+    /// Learnable shift `beta`, `[C]` (absent when not affine).
+    pub beta: Option<Param<Tensor<B, 1>>>,
+    /// Running mean, `[C]`.
+    pub running_mean: RunningState<Tensor<B, 1>>,
+    /// Running variance, `[C]`.
+    pub running_var: RunningState<Tensor<B, 1>>,
+    /// Training iterations seen, `[1]` (float so the record keeps it).
+    pub iterations: RunningState<Tensor<B, 1>>,
+    /// The window's history (absent for `window = 1`).
+    pub history: Option<CbnHistory<B>>,
+    /// Number of channels `C`.
+    pub num_features: usize,
+    /// The paper's `k`.
+    pub window: usize,
+    /// Layout of the preceding layer's weight.
+    pub layout: WeightLayout,
+    /// Taylor compensation factor.
+    pub rho: f64,
+    /// Burn-in length in iterations.
+    pub burn_in: usize,
+    /// How the history is phased in.
+    pub burn_in_mode: BurnInMode,
+    /// Weight of new statistics in the running ones.
+    pub momentum: f64,
+    /// Numerical-stability term.
+    pub epsilon: f64,
+    /// Where `epsilon` enters the standard deviation.
+    pub eps_placement: EpsPlacement,
+    /// Variance of plain BatchNorm steps.
+    pub plain_variance: PlainVariance,
+    /// What the running statistics average.
+    pub running_statistics: RunningStatistics,
+    /// Gradient through the compensated history terms.
+    pub history_gradient: bool,
+}
+
+impl<B: Backend> CrossIterBatchNorm<B> {
+    /// Normalizes the output `y` of a custom layer.
+    ///
+    /// - `y`: the layer output `[N, C, ...]` (rank 2 to 5, channels on axis 1);
+    /// - `weight`: the layer's current weight viewed as `[G, C/G, F]` (see
+    ///   [`WeightLayout`]), `bias` its bias `[C]` if any — with their graph,
+    ///   so `history_gradient` can reach them;
+    /// - `jacobians`: called in training steps only, returns the Jacobians
+    ///   of this step's moments (e.g.
+    ///   [`bnorm_core::conv2d_moment_jacobians`] on detached input and
+    ///   output).
+    ///
+    /// In inference mode (no autodiff) only `y` is used.
+    ///
+    /// # Panics
+    ///
+    /// If `y`'s rank or channel count is wrong, or the weight or the
+    /// Jacobians do not match the layout the layer was built for. The state
+    /// is untouched then.
+    pub fn forward_with<const D: usize>(
+        &self,
+        y: Tensor<B, D>,
+        weight: Tensor<B, 3>,
+        bias: Option<Tensor<B, 1>>,
+        jacobians: impl FnOnce() -> MomentJacobians<B>,
+    ) -> Tensor<B, D> {
+        check_input("CrossIterBatchNorm", &y.dims(), self.num_features);
+        let expected = [
+            self.layout.groups,
+            self.num_features / self.layout.groups,
+            self.layout.patch_len,
+        ];
+        if weight.dims() != expected {
+            panic!(
+                "CrossIterBatchNorm was built for a layer weight of shape [groups, channels / groups, \
+                 patch] = {expected:?}, received {:?}",
+                weight.dims()
+            );
+        }
+        if let Some(b) = &bias {
+            if b.dims() != [self.num_features] {
+                panic!(
+                    "CrossIterBatchNorm expects a bias of shape [{}], received {:?}",
+                    self.num_features,
+                    b.dims()
+                );
+            }
+        }
+        if B::ad_enabled(&y.device()) {
+            self.forward_train(y, weight, bias, jacobians)
+        } else {
+            self.forward_frozen(y)
+        }
+    }
+
+    /// Normalizes with the running statistics on any backend, state
+    /// untouched: `out = gamma * (y - mu_run) / std(var_run) + beta`.
+    /// Inference mode; on an autodiff backend gradients flow to `y`,
+    /// `gamma` and `beta` (fine-tuning with frozen statistics).
+    ///
+    /// # Panics
+    ///
+    /// If `y`'s rank or channel count is wrong.
+    pub fn forward_frozen<const D: usize>(&self, y: Tensor<B, D>) -> Tensor<B, D> {
+        check_input("CrossIterBatchNorm", &y.dims(), self.num_features);
+        let mean = self.running_mean.value_sync();
+        let std = self
+            .eps_placement
+            .std(self.running_var.value_sync(), self.epsilon);
+        let (scale, shift) = self.affine(std.recip(), mean.zeros_like());
+        y.sub(per_channel::<B, D>(mean))
+            .mul(per_channel::<B, D>(scale))
+            .add(per_channel::<B, D>(shift))
+    }
+
+    /// Training iterations seen, on the host.
+    pub fn iterations(&self) -> usize {
+        self.iterations.value_sync().into_scalar().elem::<f64>() as usize
+    }
+
+    /// History entries held, on the host (0 for `window = 1`).
+    pub fn history_len(&self) -> usize {
+        self.history.as_ref().map_or(0, |h| h.len())
+    }
+
+    fn forward_train<const D: usize>(
+        &self,
+        y: Tensor<B, D>,
+        weight: Tensor<B, 3>,
+        bias: Option<Tensor<B, 1>>,
+        jacobians: impl FnOnce() -> MomentJacobians<B>,
+    ) -> Tensor<B, D> {
+        let c = self.num_features;
+        let count = values_per_channel(&y.dims());
+        let batch = moments(y);
+        let batch_var_unbiased = bessel(batch.var.clone(), count);
+        let plain_var = match self.plain_variance {
+            PlainVariance::Unbiased => batch_var_unbiased.clone(),
+            PlainVariance::Biased => batch.var.clone(),
+        };
+        let iteration = self
+            .iterations
+            .value_sync()
+            .add_scalar(1.0)
+            .clamp_max(ITERATION_SATURATION);
+
+        let (mean, var) = match &self.history {
+            None => (batch.mean.clone(), plain_var),
+            Some(history) => {
+                let capacity = self.window - 1;
+                let in_use =
+                    history_in_use(iteration.clone(), capacity, self.burn_in, self.burn_in_mode);
+                let use_window = in_use.clone().greater_elem(0.0);
+                let fill = history.fill.value_sync();
+                let mean_sq = batch.var.clone().add(batch.mean.clone().square());
+
+                let (w, b) = if self.history_gradient {
+                    (weight, bias)
+                } else {
+                    (weight.detach(), bias.map(Tensor::detach))
+                };
+                let compensated = compensate(
+                    history.mean.value_sync(),
+                    history.mean_sq.value_sync(),
+                    history.jac_mean.value_sync(),
+                    history.jac_mean_sq.value_sync(),
+                    w,
+                    b,
+                    self.rho,
+                );
+                let (window_mean, window_var) = window_statistics(
+                    batch.mean.clone(),
+                    mean_sq.clone(),
+                    compensated.mean,
+                    compensated.mean_sq,
+                    active_entries(fill.clone(), capacity),
+                );
+                let select = use_window.clone().expand([c]);
+                let mean = batch.mean.clone().mask_where(select.clone(), window_mean);
+                let var = plain_var.mask_where(select, window_var);
+
+                let MomentJacobians {
+                    mean: jac_mean,
+                    mean_sq: jac_mean_sq,
+                } = jacobians();
+                let [g, f] = jac_mean.dims();
+                let push = |state: &RunningState<Tensor<B, 2>>, entry: Tensor<B, 2>| {
+                    state.update(push_front(
+                        state.value_sync(),
+                        entry.detach(),
+                        use_window.clone(),
+                    ))
+                };
+                push(&history.mean, batch.mean.clone().reshape([1, c]));
+                push(&history.mean_sq, mean_sq.reshape([1, c]));
+                history.jac_mean.update(push_front(
+                    history.jac_mean.value_sync(),
+                    jac_mean.reshape([1, g, f]).detach(),
+                    use_window.clone(),
+                ));
+                history.jac_mean_sq.update(push_front(
+                    history.jac_mean_sq.value_sync(),
+                    jac_mean_sq.reshape([1, c, f]).detach(),
+                    use_window.clone(),
+                ));
+                let grown = fill.clone().add_scalar(1.0).min_pair(in_use);
+                history
+                    .fill
+                    .update(fill.mask_where(use_window, grown).detach());
+                (mean, var)
+            }
+        };
+
+        // out = gamma * (y - mu) / std + beta = (y - mu_t) * s + (beta + (mu_t - mu) * s)
+        // with s = gamma / std: `centered` (y - mu_t) is already computed, so
+        // the full-size tensor sees one multiply and one add.
+        let std = self.eps_placement.std(var.clone(), self.epsilon);
+        let (scale, beta) = self.affine(std.recip(), batch.mean.zeros_like());
+        let shift = beta.add(batch.mean.clone().sub(mean.clone()).mul(scale.clone()));
+        let output = batch
+            .centered
+            .mul(per_channel::<B, D>(scale))
+            .add(per_channel::<B, D>(shift));
+
+        let (stat_mean, stat_var) = match self.running_statistics {
+            RunningStatistics::CurrentBatch => (batch.mean, batch_var_unbiased),
+            RunningStatistics::Window => (mean, var),
+        };
+        let m = self.momentum;
+        let blend = |state: &RunningState<Tensor<B, 1>>, value: Tensor<B, 1>| {
+            let old = state.value_sync();
+            state.update(
+                old.mul_scalar(1.0 - m)
+                    .add(value.detach().mul_scalar(m))
+                    .detach(),
+            );
+        };
+        blend(&self.running_mean, stat_mean);
+        blend(&self.running_var, stat_var);
+        self.iterations.update(iteration.detach());
+        output
+    }
+
+    /// `(gamma * scale, gamma * shift + beta)`, or the inputs when not affine.
+    fn affine(&self, scale: Tensor<B, 1>, shift: Tensor<B, 1>) -> (Tensor<B, 1>, Tensor<B, 1>) {
+        match (&self.gamma, &self.beta) {
+            (Some(gamma), Some(beta)) => {
+                let gamma = gamma.val();
+                (scale.mul(gamma.clone()), shift.mul(gamma).add(beta.val()))
+            }
+            _ => (scale, shift),
+        }
+    }
+}
