@@ -9,6 +9,7 @@ use burn::tensor::{backend::Backend, Bool, Tensor, TensorData};
 use serde::Deserialize;
 
 pub mod device;
+pub mod random;
 pub use device::*;
 
 /// A tensor as the reference fixtures store it.

@@ -1,0 +1,770 @@
+//! Properties of Cross-Iteration BN beyond the reference fixtures: the
+//! closed-form Jacobians against autodiff, window 1 = BatchNorm, batch of
+//! one, negative-variance dropping, memory, resume, record and input checks.
+
+mod common;
+
+use bnorm::core::jacobian::{
+    compensate, conv2d_moment_jacobians, linear_moment_jacobians, Conv2dGeometry,
+};
+use bnorm::core::moments::channel_mean;
+use bnorm::core::window::window_statistics;
+use bnorm::{
+    BurnInMode, CheckpointError, Conv2dCbn, Conv2dCbnConfig, CrossIterBatchNormConfig,
+    EpsPlacement, LinearCbn, LinearCbnConfig,
+};
+use bnorm_crossiter::{PlainVariance, RunningStatistics};
+use burn::module::{AutodiffModule, Module, Param};
+use burn::nn::conv::Conv2dConfig;
+use burn::nn::{BatchNormConfig, PaddingConfig2d};
+use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::PaddedConvOptions;
+use burn::tensor::{Tensor, TensorData};
+use common::random::uniform;
+use common::*;
+use rstest::rstest;
+
+fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().to_vec().unwrap()
+}
+
+/// A conv case: (C_in, C_out, kernel, stride, padding [[t,b],[l,r]], dilation, groups, bias).
+type ConvCase = (
+    usize,
+    usize,
+    [usize; 2],
+    [usize; 2],
+    [[usize; 2]; 2],
+    [usize; 2],
+    usize,
+    bool,
+);
+
+const CONV_CASES: [ConvCase; 6] = [
+    (3, 4, [3, 3], [1, 1], [[1, 1], [1, 1]], [1, 1], 1, false),
+    (2, 6, [3, 2], [2, 1], [[0, 0], [1, 1]], [1, 1], 1, true),
+    (4, 6, [3, 3], [1, 2], [[2, 2], [1, 1]], [2, 1], 2, true),
+    (6, 6, [3, 3], [1, 1], [[1, 1], [1, 1]], [1, 1], 3, false),
+    // Asymmetric ('Same' with an even kernel).
+    (2, 3, [2, 2], [1, 1], [[0, 1], [0, 1]], [1, 1], 1, true),
+    (2, 3, [2, 3], [1, 2], [[1, 0], [2, 1]], [1, 1], 1, false),
+];
+
+/// `d mean_c / dW` and `d meansq_c / dW` in closed form equal burn
+/// autodiff's, for strides, paddings (asymmetric too), dilation and groups.
+fn conv_jacobians<B: AutodiffBackend>(device: &B::Device) {
+    for (i, &(cin, cout, k, stride, padding, dilation, groups, bias)) in
+        CONV_CASES.iter().enumerate()
+    {
+        let x = uniform::<B::InnerBackend, 4>([2, cin, 7, 6], 10 + i as u64, -1.0, 1.5, device);
+        let w_shape = [cout, cin / groups, k[0], k[1]];
+        let w0 = uniform::<B::InnerBackend, 4>(w_shape, 20 + i as u64, -0.5, 0.5, device);
+        let b0 = uniform::<B::InnerBackend, 1>([cout], 30 + i as u64, -0.5, 0.5, device);
+        let a = uniform::<B, 1>([cout], 40 + i as u64, 0.5, 1.5, device);
+        let options = PaddedConvOptions::asymmetric(
+            stride,
+            [padding[0][0], padding[1][0]],
+            [padding[0][1], padding[1][1]],
+            dilation,
+            groups,
+        );
+
+        let w = Tensor::<B, 4>::from_inner(w0.clone()).require_grad();
+        let b = Tensor::<B, 1>::from_inner(b0.clone()).require_grad();
+        let y = conv2d(
+            Tensor::from_inner(x.clone()),
+            w.clone(),
+            bias.then(|| b.clone()),
+            options.clone(),
+        );
+        let mean = channel_mean(y.clone());
+        let g_mean = mean.clone().mul(a.clone()).sum().backward();
+        let auto_dmu = w.grad(&g_mean).unwrap();
+        let w2 = Tensor::<B, 4>::from_inner(w0.clone()).require_grad();
+        let y2 = conv2d(
+            Tensor::from_inner(x.clone()),
+            w2.clone(),
+            bias.then(|| Tensor::from_inner(b0.clone())),
+            options,
+        );
+        let g_sq = channel_mean(y2.square()).mul(a.clone()).sum().backward();
+        let auto_dnu = w2.grad(&g_sq).unwrap();
+
+        let geometry = Conv2dGeometry {
+            stride,
+            padding,
+            dilation,
+            groups,
+        };
+        let jac = conv2d_moment_jacobians(x.clone(), y.inner(), w_shape, geometry);
+        let f = w_shape[1] * k[0] * k[1];
+        // Expand P [G, F] to every channel of its group, weight by a.
+        let a_inner = a.inner();
+        let closed_dmu = jac
+            .mean
+            .reshape([groups, 1, f])
+            .expand([groups, cout / groups, f])
+            .reshape([cout, f])
+            .mul(a_inner.clone().reshape([cout, 1]));
+        let closed_dnu = jac.mean_sq.mul(a_inner.reshape([cout, 1]));
+        let what = format!("conv case {i}");
+        check_close(
+            &format!("{what} d mean/dW"),
+            &closed_dmu.into_data(),
+            &[cout, f],
+            &to_vec(auto_dmu.reshape([cout, f])),
+            1e-4,
+            1e-5,
+        )
+        .unwrap();
+        check_close(
+            &format!("{what} d meansq/dW"),
+            &closed_dnu.into_data(),
+            &[cout, f],
+            &to_vec(auto_dnu.reshape([cout, f])),
+            1e-4,
+            1e-5,
+        )
+        .unwrap();
+    }
+}
+
+#[rstest]
+#[case::ndarray(TestDevice::NdArray)]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+fn conv_jacobians_equal_autodiff(#[case] dev: TestDevice) {
+    on_device!(dev, conv_jacobians);
+}
+
+/// The linear layer's Jacobians equal autodiff's.
+fn linear_jacobians<B: AutodiffBackend>(device: &B::Device) {
+    let (m, d_in, d_out) = (5, 4, 3);
+    let x = uniform::<B::InnerBackend, 2>([m, d_in], 1, -1.0, 1.0, device);
+    let w0 = uniform::<B::InnerBackend, 2>([d_in, d_out], 2, -1.0, 1.0, device);
+    let b0 = uniform::<B::InnerBackend, 1>([d_out], 3, -1.0, 1.0, device);
+    let a = uniform::<B, 1>([d_out], 4, 0.5, 1.5, device);
+    let run = |square: bool| {
+        let w = Tensor::<B, 2>::from_inner(w0.clone()).require_grad();
+        let y = Tensor::<B, 2>::from_inner(x.clone())
+            .matmul(w.clone())
+            .add(Tensor::from_inner(b0.clone()).reshape([1, d_out]));
+        let y_for_stat = if square {
+            y.clone().square()
+        } else {
+            y.clone()
+        };
+        let grads = channel_mean(y_for_stat).mul(a.clone()).sum().backward();
+        (w.grad(&grads).unwrap().transpose(), y.inner())
+    };
+    let (auto_dmu, y) = run(false);
+    let (auto_dnu, _) = run(true);
+    let jac = linear_moment_jacobians(x, y);
+    let a_col = a.inner().reshape([d_out, 1]);
+    let closed_dmu = jac.mean.expand([d_out, d_in]).mul(a_col.clone());
+    let closed_dnu = jac.mean_sq.mul(a_col);
+    check_close(
+        "linear d mean/dW",
+        &closed_dmu.into_data(),
+        &[d_out, d_in],
+        &to_vec(auto_dmu),
+        1e-4,
+        1e-5,
+    )
+    .unwrap();
+    check_close(
+        "linear d meansq/dW",
+        &closed_dnu.into_data(),
+        &[d_out, d_in],
+        &to_vec(auto_dnu),
+        1e-4,
+        1e-5,
+    )
+    .unwrap();
+}
+
+#[rstest]
+#[case::ndarray(TestDevice::NdArray)]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+fn linear_jacobians_equal_autodiff(#[case] dev: TestDevice) {
+    on_device!(dev, linear_jacobians);
+}
+
+/// Compensation without weight copies: the mean (linear in W and b) is
+/// compensated exactly to a new weight and bias; the mean of squares
+/// (quadratic) up to exactly its second-order term. Checked against recomputing the statistics
+/// at the new weights.
+fn compensation_accuracy<B: AutodiffBackend>(device: &B::Device) {
+    type I<B> = <B as AutodiffBackend>::InnerBackend;
+    let (cin, cout) = (3, 4);
+    let x = uniform::<I<B>, 4>([2, cin, 6, 6], 1, -1.0, 1.0, device);
+    let w_old = uniform::<I<B>, 4>([cout, cin, 3, 3], 2, -0.5, 0.5, device);
+    let b_old = uniform::<I<B>, 1>([cout], 3, -0.5, 0.5, device);
+    let dw = uniform::<I<B>, 4>([cout, cin, 3, 3], 4, -0.01, 0.01, device);
+    let db = uniform::<I<B>, 1>([cout], 5, -0.01, 0.01, device);
+    let (x_keep, dw_keep, db_keep) = (x.clone(), dw.clone(), db.clone());
+    let (w_new, b_new) = (w_old.clone().add(dw), b_old.clone().add(db));
+    let options = PaddedConvOptions::asymmetric([1, 1], [1, 1], [1, 1], [1, 1], 1);
+    let stats = |w: Tensor<I<B>, 4>, b: Tensor<I<B>, 1>| {
+        let y = conv2d(x.clone(), w, Some(b), options.clone());
+        (y.clone(), channel_mean(y.clone()), channel_mean(y.square()))
+    };
+    let (y_old, mu_old, nu_old) = stats(w_old.clone(), b_old);
+    let (_, mu_new, nu_new) = stats(w_new.clone(), b_new.clone());
+    let geometry = Conv2dGeometry {
+        stride: [1, 1],
+        padding: [[1, 1], [1, 1]],
+        dilation: [1, 1],
+        groups: 1,
+    };
+    let jac = conv2d_moment_jacobians(x, y_old, [cout, cin, 3, 3], geometry);
+    let comp = compensate(
+        mu_old.clone().reshape([1, cout]),
+        nu_old.clone().reshape([1, cout]),
+        jac.mean.reshape([1, 1, cin * 9]),
+        jac.mean_sq.reshape([1, cout, cin * 9]),
+        w_new.reshape([1, cout, cin * 9]),
+        Some(b_new),
+        1.0,
+    );
+    check_close(
+        "compensated mean",
+        &comp.mean.into_data(),
+        &[1, cout],
+        &to_vec(mu_new.clone()),
+        1e-5,
+        1e-6,
+    )
+    .unwrap();
+    // nu is quadratic in (W, b): the first-order compensation misses
+    // exactly mean((conv(x, dW) + db)^2), and nothing else.
+    let dy = conv2d(x_keep, dw_keep, Some(db_keep), options);
+    let second_order = to_vec(channel_mean(dy.square()));
+    let (nu_new, nu_old, nu_comp) = (to_vec(nu_new), to_vec(nu_old), to_vec(comp.mean_sq));
+    for c in 0..cout {
+        let drift = (nu_new[c] - nu_old[c]).abs();
+        assert!(
+            drift > 1e-4,
+            "channel {c}: the weight change must move the statistics"
+        );
+        let predicted = nu_comp[c] + second_order[c];
+        assert!(
+            (predicted - nu_new[c]).abs() <= 1e-5 * nu_new[c].abs() + 1e-7,
+            "channel {c}: compensated {} + second order {} != recomputed {}",
+            nu_comp[c],
+            second_order[c],
+            nu_new[c]
+        );
+    }
+}
+
+#[rstest]
+#[case::ndarray(TestDevice::NdArray)]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+fn compensation_is_first_order_exact(#[case] dev: TestDevice) {
+    on_device!(dev, compensation_accuracy);
+}
+
+/// With window 1, biased variance, eps inside the root and window running
+/// statistics, `Conv2dCbn` is burn's `Conv2d` + `BatchNorm`: outputs, every
+/// gradient and the running statistics.
+fn window_one<B: AutodiffBackend>(device: &B::Device) {
+    let norm = CrossIterBatchNormConfig::new(0)
+        .with_window(1)
+        .with_plain_variance(PlainVariance::Biased)
+        .with_running_statistics(RunningStatistics::Window)
+        .with_eps_placement(EpsPlacement::InsideSqrt);
+    let cbn = Conv2dCbnConfig::new([3, 4], [3, 3])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .with_norm(norm)
+        .init::<B>(device);
+    let mut conv = Conv2dConfig::new([3, 4], [3, 3])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .init::<B>(device);
+    conv.weight = Param::from_tensor(cbn.conv.weight.val().detach());
+    conv.bias = cbn
+        .conv
+        .bias
+        .as_ref()
+        .map(|b| Param::from_tensor(b.val().detach()));
+    let bn = BatchNormConfig::new(4).init::<B>(device);
+    for step in 0..3 {
+        let x1 = uniform::<B, 4>([2, 3, 5, 5], step, -1.0, 2.0, device).require_grad();
+        let x2 = uniform::<B, 4>([2, 3, 5, 5], step, -1.0, 2.0, device).require_grad();
+        let g = uniform::<B, 4>([2, 4, 5, 5], 50 + step, -1.0, 1.0, device);
+        let y1 = cbn.forward(x1.clone());
+        let y2 = bn.forward(conv.forward(x2.clone()));
+        let what = format!("step {step}");
+        check_close(
+            &format!("{what} output"),
+            &y1.clone().into_data(),
+            &[2, 4, 5, 5],
+            &to_vec(y2.clone()),
+            1e-5,
+            1e-5,
+        )
+        .unwrap();
+        let g1 = y1.mul(g.clone()).sum().backward();
+        let g2 = y2.mul(g).sum().backward();
+        let pairs: Vec<(&str, Vec<f32>, Vec<f32>)> = vec![
+            (
+                "grad x",
+                to_vec(x1.grad(&g1).unwrap()),
+                to_vec(x2.grad(&g2).unwrap()),
+            ),
+            (
+                "grad W",
+                to_vec(cbn.conv.weight.grad(&g1).unwrap()),
+                to_vec(conv.weight.grad(&g2).unwrap()),
+            ),
+            (
+                "grad gamma",
+                to_vec(cbn.norm.gamma.as_ref().unwrap().grad(&g1).unwrap()),
+                to_vec(bn.gamma.grad(&g2).unwrap()),
+            ),
+            (
+                "grad beta",
+                to_vec(cbn.norm.beta.as_ref().unwrap().grad(&g1).unwrap()),
+                to_vec(bn.beta.grad(&g2).unwrap()),
+            ),
+            (
+                "running mean",
+                to_vec(cbn.norm.running_mean.value_sync()),
+                to_vec(bn.running_mean.value_sync()),
+            ),
+            (
+                "running var",
+                to_vec(cbn.norm.running_var.value_sync()),
+                to_vec(bn.running_var.value_sync()),
+            ),
+        ];
+        for (name, a, b) in pairs {
+            let data = TensorData::new(a.clone(), [a.len()]);
+            check_close(&format!("{what} {name}"), &data, &[b.len()], &b, 1e-4, 1e-5).unwrap();
+        }
+    }
+    let eval_cbn = cbn
+        .valid()
+        .forward(uniform([2, 3, 5, 5], 9, -1.0, 1.0, device));
+    let eval_bn =
+        bn.valid().forward(
+            conv.valid()
+                .forward(uniform([2, 3, 5, 5], 9, -1.0, 1.0, device)),
+        );
+    check_close(
+        "eval output",
+        &eval_cbn.into_data(),
+        &[2, 4, 5, 5],
+        &to_vec(eval_bn),
+        1e-5,
+        1e-5,
+    )
+    .unwrap();
+}
+
+#[rstest]
+#[case::ndarray(TestDevice::NdArray)]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+fn cbn_window_one_is_batch_norm(#[case] dev: TestDevice) {
+    on_device!(dev, window_one);
+}
+
+/// A history entry whose compensated variance is negative is dropped for
+/// that channel only; the current iteration always counts.
+fn negative_variance<B: AutodiffBackend>(device: &B::Device) {
+    let t1 = |v: Vec<f32>| {
+        Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(v.clone(), [v.len()]), device)
+    };
+    let t2 = |v: Vec<f32>, k: usize| {
+        Tensor::<B::InnerBackend, 2>::from_data(
+            TensorData::new(v.clone(), [k, v.len() / k]),
+            device,
+        )
+    };
+    // Current: mean (1, 2), mean_sq (2, 5). History entry 0: channel 0 has
+    // mean 3, mean_sq 4 (variance -5 < 0: dropped), channel 1 mean 0,
+    // mean_sq 1. Entry 1 is inactive (fill 1) and would otherwise count.
+    let (mean, var) = window_statistics(
+        t1(vec![1.0, 2.0]),
+        t1(vec![2.0, 5.0]),
+        t2(vec![3.0, 0.0, 100.0, 100.0], 2),
+        t2(vec![4.0, 1.0, 1e5, 1e5], 2),
+        t2(vec![1.0, 0.0], 2),
+    );
+    // Channel 0: only the current: mean 1, var 2 - 1 = 1.
+    // Channel 1: (2 + 0) / 2 = 1, mean_sq (5 + 1) / 2 = 3, var 3 - 1 = 2.
+    check_close(
+        "window mean",
+        &mean.into_data(),
+        &[2],
+        &[1.0, 1.0],
+        0.0,
+        1e-6,
+    )
+    .unwrap();
+    check_close("window var", &var.into_data(), &[2], &[1.0, 2.0], 0.0, 1e-6).unwrap();
+}
+
+#[rstest]
+#[case::ndarray(TestDevice::NdArray)]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+fn cbn_drops_negative_variance_per_channel(#[case] dev: TestDevice) {
+    on_device!(dev, negative_variance);
+}
+
+/// A batch of one — one value per channel — never produces NaN, with
+/// either eps placement, through burn-in and a full window.
+fn batch_of_one<B: AutodiffBackend>(device: &B::Device) {
+    for placement in [EpsPlacement::InsideSqrt, EpsPlacement::OnStd] {
+        let norm = CrossIterBatchNormConfig::new(0)
+            .with_window(3)
+            .with_burn_in(1)
+            .with_eps_placement(placement);
+        let conv = Conv2dCbnConfig::new([2, 3], [1, 1])
+            .with_norm(norm.clone())
+            .init::<B>(device);
+        let linear = LinearCbnConfig::new(4, 3).with_norm(norm).init::<B>(device);
+        for step in 0..5 {
+            let what = format!("{placement:?} step {step}");
+            let x = uniform::<B, 4>([1, 2, 1, 1], step, -1.0, 1.0, device).require_grad();
+            let y = conv.forward(x.clone());
+            assert_finite(&format!("conv {what} output"), &y.clone().into_data());
+            let grads = y.sum().backward();
+            assert_finite(
+                &format!("conv {what} grad x"),
+                &x.grad(&grads).unwrap().into_data(),
+            );
+            assert_finite(
+                &format!("conv {what} grad W"),
+                &conv.conv.weight.grad(&grads).unwrap().into_data(),
+            );
+            let x = uniform::<B, 2>([1, 4], step, -1.0, 1.0, device).require_grad();
+            let y = linear.forward(x.clone());
+            assert_finite(&format!("linear {what} output"), &y.clone().into_data());
+            let grads = y.sum().backward();
+            assert_finite(
+                &format!("linear {what} grad x"),
+                &x.grad(&grads).unwrap().into_data(),
+            );
+            assert_finite(
+                &format!("linear {what} grad W"),
+                &linear.linear.weight.grad(&grads).unwrap().into_data(),
+            );
+        }
+        assert_eq!(conv.norm.history_len(), 2);
+        let eval = conv
+            .valid()
+            .forward(uniform([1, 2, 1, 1], 9, -1.0, 1.0, device));
+        assert_finite("eval", &eval.into_data());
+    }
+}
+
+#[rstest]
+#[case::ndarray(TestDevice::NdArray)]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+fn cbn_batch_of_one_is_finite(#[case] dev: TestDevice) {
+    on_device!(dev, batch_of_one);
+}
+
+/// `LinearCbn` over `[N, L, C]` normalizes each feature over all `N * L`
+/// rows: identical to the same rows given as `[N * L, C]`.
+fn linear_sequence<B: AutodiffBackend>(device: &B::Device) {
+    let config = LinearCbnConfig::new(4, 3).with_window(3);
+    let seq = materialize(config.init::<B>(device));
+    let flat = config
+        .init::<B>(device)
+        .load_record(seq.clone().into_record());
+    for step in 0..3 {
+        let x = uniform::<B, 3>([2, 5, 4], step, -1.0, 1.0, device);
+        let a = seq.forward(x.clone());
+        let b = flat.forward(x.reshape([10, 4]));
+        check_close(
+            &format!("step {step}"),
+            &a.into_data(),
+            &[2, 5, 3],
+            &to_vec(b),
+            1e-6,
+            1e-6,
+        )
+        .unwrap();
+    }
+}
+
+#[rstest]
+#[case::ndarray(TestDevice::NdArray)]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+fn linear_cbn_sequences(#[case] dev: TestDevice) {
+    on_device!(dev, linear_sequence);
+}
+
+/// History memory for a 64 -> 64 3x3 conv with window 8, against the
+/// reference's `(k - 1) * (3|W| + 2C)` floats.
+#[test]
+fn history_memory_is_under_0_4x_the_reference() {
+    let layer = Conv2dCbnConfig::new([64, 64], [3, 3])
+        .with_window(8)
+        .init::<NdArrayAd>(&Default::default());
+    let ours = layer.norm.history.as_ref().unwrap().num_floats();
+    let w = 64 * 64 * 9;
+    let reference = 7 * (3 * w + 2 * 64);
+    let ratio = ours as f64 / reference as f64;
+    println!("history floats: ours {ours}, reference {reference}, ratio {ratio:.3}");
+    assert_eq!(ours, 7 * (w + 64 * 9 + 2 * 64));
+    assert!(ratio <= 0.4, "ratio {ratio}");
+}
+
+/// burn initializes parameters lazily and a clone of an uninitialized
+/// module draws its own values: load the module's own record into it so
+/// that clones share its values.
+fn materialize<B: Backend, M: Module<B>>(module: M) -> M {
+    let record = module.clone().into_record();
+    module.load_record(record)
+}
+
+type Snapshot = Vec<(String, TensorData)>;
+
+fn snapshot<B: Backend>(layer: &Conv2dCbn<B>) -> Snapshot {
+    let h = layer.norm.history.as_ref().unwrap();
+    vec![
+        ("conv.weight".into(), layer.conv.weight.val().into_data()),
+        (
+            "conv.bias".into(),
+            layer.conv.bias.as_ref().unwrap().val().into_data(),
+        ),
+        (
+            "gamma".into(),
+            layer.norm.gamma.as_ref().unwrap().val().into_data(),
+        ),
+        (
+            "beta".into(),
+            layer.norm.beta.as_ref().unwrap().val().into_data(),
+        ),
+        (
+            "running_mean".into(),
+            layer.norm.running_mean.value_sync().into_data(),
+        ),
+        (
+            "running_var".into(),
+            layer.norm.running_var.value_sync().into_data(),
+        ),
+        (
+            "iterations".into(),
+            layer.norm.iterations.value_sync().into_data(),
+        ),
+        ("history.mean".into(), h.mean.value_sync().into_data()),
+        ("history.mean_sq".into(), h.mean_sq.value_sync().into_data()),
+        (
+            "history.jac_mean".into(),
+            h.jac_mean.value_sync().into_data(),
+        ),
+        (
+            "history.jac_mean_sq".into(),
+            h.jac_mean_sq.value_sync().into_data(),
+        ),
+        ("history.fill".into(), h.fill.value_sync().into_data()),
+    ]
+}
+
+/// SGD steps on the deterministic stream from `first`; returns the layer,
+/// the outputs and the conv weight gradients.
+fn train<B: AutodiffBackend>(
+    mut layer: Conv2dCbn<B>,
+    first: u64,
+    steps: u64,
+    device: &B::Device,
+) -> (Conv2dCbn<B>, Vec<TensorData>, Vec<TensorData>) {
+    let mut optim = SgdConfig::new().init::<B, Conv2dCbn<B>>();
+    let (mut outputs, mut grads_w) = (Vec::new(), Vec::new());
+    for step in first..first + steps {
+        let y = layer.forward(uniform::<B, 4>([1, 2, 5, 5], step, -1.0, 1.0, device));
+        outputs.push(y.clone().into_data());
+        let grads = y
+            .mul(uniform::<B, 4>([1, 3, 5, 5], 500 + step, -1.0, 1.0, device))
+            .sum()
+            .backward();
+        grads_w.push(layer.conv.weight.grad(&grads).unwrap().into_data());
+        let grads = GradientsParams::from_grads(grads, &layer);
+        layer = optim.step(0.05, layer, grads);
+    }
+    (layer, outputs, grads_w)
+}
+
+fn cbn_config() -> Conv2dCbnConfig {
+    Conv2dCbnConfig::new([2, 3], [3, 3])
+        .with_padding(PaddingConfig2d::Same)
+        .with_norm(
+            CrossIterBatchNormConfig::new(0)
+                .with_window(4)
+                .with_burn_in(2)
+                .with_burn_in_mode(BurnInMode::Ramp),
+        )
+}
+
+/// Train n steps, save, load into a fresh module, train m more: outputs,
+/// gradients and state (history included) are bit-identical to n + m
+/// uninterrupted steps.
+fn resume<B: AutodiffBackend>(device: &B::Device) {
+    let (n, m) = (5, 4);
+    B::seed(device, 7);
+    let start = materialize(cbn_config().init::<B>(device));
+    let record = start.clone().into_record();
+    let (straight, out_straight, grad_straight) = train(start, 0, n + m, device);
+
+    let (first, _, _) = train(
+        cbn_config().init::<B>(device).load_record(record),
+        0,
+        n,
+        device,
+    );
+    assert_eq!(
+        first.norm.history_len(),
+        3,
+        "the window is full before saving"
+    );
+    let dir = std::env::temp_dir().join(format!(
+        "bnorm-cbn-resume-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+    first.save_file(dir.join("cbn"), &recorder).unwrap();
+    let fresh = cbn_config()
+        .init::<B>(device)
+        .load_checkpoint(dir.join("cbn.mpk"), &recorder, device)
+        .unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    let (resumed, out_resumed, grad_resumed) = train(fresh, n, m, device);
+
+    for i in 0..m as usize {
+        assert_bits_eq(
+            &format!("output of step {}", n as usize + i),
+            &out_straight[n as usize + i],
+            &out_resumed[i],
+        );
+        assert_bits_eq(
+            &format!("conv weight gradient of step {}", n as usize + i),
+            &grad_straight[n as usize + i],
+            &grad_resumed[i],
+        );
+    }
+    for ((name, a), (_, b)) in snapshot(&straight).iter().zip(snapshot(&resumed).iter()) {
+        assert_bits_eq(name, a, b);
+    }
+}
+
+#[rstest]
+#[case::ndarray(TestDevice::NdArray)]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+fn cbn_resume_is_bit_identical(#[case] dev: TestDevice) {
+    on_device!(dev, resume);
+}
+
+/// Records of another window or channel count are errors naming the field.
+fn record_mismatch<B: AutodiffBackend>(device: &B::Device) {
+    let record = cbn_config().init::<B>(device).into_record();
+    let err = cbn_config()
+        .with_window(6)
+        .init::<B>(device)
+        .try_load_record(record)
+        .unwrap_err();
+    assert_eq!(err.field, "history.mean");
+    assert_eq!(
+        (err.expected.clone(), err.found.clone()),
+        (vec![5, 3], vec![3, 3])
+    );
+    assert!(err.to_string().contains("history.mean"), "{err}");
+
+    let record = cbn_config().init::<B>(device).into_record();
+    let err = Conv2dCbnConfig::new([2, 5], [3, 3])
+        .init::<B>(device)
+        .try_load_record(record)
+        .unwrap_err();
+    assert_eq!(err.field, "conv.weight");
+
+    let record = cbn_config().with_window(1).init::<B>(device).into_record();
+    let err = cbn_config()
+        .init::<B>(device)
+        .try_load_record(record)
+        .unwrap_err();
+    assert!(err.field.starts_with("history"), "{err}");
+
+    let record = LinearCbnConfig::new(4, 3).init::<B>(device).into_record();
+    let err = LinearCbnConfig::new(4, 6)
+        .init::<B>(device)
+        .try_load_record(record)
+        .unwrap_err();
+    assert_eq!(err.field, "linear.weight");
+
+    let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+    let missing =
+        cbn_config()
+            .init::<B>(device)
+            .load_checkpoint("/nonexistent/cbn.mpk", &recorder, device);
+    assert!(matches!(missing, Err(CheckpointError::Recorder(_))));
+}
+
+#[rstest]
+#[case::ndarray(TestDevice::NdArray)]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+fn cbn_record_mismatch_is_an_error(#[case] dev: TestDevice) {
+    on_device!(dev, record_mismatch);
+}
+
+fn panic_message(f: impl FnOnce()) -> String {
+    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).expect_err("should panic");
+    err.downcast_ref::<String>().cloned().unwrap_or_default()
+}
+
+/// Bad input panics with a message naming expected and received shapes and
+/// leaves the state untouched.
+fn bad_input<B: AutodiffBackend>(device: &B::Device) {
+    let conv: Conv2dCbn<B> = cbn_config().init(device);
+    conv.forward(uniform([1, 2, 5, 5], 0, -1.0, 1.0, device));
+    let before = snapshot(&conv);
+    let m = panic_message(|| {
+        conv.forward(uniform::<B, 4>([1, 3, 5, 5], 0, -1.0, 1.0, device));
+    });
+    assert!(
+        m.contains("[batch_size, 2, height, width]") && m.contains("[1, 3, 5, 5]"),
+        "{m}"
+    );
+    let m = panic_message(|| {
+        conv.norm.forward_with(
+            uniform::<B, 4>([1, 3, 5, 5], 0, -1.0, 1.0, device),
+            uniform::<B, 3>([1, 3, 9], 0, -1.0, 1.0, device),
+            None,
+            || unreachable!(),
+        );
+    });
+    assert!(m.contains("[1, 3, 18]") && m.contains("[1, 3, 9]"), "{m}");
+    let m = panic_message(|| {
+        conv.norm
+            .forward_frozen(uniform::<B, 4>([1, 4, 5, 5], 0, -1.0, 1.0, device));
+    });
+    assert!(
+        m.contains("3 channels") && m.contains("[1, 4, 5, 5]"),
+        "{m}"
+    );
+    for ((name, a), (_, b)) in before.iter().zip(snapshot(&conv).iter()) {
+        assert_bits_eq(&format!("{name} after rejected input"), a, b);
+    }
+    let linear: LinearCbn<B> = LinearCbnConfig::new(4, 3).init(device);
+    let m = panic_message(|| {
+        linear.forward(uniform::<B, 2>([2, 5], 0, -1.0, 1.0, device));
+    });
+    assert!(m.contains("[batch_size, 4]") && m.contains("[2, 5]"), "{m}");
+    let m = panic_message(|| {
+        linear.forward(uniform::<B, 4>([2, 1, 1, 4], 0, -1.0, 1.0, device));
+    });
+    assert!(m.contains("[2, 1, 1, 4]"), "{m}");
+}
+
+#[rstest]
+#[case::ndarray(TestDevice::NdArray)]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+fn cbn_bad_input_panics_clearly(#[case] dev: TestDevice) {
+    on_device!(dev, bad_input);
+}
