@@ -1,0 +1,79 @@
+//! Conv2dCbn (3x3, same channels in and out, window 8) forward + backward
+//! against burn's Conv2d + BatchNorm, side by side in one run, ratios
+//! printed at the end.
+//!
+//! ```sh
+//! cargo bench --bench cbn_vs_conv_batchnorm                    # ndarray
+//! cargo bench --bench cbn_vs_conv_batchnorm --features cuda    # + CUDA
+//! ```
+
+mod common;
+
+use bnorm::Conv2dCbnConfig;
+use burn::backend::{Autodiff, NdArray};
+use burn::nn::conv::Conv2dConfig;
+use burn::nn::{BatchNormConfig, PaddingConfig2d};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Distribution, Tensor};
+use common::{print_ratios, shape_name, SHAPES};
+use criterion::{BenchmarkId, Criterion};
+
+fn bench_backend<B: AutodiffBackend>(c: &mut Criterion, backend: &str, device: &B::Device) -> Vec<String> {
+    let mut groups = Vec::new();
+    for shape in SHAPES {
+        let channels = shape[1];
+        let name = format!("cbn-{backend}-{}", shape_name(shape));
+        let mut group = c.benchmark_group(&name);
+        let x = Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), device);
+        let padding = PaddingConfig2d::Explicit(1, 1, 1, 1);
+        let conv = Conv2dConfig::new([channels, channels], [3, 3])
+            .with_padding(padding.clone())
+            .with_bias(false)
+            .init::<B>(device);
+        let bn = BatchNormConfig::new(channels).init::<B>(device);
+        let cbn = Conv2dCbnConfig::new([channels, channels], [3, 3])
+            .with_padding(padding)
+            .with_bias(false)
+            .with_window(8)
+            .init::<B>(device);
+        // Fill the window first: the steady state is what training sees.
+        for _ in 0..8 {
+            let _ = cbn.forward(x.clone()).sum().backward();
+        }
+        let sync = |t: Tensor<B::InnerBackend, 1>| {
+            let _ = t.into_data();
+        };
+        group.bench_function(BenchmarkId::from_parameter("Conv2d+BatchNorm"), |b| {
+            b.iter(|| {
+                let x = x.clone().require_grad();
+                let grads = bn.forward(conv.forward(x.clone())).sum().backward();
+                sync(x.grad(&grads).unwrap().sum());
+            })
+        });
+        group.bench_function(BenchmarkId::from_parameter("Conv2dCbn"), |b| {
+            b.iter(|| {
+                let x = x.clone().require_grad();
+                let grads = cbn.forward(x.clone()).sum().backward();
+                sync(x.grad(&grads).unwrap().sum());
+            })
+        });
+        group.finish();
+        groups.push(name);
+    }
+    groups
+}
+
+fn main() {
+    let mut c = Criterion::default()
+        .sample_size(10)
+        .measurement_time(std::time::Duration::from_secs(4))
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .configure_from_args();
+    let groups = bench_backend::<Autodiff<NdArray>>(&mut c, "ndarray", &Default::default());
+    #[cfg(feature = "cuda")]
+    let cuda_groups = bench_backend::<Autodiff<burn::backend::Cuda>>(&mut c, "cuda", &bnorm::cuda::device_or_explain(0));
+    c.final_summary();
+    print_ratios("Conv2dCbn (k = 8) / Conv2d + BatchNorm, forward + backward, ndarray", &groups, "Conv2d+BatchNorm", "Conv2dCbn");
+    #[cfg(feature = "cuda")]
+    print_ratios("Conv2dCbn (k = 8) / Conv2d + BatchNorm, forward + backward, CUDA", &cuda_groups, "Conv2d+BatchNorm", "Conv2dCbn");
+}
