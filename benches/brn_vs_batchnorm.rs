@@ -55,18 +55,22 @@ fn bench_backend<B: AutodiffBackend>(
 }
 
 fn main() {
-    let mut c = Criterion::default()
-        .sample_size(20)
-        .measurement_time(std::time::Duration::from_secs(3))
-        .warm_up_time(std::time::Duration::from_secs(1))
-        .configure_from_args();
-    let groups = bench_backend::<Autodiff<NdArray>>(&mut c, "ndarray", &Default::default());
+    let mut c = common::criterion(20, 3);
+    let groups = if common::wants("ndarray") {
+        bench_backend::<Autodiff<NdArray>>(&mut c, "ndarray", &Default::default())
+    } else {
+        Vec::new()
+    };
     #[cfg(feature = "cuda")]
-    let cuda_groups = bench_backend::<Autodiff<burn::backend::Cuda>>(
-        &mut c,
-        "cuda",
-        &bnorm::cuda::device_or_explain(0),
-    );
+    let cuda_groups = if common::wants("cuda") {
+        bench_backend::<Autodiff<burn::backend::Cuda>>(
+            &mut c,
+            "cuda",
+            &bnorm::cuda::device_or_explain(0),
+        )
+    } else {
+        Vec::new()
+    };
     c.final_summary();
     print_ratios(
         "BatchRenorm / BatchNorm, forward + backward, ndarray",

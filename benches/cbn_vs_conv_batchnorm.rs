@@ -18,7 +18,11 @@ use burn::tensor::{Distribution, Tensor};
 use common::{print_ratios, shape_name, SHAPES};
 use criterion::{BenchmarkId, Criterion};
 
-fn bench_backend<B: AutodiffBackend>(c: &mut Criterion, backend: &str, device: &B::Device) -> Vec<String> {
+fn bench_backend<B: AutodiffBackend>(
+    c: &mut Criterion,
+    backend: &str,
+    device: &B::Device,
+) -> Vec<String> {
     let mut groups = Vec::new();
     for shape in SHAPES {
         let channels = shape[1];
@@ -64,16 +68,34 @@ fn bench_backend<B: AutodiffBackend>(c: &mut Criterion, backend: &str, device: &
 }
 
 fn main() {
-    let mut c = Criterion::default()
-        .sample_size(10)
-        .measurement_time(std::time::Duration::from_secs(4))
-        .warm_up_time(std::time::Duration::from_secs(1))
-        .configure_from_args();
-    let groups = bench_backend::<Autodiff<NdArray>>(&mut c, "ndarray", &Default::default());
+    let mut c = common::criterion(10, 4);
+    let groups = if common::wants("ndarray") {
+        bench_backend::<Autodiff<NdArray>>(&mut c, "ndarray", &Default::default())
+    } else {
+        Vec::new()
+    };
     #[cfg(feature = "cuda")]
-    let cuda_groups = bench_backend::<Autodiff<burn::backend::Cuda>>(&mut c, "cuda", &bnorm::cuda::device_or_explain(0));
+    let cuda_groups = if common::wants("cuda") {
+        bench_backend::<Autodiff<burn::backend::Cuda>>(
+            &mut c,
+            "cuda",
+            &bnorm::cuda::device_or_explain(0),
+        )
+    } else {
+        Vec::new()
+    };
     c.final_summary();
-    print_ratios("Conv2dCbn (k = 8) / Conv2d + BatchNorm, forward + backward, ndarray", &groups, "Conv2d+BatchNorm", "Conv2dCbn");
+    print_ratios(
+        "Conv2dCbn (k = 8) / Conv2d + BatchNorm, forward + backward, ndarray",
+        &groups,
+        "Conv2d+BatchNorm",
+        "Conv2dCbn",
+    );
     #[cfg(feature = "cuda")]
-    print_ratios("Conv2dCbn (k = 8) / Conv2d + BatchNorm, forward + backward, CUDA", &cuda_groups, "Conv2d+BatchNorm", "Conv2dCbn");
+    print_ratios(
+        "Conv2dCbn (k = 8) / Conv2d + BatchNorm, forward + backward, CUDA",
+        &cuda_groups,
+        "Conv2d+BatchNorm",
+        "Conv2dCbn",
+    );
 }

@@ -12,11 +12,36 @@ pub fn shape_name(s: [usize; 4]) -> String {
     format!("{}x{}x{}x{}", s[0], s[1], s[2], s[3])
 }
 
-fn criterion_dir() -> PathBuf {
-    let target = std::env::var("CARGO_TARGET_DIR")
+/// Where criterion writes its estimates: `$CRITERION_HOME`, else
+/// `$CARGO_TARGET_DIR/criterion`, else `target/criterion` under the working
+/// directory (`cargo bench` runs in the package directory; a packed bench
+/// binary wherever it is started). Read at run time, never compiled in.
+pub fn criterion_dir() -> PathBuf {
+    if let Some(home) = std::env::var_os("CRITERION_HOME") {
+        return PathBuf::from(home);
+    }
+    std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
-    target.join("criterion")
+        .unwrap_or_else(|| PathBuf::from("target"))
+        .join("criterion")
+}
+
+/// A criterion configured for these comparisons, writing to [`criterion_dir`].
+pub fn criterion(sample_size: usize, measurement_secs: u64) -> criterion::Criterion {
+    criterion::Criterion::default()
+        .sample_size(sample_size)
+        .measurement_time(std::time::Duration::from_secs(measurement_secs))
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .output_directory(&criterion_dir())
+        .configure_from_args()
+}
+
+/// Whether to run `backend` ("ndarray", "cuda"): `BNORM_BENCH_BACKENDS` is a
+/// comma-separated list (default: every compiled backend).
+pub fn wants(backend: &str) -> bool {
+    std::env::var("BNORM_BENCH_BACKENDS")
+        .map(|list| list.split(',').any(|b| b.trim() == backend))
+        .unwrap_or(true)
 }
 
 /// Mean time in nanoseconds criterion estimated for `group/function`.

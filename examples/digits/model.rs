@@ -3,7 +3,7 @@
 //! and ReLU, a 2x2 max-pool after the second, global average pool, linear to
 //! 10 classes.
 
-use bnorm::{BatchRenorm, BatchRenormConfig};
+use bnorm::{BatchRenorm, BatchRenormConfig, Conv2dCbn, Conv2dCbnConfig, CrossIterBatchNormConfig};
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
@@ -13,12 +13,23 @@ use burn::nn::{
 use burn::tensor::activation::relu;
 use burn::tensor::{backend::Backend, Tensor};
 
+/// CBN window `k` in the demo: the current iteration and 7 earlier ones.
+pub const CBN_WINDOW: usize = 8;
+/// CBN burn-in in iterations: plain BatchNorm statistics for the first 100
+/// steps, while the weights move fastest and the Taylor step is least
+/// accurate.
+pub const CBN_BURN_IN: usize = 100;
+
 /// Which normalization follows each conv.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Norm {
     BatchNorm,
     BatchRenorm,
     GroupNorm,
+    /// Conv2dCbn with the library defaults (gradient through the history).
+    CrossIter,
+    /// Conv2dCbn with the reference's choices (history terms constant).
+    CrossIterReference,
 }
 
 impl Norm {
@@ -27,6 +38,8 @@ impl Norm {
             Norm::BatchNorm => "BatchNorm",
             Norm::BatchRenorm => "BatchRenorm",
             Norm::GroupNorm => "GroupNorm(4)",
+            Norm::CrossIter => "CBN",
+            Norm::CrossIterReference => "CBN (reference)",
         }
     }
 }
@@ -34,7 +47,8 @@ impl Norm {
 /// A conv followed by one normalization (exactly one of the options is set).
 #[derive(Module, Debug)]
 pub struct Block<B: Backend> {
-    conv: Conv2d<B>,
+    conv: Option<Conv2d<B>>,
+    cbn: Option<Conv2dCbn<B>>,
     bn: Option<BatchNorm<B>>,
     brn: Option<BatchRenorm<B>>,
     gn: Option<GroupNorm<B>>,
@@ -42,13 +56,31 @@ pub struct Block<B: Backend> {
 
 impl<B: Backend> Block<B> {
     fn new(norm: Norm, channels: [usize; 2], total_steps: usize, device: &B::Device) -> Self {
-        let conv = Conv2dConfig::new(channels, [3, 3])
-            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-            .with_bias(false)
-            .init(device);
+        let padding = PaddingConfig2d::Explicit(1, 1, 1, 1);
         let c = channels[1];
+        let cross_iter = matches!(norm, Norm::CrossIter | Norm::CrossIterReference);
+        let cbn = cross_iter.then(|| {
+            let mut options = CrossIterBatchNormConfig::new(c)
+                .with_window(CBN_WINDOW)
+                .with_burn_in(CBN_BURN_IN);
+            if norm == Norm::CrossIterReference {
+                options = options.reference();
+            }
+            Conv2dCbnConfig::new(channels, [3, 3])
+                .with_padding(padding.clone())
+                .with_bias(false)
+                .with_norm(options)
+                .init(device)
+        });
+        let conv = (!cross_iter).then(|| {
+            Conv2dConfig::new(channels, [3, 3])
+                .with_padding(padding)
+                .with_bias(false)
+                .init(device)
+        });
         Block {
             conv,
+            cbn,
             bn: (norm == Norm::BatchNorm).then(|| BatchNormConfig::new(c).init(device)),
             brn: (norm == Norm::BatchRenorm).then(|| {
                 BatchRenormConfig::new(c)
@@ -60,7 +92,10 @@ impl<B: Backend> Block<B> {
     }
 
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let y = self.conv.forward(x);
+        let Some(conv) = &self.conv else {
+            return relu(self.cbn.as_ref().expect("a conv").forward(x));
+        };
+        let y = conv.forward(x);
         let y = if let Some(bn) = &self.bn {
             bn.forward(y)
         } else if let Some(brn) = &self.brn {

@@ -19,25 +19,27 @@
 //!
 //! ## Memory: no weight copies
 //!
-//! `y` is linear in `(W_c, b_c)`, so `mu` is homogeneous of degree 1 and
-//! `nu` of degree 2 in them, and by Euler `<P, W_i> + b_i = mu_i`,
-//! `<Q, W_i> + 2 mu_i b_i = 2 nu_i` at the weights `W_i, b_i` they were
-//! taken at. The first-order compensation to the current `W, b`,
+//! The reference compensates with `<J_i, W - W_i>` and keeps a copy of
+//! `W_i` per entry. Only the scalar `<J_i, W_i>` per channel is needed, so
+//! an entry stores it instead (the *linearization point*, two `C`-vectors
+//! computed when the entry is recorded):
 //!
 //! ```text
-//! mu_i(W) = mu_i + rho * (<P_i, W - W_i> + (b - b_i))
-//! nu_i(W) = nu_i + rho * (<Q_i, W - W_i> + 2 mu_i (b - b_i))
+//! lin_mu_i = <P_i, W_i> + b_i            lin_nu_i = <Q_i, W_i> + 2 mu_i b_i
+//! mu_i(W)  = mu_i + rho * (<P_i, W> + b - lin_mu_i)
+//! nu_i(W)  = nu_i + rho * (<Q_i, W> + 2 mu_i b - lin_nu_i)
 //! ```
 //!
-//! therefore needs no copy of `W_i`:
+//! `y` is linear in `(W_c, b_c)`, so by Euler `lin_mu_i = mu_i` and
+//! `lin_nu_i = 2 nu_i` exactly; storing them anyway keeps the compensation
+//! a *difference* of two inner products with the same Jacobian, so rounding
+//! in the Jacobian (burn-cuda runs f32 matmuls and convolutions in TF32 on
+//! tensor cores) multiplies only the small `W - W_i`, as in the reference.
+//! The inner products themselves are elementwise products and sums, full
+//! float32 on every backend.
 //!
-//! ```text
-//! mu_i(W) = mu_i + rho * (<P_i, W> + b - mu_i)
-//! nu_i(W) = nu_i + rho * (<Q_i, W> + 2 mu_i b - 2 nu_i)
-//! ```
-//!
-//! A history entry holds `P` (`G x F` floats), `Q` (`|W|`), `mu` and `nu`
-//! (`C` each), against the reference's `3 |W| + 2C`.
+//! An entry holds `P` (`G x F` floats), `Q` (`|W|`), `mu`, `nu` and the two
+//! linearization points (`C` each), against the reference's `3 |W| + 2C`.
 //!
 //! ## Layout
 //!
@@ -133,6 +135,42 @@ pub fn linear_moment_jacobians<B: Backend>(x: Tensor<B, 2>, y: Tensor<B, 2>) -> 
     MomentJacobians { mean, mean_sq }
 }
 
+/// Inner products of recorded Jacobians with a weight (and bias), per
+/// entry and channel: `<P_i, W_c> + b_c` and `<Q_i, W_c> + 2 mu_i,c b_c`,
+/// each `[K, C]`.
+///
+/// `jac_mean` `[K, G, F]`, `jac_mean_sq` `[K, C, F]`, `mean` `[K, C]` (the
+/// entries' means, for the bias term), `weight` `[G, C/G, F]`, `bias` `[C]`.
+/// Elementwise products and sums: float32 on every backend (no tensor-core
+/// matmul).
+pub fn linearize<B: Backend>(
+    jac_mean: Tensor<B, 3>,
+    jac_mean_sq: Tensor<B, 3>,
+    mean: Tensor<B, 2>,
+    weight: Tensor<B, 3>,
+    bias: Option<Tensor<B, 1>>,
+) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let [k, g, f] = jac_mean.dims();
+    let [_, c_g, _] = weight.dims();
+    let c = g * c_g;
+    let p_w = jac_mean
+        .reshape([k, g, 1, f])
+        .mul(weight.clone().reshape([1, g, c_g, f]))
+        .sum_dim(3)
+        .reshape([k, c]);
+    let q_w = jac_mean_sq
+        .mul(weight.reshape([1, c, f]))
+        .sum_dim(2)
+        .reshape([k, c]);
+    match bias {
+        Some(b) => {
+            let b = b.reshape([1, c]);
+            (p_w.add(b.clone()), q_w.add(mean.mul(b).mul_scalar(2.0)))
+        }
+        None => (p_w, q_w),
+    }
+}
+
 /// History moments compensated to the current weight.
 #[derive(Debug, Clone)]
 pub struct CompensatedMoments<B: Backend> {
@@ -142,56 +180,84 @@ pub struct CompensatedMoments<B: Backend> {
     pub mean_sq: Tensor<B, 2>,
 }
 
-/// First-order compensation of `K` history entries to the current weight.
-///
-/// - `mean`, `mean_sq`: the moments when recorded, `[K, C]`;
-/// - `jac_mean` `[K, G, F]`, `jac_mean_sq` `[K, C, F]`: their Jacobians;
-/// - `weight`: the current weight as `[G, C/G, F]`, `bias` `[C]` if any;
-/// - `rho`: the Taylor factor (0 = no compensation, naive averaging).
-///
-/// Gradients flow into `weight` and `bias` from whatever graph they carry:
-/// pass them detached for the reference's constant history terms.
-pub fn compensate<B: Backend>(
-    mean: Tensor<B, 2>,
-    mean_sq: Tensor<B, 2>,
-    jac_mean: Tensor<B, 3>,
-    jac_mean_sq: Tensor<B, 3>,
-    weight: Tensor<B, 3>,
-    bias: Option<Tensor<B, 1>>,
-    rho: f64,
-) -> CompensatedMoments<B> {
-    if rho == 0.0 {
-        return CompensatedMoments { mean, mean_sq };
-    }
-    let [k, c] = mean.dims();
-    let [g, c_g, f] = weight.dims();
-    // <P_i, W_c>: per group, [K, F] x [F, C/G].
-    let p_w = jac_mean
-        .swap_dims(0, 1)
-        .matmul(weight.clone().swap_dims(1, 2))
-        .swap_dims(0, 1)
-        .reshape([k, g * c_g]);
-    // <Q_i, W_c>: elementwise over the patch axis.
-    let q_w = jac_mean_sq
-        .mul(weight.reshape([1, c, f]))
-        .sum_dim(2)
-        .reshape([k, c]);
-    let (p_w, q_w) = match bias {
-        Some(b) => {
-            let b = b.reshape([1, c]);
-            (
-                p_w.add(b.clone()),
-                q_w.add(mean.clone().mul(b).mul_scalar(2.0)),
-            )
+/// `K` recorded history entries: moments, Jacobians and linearization
+/// points (see the module docs).
+#[derive(Debug, Clone)]
+pub struct HistoryEntries<B: Backend> {
+    /// `mu_i`, `[K, C]`.
+    pub mean: Tensor<B, 2>,
+    /// `nu_i`, `[K, C]`.
+    pub mean_sq: Tensor<B, 2>,
+    /// `P_i = d mu_i / dW` per group, `[K, G, F]`.
+    pub jac_mean: Tensor<B, 3>,
+    /// `Q_i = d nu_i / dW` per channel, `[K, C, F]`.
+    pub jac_mean_sq: Tensor<B, 3>,
+    /// `<P_i, W_i> + b_i`, `[K, C]`.
+    pub lin_mean: Tensor<B, 2>,
+    /// `<Q_i, W_i> + 2 mu_i b_i`, `[K, C]`.
+    pub lin_mean_sq: Tensor<B, 2>,
+}
+
+impl<B: Backend> HistoryEntries<B> {
+    /// One entry recorded now: this step's moments `[C]` and Jacobians at
+    /// the current `weight` `[G, C/G, F]` and `bias` (pass them detached).
+    pub fn record(
+        mean: Tensor<B, 1>,
+        mean_sq: Tensor<B, 1>,
+        jacobians: MomentJacobians<B>,
+        weight: Tensor<B, 3>,
+        bias: Option<Tensor<B, 1>>,
+    ) -> Self {
+        let [c] = mean.dims();
+        let [g, f] = jacobians.mean.dims();
+        let mean = mean.reshape([1, c]);
+        let jac_mean = jacobians.mean.reshape([1, g, f]);
+        let jac_mean_sq = jacobians.mean_sq.reshape([1, c, f]);
+        let (lin_mean, lin_mean_sq) = linearize(
+            jac_mean.clone(),
+            jac_mean_sq.clone(),
+            mean.clone(),
+            weight,
+            bias,
+        );
+        HistoryEntries {
+            mean,
+            mean_sq: mean_sq.reshape([1, c]),
+            jac_mean,
+            jac_mean_sq,
+            lin_mean,
+            lin_mean_sq,
         }
-        None => (p_w, q_w),
-    };
-    let comp_mean = mean.clone().add(p_w.sub(mean).mul_scalar(rho));
-    let comp_mean_sq = mean_sq
-        .clone()
-        .add(q_w.sub(mean_sq.mul_scalar(2.0)).mul_scalar(rho));
-    CompensatedMoments {
-        mean: comp_mean,
-        mean_sq: comp_mean_sq,
+    }
+
+    /// First-order compensation of every entry to the current `weight`
+    /// `[G, C/G, F]` and `bias` `[C]`, with Taylor factor `rho` (0 = naive
+    /// averaging of stale statistics).
+    ///
+    /// Gradients flow into `weight` and `bias` from whatever graph they
+    /// carry: pass them detached for the reference's constant history terms.
+    pub fn compensate(
+        self,
+        weight: Tensor<B, 3>,
+        bias: Option<Tensor<B, 1>>,
+        rho: f64,
+    ) -> CompensatedMoments<B> {
+        if rho == 0.0 {
+            return CompensatedMoments {
+                mean: self.mean,
+                mean_sq: self.mean_sq,
+            };
+        }
+        let (p_w, q_w) = linearize(
+            self.jac_mean,
+            self.jac_mean_sq,
+            self.mean.clone(),
+            weight,
+            bias,
+        );
+        CompensatedMoments {
+            mean: self.mean.add(p_w.sub(self.lin_mean).mul_scalar(rho)),
+            mean_sq: self.mean_sq.add(q_w.sub(self.lin_mean_sq).mul_scalar(rho)),
+        }
     }
 }

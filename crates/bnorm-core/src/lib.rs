@@ -12,6 +12,9 @@
 //!   `dmax` ramps, burn-in), evaluated on the device.
 //! - [`shape`]: the shape checks and broadcast helpers shared by the layers.
 //! - [`record_check`]: validating a loaded record against the module.
+//! - [`jacobian`]: closed-form Jacobians of moments with respect to a conv
+//!   or linear weight, and the Taylor compensation of history entries.
+//! - [`window`]: Cross-Iteration BN window statistics and burn-in.
 
 pub mod moments;
 pub mod renorm;
@@ -26,7 +29,7 @@ pub use record_check::{check_record_shape, CheckpointError, RecordShapeError};
 pub mod jacobian;
 pub mod window;
 pub use jacobian::{
-    compensate, conv2d_moment_jacobians, linear_moment_jacobians, CompensatedMoments,
-    Conv2dGeometry, MomentJacobians,
+    conv2d_moment_jacobians, linear_moment_jacobians, linearize, CompensatedMoments,
+    Conv2dGeometry, HistoryEntries, MomentJacobians,
 };
 pub use window::{active_entries, history_in_use, push_front, window_statistics, BurnInMode};

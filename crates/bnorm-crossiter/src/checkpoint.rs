@@ -63,6 +63,18 @@ impl<B: Backend> CrossIterBatchNorm<B> {
                     &h.jac_mean_sq.value().dims(),
                     &r.jac_mean_sq.dims(),
                 )?;
+                check_record_shape(
+                    LAYER,
+                    "history.lin_mean",
+                    &h.lin_mean.value().dims(),
+                    &r.lin_mean.dims(),
+                )?;
+                check_record_shape(
+                    LAYER,
+                    "history.lin_mean_sq",
+                    &h.lin_mean_sq.value().dims(),
+                    &r.lin_mean_sq.dims(),
+                )?;
                 check_record_shape(LAYER, "history.fill", &[1], &r.fill.dims())
             }
             (Some(h), None) => {

@@ -4,8 +4,8 @@ use burn::tensor::{backend::Backend, ElementConversion, Tensor};
 use bnorm_core::moments::{bessel, values_per_channel};
 use bnorm_core::shape::{check_input, per_channel};
 use bnorm_core::{
-    active_entries, compensate, history_in_use, moments, push_front, window_statistics, BurnInMode,
-    EpsPlacement, MomentJacobians,
+    active_entries, history_in_use, moments, window_statistics, BurnInMode, EpsPlacement,
+    HistoryEntries, MomentJacobians,
 };
 
 use crate::history::CbnHistory;
@@ -203,19 +203,11 @@ impl<B: Backend> CrossIterBatchNorm<B> {
                 let mean_sq = batch.var.clone().add(batch.mean.clone().square());
 
                 let (w, b) = if self.history_gradient {
-                    (weight, bias)
+                    (weight.clone(), bias.clone())
                 } else {
-                    (weight.detach(), bias.map(Tensor::detach))
+                    (weight.clone().detach(), bias.clone().map(Tensor::detach))
                 };
-                let compensated = compensate(
-                    history.mean.value_sync(),
-                    history.mean_sq.value_sync(),
-                    history.jac_mean.value_sync(),
-                    history.jac_mean_sq.value_sync(),
-                    w,
-                    b,
-                    self.rho,
-                );
+                let compensated = history.entries().compensate(w, b, self.rho);
                 let (window_mean, window_var) = window_statistics(
                     batch.mean.clone(),
                     mean_sq.clone(),
@@ -227,30 +219,14 @@ impl<B: Backend> CrossIterBatchNorm<B> {
                 let mean = batch.mean.clone().mask_where(select.clone(), window_mean);
                 let var = plain_var.mask_where(select, window_var);
 
-                let MomentJacobians {
-                    mean: jac_mean,
-                    mean_sq: jac_mean_sq,
-                } = jacobians();
-                let [g, f] = jac_mean.dims();
-                let push = |state: &RunningState<Tensor<B, 2>>, entry: Tensor<B, 2>| {
-                    state.update(push_front(
-                        state.value_sync(),
-                        entry.detach(),
-                        use_window.clone(),
-                    ))
-                };
-                push(&history.mean, batch.mean.clone().reshape([1, c]));
-                push(&history.mean_sq, mean_sq.reshape([1, c]));
-                history.jac_mean.update(push_front(
-                    history.jac_mean.value_sync(),
-                    jac_mean.reshape([1, g, f]).detach(),
-                    use_window.clone(),
-                ));
-                history.jac_mean_sq.update(push_front(
-                    history.jac_mean_sq.value_sync(),
-                    jac_mean_sq.reshape([1, c, f]).detach(),
-                    use_window.clone(),
-                ));
+                let entry = HistoryEntries::record(
+                    batch.mean.clone().detach(),
+                    mean_sq.detach(),
+                    jacobians(),
+                    weight.detach(),
+                    bias.map(Tensor::detach),
+                );
+                history.push(entry, use_window.clone());
                 let grown = fill.clone().add_scalar(1.0).min_pair(in_use);
                 history
                     .fill

@@ -1,5 +1,7 @@
 use burn::module::{Module, RunningState};
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, Bool, Tensor};
+
+use bnorm_core::{push_front, HistoryEntries};
 
 use crate::WeightLayout;
 
@@ -8,9 +10,10 @@ use crate::WeightLayout;
 /// checkpoint resumes with the window intact.
 ///
 /// Per entry: `mean`, `mean_sq` (`C` each), `jac_mean` (`G x F`, the patch
-/// mean of each weight group) and `jac_mean_sq` (`C x F`, as large as the
-/// weight): `|W| + G F + 2C` floats against the reference's `3|W| + 2C`
-/// (no weight copies, see `bnorm_core::jacobian`).
+/// mean of each weight group), `jac_mean_sq` (`C x F`, as large as the
+/// weight) and the two linearization points (`C` each): `|W| + G F + 4C`
+/// floats against the reference's `3|W| + 2C` (no weight copies, see
+/// `bnorm_core::jacobian`).
 #[derive(Module, Debug)]
 pub struct CbnHistory<B: Backend> {
     /// `mu_i`, `[K, C]`.
@@ -21,6 +24,10 @@ pub struct CbnHistory<B: Backend> {
     pub jac_mean: RunningState<Tensor<B, 3>>,
     /// `d nu_i / dW` per channel, `[K, C, F]`.
     pub jac_mean_sq: RunningState<Tensor<B, 3>>,
+    /// Linearization points `<d mu_i/dW, W_i> + b_i`, `[K, C]`.
+    pub lin_mean: RunningState<Tensor<B, 2>>,
+    /// Linearization points `<d nu_i/dW, W_i> + 2 mu_i b_i`, `[K, C]`.
+    pub lin_mean_sq: RunningState<Tensor<B, 2>>,
     /// How many entries (from the front) hold data, `[1]`.
     pub fill: RunningState<Tensor<B, 1>>,
 }
@@ -38,6 +45,8 @@ impl<B: Backend> CbnHistory<B> {
             mean_sq: RunningState::new(Tensor::zeros([capacity, channels], device)),
             jac_mean: RunningState::new(Tensor::zeros([capacity, groups, patch_len], device)),
             jac_mean_sq: RunningState::new(Tensor::zeros([capacity, channels, patch_len], device)),
+            lin_mean: RunningState::new(Tensor::zeros([capacity, channels], device)),
+            lin_mean_sq: RunningState::new(Tensor::zeros([capacity, channels], device)),
             fill: RunningState::new(Tensor::zeros([1], device)),
         }
     }
@@ -45,6 +54,36 @@ impl<B: Backend> CbnHistory<B> {
     /// Entries the buffers can hold (`window - 1`).
     pub fn capacity(&self) -> usize {
         self.mean.value().dims()[0]
+    }
+
+    /// The buffers as [`HistoryEntries`] (all `K`, filled or not).
+    pub fn entries(&self) -> HistoryEntries<B> {
+        HistoryEntries {
+            mean: self.mean.value_sync(),
+            mean_sq: self.mean_sq.value_sync(),
+            jac_mean: self.jac_mean.value_sync(),
+            jac_mean_sq: self.jac_mean_sq.value_sync(),
+            lin_mean: self.lin_mean.value_sync(),
+            lin_mean_sq: self.lin_mean_sq.value_sync(),
+        }
+    }
+
+    /// Pushes `entry` (one entry) to the front where `push` is true, dropping
+    /// the oldest; leaves the buffers bit-identical otherwise.
+    pub(crate) fn push(&self, entry: HistoryEntries<B>, push: Tensor<B, 1, Bool>) {
+        fn update<B: Backend, const D: usize>(
+            state: &RunningState<Tensor<B, D>>,
+            entry: Tensor<B, D>,
+            push: &Tensor<B, 1, Bool>,
+        ) {
+            state.update(push_front(state.value_sync(), entry.detach(), push.clone()));
+        }
+        update(&self.mean, entry.mean, &push);
+        update(&self.mean_sq, entry.mean_sq, &push);
+        update(&self.jac_mean, entry.jac_mean, &push);
+        update(&self.jac_mean_sq, entry.jac_mean_sq, &push);
+        update(&self.lin_mean, entry.lin_mean, &push);
+        update(&self.lin_mean_sq, entry.lin_mean_sq, &push);
     }
 
     /// Entries holding data, on the host.
@@ -65,6 +104,8 @@ impl<B: Backend> CbnHistory<B> {
             self.mean_sq.value().shape().num_elements(),
             self.jac_mean.value().shape().num_elements(),
             self.jac_mean_sq.value().shape().num_elements(),
+            self.lin_mean.value().shape().num_elements(),
+            self.lin_mean_sq.value().shape().num_elements(),
         ]
         .iter()
         .sum()

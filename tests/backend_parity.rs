@@ -1,0 +1,385 @@
+//! ndarray vs CUDA: the same inputs, parameters and state through both
+//! backends, several training steps and an eval step, comparing outputs,
+//! gradients and every recorded state tensor; and a checkpoint written on
+//! one backend continued on the other. Built with `--features cuda` only.
+//!
+//! Tolerance: float32 reductions run in a different order on the GPU
+//! (parallel trees vs sequential sums), so each sum's rounding error scales
+//! with the magnitude of its summands, not of its result: we compare
+//! elementwise with `|a - b| <= r * |b| + r * max|b|` (relative, plus an
+//! absolute floor relative to the tensor's own scale, so values that cancel
+//! to near zero are judged against the size of what cancelled).
+//! `r = 1e-4` (the reference fixtures') for BRN, which is reductions and
+//! elementwise math only; `r = 2e-3` for the CBN blocks, whose convolution
+//! and matmul run in TF32 on burn-cuda (see `common::matmul_tolerance`).
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use bnorm::{
+    BatchRenorm, BatchRenormConfig, BurnInMode, Conv2dCbn, Conv2dCbnConfig,
+    CrossIterBatchNormConfig, LinearCbn, LinearCbnConfig,
+};
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use burn::nn::PaddingConfig2d;
+use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+use burn::record::{BinBytesRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Bool, Tensor, TensorData};
+use common::random::uniform;
+use common::*;
+
+/// Relative tolerance of float32 reductions and elementwise math.
+const F32: f32 = 1e-4;
+/// Relative tolerance of results through a TF32 convolution or matmul.
+const TF32: f32 = 2e-3;
+
+fn check_parity_at(r: f32, what: &str, cuda: &TensorData, cpu: &TensorData) {
+    let expected: Vec<f32> = cpu.to_vec().unwrap();
+    let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
+    check_close(what, cuda, &cpu.shape, &expected, r, r * scale.max(1e-6)).unwrap();
+}
+
+/// Every float tensor of a module (parameters and running state), in
+/// visiting order with its path.
+struct Collect {
+    path: Vec<String>,
+    out: Vec<(String, TensorData)>,
+}
+
+impl<B: Backend> ModuleVisitor<B> for Collect {
+    fn enter_module(&mut self, name: &str, _: &str) {
+        self.path.push(name.to_string());
+    }
+    fn exit_module(&mut self, _: &str, _: &str) {
+        self.path.pop();
+    }
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.out
+            .push((self.path.join("."), param.val().into_data()));
+    }
+}
+
+/// The module's state (running states synchronised by `valid()`).
+fn state<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M) -> Vec<(String, TensorData)> {
+    let mut collect = Collect {
+        path: Vec::new(),
+        out: Vec::new(),
+    };
+    module.valid().visit(&mut collect);
+    collect.out
+}
+
+fn compare_state(r: f32, what: &str, cuda: &[(String, TensorData)], cpu: &[(String, TensorData)]) {
+    assert_eq!(cuda.len(), cpu.len(), "{what}: state tensor count");
+    for ((name, a), (_, b)) in cuda.iter().zip(cpu) {
+        check_parity_at(r, &format!("{what}: state {name}"), a, b);
+    }
+}
+
+/// Copies `module`'s state into `target` on the other backend through
+/// burn's record system, and returns `module` with the same (now
+/// materialized) values: burn initializes parameters lazily and a clone of
+/// an uninitialized module would draw its own.
+fn transfer<B1: Backend, B2: Backend, M1: Module<B1>, M2: Module<B2>>(
+    module: M1,
+    target: M2,
+    device: &B2::Device,
+) -> (M1, M2) {
+    let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+    let bytes = recorder.record(module.clone().into_record(), ()).unwrap();
+    let source = module.load_record(recorder.load(bytes.clone(), &Default::default()).unwrap());
+    (
+        source,
+        target.load_record(recorder.load(bytes, device).unwrap()),
+    )
+}
+
+fn cuda() -> burn::backend::cuda::CudaDevice {
+    cuda_device()
+}
+
+/// One training step of a module with a generic forward: returns output,
+/// input gradient and the module after an SGD step.
+macro_rules! step {
+    ($B:ty, $module:expr, $x:expr, $g:expr, $forward:expr, $lr:expr) => {{
+        let module = $module;
+        let x = $x.require_grad();
+        let y = $forward(&module, x.clone());
+        let grads = y.clone().mul($g).sum().backward();
+        let gx = x.grad(&grads).unwrap().into_data();
+        let mut optim = SgdConfig::new().init::<$B, _>();
+        let params = GradientsParams::from_grads(grads, &module);
+        (y.into_data(), gx, optim.step($lr, module, params))
+    }};
+}
+
+fn brn_case<const D: usize>(shape: [usize; D], masked: bool) {
+    let (cpu_dev, gpu_dev) = (Default::default(), cuda());
+    let config = BatchRenormConfig::new(shape[1]).with_steps_compressed_to(6);
+    let (mut cpu, mut gpu): (BatchRenorm<NdArrayAd>, BatchRenorm<CudaAd>) =
+        transfer(config.init(&cpu_dev), config.init(&gpu_dev), &gpu_dev);
+    // Every fourth position of each sequence is padding.
+    let mask: Option<Vec<bool>> =
+        masked.then(|| (0..shape[0] * shape[D - 1]).map(|i| i % 4 == 3).collect());
+    for step in 0..7u64 {
+        let what = format!("BRN {shape:?} masked={masked} step {step}");
+        let forward_cpu = |m: &BatchRenorm<NdArrayAd>, x: Tensor<NdArrayAd, D>| match mask.clone() {
+            Some(mk) => {
+                let x3: Tensor<NdArrayAd, 3> = x.reshape([shape[0], shape[1], shape[D - 1]]);
+                let mk = Tensor::<NdArrayAd, 2, Bool>::from_data(
+                    TensorData::new(mk, [shape[0], shape[D - 1]]),
+                    &cpu_dev,
+                );
+                m.forward_masked(x3, mk).reshape(shape)
+            }
+            None => m.forward(x),
+        };
+        let forward_gpu = |m: &BatchRenorm<CudaAd>, x: Tensor<CudaAd, D>| match mask.clone() {
+            Some(mk) => {
+                let x3: Tensor<CudaAd, 3> = x.reshape([shape[0], shape[1], shape[D - 1]]);
+                let mk = Tensor::<CudaAd, 2, Bool>::from_data(
+                    TensorData::new(mk, [shape[0], shape[D - 1]]),
+                    &gpu_dev,
+                );
+                m.forward_masked(x3, mk).reshape(shape)
+            }
+            None => m.forward(x),
+        };
+        let (y1, g1, next_cpu) = step!(
+            NdArrayAd,
+            cpu,
+            uniform::<NdArrayAd, D>(shape, step, -1.0, 3.0, &cpu_dev),
+            uniform::<NdArrayAd, D>(shape, 100 + step, -1.0, 1.0, &cpu_dev),
+            forward_cpu,
+            0.05
+        );
+        let (y2, g2, next_gpu) = step!(
+            CudaAd,
+            gpu,
+            uniform::<CudaAd, D>(shape, step, -1.0, 3.0, &gpu_dev),
+            uniform::<CudaAd, D>(shape, 100 + step, -1.0, 1.0, &gpu_dev),
+            forward_gpu,
+            0.05
+        );
+        check_parity_at(F32, &format!("{what} output"), &y2, &y1);
+        check_parity_at(F32, &format!("{what} grad input"), &g2, &g1);
+        compare_state(F32, &what, &state(&next_gpu), &state(&next_cpu));
+        cpu = next_cpu;
+        gpu = next_gpu;
+    }
+    let x_cpu = uniform::<_, D>(shape, 77, -1.0, 3.0, &cpu_dev);
+    let x_gpu = uniform::<_, D>(shape, 77, -1.0, 3.0, &gpu_dev);
+    check_parity_at(
+        F32,
+        &format!("BRN {shape:?} eval"),
+        &gpu.valid().forward(x_gpu).into_data(),
+        &cpu.valid().forward(x_cpu).into_data(),
+    );
+}
+
+#[test]
+fn brn_parity_every_rank_masked_and_schedule() {
+    brn_case([4, 3], false);
+    brn_case([2, 3, 5], false);
+    brn_case([2, 3, 8], true);
+    brn_case([2, 3, 4, 4], false);
+    brn_case([2, 2, 3, 3, 2], false);
+}
+
+fn conv_case(config: Conv2dCbnConfig, input: [usize; 4], lr: f64, name: &str) {
+    let (cpu_dev, gpu_dev) = (Default::default(), cuda());
+    let (mut cpu, mut gpu): (Conv2dCbn<NdArrayAd>, Conv2dCbn<CudaAd>) =
+        transfer(config.init(&cpu_dev), config.init(&gpu_dev), &gpu_dev);
+    let out_shape = {
+        let y = cpu.valid().forward(uniform(input, 0, 0.0, 1.0, &cpu_dev));
+        y.dims()
+    };
+    for step in 0..8u64 {
+        let what = format!("{name} step {step}");
+        let fwd_cpu = |m: &Conv2dCbn<NdArrayAd>, x| m.forward(x);
+        let fwd_gpu = |m: &Conv2dCbn<CudaAd>, x| m.forward(x);
+        let (y1, g1, next_cpu) = step!(
+            NdArrayAd,
+            cpu,
+            uniform::<NdArrayAd, 4>(input, step, -1.0, 2.0, &cpu_dev),
+            uniform::<NdArrayAd, 4>(out_shape, 300 + step, -1.0, 1.0, &cpu_dev),
+            fwd_cpu,
+            lr
+        );
+        let (y2, g2, next_gpu) = step!(
+            CudaAd,
+            gpu,
+            uniform::<CudaAd, 4>(input, step, -1.0, 2.0, &gpu_dev),
+            uniform::<CudaAd, 4>(out_shape, 300 + step, -1.0, 1.0, &gpu_dev),
+            fwd_gpu,
+            lr
+        );
+        check_parity_at(TF32, &format!("{what} output"), &y2, &y1);
+        check_parity_at(TF32, &format!("{what} grad input"), &g2, &g1);
+        compare_state(TF32, &what, &state(&next_gpu), &state(&next_cpu));
+        cpu = next_cpu;
+        gpu = next_gpu;
+    }
+    assert_eq!(
+        cpu.norm.history_len(),
+        gpu.norm.history_len(),
+        "{name}: history fill"
+    );
+    let x_cpu = uniform(input, 99, -1.0, 2.0, &cpu_dev);
+    let x_gpu = uniform(input, 99, -1.0, 2.0, &gpu_dev);
+    check_parity_at(
+        TF32,
+        &format!("{name} eval"),
+        &gpu.valid().forward(x_gpu).into_data(),
+        &cpu.valid().forward(x_cpu).into_data(),
+    );
+}
+
+#[test]
+fn cbn_conv_parity_burn_in_full_window_and_drift() {
+    // Ramp burn-in into a full window, stride, groups, bias.
+    conv_case(
+        Conv2dCbnConfig::new([4, 6], [3, 3])
+            .with_stride([2, 1])
+            .with_groups(2)
+            .with_padding(PaddingConfig2d::Same)
+            .with_norm(
+                CrossIterBatchNormConfig::new(0)
+                    .with_window(4)
+                    .with_burn_in(3)
+                    .with_burn_in_mode(BurnInMode::Ramp),
+            ),
+        [2, 4, 7, 6],
+        0.05,
+        "conv ramp",
+    );
+    // Reference settings, two-stage burn-in, batch of one.
+    conv_case(
+        Conv2dCbnConfig::new([2, 3], [3, 3])
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .with_bias(false)
+            .with_norm(
+                CrossIterBatchNormConfig::new(0)
+                    .with_window(3)
+                    .with_burn_in(2)
+                    .reference(),
+            ),
+        [1, 2, 5, 5],
+        0.05,
+        "conv reference",
+    );
+    // Large steps: stale entries whose compensated variance turns negative
+    // get dropped.
+    conv_case(
+        Conv2dCbnConfig::new([2, 4], [3, 3])
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .with_bias(false)
+            .with_norm(CrossIterBatchNormConfig::new(0).with_window(5).reference()),
+        [1, 2, 4, 4],
+        0.6,
+        "conv large drift",
+    );
+}
+
+#[test]
+fn cbn_linear_parity() {
+    let (cpu_dev, gpu_dev) = (Default::default(), cuda());
+    let config = LinearCbnConfig::new(5, 4).with_window(3);
+    let (mut cpu, mut gpu): (LinearCbn<NdArrayAd>, LinearCbn<CudaAd>) =
+        transfer(config.init(&cpu_dev), config.init(&gpu_dev), &gpu_dev);
+    for step in 0..6u64 {
+        let what = format!("linear step {step}");
+        let fwd_cpu = |m: &LinearCbn<NdArrayAd>, x: Tensor<NdArrayAd, 3>| m.forward(x);
+        let fwd_gpu = |m: &LinearCbn<CudaAd>, x: Tensor<CudaAd, 3>| m.forward(x);
+        let (y1, g1, next_cpu) = step!(
+            NdArrayAd,
+            cpu,
+            uniform::<NdArrayAd, 3>([2, 3, 5], step, -1.0, 1.0, &cpu_dev),
+            uniform::<NdArrayAd, 3>([2, 3, 4], 40 + step, -1.0, 1.0, &cpu_dev),
+            fwd_cpu,
+            0.05
+        );
+        let (y2, g2, next_gpu) = step!(
+            CudaAd,
+            gpu,
+            uniform::<CudaAd, 3>([2, 3, 5], step, -1.0, 1.0, &gpu_dev),
+            uniform::<CudaAd, 3>([2, 3, 4], 40 + step, -1.0, 1.0, &gpu_dev),
+            fwd_gpu,
+            0.05
+        );
+        check_parity_at(TF32, &format!("{what} output"), &y2, &y1);
+        check_parity_at(TF32, &format!("{what} grad input"), &g2, &g1);
+        compare_state(TF32, &what, &state(&next_gpu), &state(&next_cpu));
+        cpu = next_cpu;
+        gpu = next_gpu;
+    }
+}
+
+/// A checkpoint written on ndarray continues on CUDA (and back) like the
+/// run that stayed on ndarray.
+#[test]
+fn checkpoint_crosses_backends() {
+    let (cpu_dev, gpu_dev) = (Default::default(), cuda());
+    let config = Conv2dCbnConfig::new([2, 3], [3, 3])
+        .with_padding(PaddingConfig2d::Same)
+        .with_norm(CrossIterBatchNormConfig::new(0).with_window(4));
+    let fwd_cpu = |m: &Conv2dCbn<NdArrayAd>, x| m.forward(x);
+    let fwd_gpu = |m: &Conv2dCbn<CudaAd>, x| m.forward(x);
+    let mut cpu: Conv2dCbn<NdArrayAd> = config.init(&cpu_dev);
+    for step in 0..4u64 {
+        cpu = step!(
+            NdArrayAd,
+            cpu,
+            uniform::<NdArrayAd, 4>([1, 2, 5, 5], step, -1.0, 1.0, &cpu_dev),
+            uniform::<NdArrayAd, 4>([1, 3, 5, 5], 9 + step, -1.0, 1.0, &cpu_dev),
+            fwd_cpu,
+            0.05
+        )
+        .2;
+    }
+    let dir = std::env::temp_dir().join(format!("bnorm-parity-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+    cpu.clone().save_file(dir.join("cpu"), &recorder).unwrap();
+    let mut gpu = config
+        .init::<CudaAd>(&gpu_dev)
+        .load_checkpoint(dir.join("cpu.mpk"), &recorder, &gpu_dev)
+        .unwrap();
+    compare_state(TF32, "loaded on CUDA", &state(&gpu), &state(&cpu));
+    for step in 4..8u64 {
+        let (y1, _, next_cpu) = step!(
+            NdArrayAd,
+            cpu,
+            uniform::<NdArrayAd, 4>([1, 2, 5, 5], step, -1.0, 1.0, &cpu_dev),
+            uniform::<NdArrayAd, 4>([1, 3, 5, 5], 9 + step, -1.0, 1.0, &cpu_dev),
+            fwd_cpu,
+            0.05
+        );
+        let (y2, _, next_gpu) = step!(
+            CudaAd,
+            gpu,
+            uniform::<CudaAd, 4>([1, 2, 5, 5], step, -1.0, 1.0, &gpu_dev),
+            uniform::<CudaAd, 4>([1, 3, 5, 5], 9 + step, -1.0, 1.0, &gpu_dev),
+            fwd_gpu,
+            0.05
+        );
+        check_parity_at(TF32, &format!("continued step {step} output"), &y2, &y1);
+        cpu = next_cpu;
+        gpu = next_gpu;
+    }
+    compare_state(TF32, "continued on CUDA", &state(&gpu), &state(&cpu));
+    // And back: the CUDA state loads on ndarray.
+    gpu.save_file(dir.join("gpu"), &recorder).unwrap();
+    let back = config
+        .init::<NdArrayAd>(&cpu_dev)
+        .load_checkpoint(dir.join("gpu.mpk"), &recorder, &cpu_dev)
+        .unwrap();
+    compare_state(
+        TF32,
+        "CUDA checkpoint on ndarray",
+        &state(&back),
+        &state(&cpu),
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
