@@ -14,6 +14,9 @@
 //! - [`core`] (`bnorm-core`): the backend-generic statistic math the layers
 //!   share.
 //!
+//! The `pytorch` feature (default) adds [`pytorch`]: importing the
+//! reference implementations' PyTorch checkpoints.
+//!
 //! The `cuda` feature enables burn's CUDA backend (kernels compiled at run
 //! time through NVRTC; building needs no CUDA toolkit).
 
@@ -21,7 +24,9 @@ pub use bnorm_core as core;
 pub use bnorm_crossiter as crossiter;
 pub use bnorm_renorm as renorm;
 
-pub use bnorm_core::{BurnInMode, CheckpointError, EpsPlacement, RecordShapeError, Schedule};
+pub use bnorm_core::{
+    BurnInMode, CheckpointError, EpsPlacement, InferenceAffine, RecordShapeError, Schedule,
+};
 pub use bnorm_crossiter::{
     Conv2dCbn, Conv2dCbnConfig, CrossIterBatchNorm, CrossIterBatchNormConfig, LinearCbn,
     LinearCbnConfig,
@@ -33,3 +38,6 @@ pub use burn;
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
+
+#[cfg(feature = "pytorch")]
+pub mod pytorch;

@@ -2,15 +2,21 @@
 //! and the small CNN the examples train on them.
 #![allow(dead_code)]
 
+pub mod idx;
 pub mod model;
+pub mod report;
 pub mod train;
 
 use std::io::Read;
 use std::path::Path;
 
-/// Images as `pixels / 16` (`[1, 8, 8]` each, row-major) and labels.
+/// Grayscale images (`[1, rows, cols]` each, row-major, values in
+/// `[0, 1]`) and their labels 0..=9.
+#[derive(Debug, Clone)]
 pub struct Digits {
-    pub images: Vec<[f32; 64]>,
+    pub rows: usize,
+    pub cols: usize,
+    pub images: Vec<Vec<f32>>,
     pub labels: Vec<u8>,
 }
 
@@ -48,6 +54,8 @@ impl Digits {
             .read_to_string(&mut text)
             .map_err(|e| format!("{}: not a gzip-compressed CSV: {e}", path.display()))?;
         let mut digits = Digits {
+            rows: 8,
+            cols: 8,
             images: Vec::new(),
             labels: Vec::new(),
         };
@@ -65,7 +73,7 @@ impl Digits {
                     fields.len()
                 ));
             }
-            let mut image = [0f32; 64];
+            let mut image = vec![0f32; 64];
             for (pixel, field) in image.iter_mut().zip(&fields[..64]) {
                 let v: f32 = field.parse().map_err(|_| {
                     format!("{} line {}: bad pixel {field:?}", path.display(), row + 1)
@@ -75,6 +83,13 @@ impl Digits {
             let label: u8 = fields[64]
                 .parse()
                 .map_err(|_| format!("{} line {}: bad label", path.display(), row + 1))?;
+            if !(0..=9).contains(&label) {
+                return Err(format!(
+                    "{} line {}: label {label} is not a digit",
+                    path.display(),
+                    row + 1
+                ));
+            }
             digits.images.push(image);
             digits.labels.push(label);
         }
@@ -83,15 +98,37 @@ impl Digits {
 
     /// The protocol's split: permute with `seed`, first 1437 train, last 360 test.
     pub fn split(self, seed: u64) -> (Digits, Digits) {
+        let test_len = 360.min(self.len() / 2);
+        self.split_with_test_len(seed, test_len)
+    }
+
+    /// Permute with `seed`, hold out the last `test_len` samples.
+    pub fn split_with_test_len(self, seed: u64, test_len: usize) -> (Digits, Digits) {
         let mut order: Vec<usize> = (0..self.labels.len()).collect();
         SplitMix64(seed).shuffle(&mut order);
-        let test_len = 360.min(order.len() / 2);
-        let take = |idx: &[usize]| Digits {
-            images: idx.iter().map(|&i| self.images[i]).collect(),
-            labels: idx.iter().map(|&i| self.labels[i]).collect(),
-        };
         let cut = order.len() - test_len;
-        (take(&order[..cut]), take(&order[cut..]))
+        (self.subset(&order[..cut]), self.subset(&order[cut..]))
+    }
+
+    /// The samples at `idx`, in that order.
+    pub fn subset(&self, idx: &[usize]) -> Digits {
+        Digits {
+            rows: self.rows,
+            cols: self.cols,
+            images: idx.iter().map(|&i| self.images[i].clone()).collect(),
+            labels: idx.iter().map(|&i| self.labels[i]).collect(),
+        }
+    }
+
+    /// From IDX files (see [`idx::load_idx`]).
+    pub fn load_idx(images: &Path, labels: &Path) -> Result<Self, String> {
+        let data = idx::load_idx(images, labels)?;
+        Ok(Digits {
+            rows: data.rows,
+            cols: data.cols,
+            images: data.images,
+            labels: data.labels,
+        })
     }
 
     pub fn len(&self) -> usize {

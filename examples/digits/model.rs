@@ -33,6 +33,17 @@ pub enum Norm {
 }
 
 impl Norm {
+    /// A short tag for progress lines.
+    pub fn short(self) -> &'static str {
+        match self {
+            Norm::BatchNorm => "bn",
+            Norm::BatchRenorm => "brn",
+            Norm::GroupNorm => "gn",
+            Norm::CrossIter => "cbn",
+            Norm::CrossIterReference => "cbn-ref",
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Norm::BatchNorm => "BatchNorm",

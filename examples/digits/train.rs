@@ -2,7 +2,7 @@
 //! lr = max(0.1 * batch / 32, 0.01) with cosine decay to 0, evaluation in
 //! inference mode (running statistics).
 
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Module};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
@@ -22,6 +22,15 @@ pub enum Sampling {
     /// cut into same-class pairs, pairs shuffled and grouped `batch / 2` to
     /// a batch.
     Paired,
+}
+
+impl Sampling {
+    pub fn name(self) -> &'static str {
+        match self {
+            Sampling::Iid => "iid",
+            Sampling::Paired => "paired",
+        }
+    }
 }
 
 pub struct RunConfig {
@@ -84,8 +93,14 @@ pub fn images<B: burn::tensor::backend::Backend>(
     idx: &[usize],
     device: &B::Device,
 ) -> Tensor<B, 4> {
-    let values: Vec<f32> = idx.iter().flat_map(|&i| data.images[i]).collect();
-    Tensor::from_data(TensorData::new(values, [idx.len(), 1, 8, 8]), device)
+    let values: Vec<f32> = idx
+        .iter()
+        .flat_map(|&i| data.images[i].iter().copied())
+        .collect();
+    Tensor::from_data(
+        TensorData::new(values, [idx.len(), 1, data.rows, data.cols]),
+        device,
+    )
 }
 
 pub fn labels<B: burn::tensor::backend::Backend>(
@@ -106,10 +121,9 @@ pub fn train_and_evaluate<B: AutodiffBackend>(
     device: &B::Device,
     mut on_step: impl FnMut(usize, usize, f32),
 ) -> f64 {
-    B::seed(device, cfg.seed);
     let per_epoch = steps_per_epoch(train, cfg.batch_size, cfg.sampling);
     let total = per_epoch * cfg.epochs;
-    let mut model = DigitsNet::<B>::new(cfg.norm, total, device);
+    let mut model = seeded_model::<B>(cfg, total, device);
     let mut optim = SgdConfig::new()
         .with_momentum(Some(MomentumConfig::new().with_momentum(0.9)))
         .with_weight_decay(Some(WeightDecayConfig::new(5e-4)))
@@ -136,6 +150,24 @@ pub fn train_and_evaluate<B: AutodiffBackend>(
         }
     }
     evaluate(&model.valid(), test, device)
+}
+
+/// The model for `cfg`, its weights drawn from `cfg.seed`.
+///
+/// burn's seed is global to the backend and parameters are drawn lazily at
+/// first use, so runs training in parallel would interleave their draws:
+/// the draws happen here, under a lock, by materializing the record.
+fn seeded_model<B: AutodiffBackend>(
+    cfg: &RunConfig,
+    total_steps: usize,
+    device: &B::Device,
+) -> DigitsNet<B> {
+    static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
+    B::seed(device, cfg.seed);
+    let model = DigitsNet::<B>::new(cfg.norm, total_steps, device);
+    let record = model.clone().into_record();
+    model.load_record(record)
 }
 
 /// Accuracy in percent of `model` in inference mode.

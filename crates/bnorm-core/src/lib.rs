@@ -15,6 +15,8 @@
 //! - [`jacobian`]: closed-form Jacobians of moments with respect to a conv
 //!   or linear weight, and the Taylor compensation of history entries.
 //! - [`window`]: Cross-Iteration BN window statistics and burn-in.
+//! - [`inference`]: inference-mode normalization as one affine map, and
+//!   folding it into the preceding layer.
 
 pub mod moments;
 pub mod renorm;
@@ -26,8 +28,10 @@ pub use renorm::{renorm_correction, EpsPlacement, RenormCorrection};
 pub use schedule::Schedule;
 pub mod record_check;
 pub use record_check::{check_record_shape, CheckpointError, RecordShapeError};
+pub mod inference;
 pub mod jacobian;
 pub mod window;
+pub use inference::InferenceAffine;
 pub use jacobian::{
     conv2d_moment_jacobians, linear_moment_jacobians, linearize, CompensatedMoments,
     Conv2dGeometry, HistoryEntries, MomentJacobians,

@@ -46,6 +46,19 @@ impl EpsPlacement {
     }
 }
 
+impl EpsPlacement {
+    /// The variance that gives standard deviation `std` under this
+    /// placement: `std^2 - eps` or `(std - eps)^2`, at least 0. Used to
+    /// carry a statistic across layers with other eps conventions.
+    pub fn var_for_std<B: Backend>(self, std: Tensor<B, 1>, epsilon: f64) -> Tensor<B, 1> {
+        match self {
+            EpsPlacement::InsideSqrt => std.square().sub_scalar(epsilon),
+            EpsPlacement::OnStd => std.sub_scalar(epsilon).clamp_min(0.0).square(),
+        }
+        .clamp_min(0.0)
+    }
+}
+
 /// The detached correction factors, each of shape `[C]`.
 #[derive(Debug, Clone)]
 pub struct RenormCorrection<B: Backend> {

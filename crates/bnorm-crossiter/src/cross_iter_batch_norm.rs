@@ -151,14 +151,7 @@ impl<B: Backend> CrossIterBatchNorm<B> {
     /// If `y`'s rank or channel count is wrong.
     pub fn forward_frozen<const D: usize>(&self, y: Tensor<B, D>) -> Tensor<B, D> {
         check_input("CrossIterBatchNorm", &y.dims(), self.num_features);
-        let mean = self.running_mean.value_sync();
-        let std = self
-            .eps_placement
-            .std(self.running_var.value_sync(), self.epsilon);
-        let (scale, shift) = self.affine(std.recip(), mean.zeros_like());
-        y.sub(per_channel::<B, D>(mean))
-            .mul(per_channel::<B, D>(scale))
-            .add(per_channel::<B, D>(shift))
+        self.inference_affine().apply(y)
     }
 
     /// Training iterations seen, on the host.

@@ -24,6 +24,7 @@
 mod checkpoint;
 mod config;
 mod conv2d_cbn;
+mod convert;
 mod cross_iter_batch_norm;
 mod history;
 mod linear_cbn;

@@ -178,13 +178,7 @@ impl<B: Backend> BatchRenorm<B> {
     }
 
     fn forward_inference<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
-        let mean = self.running_mean.value_sync();
-        let std = self.running_std.value_sync();
-        let (scale, shift) = self.affine(std.recip(), mean.zeros_like());
-        input
-            .sub(per_channel::<B, D>(mean))
-            .mul(per_channel::<B, D>(scale))
-            .add(per_channel::<B, D>(shift))
+        self.inference_affine().apply(input)
     }
 
     /// `(gamma * scale, gamma * shift + beta)`, or the inputs when not affine.

@@ -21,7 +21,8 @@
 mod batch_renorm;
 mod checkpoint;
 mod config;
+mod convert;
 
 pub use batch_renorm::BatchRenorm;
-pub use bnorm_core::{CheckpointError, EpsPlacement, RecordShapeError, Schedule};
+pub use bnorm_core::{CheckpointError, EpsPlacement, InferenceAffine, RecordShapeError, Schedule};
 pub use config::BatchRenormConfig;

@@ -1,0 +1,71 @@
+//! Inference-mode normalization as one per-channel affine map, and folding
+//! it into the weight of the layer before it.
+//!
+//! With running statistics `mu`, `sigma` (a standard deviation, eps
+//! included) and the learned `gamma`, `beta`:
+//!
+//! ```text
+//! y = gamma * (x - mu) / sigma + beta = x * scale + shift
+//! scale = gamma / sigma,   shift = beta - mu * scale
+//! ```
+//!
+//! A conv or linear layer `x -> W x + b` followed by that map is the layer
+//! `x -> (scale * W) x + (scale * b + shift)` (scale applied per output
+//! channel): the normalization costs nothing at inference. Only at
+//! inference: in training the statistics come from the batch.
+
+use burn::tensor::{backend::Backend, Tensor};
+
+/// The per-channel affine map `y = x * scale + shift`, `[C]` each.
+#[derive(Debug, Clone)]
+pub struct InferenceAffine<B: Backend> {
+    pub scale: Tensor<B, 1>,
+    pub shift: Tensor<B, 1>,
+}
+
+impl<B: Backend> InferenceAffine<B> {
+    /// From running mean and std (`[C]`) and optional `gamma`, `beta`.
+    pub fn new(
+        mean: Tensor<B, 1>,
+        std: Tensor<B, 1>,
+        gamma: Option<Tensor<B, 1>>,
+        beta: Option<Tensor<B, 1>>,
+    ) -> Self {
+        let scale = match gamma {
+            Some(g) => g.div(std),
+            None => std.recip(),
+        };
+        let shift = mean.mul(scale.clone()).neg();
+        let shift = match beta {
+            Some(b) => shift.add(b),
+            None => shift,
+        };
+        InferenceAffine { scale, shift }
+    }
+
+    /// Applies the map to `[N, C, ...]`.
+    pub fn apply<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        x.mul(crate::shape::per_channel::<B, D>(self.scale.clone()))
+            .add(crate::shape::per_channel::<B, D>(self.shift.clone()))
+    }
+
+    /// Folds the map into a weight whose output channels run along
+    /// `out_axis` and its optional bias `[C]`: returns `(scale * W,
+    /// scale * b + shift)`.
+    pub fn fold<const D: usize>(
+        &self,
+        weight: Tensor<B, D>,
+        bias: Option<Tensor<B, 1>>,
+        out_axis: usize,
+    ) -> (Tensor<B, D>, Tensor<B, 1>) {
+        let [c] = self.scale.dims();
+        let mut shape = [1; D];
+        shape[out_axis] = c;
+        let weight = weight.mul(self.scale.clone().reshape(shape));
+        let bias = match bias {
+            Some(b) => b.mul(self.scale.clone()).add(self.shift.clone()),
+            None => self.shift.clone(),
+        };
+        (weight, bias)
+    }
+}

@@ -1,0 +1,144 @@
+use burn::module::{Param, RunningState};
+use burn::nn::conv::Conv2d;
+use burn::nn::{BatchNorm, Linear};
+use burn::tensor::backend::Backend;
+
+use bnorm_core::{check_record_shape, InferenceAffine, RecordShapeError};
+
+use crate::{Conv2dCbn, CrossIterBatchNorm, CrossIterBatchNormConfig, LinearCbn, WeightLayout};
+
+impl<B: Backend> CrossIterBatchNorm<B> {
+    /// The inference-mode transform as `x * scale + shift` per channel.
+    pub fn inference_affine(&self) -> InferenceAffine<B> {
+        InferenceAffine::new(
+            self.running_mean.value_sync(),
+            self.eps_placement
+                .std(self.running_var.value_sync(), self.epsilon),
+            self.gamma.as_ref().map(|g| g.val()),
+            self.beta.as_ref().map(|b| b.val()),
+        )
+    }
+
+    /// A CBN continuing a burn `BatchNorm` after a layer with `layout`:
+    /// gamma, beta and the running mean are copied; the running variance is
+    /// chosen so that this layer's inference std (with its own epsilon and
+    /// eps placement) equals the BatchNorm's `sqrt(var + bn.epsilon)`: the
+    /// eval-mode output is unchanged. The history starts empty.
+    fn from_batch_norm(
+        bn: &BatchNorm<B>,
+        config: CrossIterBatchNormConfig,
+        layout: WeightLayout,
+    ) -> Self {
+        let device = bn.gamma.val().device();
+        let mut norm = config.with_affine(true).init::<B>(layout, &device);
+        let std = bn.running_var.value_sync().add_scalar(bn.epsilon).sqrt();
+        norm.gamma = Some(Param::from_tensor(bn.gamma.val().detach()));
+        norm.beta = Some(Param::from_tensor(bn.beta.val().detach()));
+        norm.running_mean = RunningState::new(bn.running_mean.value_sync());
+        norm.running_var = RunningState::new(norm.eps_placement.var_for_std(std, norm.epsilon));
+        norm
+    }
+}
+
+impl<B: Backend> Conv2dCbn<B> {
+    /// Continues a model trained with `conv` followed by burn's `BatchNorm`:
+    /// the conv is kept as it is, the BatchNorm becomes the CBN (see
+    /// [`CrossIterBatchNorm`]; options from `norm`, `num_features` taken from
+    /// the conv). Eval-mode outputs are unchanged.
+    ///
+    /// # Errors
+    ///
+    /// If the BatchNorm's channels are not the conv's output channels.
+    pub fn from_conv_batch_norm(
+        conv: Conv2d<B>,
+        bn: &BatchNorm<B>,
+        norm: CrossIterBatchNormConfig,
+    ) -> Result<Self, RecordShapeError> {
+        let [c_out, c_in_g, kh, kw] = conv.weight.dims();
+        check_record_shape(
+            "Conv2dCbn::from_conv_batch_norm",
+            "BatchNorm channels",
+            &[c_out],
+            &bn.gamma.dims(),
+        )?;
+        let layout = WeightLayout {
+            groups: conv.groups,
+            patch_len: c_in_g * kh * kw,
+        };
+        let norm = CrossIterBatchNorm::from_batch_norm(
+            bn,
+            CrossIterBatchNormConfig {
+                num_features: c_out,
+                ..norm
+            },
+            layout,
+        );
+        Ok(Conv2dCbn { conv, norm })
+    }
+
+    /// Folds the CBN, **in inference mode** (running statistics), into the
+    /// conv: one `Conv2d` whose output equals this block's eval output. For
+    /// deployment only: the folded conv no longer normalizes anything and
+    /// must not be trained as if it did.
+    pub fn fold(&self) -> Conv2d<B> {
+        let (weight, bias) = self.norm.inference_affine().fold(
+            self.conv.weight.val().detach(),
+            self.conv.bias.as_ref().map(|b| b.val().detach()),
+            0,
+        );
+        let mut folded = self.conv.clone();
+        folded.weight = Param::from_tensor(weight);
+        folded.bias = Some(Param::from_tensor(bias));
+        folded
+    }
+}
+
+impl<B: Backend> LinearCbn<B> {
+    /// Continues a model trained with `linear` followed by burn's
+    /// `BatchNorm` over its output features (see
+    /// [`Conv2dCbn::from_conv_batch_norm`]).
+    ///
+    /// # Errors
+    ///
+    /// If the BatchNorm's channels are not the linear layer's outputs.
+    pub fn from_linear_batch_norm(
+        linear: Linear<B>,
+        bn: &BatchNorm<B>,
+        norm: CrossIterBatchNormConfig,
+    ) -> Result<Self, RecordShapeError> {
+        let [d_in, d_out] = linear.weight.dims();
+        check_record_shape(
+            "LinearCbn::from_linear_batch_norm",
+            "BatchNorm channels",
+            &[d_out],
+            &bn.gamma.dims(),
+        )?;
+        let layout = WeightLayout {
+            groups: 1,
+            patch_len: d_in,
+        };
+        let norm = CrossIterBatchNorm::from_batch_norm(
+            bn,
+            CrossIterBatchNormConfig {
+                num_features: d_out,
+                ..norm
+            },
+            layout,
+        );
+        Ok(LinearCbn { linear, norm })
+    }
+
+    /// Folds the CBN, **in inference mode**, into the linear layer (see
+    /// [`Conv2dCbn::fold`]).
+    pub fn fold(&self) -> Linear<B> {
+        let (weight, bias) = self.norm.inference_affine().fold(
+            self.linear.weight.val().detach(),
+            self.linear.bias.as_ref().map(|b| b.val().detach()),
+            1,
+        );
+        let mut folded = self.linear.clone();
+        folded.weight = Param::from_tensor(weight);
+        folded.bias = Some(Param::from_tensor(bias));
+        folded
+    }
+}

@@ -1,0 +1,112 @@
+use burn::module::{Param, RunningState};
+use burn::nn::conv::Conv2d;
+use burn::nn::{BatchNorm, Linear};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+
+use bnorm_core::{check_record_shape, InferenceAffine, RecordShapeError};
+
+use crate::{BatchRenorm, BatchRenormConfig};
+
+impl<B: Backend> BatchRenorm<B> {
+    /// A BatchRenorm that continues a burn `BatchNorm`: gamma and beta are
+    /// kept, the running mean is copied and the running std set to
+    /// `sqrt(running_var + bn.epsilon)`, so the eval-mode output is the
+    /// BatchNorm's. `step` places the layer on its `rmax`/`dmax` schedule
+    /// (0 = from the start, BatchNorm-like; past the schedule's end = fully
+    /// relaxed). The other options (momentum, epsilon for training,
+    /// schedules) come from `config`.
+    ///
+    /// For a `BatchNormRecord`, load it first:
+    /// `BatchNormConfig::new(c).with_epsilon(eps).init(device).load_record(record)`.
+    ///
+    /// # Errors
+    ///
+    /// If `config.num_features` is not the BatchNorm's channel count.
+    pub fn from_batch_norm(
+        bn: &BatchNorm<B>,
+        config: &BatchRenormConfig,
+        step: usize,
+    ) -> Result<Self, RecordShapeError> {
+        let [c] = bn.gamma.dims();
+        check_record_shape(
+            "BatchRenorm::from_batch_norm",
+            "num_features",
+            &[config.num_features],
+            &[c],
+        )?;
+        let device = bn.gamma.val().device();
+        let mut layer = config.clone().with_affine(true).init::<B>(&device);
+        layer.gamma = Some(Param::from_tensor(bn.gamma.val().detach()));
+        layer.beta = Some(Param::from_tensor(bn.beta.val().detach()));
+        layer.running_mean = RunningState::new(bn.running_mean.value_sync());
+        layer.running_std =
+            RunningState::new(bn.running_var.value_sync().add_scalar(bn.epsilon).sqrt());
+        layer.steps = RunningState::new(Tensor::from_data(
+            TensorData::new(vec![step as f32], [1]),
+            &device,
+        ));
+        Ok(layer)
+    }
+
+    /// The inference-mode transform as `x * scale + shift` per channel.
+    pub fn inference_affine(&self) -> InferenceAffine<B> {
+        InferenceAffine::new(
+            self.running_mean.value_sync(),
+            self.running_std.value_sync(),
+            self.gamma.as_ref().map(|g| g.val()),
+            self.beta.as_ref().map(|b| b.val()),
+        )
+    }
+
+    /// Folds this layer, **in inference mode**, into the `conv` before it:
+    /// one `Conv2d` whose output equals `brn.forward(conv.forward(x))` with
+    /// the running statistics. For deployment only: the folded conv has no
+    /// batch statistics and must not be trained as if it normalized.
+    ///
+    /// # Errors
+    ///
+    /// If the conv's output channels are not this layer's channels.
+    pub fn fold_into_conv2d(&self, conv: &Conv2d<B>) -> Result<Conv2d<B>, RecordShapeError> {
+        let [c_out, _, _, _] = conv.weight.dims();
+        check_record_shape(
+            "BatchRenorm::fold_into_conv2d",
+            "conv output channels",
+            &[self.num_features],
+            &[c_out],
+        )?;
+        let (weight, bias) = self.inference_affine().fold(
+            conv.weight.val().detach(),
+            conv.bias.as_ref().map(|b| b.val().detach()),
+            0,
+        );
+        let mut folded = conv.clone();
+        folded.weight = Param::from_tensor(weight);
+        folded.bias = Some(Param::from_tensor(bias));
+        Ok(folded)
+    }
+
+    /// Folds this layer, in inference mode, into the `linear` layer before
+    /// it (see [`fold_into_conv2d`](Self::fold_into_conv2d)).
+    ///
+    /// # Errors
+    ///
+    /// If the linear layer's output features are not this layer's channels.
+    pub fn fold_into_linear(&self, linear: &Linear<B>) -> Result<Linear<B>, RecordShapeError> {
+        let [_, d_out] = linear.weight.dims();
+        check_record_shape(
+            "BatchRenorm::fold_into_linear",
+            "linear output features",
+            &[self.num_features],
+            &[d_out],
+        )?;
+        let (weight, bias) = self.inference_affine().fold(
+            linear.weight.val().detach(),
+            linear.bias.as_ref().map(|b| b.val().detach()),
+            1,
+        );
+        let mut folded = linear.clone();
+        folded.weight = Param::from_tensor(weight);
+        folded.bias = Some(Param::from_tensor(bias));
+        Ok(folded)
+    }
+}

@@ -1,0 +1,330 @@
+//! Bringing existing models: BatchNorm → BatchRenorm / CBN with unchanged
+//! eval outputs, PyTorch checkpoints of the reference layers, and folding
+//! into the preceding conv or linear layer for inference.
+
+mod common;
+
+use bnorm::pytorch::{ImportError, StateDict};
+use bnorm::{
+    BatchRenorm, BatchRenormConfig, Conv2dCbn, Conv2dCbnConfig, CrossIterBatchNormConfig,
+    EpsPlacement, LinearCbn,
+};
+use burn::module::{AutodiffModule, Param, RunningState};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::Tensor;
+use common::random::uniform;
+use common::*;
+use rstest::rstest;
+use serde::Deserialize;
+
+type Inner<B> = <B as AutodiffBackend>::InnerBackend;
+
+fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().to_vec().unwrap()
+}
+
+/// A BatchNorm with non-trivial learned and running state.
+fn trained_batch_norm<B: Backend>(c: usize, eps: f64, device: &B::Device) -> BatchNorm<B> {
+    let mut bn = BatchNormConfig::new(c).with_epsilon(eps).init::<B>(device);
+    bn.gamma = Param::from_tensor(uniform([c], 1, 0.5, 1.5, device));
+    bn.beta = Param::from_tensor(uniform([c], 2, -0.5, 0.5, device));
+    bn.running_mean = RunningState::new(uniform([c], 3, -1.0, 1.0, device));
+    bn.running_var = RunningState::new(uniform([c], 4, 0.2, 3.0, device));
+    bn
+}
+
+fn conv<B: Backend>(device: &B::Device, bias: bool) -> Conv2d<B> {
+    Conv2dConfig::new([3, 4], [3, 3])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .with_bias(bias)
+        .init(device)
+}
+
+/// Conversions from BatchNorm keep the eval output: BRN, and the CBN of
+/// conv and linear blocks with either eps placement.
+fn from_batch_norm<B: AutodiffBackend>(device: &B::Device) {
+    type I<B> = Inner<B>;
+    let x4 = uniform::<I<B>, 4>([2, 4, 5, 5], 7, -2.0, 2.0, device);
+    let bn = trained_batch_norm::<I<B>>(4, 1e-5, device);
+    let expected = to_vec(bn.forward(x4.clone()));
+    let brn = BatchRenorm::from_batch_norm(&bn, &BatchRenormConfig::new(4), 1234).unwrap();
+    assert_eq!(brn.step(), 1234);
+    check_close(
+        "BRN from BatchNorm",
+        &brn.forward(x4.clone()).into_data(),
+        &[2, 4, 5, 5],
+        &expected,
+        1e-5,
+        1e-5,
+    )
+    .unwrap();
+    let err = BatchRenorm::from_batch_norm(&bn, &BatchRenormConfig::new(6), 0).unwrap_err();
+    assert!(
+        err.to_string().contains("[6]") && err.to_string().contains("[4]"),
+        "{err}"
+    );
+
+    let x = uniform::<I<B>, 4>([2, 3, 5, 5], 8, -1.0, 1.0, device);
+    for placement in [EpsPlacement::InsideSqrt, EpsPlacement::OnStd] {
+        let c = conv::<I<B>>(device, true);
+        let expected = to_vec(bn.forward(c.forward(x.clone())));
+        let cbn = Conv2dCbn::from_conv_batch_norm(
+            c,
+            &bn,
+            CrossIterBatchNormConfig::new(0)
+                .with_eps_placement(placement)
+                .with_epsilon(1e-3),
+        )
+        .unwrap();
+        check_close(
+            &format!("Conv2dCbn from BatchNorm ({placement:?})"),
+            &cbn.forward(x.clone()).into_data(),
+            &[2, 4, 5, 5],
+            &expected,
+            1e-5,
+            1e-5,
+        )
+        .unwrap();
+    }
+    let err = Conv2dCbn::from_conv_batch_norm(
+        conv::<I<B>>(device, false),
+        &trained_batch_norm::<I<B>>(5, 1e-5, device),
+        CrossIterBatchNormConfig::new(0),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("[5]"), "{err}");
+
+    let linear: Linear<I<B>> = LinearConfig::new(3, 4).init(device);
+    let xl = uniform::<I<B>, 2>([6, 3], 9, -1.0, 1.0, device);
+    let expected = to_vec(bn.forward(linear.forward(xl.clone())));
+    let lcbn =
+        LinearCbn::from_linear_batch_norm(linear, &bn, CrossIterBatchNormConfig::new(0)).unwrap();
+    check_close(
+        "LinearCbn from BatchNorm",
+        &lcbn.forward(xl).into_data(),
+        &[6, 4],
+        &expected,
+        1e-5,
+        1e-5,
+    )
+    .unwrap();
+
+    // The converted CBN trains on (autodiff backend) from the BatchNorm's state.
+    let trained = Conv2dCbn::<B>::from_conv_batch_norm(
+        conv::<B>(device, false),
+        &trained_batch_norm::<B>(4, 1e-5, device),
+        CrossIterBatchNormConfig::new(0),
+    )
+    .unwrap();
+    let y = trained.forward(uniform::<B, 4>([1, 3, 5, 5], 1, -1.0, 1.0, device));
+    assert_finite("converted CBN training output", &y.into_data());
+}
+
+#[rstest]
+#[case::ndarray(TestDevice::NdArray)]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+fn conversions_from_batch_norm_keep_eval_output(#[case] dev: TestDevice) {
+    on_device!(dev, from_batch_norm);
+}
+
+/// Folding equals the pair's eval output: conv (with and without bias) +
+/// BRN, Conv2dCbn, linear + BRN, LinearCbn. Checked after a few training
+/// steps so the running statistics are not the initial ones.
+fn folding<B: AutodiffBackend>(device: &B::Device) {
+    let (rtol, atol) = matmul_tolerance::<B>();
+    let (rtol, atol) = (rtol.max(1e-5), atol.max(1e-5));
+    for bias in [false, true] {
+        let c = conv::<B>(device, bias);
+        let brn: BatchRenorm<B> = BatchRenormConfig::new(4)
+            .with_steps_compressed_to(3)
+            .init(device);
+        for step in 0..4 {
+            let _ = brn.forward(c.forward(uniform([2, 3, 5, 5], step, -1.0, 2.0, device)));
+        }
+        let (c, brn) = (c.valid(), brn.valid());
+        let x = uniform::<Inner<B>, 4>([2, 3, 5, 5], 9, -1.0, 2.0, device);
+        let expected = to_vec(brn.forward(c.forward(x.clone())));
+        let folded = brn.fold_into_conv2d(&c).unwrap();
+        check_close(
+            &format!("conv(bias={bias}) + BRN folded"),
+            &folded.forward(x).into_data(),
+            &[2, 4, 5, 5],
+            &expected,
+            rtol,
+            atol,
+        )
+        .unwrap();
+    }
+    let block: Conv2dCbn<B> = Conv2dCbnConfig::new([3, 4], [3, 3])
+        .with_padding(PaddingConfig2d::Same)
+        .with_window(3)
+        .init(device);
+    for step in 0..4 {
+        let _ = block.forward(uniform([2, 3, 5, 5], step, -1.0, 2.0, device));
+    }
+    let block = block.valid();
+    let x = uniform::<Inner<B>, 4>([2, 3, 5, 5], 10, -1.0, 2.0, device);
+    check_close(
+        "Conv2dCbn folded",
+        &block.fold().forward(x.clone()).into_data(),
+        &[2, 4, 5, 5],
+        &to_vec(block.forward(x)),
+        rtol,
+        atol,
+    )
+    .unwrap();
+
+    let linear: Linear<B> = LinearConfig::new(3, 4).init(device);
+    let brn: BatchRenorm<B> = BatchRenormConfig::new(4).init(device);
+    for step in 0..3 {
+        let _ = brn.forward(linear.forward(uniform([5, 3], step, -1.0, 2.0, device)));
+    }
+    let (linear, brn) = (linear.valid(), brn.valid());
+    let xl = uniform::<Inner<B>, 2>([5, 3], 11, -1.0, 2.0, device);
+    check_close(
+        "linear + BRN folded",
+        &brn.fold_into_linear(&linear)
+            .unwrap()
+            .forward(xl.clone())
+            .into_data(),
+        &[5, 4],
+        &to_vec(brn.forward(linear.forward(xl.clone()))),
+        rtol,
+        atol,
+    )
+    .unwrap();
+    let lblock = bnorm::LinearCbnConfig::new(3, 4)
+        .with_window(2)
+        .init::<B>(device);
+    for step in 0..3 {
+        let _ = lblock.forward(uniform::<B, 2>([5, 3], step, -1.0, 2.0, device));
+    }
+    let lblock = lblock.valid();
+    check_close(
+        "LinearCbn folded",
+        &lblock.fold().forward(xl.clone()).into_data(),
+        &[5, 4],
+        &to_vec(lblock.forward(xl)),
+        rtol,
+        atol,
+    )
+    .unwrap();
+
+    let err = BatchRenormConfig::new(5)
+        .init::<Inner<B>>(device)
+        .fold_into_conv2d(&conv::<Inner<B>>(device, false))
+        .unwrap_err();
+    assert!(err.to_string().contains("conv output channels"), "{err}");
+}
+
+#[rstest]
+#[case::ndarray(TestDevice::NdArray)]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+fn folding_equals_eval_output(#[case] dev: TestDevice) {
+    on_device!(dev, folding);
+}
+
+#[derive(Deserialize)]
+struct TorchCase {
+    eps: f64,
+    input: JsonTensor,
+    eval_output: JsonTensor,
+}
+
+fn torch_case(name: &str) -> (TorchCase, std::path::PathBuf) {
+    let dir = package_dir().join("tests/fixtures/torch");
+    let case: TorchCase =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap())
+            .unwrap();
+    (case, dir.join(format!("{name}.pt")))
+}
+
+/// The reference layers' PyTorch checkpoints import and reproduce the
+/// reference's eval outputs.
+fn pytorch_import<B: AutodiffBackend>(device: &B::Device) {
+    type I<B> = Inner<B>;
+    let (rtol, atol) = matmul_tolerance::<B>();
+    let (rtol, atol) = (rtol.max(1e-5), atol.max(1e-5));
+    let (case, pt) = torch_case("brn2d_after_conv");
+    let dict = StateDict::open(&pt).unwrap();
+    let conv_config = Conv2dConfig::new([3, 4], [3, 3])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .with_bias(false);
+    let conv = dict.conv2d::<I<B>>("conv.", &conv_config, device).unwrap();
+    let brn_config = BatchRenormConfig::new(4)
+        .with_epsilon(case.eps)
+        .with_eps_placement(EpsPlacement::OnStd);
+    let brn = dict
+        .batch_renorm::<I<B>>("norm.", &brn_config, device)
+        .unwrap();
+    assert!(brn.step() > 0, "num_batches_tracked imported");
+    let y = brn.forward(conv.forward(case.input.tensor(device)));
+    check_json(
+        "brn2d_after_conv eval output",
+        &y.into_data(),
+        &case.eval_output,
+        rtol,
+        atol,
+    )
+    .unwrap();
+
+    let (case, pt) = torch_case("cbn2d_after_conv");
+    let dict = StateDict::open(&pt).unwrap();
+    let config = Conv2dCbnConfig::new([3, 5], [3, 3])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .with_bias(false)
+        .with_norm(
+            CrossIterBatchNormConfig::new(0)
+                .with_window(4)
+                .with_epsilon(case.eps)
+                .reference(),
+        );
+    let block = dict
+        .conv2d_cbn::<I<B>>("conv.", "norm.", &config, device)
+        .unwrap();
+    let y = block.forward(case.input.tensor(device));
+    check_json(
+        "cbn2d_after_conv eval output",
+        &y.into_data(),
+        &case.eval_output,
+        rtol,
+        atol,
+    )
+    .unwrap();
+
+    // Missing and mis-shaped keys are errors naming the key.
+    let err = dict
+        .batch_renorm::<I<B>>("norm.", &BatchRenormConfig::new(5), device)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&err, ImportError::MissingKey { key, .. } if key == "norm.running_std"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("norm.running_var"),
+        "lists the keys: {err}"
+    );
+    let wrong = Conv2dCbnConfig::new([3, 6], [3, 3]).with_bias(false);
+    let err = dict
+        .conv2d_cbn::<I<B>>("conv.", "norm.", &wrong, device)
+        .err()
+        .unwrap();
+    assert!(
+        matches!(&err, ImportError::Shape { key, expected, found } if key == "conv.weight" && expected == &vec![6, 3, 3, 3] && found == &vec![5, 3, 3, 3]),
+        "{err}"
+    );
+    assert!(matches!(
+        StateDict::open(package_dir().join("tests/fixtures/torch/README.md")),
+        Err(ImportError::Read(_))
+    ));
+}
+
+#[rstest]
+#[case::ndarray(TestDevice::NdArray)]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+fn pytorch_checkpoints_reproduce_reference(#[case] dev: TestDevice) {
+    on_device!(dev, pytorch_import);
+}

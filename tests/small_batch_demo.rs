@@ -1,0 +1,191 @@
+//! Guards the small-batch demo: its training loop runs a few steps for every
+//! normalization and sampling on a handful of samples, and its IDX loader
+//! reads what it should and rejects what it should not.
+
+#[path = "../examples/digits/mod.rs"]
+mod digits;
+
+use burn::backend::{Autodiff, NdArray};
+use digits::idx::{load_idx, write_idx, IdxData};
+use digits::model::Norm;
+use digits::train::{epoch_batches, train_and_evaluate, RunConfig, Sampling};
+use digits::{Digits, SplitMix64};
+
+fn tiny_digits(n: usize, side: usize) -> Digits {
+    let mut rng = SplitMix64(3);
+    Digits {
+        rows: side,
+        cols: side,
+        images: (0..n)
+            .map(|_| {
+                (0..side * side)
+                    .map(|_| (rng.below(256) as f32) / 255.0)
+                    .collect()
+            })
+            .collect(),
+        labels: (0..n).map(|i| (i % 10) as u8).collect(),
+    }
+}
+
+/// One epoch on 24 samples for every normalization and both samplings:
+/// finite accuracy in [0, 100], and the same number twice for one seed.
+#[test]
+fn training_loop_runs_every_normalization() {
+    let train = tiny_digits(24, 8);
+    let test = tiny_digits(10, 8);
+    for norm in [
+        Norm::BatchNorm,
+        Norm::BatchRenorm,
+        Norm::CrossIter,
+        Norm::CrossIterReference,
+        Norm::GroupNorm,
+    ] {
+        for sampling in [Sampling::Iid, Sampling::Paired] {
+            let cfg = RunConfig {
+                norm,
+                batch_size: 4,
+                epochs: 1,
+                sampling,
+                seed: 5,
+            };
+            let mut steps = 0;
+            let run = |steps: &mut usize| {
+                train_and_evaluate::<Autodiff<NdArray>>(
+                    &cfg,
+                    &train,
+                    &test,
+                    &Default::default(),
+                    |_, _, _| *steps += 1,
+                )
+            };
+            let a = run(&mut steps);
+            assert!(
+                (0.0..=100.0).contains(&a),
+                "{norm:?} {sampling:?}: accuracy {a}"
+            );
+            let expected = epoch_batches(&train, 4, sampling, &mut SplitMix64(0)).len();
+            assert_eq!(steps, expected, "{norm:?} {sampling:?}: one step per batch");
+            assert!(expected >= 5);
+            let b = run(&mut 0);
+            assert_eq!(
+                a, b,
+                "{norm:?} {sampling:?}: not reproducible for a fixed seed"
+            );
+        }
+    }
+    // Batch size 1 trains too (CBN with its history, BRN with r and d).
+    let cfg = RunConfig {
+        norm: Norm::CrossIter,
+        batch_size: 1,
+        epochs: 1,
+        sampling: Sampling::Iid,
+        seed: 1,
+    };
+    let acc = train_and_evaluate::<Autodiff<NdArray>>(
+        &cfg,
+        &tiny_digits(12, 8),
+        &test,
+        &Default::default(),
+        |_, _, _| {},
+    );
+    assert!(acc.is_finite());
+}
+
+/// Paired batches: every batch is batch/2 same-class pairs.
+#[test]
+fn paired_batches_hold_same_class_pairs() {
+    let data = tiny_digits(40, 8);
+    let batches = epoch_batches(&data, 4, Sampling::Paired, &mut SplitMix64(9));
+    // 4 samples per class: 2 pairs each, 20 pairs, 2 pairs per batch.
+    assert_eq!(batches.len(), 10);
+    for batch in &batches {
+        assert_eq!(batch.len(), 4);
+        for pair in batch.chunks(2) {
+            assert_eq!(
+                data.labels[pair[0]], data.labels[pair[1]],
+                "batch {batch:?}"
+            );
+        }
+    }
+}
+
+fn temp(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("bnorm-idx-{}-{name}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The loader reads back exactly what was written (pixels / 255).
+#[test]
+fn idx_round_trip() {
+    let dir = temp("roundtrip");
+    let data = IdxData {
+        rows: 3,
+        cols: 2,
+        images: vec![vec![0.0, 1.0, 0.5019608, 0.0, 0.2, 1.0], vec![1.0; 6]],
+        labels: vec![7, 0],
+    };
+    write_idx(&dir.join("img"), &dir.join("lbl"), &data).unwrap();
+    let read = load_idx(&dir.join("img"), &dir.join("lbl")).unwrap();
+    assert_eq!(
+        (read.rows, read.cols, read.labels.clone()),
+        (3, 2, vec![7, 0])
+    );
+    for (a, b) in read
+        .images
+        .iter()
+        .flatten()
+        .zip(data.images.iter().flatten())
+    {
+        assert!((a - b).abs() < 0.5 / 255.0, "{a} vs {b}");
+    }
+    let digits = Digits::load_idx(&dir.join("img"), &dir.join("lbl")).unwrap();
+    assert_eq!((digits.rows, digits.cols, digits.len()), (3, 2, 2));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Truncated files, wrong magic numbers and mismatched counts are errors
+/// that say what is wrong.
+#[test]
+fn idx_rejects_bad_files() {
+    let dir = temp("bad");
+    let data = IdxData {
+        rows: 2,
+        cols: 2,
+        images: vec![vec![0.0; 4]; 3],
+        labels: vec![1, 2, 3],
+    };
+    let (img, lbl) = (dir.join("img"), dir.join("lbl"));
+    write_idx(&img, &lbl, &data).unwrap();
+
+    let bytes = std::fs::read(&img).unwrap();
+    std::fs::write(dir.join("short"), &bytes[..bytes.len() - 1]).unwrap();
+    let e = load_idx(&dir.join("short"), &lbl).unwrap_err();
+    assert!(
+        e.contains("expected 28") && e.contains("3 images of 2x2"),
+        "{e}"
+    );
+
+    std::fs::write(dir.join("header"), &bytes[..9]).unwrap();
+    let e = load_idx(&dir.join("header"), &lbl).unwrap_err();
+    assert!(e.contains("truncated IDX header"), "{e}");
+
+    let e = load_idx(&lbl, &img).unwrap_err();
+    assert!(
+        e.contains("magic number 0x00000801") && e.contains("expected 0x00000803"),
+        "{e}"
+    );
+
+    let fewer = IdxData {
+        labels: vec![1, 2],
+        images: vec![vec![0.0; 4]; 2],
+        ..data.clone()
+    };
+    write_idx(&dir.join("img2"), &dir.join("lbl2"), &fewer).unwrap();
+    let e = load_idx(&img, &dir.join("lbl2")).unwrap_err();
+    assert!(e.contains("3 images") && e.contains("2 labels"), "{e}");
+
+    let e = load_idx(&dir.join("missing"), &lbl).unwrap_err();
+    assert!(e.contains("missing"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
