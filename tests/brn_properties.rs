@@ -13,25 +13,13 @@ use burn::tensor::{Tensor, TensorData};
 use common::*;
 use rstest::rstest;
 
+/// Deterministic host-generated data in [-1.5, 2.5).
 fn random<B: Backend, const D: usize>(
     shape: [usize; D],
     seed: u64,
     device: &B::Device,
 ) -> Tensor<B, D> {
-    // Deterministic across backends: generated on the host.
-    let n: usize = shape.iter().product();
-    let mut state = seed
-        .wrapping_mul(6364136223846793005)
-        .wrapping_add(1442695040888963407);
-    let values: Vec<f32> = (0..n)
-        .map(|_| {
-            state = state
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 1.5
-        })
-        .collect();
-    Tensor::from_data(TensorData::new(values, shape), device)
+    common::random::uniform(shape, seed, -1.5, 2.5, device)
 }
 
 /// With `rmax = 1, dmax = 0` and the same eps placement, BRN is BatchNorm:

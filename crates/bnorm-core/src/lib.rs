@@ -5,7 +5,7 @@
 //! `bnorm-renorm` and `bnorm-crossiter` and call into this crate, so each
 //! formula exists exactly once.
 //!
-//! - [`moments`]: per-channel moments of `[N, C, ...]` tensors (rank 2..=5)
+//! - [`moments`](mod@moments): per-channel moments of `[N, C, ...]` tensors (rank 2..=5)
 //!   and of padded `[N, C, L]` sequences with a `[N, L]` mask.
 //! - [`renorm`]: the Batch Renormalization correction `r`, `d`.
 //! - [`schedule`]: values as a function of the training step (the `rmax` /
@@ -27,7 +27,9 @@ pub use moments::{masked_moments, moments, BatchMoments};
 pub use renorm::{renorm_correction, EpsPlacement, RenormCorrection};
 pub use schedule::Schedule;
 pub mod record_check;
-pub use record_check::{check_record_shape, CheckpointError, RecordShapeError};
+pub use record_check::{
+    check_record_shape, load_checkpoint_with, CheckpointError, RecordShapeError,
+};
 pub mod inference;
 pub mod jacobian;
 pub mod window;

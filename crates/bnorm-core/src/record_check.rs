@@ -85,3 +85,21 @@ impl From<RecordShapeError> for CheckpointError {
         CheckpointError::Shape(e)
     }
 }
+
+/// Reads a checkpoint written with `Module::save_file` (any burn file
+/// recorder) and hands its record to `load`, the module's checked
+/// `try_load_record`: the one path every layer's `load_checkpoint` takes.
+pub fn load_checkpoint_with<B, M, R>(
+    path: std::path::PathBuf,
+    recorder: &R,
+    device: &B::Device,
+    load: impl FnOnce(M::Record) -> Result<M, RecordShapeError>,
+) -> Result<M, CheckpointError>
+where
+    B: burn::tensor::backend::Backend,
+    M: burn::module::Module<B>,
+    R: burn::record::FileRecorder<B>,
+{
+    let record = recorder.load(path, device)?;
+    Ok(load(record)?)
+}

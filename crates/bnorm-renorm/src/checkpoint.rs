@@ -4,7 +4,7 @@ use burn::module::Module;
 use burn::record::FileRecorder;
 use burn::tensor::backend::Backend;
 
-use bnorm_core::{check_record_shape, CheckpointError, RecordShapeError};
+use bnorm_core::{check_record_shape, load_checkpoint_with, CheckpointError, RecordShapeError};
 
 use crate::batch_renorm::BatchRenormRecord;
 use crate::BatchRenorm;
@@ -42,7 +42,8 @@ impl<B: Backend> BatchRenorm<B> {
         recorder: &R,
         device: &B::Device,
     ) -> Result<Self, CheckpointError> {
-        let record = recorder.load(path.into(), device)?;
-        Ok(self.try_load_record(record)?)
+        load_checkpoint_with(path.into(), recorder, device, |record| {
+            self.try_load_record(record)
+        })
     }
 }
