@@ -69,3 +69,20 @@ impl<B: Backend> InferenceAffine<B> {
         (weight, bias)
     }
 }
+
+/// Composes a per-channel map `x * scale + shift` with the learned affine
+/// `gamma * . + beta`: `(gamma * scale, gamma * shift + beta)`, or the map
+/// itself for a layer without affine parameters. Every layer's training and
+/// inference paths fold their per-channel factors through this on `[C]`
+/// vectors, so the full-size tensor sees one multiply and one add.
+pub fn compose_affine<B: Backend>(
+    gamma: Option<Tensor<B, 1>>,
+    beta: Option<Tensor<B, 1>>,
+    scale: Tensor<B, 1>,
+    shift: Tensor<B, 1>,
+) -> (Tensor<B, 1>, Tensor<B, 1>) {
+    match (gamma, beta) {
+        (Some(gamma), Some(beta)) => (scale.mul(gamma.clone()), shift.mul(gamma).add(beta)),
+        _ => (scale, shift),
+    }
+}

@@ -33,7 +33,7 @@ pub use record_check::{
 pub mod inference;
 pub mod jacobian;
 pub mod window;
-pub use inference::InferenceAffine;
+pub use inference::{compose_affine, InferenceAffine};
 pub use jacobian::{
     conv2d_moment_jacobians, linear_moment_jacobians, linearize, CompensatedMoments,
     Conv2dGeometry, HistoryEntries, MomentJacobians,

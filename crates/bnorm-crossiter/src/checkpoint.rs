@@ -1,8 +1,9 @@
 use std::path::PathBuf;
 
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::record::FileRecorder;
 use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
 
 use bnorm_core::{check_record_shape, load_checkpoint_with, CheckpointError, RecordShapeError};
 
@@ -23,9 +24,7 @@ impl<B: Backend> CrossIterBatchNorm<B> {
         record: &CrossIterBatchNormRecord<B>,
     ) -> Result<(), RecordShapeError> {
         let c = [self.num_features];
-        let shape_of = |p: &Option<burn::module::Param<burn::tensor::Tensor<B, 1>>>| {
-            p.as_ref().map(|p| p.dims().to_vec()).unwrap_or_default()
-        };
+        let shape_of = optional_dims::<B>;
         let expect_affine = if self.gamma.is_some() {
             c.to_vec()
         } else {
@@ -94,33 +93,43 @@ impl<B: Backend> CrossIterBatchNorm<B> {
     }
 }
 
-fn check_weight(
-    layer: &'static str,
-    field: &str,
-    expected: &[usize],
-    found: &[usize],
+/// Shape of an optional parameter (`[]` when absent).
+fn optional_dims<B: Backend>(p: &Option<Param<Tensor<B, 1>>>) -> Vec<usize> {
+    p.as_ref().map(|p| p.dims().to_vec()).unwrap_or_default()
+}
+
+/// Checks a fused block's layer weight and bias (`{prefix}.weight`,
+/// `{prefix}.bias`) against the module's, as every block's
+/// `try_load_record` does before its CBN state.
+fn check_layer<B: Backend, const D: usize>(
+    block: &'static str,
+    prefix: &str,
+    weight: (&Param<Tensor<B, D>>, &Param<Tensor<B, D>>),
+    bias: (&Option<Param<Tensor<B, 1>>>, &Option<Param<Tensor<B, 1>>>),
 ) -> Result<(), RecordShapeError> {
-    check_record_shape(layer, field, expected, found)
+    check_record_shape(
+        block,
+        &format!("{prefix}.weight"),
+        &weight.0.dims(),
+        &weight.1.dims(),
+    )?;
+    check_record_shape(
+        block,
+        &format!("{prefix}.bias"),
+        &optional_dims(bias.0),
+        &optional_dims(bias.1),
+    )
 }
 
 impl<B: Backend> Conv2dCbn<B> {
     /// Checks the conv weight and bias and the whole CBN state of `record`
     /// against this module, then loads it.
     pub fn try_load_record(self, record: Conv2dCbnRecord<B>) -> Result<Self, RecordShapeError> {
-        check_weight(
+        check_layer(
             "Conv2dCbn",
-            "conv.weight",
-            &self.conv.weight.dims(),
-            &record.conv.weight.dims(),
-        )?;
-        let bias = |b: &Option<burn::module::Param<burn::tensor::Tensor<B, 1>>>| {
-            b.as_ref().map(|b| b.dims().to_vec()).unwrap_or_default()
-        };
-        check_weight(
-            "Conv2dCbn",
-            "conv.bias",
-            &bias(&self.conv.bias),
-            &bias(&record.conv.bias),
+            "conv",
+            (&self.conv.weight, &record.conv.weight),
+            (&self.conv.bias, &record.conv.bias),
         )?;
         self.norm.check_record(&record.norm)?;
         Ok(self.load_record(record))
@@ -144,20 +153,11 @@ impl<B: Backend> LinearCbn<B> {
     /// Checks the linear weight and bias and the whole CBN state of `record`
     /// against this module, then loads it.
     pub fn try_load_record(self, record: LinearCbnRecord<B>) -> Result<Self, RecordShapeError> {
-        check_weight(
+        check_layer(
             "LinearCbn",
-            "linear.weight",
-            &self.linear.weight.dims(),
-            &record.linear.weight.dims(),
-        )?;
-        let bias = |b: &Option<burn::module::Param<burn::tensor::Tensor<B, 1>>>| {
-            b.as_ref().map(|b| b.dims().to_vec()).unwrap_or_default()
-        };
-        check_weight(
-            "LinearCbn",
-            "linear.bias",
-            &bias(&self.linear.bias),
-            &bias(&record.linear.bias),
+            "linear",
+            (&self.linear.weight, &record.linear.weight),
+            (&self.linear.bias, &record.linear.bias),
         )?;
         self.norm.check_record(&record.norm)?;
         Ok(self.load_record(record))

@@ -1,6 +1,7 @@
 use burn::module::{Module, Param, RunningState};
 use burn::tensor::{backend::Backend, ElementConversion, Tensor};
 
+use bnorm_core::compose_affine;
 use bnorm_core::moments::{bessel, values_per_channel};
 use bnorm_core::shape::{check_input, per_channel};
 use bnorm_core::{
@@ -260,12 +261,11 @@ impl<B: Backend> CrossIterBatchNorm<B> {
 
     /// `(gamma * scale, gamma * shift + beta)`, or the inputs when not affine.
     fn affine(&self, scale: Tensor<B, 1>, shift: Tensor<B, 1>) -> (Tensor<B, 1>, Tensor<B, 1>) {
-        match (&self.gamma, &self.beta) {
-            (Some(gamma), Some(beta)) => {
-                let gamma = gamma.val();
-                (scale.mul(gamma.clone()), shift.mul(gamma).add(beta.val()))
-            }
-            _ => (scale, shift),
-        }
+        compose_affine(
+            self.gamma.as_ref().map(|g| g.val()),
+            self.beta.as_ref().map(|b| b.val()),
+            scale,
+            shift,
+        )
     }
 }
