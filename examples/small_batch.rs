@@ -295,7 +295,13 @@ fn main() {
                     cfg.seed,
                     start.elapsed().as_secs_f64()
                 );
-                let _ = bars.println(line);
+                // indicatif hides its bars (and drops `println`) when the
+                // output is not a terminal; the per-run lines must still show.
+                if bars.is_hidden() {
+                    println!("{line}");
+                } else {
+                    let _ = bars.println(line);
+                }
                 overall.inc(1);
                 results.lock().unwrap().push(RunResult {
                     norm: cfg.norm,
