@@ -14,6 +14,9 @@
 //! channel): the normalization costs nothing at inference. Only at
 //! inference: in training the statistics come from the batch.
 
+use burn::module::Param;
+use burn::nn::conv::Conv2d;
+use burn::nn::Linear;
 use burn::tensor::{backend::Backend, Tensor};
 
 /// The per-channel affine map `y = x * scale + shift`, `[C]` each.
@@ -24,22 +27,17 @@ pub struct InferenceAffine<B: Backend> {
 }
 
 impl<B: Backend> InferenceAffine<B> {
-    /// From running mean and std (`[C]`) and optional `gamma`, `beta`.
+    /// From running mean and std (`[C]`) and optional `gamma`, `beta`:
+    /// `(x - mu) / sigma` composed with the learned affine.
     pub fn new(
         mean: Tensor<B, 1>,
         std: Tensor<B, 1>,
         gamma: Option<Tensor<B, 1>>,
         beta: Option<Tensor<B, 1>>,
     ) -> Self {
-        let scale = match gamma {
-            Some(g) => g.div(std),
-            None => std.recip(),
-        };
-        let shift = mean.mul(scale.clone()).neg();
-        let shift = match beta {
-            Some(b) => shift.add(b),
-            None => shift,
-        };
+        let inv_std = std.recip();
+        let shift = mean.mul(inv_std.clone()).neg();
+        let (scale, shift) = compose_affine(gamma, beta, inv_std, shift);
         InferenceAffine { scale, shift }
     }
 
@@ -67,6 +65,33 @@ impl<B: Backend> InferenceAffine<B> {
             None => self.shift.clone(),
         };
         (weight, bias)
+    }
+
+    /// A copy of `conv` with this map folded in (weight `[C, ...]`).
+    pub fn fold_into_conv2d(&self, conv: &Conv2d<B>) -> Conv2d<B> {
+        let (weight, bias) = self.fold(
+            conv.weight.val().detach(),
+            conv.bias.as_ref().map(|b| b.val().detach()),
+            0,
+        );
+        let mut folded = conv.clone();
+        folded.weight = Param::from_tensor(weight);
+        folded.bias = Some(Param::from_tensor(bias));
+        folded
+    }
+
+    /// A copy of `linear` with this map folded in (burn's weight layout
+    /// `[d_in, C]`).
+    pub fn fold_into_linear(&self, linear: &Linear<B>) -> Linear<B> {
+        let (weight, bias) = self.fold(
+            linear.weight.val().detach(),
+            linear.bias.as_ref().map(|b| b.val().detach()),
+            1,
+        );
+        let mut folded = linear.clone();
+        folded.weight = Param::from_tensor(weight);
+        folded.bias = Some(Param::from_tensor(bias));
+        folded
     }
 }
 

@@ -81,15 +81,7 @@ impl<B: Backend> Conv2dCbn<B> {
     /// deployment only: the folded conv no longer normalizes anything and
     /// must not be trained as if it did.
     pub fn fold(&self) -> Conv2d<B> {
-        let (weight, bias) = self.norm.inference_affine().fold(
-            self.conv.weight.val().detach(),
-            self.conv.bias.as_ref().map(|b| b.val().detach()),
-            0,
-        );
-        let mut folded = self.conv.clone();
-        folded.weight = Param::from_tensor(weight);
-        folded.bias = Some(Param::from_tensor(bias));
-        folded
+        self.norm.inference_affine().fold_into_conv2d(&self.conv)
     }
 }
 
@@ -131,14 +123,6 @@ impl<B: Backend> LinearCbn<B> {
     /// Folds the CBN, **in inference mode**, into the linear layer (see
     /// [`Conv2dCbn::fold`]).
     pub fn fold(&self) -> Linear<B> {
-        let (weight, bias) = self.norm.inference_affine().fold(
-            self.linear.weight.val().detach(),
-            self.linear.bias.as_ref().map(|b| b.val().detach()),
-            1,
-        );
-        let mut folded = self.linear.clone();
-        folded.weight = Param::from_tensor(weight);
-        folded.bias = Some(Param::from_tensor(bias));
-        folded
+        self.norm.inference_affine().fold_into_linear(&self.linear)
     }
 }

@@ -74,15 +74,7 @@ impl<B: Backend> BatchRenorm<B> {
             &[self.num_features],
             &[c_out],
         )?;
-        let (weight, bias) = self.inference_affine().fold(
-            conv.weight.val().detach(),
-            conv.bias.as_ref().map(|b| b.val().detach()),
-            0,
-        );
-        let mut folded = conv.clone();
-        folded.weight = Param::from_tensor(weight);
-        folded.bias = Some(Param::from_tensor(bias));
-        Ok(folded)
+        Ok(self.inference_affine().fold_into_conv2d(conv))
     }
 
     /// Folds this layer, in inference mode, into the `linear` layer before
@@ -99,14 +91,6 @@ impl<B: Backend> BatchRenorm<B> {
             &[self.num_features],
             &[d_out],
         )?;
-        let (weight, bias) = self.inference_affine().fold(
-            linear.weight.val().detach(),
-            linear.bias.as_ref().map(|b| b.val().detach()),
-            1,
-        );
-        let mut folded = linear.clone();
-        folded.weight = Param::from_tensor(weight);
-        folded.bias = Some(Param::from_tensor(bias));
-        Ok(folded)
+        Ok(self.inference_affine().fold_into_linear(linear))
     }
 }
