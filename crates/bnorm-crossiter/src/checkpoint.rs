@@ -38,43 +38,42 @@ impl<B: Backend> CrossIterBatchNorm<B> {
         match (&self.history, &record.history) {
             (None, None) => Ok(()),
             (Some(h), Some(r)) => {
-                check_record_shape(
-                    LAYER,
-                    "history.mean",
-                    &h.mean.value().dims(),
-                    &r.mean.dims(),
-                )?;
-                check_record_shape(
-                    LAYER,
-                    "history.mean_sq",
-                    &h.mean_sq.value().dims(),
-                    &r.mean_sq.dims(),
-                )?;
-                check_record_shape(
-                    LAYER,
-                    "history.jac_mean",
-                    &h.jac_mean.value().dims(),
-                    &r.jac_mean.dims(),
-                )?;
-                check_record_shape(
-                    LAYER,
-                    "history.jac_mean_sq",
-                    &h.jac_mean_sq.value().dims(),
-                    &r.jac_mean_sq.dims(),
-                )?;
-                check_record_shape(
-                    LAYER,
-                    "history.lin_mean",
-                    &h.lin_mean.value().dims(),
-                    &r.lin_mean.dims(),
-                )?;
-                check_record_shape(
-                    LAYER,
-                    "history.lin_mean_sq",
-                    &h.lin_mean_sq.value().dims(),
-                    &r.lin_mean_sq.dims(),
-                )?;
-                check_record_shape(LAYER, "history.fill", &[1], &r.fill.dims())
+                let buffers: [(&str, Vec<usize>, Vec<usize>); 7] = [
+                    (
+                        "history.mean",
+                        h.mean.value().dims().to_vec(),
+                        r.mean.dims().to_vec(),
+                    ),
+                    (
+                        "history.mean_sq",
+                        h.mean_sq.value().dims().to_vec(),
+                        r.mean_sq.dims().to_vec(),
+                    ),
+                    (
+                        "history.jac_mean",
+                        h.jac_mean.value().dims().to_vec(),
+                        r.jac_mean.dims().to_vec(),
+                    ),
+                    (
+                        "history.jac_mean_sq",
+                        h.jac_mean_sq.value().dims().to_vec(),
+                        r.jac_mean_sq.dims().to_vec(),
+                    ),
+                    (
+                        "history.lin_mean",
+                        h.lin_mean.value().dims().to_vec(),
+                        r.lin_mean.dims().to_vec(),
+                    ),
+                    (
+                        "history.lin_mean_sq",
+                        h.lin_mean_sq.value().dims().to_vec(),
+                        r.lin_mean_sq.dims().to_vec(),
+                    ),
+                    ("history.fill", vec![1], r.fill.dims().to_vec()),
+                ];
+                buffers.iter().try_for_each(|(field, expected, found)| {
+                    check_record_shape(LAYER, field, expected, found)
+                })
             }
             (Some(h), None) => {
                 check_record_shape(LAYER, "history (window)", &h.mean.value().dims(), &[])
