@@ -28,7 +28,7 @@ pub use renorm::{renorm_correction, EpsPlacement, RenormCorrection};
 pub use schedule::Schedule;
 pub mod record_check;
 pub use record_check::{
-    check_record_shape, load_checkpoint_with, CheckpointError, RecordShapeError,
+    check_record_shape, load_checkpoint_with, optional_dims, CheckpointError, RecordShapeError,
 };
 pub mod inference;
 pub mod jacobian;

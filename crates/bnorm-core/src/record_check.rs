@@ -103,3 +103,14 @@ where
     let record = recorder.load(path, device)?;
     Ok(load(record)?)
 }
+
+/// Shape of an optional parameter, `[]` when absent (a layer without
+/// affine parameters, a conv without bias), for [`check_record_shape`].
+pub fn optional_dims<B: burn::tensor::backend::Backend>(
+    param: &Option<burn::module::Param<burn::tensor::Tensor<B, 1>>>,
+) -> Vec<usize> {
+    param
+        .as_ref()
+        .map(|p| p.dims().to_vec())
+        .unwrap_or_default()
+}

@@ -5,7 +5,9 @@ use burn::record::FileRecorder;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 
-use bnorm_core::{check_record_shape, load_checkpoint_with, CheckpointError, RecordShapeError};
+use bnorm_core::{
+    check_record_shape, load_checkpoint_with, optional_dims, CheckpointError, RecordShapeError,
+};
 
 use crate::conv2d_cbn::Conv2dCbnRecord;
 use crate::cross_iter_batch_norm::CrossIterBatchNormRecord;
@@ -24,14 +26,9 @@ impl<B: Backend> CrossIterBatchNorm<B> {
         record: &CrossIterBatchNormRecord<B>,
     ) -> Result<(), RecordShapeError> {
         let c = [self.num_features];
-        let shape_of = optional_dims::<B>;
-        let expect_affine = if self.gamma.is_some() {
-            c.to_vec()
-        } else {
-            vec![]
-        };
-        check_record_shape(LAYER, "gamma", &expect_affine, &shape_of(&record.gamma))?;
-        check_record_shape(LAYER, "beta", &expect_affine, &shape_of(&record.beta))?;
+        let affine = optional_dims(&self.gamma);
+        check_record_shape(LAYER, "gamma", &affine, &optional_dims(&record.gamma))?;
+        check_record_shape(LAYER, "beta", &affine, &optional_dims(&record.beta))?;
         check_record_shape(LAYER, "running_mean", &c, &record.running_mean.dims())?;
         check_record_shape(LAYER, "running_var", &c, &record.running_var.dims())?;
         check_record_shape(LAYER, "iterations", &[1], &record.iterations.dims())?;
@@ -90,11 +87,6 @@ impl<B: Backend> CrossIterBatchNorm<B> {
         self.check_record(&record)?;
         Ok(self.load_record(record))
     }
-}
-
-/// Shape of an optional parameter (`[]` when absent).
-fn optional_dims<B: Backend>(p: &Option<Param<Tensor<B, 1>>>) -> Vec<usize> {
-    p.as_ref().map(|p| p.dims().to_vec()).unwrap_or_default()
 }
 
 /// Checks a fused block's layer weight and bias (`{prefix}.weight`,

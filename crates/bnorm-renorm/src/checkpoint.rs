@@ -4,7 +4,9 @@ use burn::module::Module;
 use burn::record::FileRecorder;
 use burn::tensor::backend::Backend;
 
-use bnorm_core::{check_record_shape, load_checkpoint_with, CheckpointError, RecordShapeError};
+use bnorm_core::{
+    check_record_shape, load_checkpoint_with, optional_dims, CheckpointError, RecordShapeError,
+};
 
 use crate::batch_renorm::BatchRenormRecord;
 use crate::BatchRenorm;
@@ -19,15 +21,9 @@ impl<B: Backend> BatchRenorm<B> {
     /// nothing half-loaded.
     pub fn try_load_record(self, record: BatchRenormRecord<B>) -> Result<Self, RecordShapeError> {
         let c = [self.num_features];
-        match (&self.gamma, &record.gamma) {
-            (Some(_), Some(gamma)) => check_record_shape(LAYER, "gamma", &c, &gamma.dims())?,
-            (Some(_), None) => check_record_shape(LAYER, "gamma", &c, &[])?,
-            (None, Some(gamma)) => check_record_shape(LAYER, "gamma", &[], &gamma.dims())?,
-            (None, None) => {}
-        }
-        if let Some(beta) = &record.beta {
-            check_record_shape(LAYER, "beta", &c, &beta.dims())?;
-        }
+        let affine = optional_dims(&self.gamma);
+        check_record_shape(LAYER, "gamma", &affine, &optional_dims(&record.gamma))?;
+        check_record_shape(LAYER, "beta", &affine, &optional_dims(&record.beta))?;
         check_record_shape(LAYER, "running_mean", &c, &record.running_mean.dims())?;
         check_record_shape(LAYER, "running_std", &c, &record.running_std.dims())?;
         check_record_shape(LAYER, "steps", &[1], &record.steps.dims())?;
