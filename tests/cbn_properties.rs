@@ -677,6 +677,50 @@ fn cbn_resume_is_bit_identical(#[case] dev: TestDevice) {
     on_device!(dev, resume);
 }
 
+/// `forward_conv_output(x, conv.forward(x))` is `forward(x)`: the same
+/// outputs, gradients and state, bit for bit, through burn-in and a full
+/// window.
+fn conv_output_given<B: AutodiffBackend>(device: &B::Device) {
+    B::seed(device, 11);
+    let start = materialize(cbn_config().init::<B>(device));
+    // Loaded into fresh modules: a clone would share the running buffers.
+    let mut direct = cbn_config().init::<B>(device).load_record(start.clone().into_record());
+    let mut given = cbn_config().init::<B>(device).load_record(start.into_record());
+    let mut optim = SgdConfig::new().init::<B, Conv2dCbn<B>>();
+    for step in 0..7 {
+        let x = uniform::<B, 4>([2, 2, 5, 5], step, -1.0, 1.0, device);
+        let upstream = uniform::<B, 4>([2, 3, 5, 5], 900 + step, -1.0, 1.0, device);
+        let y_direct = direct.forward(x.clone());
+        let y_given = given.forward_conv_output(x.clone(), given.conv.forward(x));
+        assert_bits_eq(
+            &format!("output of step {step}"),
+            &y_direct.clone().into_data(),
+            &y_given.clone().into_data(),
+        );
+        let grads_direct = y_direct.mul(upstream.clone()).sum().backward();
+        let grads_given = y_given.mul(upstream).sum().backward();
+        assert_bits_eq(
+            &format!("conv weight gradient of step {step}"),
+            &direct.conv.weight.grad(&grads_direct).unwrap().into_data(),
+            &given.conv.weight.grad(&grads_given).unwrap().into_data(),
+        );
+        let grads_direct = GradientsParams::from_grads(grads_direct, &direct);
+        direct = optim.step(0.05, direct, grads_direct);
+        let grads_given = GradientsParams::from_grads(grads_given, &given);
+        given = optim.step(0.05, given, grads_given);
+    }
+    for ((name, a), (_, b)) in snapshot(&direct).iter().zip(snapshot(&given).iter()) {
+        assert_bits_eq(name, a, b);
+    }
+}
+
+#[rstest]
+#[case::ndarray(TestDevice::NdArray)]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+fn cbn_forward_conv_output_is_forward(#[case] dev: TestDevice) {
+    on_device!(dev, conv_output_given);
+}
+
 /// Records of another window or channel count are errors naming the field.
 fn record_mismatch<B: AutodiffBackend>(device: &B::Device) {
     let record = cbn_config().init::<B>(device).into_record();
@@ -755,6 +799,13 @@ fn bad_input<B: AutodiffBackend>(device: &B::Device) {
         );
     });
     assert!(m.contains("[1, 3, 18]") && m.contains("[1, 3, 9]"), "{m}");
+    let m = panic_message(|| {
+        conv.forward_conv_output(
+            uniform::<B, 4>([1, 2, 5, 5], 0, -1.0, 1.0, device),
+            uniform::<B, 4>([1, 3, 3, 3], 0, -1.0, 1.0, device),
+        );
+    });
+    assert!(m.contains("[1, 3, 5, 5]") && m.contains("[1, 3, 3, 3]"), "{m}");
     let m = panic_message(|| {
         conv.norm
             .forward_frozen(uniform::<B, 4>([1, 4, 5, 5], 0, -1.0, 1.0, device));

@@ -2,6 +2,7 @@
 //! and the small CNN the examples train on them.
 #![allow(dead_code)]
 
+pub mod conv;
 pub mod idx;
 pub mod model;
 pub mod report;

@@ -4,6 +4,7 @@
 //! 10 classes.
 
 use bnorm::{BatchRenorm, BatchRenormConfig, Conv2dCbn, Conv2dCbnConfig, CrossIterBatchNormConfig};
+use super::conv::conv2d_im2col;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
@@ -104,9 +105,11 @@ impl<B: Backend> Block<B> {
 
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let Some(conv) = &self.conv else {
-            return relu(self.cbn.as_ref().expect("a conv").forward(x));
+            let cbn = self.cbn.as_ref().expect("a conv");
+            let y = conv2d_im2col(&cbn.conv, x.clone());
+            return relu(cbn.forward_conv_output(x, y));
         };
-        let y = conv.forward(x);
+        let y = conv2d_im2col(conv, x);
         let y = if let Some(bn) = &self.bn {
             bn.forward(y)
         } else if let Some(brn) = &self.brn {

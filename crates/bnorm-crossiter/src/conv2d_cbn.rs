@@ -115,18 +115,73 @@ impl<B: Backend> Conv2dCbn<B> {
     /// If `input` does not have `channels_in` channels (the state is
     /// untouched then).
     pub fn forward(&self, input: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [c_out, c_in_g, kh, kw] = self.conv.weight.dims();
-        let c_in = c_in_g * self.conv.groups;
+        self.check_input(&input.dims());
+        let y = self.conv.forward(input.clone());
+        self.normalize_checked(input, y)
+    }
+
+    /// `norm(y)` for `y = conv(input)` computed by the caller with this
+    /// layer's `conv` weight and bias — for a convolution kernel other than
+    /// burn's `conv2d` (a faster one for the backend, a fused one). Equal to
+    /// [`forward`](Self::forward) when `conv_output` is
+    /// `self.conv.forward(input)`.
+    ///
+    /// `input` is needed because the weight Jacobians of the moments are
+    /// computed from the conv's input and output; an output that is not
+    /// this conv's would make the compensation wrong.
+    ///
+    /// # Shapes
+    ///
+    /// - `input`: `[batch_size, channels_in, height, width]`
+    /// - `conv_output`: `[batch_size, channels_out, height_out, width_out]`,
+    ///   the conv's output size for `input`
+    /// - output: as `conv_output`
+    ///
+    /// # Panics
+    ///
+    /// If `input` does not have `channels_in` channels or `conv_output` is
+    /// not the conv's output shape for it (the state is untouched then).
+    pub fn forward_conv_output(
+        &self,
+        input: Tensor<B, 4>,
+        conv_output: Tensor<B, 4>,
+    ) -> Tensor<B, 4> {
         let dims = input.dims();
+        self.check_input(&dims);
+        let geometry = self.geometry(dims[2], dims[3]);
+        let [c_out, _, kh, kw] = self.conv.weight.dims();
+        let out_size = |axis: usize, kernel: usize| {
+            let padded = dims[2 + axis] + geometry.padding[axis][0] + geometry.padding[axis][1];
+            let span = geometry.dilation[axis] * (kernel - 1) + 1;
+            padded.saturating_sub(span) / geometry.stride[axis] + 1
+        };
+        let expected = [dims[0], c_out, out_size(0, kh), out_size(1, kw)];
+        if conv_output.dims() != expected {
+            panic!(
+                "Conv2dCbn: the conv output for an input of shape {dims:?} has shape {expected:?}, \
+                 received {:?}",
+                conv_output.dims()
+            );
+        }
+        self.normalize_checked(input, conv_output)
+    }
+
+    fn check_input(&self, dims: &[usize; 4]) {
+        let c_in = self.conv.weight.dims()[1] * self.conv.groups;
         if dims[1] != c_in {
             panic!(
                 "Conv2dCbn expects an input of shape [batch_size, {c_in}, height, width], received {dims:?}"
             );
         }
-        let y = self.conv.forward(input.clone());
+    }
+
+    /// The normalization of `y = conv(input)`, both shapes checked.
+    fn normalize_checked(&self, input: Tensor<B, 4>, y: Tensor<B, 4>) -> Tensor<B, 4> {
         if !B::ad_enabled(&y.device()) {
             return self.norm.forward_frozen(y);
         }
+        let [c_out, c_in_g, kh, kw] = self.conv.weight.dims();
+        let dims = input.dims();
         let g = self.conv.groups;
         let weight = self
             .conv
