@@ -21,6 +21,18 @@ pub const CBN_WINDOW: usize = 8;
 /// accurate.
 pub const CBN_BURN_IN: usize = 100;
 
+/// BatchRenorm's momentum for a run of `total_steps`: the running
+/// statistics average over about `1 / momentum` steps. The paper's 0.01
+/// (100 steps) is a sliver of its 40k-step schedule; in a 264-step run
+/// (batch 32, 6 epochs) it would leave 7% of the initial values in the
+/// running statistics at the end, and `r`, `d` would pull towards stale
+/// ones (measured: 94.2% / 92.1% at batch 32 iid / paired against 98.5% /
+/// 97.6% with this rule). So the averaging spans at most 1/20 of the run:
+/// `max(0.01, 20 / total_steps)`, which leaves batch sizes 1, 2 and 4 at 0.01.
+pub fn brn_momentum(total_steps: usize) -> f64 {
+    (20.0 / total_steps.max(1) as f64).clamp(0.01, 1.0)
+}
+
 /// Which normalization follows each conv.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Norm {
@@ -96,6 +108,7 @@ impl<B: Backend> Block<B> {
             bn: (norm == Norm::BatchNorm).then(|| BatchNormConfig::new(c).init(device)),
             brn: (norm == Norm::BatchRenorm).then(|| {
                 BatchRenormConfig::new(c)
+                    .with_momentum(brn_momentum(total_steps))
                     .with_steps_compressed_to(total_steps)
                     .init(device)
             }),

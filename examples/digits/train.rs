@@ -125,7 +125,12 @@ pub fn train_and_evaluate<B: AutodiffBackend>(
     let total = per_epoch * cfg.epochs;
     let mut model = seeded_model::<B>(cfg, total, device);
     let mut optim = SgdConfig::new()
-        .with_momentum(Some(MomentumConfig::new().with_momentum(0.9)))
+        // PyTorch's SGD momentum: burn's default dampening is 0.1.
+        .with_momentum(Some(
+            MomentumConfig::new()
+                .with_momentum(0.9)
+                .with_dampening(0.0),
+        ))
         .with_weight_decay(Some(WeightDecayConfig::new(5e-4)))
         .init::<B, DigitsNet<B>>();
     let base_lr = (0.1 * cfg.batch_size as f64 / 32.0).max(0.01);

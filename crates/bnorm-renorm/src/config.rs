@@ -54,6 +54,11 @@ impl BatchRenormConfig {
     /// breakpoint step is scaled by `total_steps / 40000`, the values stay.
     /// With the defaults, `rmax` then ramps from `total_steps / 8` to
     /// `total_steps` and `dmax` from `total_steps / 8` to `5 * total_steps / 8`.
+    ///
+    /// `momentum` is left alone. The running statistics average over about
+    /// `1 / momentum` steps; for a run of a few hundred steps the default
+    /// 0.01 leaves them stale when `r` and `d` start to act, so raise it
+    /// (the small-batch demo uses `max(0.01, 20 / total_steps)`).
     pub fn with_steps_compressed_to(self, total_steps: usize) -> Self {
         let end = self.rmax.final_step().max(self.dmax.final_step());
         let factor = total_steps as f64 / end;
