@@ -35,7 +35,7 @@ impl<B: Backend> InferenceAffine<B> {
         gamma: Option<Tensor<B, 1>>,
         beta: Option<Tensor<B, 1>>,
     ) -> Self {
-        let inv_std = std.recip();
+        let inv_std = crate::reciprocal(std);
         let shift = mean.mul(inv_std.clone()).neg();
         let (scale, shift) = compose_affine(gamma, beta, inv_std, shift);
         InferenceAffine { scale, shift }

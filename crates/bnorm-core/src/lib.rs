@@ -7,6 +7,7 @@
 //!
 //! - [`moments`](mod@moments): per-channel moments of `[N, C, ...]` tensors (rank 2..=5)
 //!   and of padded `[N, C, L]` sequences with a `[N, L]` mask.
+//! - [`reciprocal`](mod@reciprocal): `1 / x` without burn-ndarray's approximate SIMD `recip`.
 //! - [`renorm`]: the Batch Renormalization correction `r`, `d`.
 //! - [`schedule`]: values as a function of the training step (the `rmax` /
 //!   `dmax` ramps, burn-in), evaluated on the device.
@@ -19,11 +20,13 @@
 //!   folding it into the preceding layer.
 
 pub mod moments;
+pub mod reciprocal;
 pub mod renorm;
 pub mod schedule;
 pub mod shape;
 
 pub use moments::{masked_moments, moments, BatchMoments};
+pub use reciprocal::reciprocal;
 pub use renorm::{renorm_correction, EpsPlacement, RenormCorrection};
 pub use schedule::Schedule;
 pub mod record_check;

@@ -86,7 +86,7 @@ pub fn renorm_correction<B: Backend>(
     let r = batch_std
         .detach()
         .div(running_std.clone())
-        .max_pair(rmax.clone().recip())
+        .max_pair(crate::reciprocal(rmax.clone()))
         .min_pair(rmax);
     let d = batch_mean
         .detach()

@@ -84,12 +84,16 @@ pub fn window_statistics<B: Backend>(
         .float()
         .mul(active);
     let count = keep.clone().sum_dim(0).reshape([c]).add_scalar(1.0);
+    // A multiply by the exact reciprocal, not a division: burn's gradient of
+    // `a / b` with respect to `a` uses `recip(b)`, approximate on
+    // burn-ndarray with SIMD (see `reciprocal`).
+    let inv_count = crate::reciprocal(count);
     let window_mean = mean
         .add(history_mean.mul(keep.clone()).sum_dim(0).reshape([c]))
-        .div(count.clone());
+        .mul(inv_count.clone());
     let window_mean_sq = mean_sq
         .add(history_mean_sq.mul(keep).sum_dim(0).reshape([c]))
-        .div(count);
+        .mul(inv_count);
     let var = window_mean_sq.sub(window_mean.clone().square());
     (window_mean, var)
 }

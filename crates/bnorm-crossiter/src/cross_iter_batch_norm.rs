@@ -1,7 +1,7 @@
 use burn::module::{Module, Param, RunningState};
 use burn::tensor::{backend::Backend, ElementConversion, Tensor};
 
-use bnorm_core::compose_affine;
+use bnorm_core::{compose_affine, reciprocal};
 use bnorm_core::moments::{bessel, values_per_channel};
 use bnorm_core::shape::{check_input, per_channel};
 use bnorm_core::{
@@ -233,7 +233,7 @@ impl<B: Backend> CrossIterBatchNorm<B> {
         // with s = gamma / std: `centered` (y - mu_t) is already computed, so
         // the full-size tensor sees one multiply and one add.
         let std = self.eps_placement.std(var.clone(), self.epsilon);
-        let (scale, beta) = self.affine(std.recip(), batch.mean.zeros_like());
+        let (scale, beta) = self.affine(reciprocal(std), batch.mean.zeros_like());
         let shift = beta.add(batch.mean.clone().sub(mean.clone()).mul(scale.clone()));
         let output = batch
             .centered

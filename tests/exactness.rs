@@ -1,0 +1,118 @@
+//! Exactness where the layers promise it. burn-ndarray's SIMD `recip`
+//! (burn's default features) runs the CPU's approximate-reciprocal
+//! instructions, and burn's gradient of `a / b` with respect to `a` goes
+//! through it; the layers use `bnorm::core::reciprocal` instead. These tests
+//! fail if an approximate reciprocal comes back: `1 / x` must be correctly
+//! rounded with a correctly rounded gradient, and a repeated training step
+//! must give bit-identical gradients (the approximate path made them vary
+//! from one run to the next).
+
+mod common;
+
+use bnorm::core::reciprocal;
+use bnorm::{Conv2dCbn, Conv2dCbnConfig, CrossIterBatchNormConfig};
+use burn::module::Module;
+use burn::nn::PaddingConfig2d;
+use burn::tensor::activation::relu;
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::TensorData;
+use common::random::uniform;
+use common::*;
+use rstest::rstest;
+
+/// How far a device's `1 / x` may be from the correctly rounded value, in
+/// units in the last place: IEEE division on the CPU; CUDA kernels may be
+/// compiled with fast division (2 ulp).
+fn ulp_budget(device: TestDevice) -> u32 {
+    match device {
+        TestDevice::NdArray => 0,
+        #[cfg(feature = "cuda")]
+        TestDevice::Cuda => 2,
+    }
+}
+
+fn assert_within_ulps(what: &str, got: &[f32], expected: &[f32], ulps: u32) {
+    assert_eq!(got.len(), expected.len(), "{what}: lengths differ");
+    for (i, (g, e)) in got.iter().zip(expected).enumerate() {
+        let distance = (g.to_bits() as i64 - e.to_bits() as i64).unsigned_abs();
+        assert!(
+            distance <= ulps as u64,
+            "{what}: element {i} is {g}, the correctly rounded value is {e} ({distance} ulp apart, \
+             {ulps} allowed)"
+        );
+    }
+}
+
+/// 64 values (the SIMD path starts at 32): `1 / x` and its gradient
+/// `-1 / x^2` against the host's IEEE division.
+fn reciprocal_is_correctly_rounded<B: AutodiffBackend>(device: &B::Device, ulps: u32) {
+    let x = uniform::<B, 1>([64], 7, 0.3, 7.0, device).require_grad();
+    let host: Vec<f32> = x.clone().into_data().to_vec().unwrap();
+    let y = reciprocal(x.clone());
+    let expected: Vec<f32> = host.iter().map(|v| 1.0 / v).collect();
+    let got: Vec<f32> = y.clone().into_data().to_vec().unwrap();
+    assert_within_ulps("1 / x", &got, &expected, ulps);
+
+    let grads = y.sum().backward();
+    let expected: Vec<f32> = host.iter().map(|v| -1.0 / (v * v)).collect();
+    let got: Vec<f32> = x.grad(&grads).unwrap().into_data().to_vec().unwrap();
+    assert_within_ulps("d(1 / x)/dx", &got, &expected, ulps);
+}
+
+#[rstest]
+#[case::ndarray(TestDevice::NdArray)]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+fn reciprocal_is_exact(#[case] dev: TestDevice) {
+    on_device!(dev, reciprocal_is_correctly_rounded, ulp_budget(dev));
+}
+
+fn cbn_block(channels: [usize; 2]) -> Conv2dCbnConfig {
+    Conv2dCbnConfig::new(channels, [3, 3])
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .with_bias(false)
+        .with_norm(CrossIterBatchNormConfig::new(0).with_window(4))
+}
+
+/// Two conv + CBN blocks (32 channels, where the SIMD path starts), the same
+/// state loaded four times, the same training step on each: the first
+/// block's weight gradient is the same bits every time.
+fn repeated_step<B: AutodiffBackend>(device: &B::Device) {
+    B::seed(device, 5);
+    // Loading its own record draws the lazily initialized weights once.
+    let materialized = |channels: [usize; 2]| {
+        let block = cbn_block(channels).init::<B>(device);
+        let record = block.clone().into_record();
+        block.load_record(record)
+    };
+    let (template_1, template_2) = (materialized([2, 32]), materialized([32, 32]));
+    let x = uniform::<B, 4>([2, 2, 6, 6], 1, -1.0, 1.0, device);
+    let upstream = uniform::<B, 4>([2, 32, 6, 6], 2, -1.0, 1.0, device);
+
+    let mut gradients: Vec<TensorData> = Vec::new();
+    for _ in 0..4 {
+        // Fresh modules: a clone would share the running buffers.
+        let first: Conv2dCbn<B> = cbn_block([2, 32])
+            .init(device)
+            .load_record(template_1.clone().into_record());
+        let second: Conv2dCbn<B> = cbn_block([32, 32])
+            .init(device)
+            .load_record(template_2.clone().into_record());
+        let y = second.forward(relu(first.forward(x.clone())));
+        let grads = y.mul(upstream.clone()).sum().backward();
+        gradients.push(first.conv.weight.grad(&grads).unwrap().into_data());
+    }
+    for (i, g) in gradients.iter().enumerate().skip(1) {
+        assert_bits_eq(
+            &format!("first block's weight gradient, repetition {i} vs 0"),
+            &gradients[0],
+            g,
+        );
+    }
+}
+
+#[rstest]
+#[case::ndarray(TestDevice::NdArray)]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+fn repeated_step_is_bit_identical(#[case] dev: TestDevice) {
+    on_device!(dev, repeated_step);
+}
