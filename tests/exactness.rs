@@ -1,8 +1,9 @@
 //! Exactness where the layers promise it. burn-ndarray's SIMD `recip`
 //! (burn's default features) runs the CPU's approximate-reciprocal
 //! instructions, and burn's gradient of `a / b` with respect to `a` goes
-//! through it; the layers use `bnorm::core::reciprocal` instead. These tests
-//! fail if an approximate reciprocal comes back: `1 / x` must be correctly
+//! through it; the layers use `bnorm::core::reciprocal` instead. Built with
+//! `--features simd` (burn-ndarray's SIMD kernels, as CI runs them), these
+//! tests fail if an approximate reciprocal comes back: `1 / x` must be correctly
 //! rounded with a correctly rounded gradient, and a repeated training step
 //! must give bit-identical gradients (the approximate path made them vary
 //! from one run to the next).
