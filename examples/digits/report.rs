@@ -26,12 +26,27 @@ pub fn mean_accuracy(
     batch: usize,
     sampling: Sampling,
 ) -> Option<(f64, usize)> {
-    let runs: Vec<f64> = results
+    let runs: Vec<f64> = runs_by_seed(results, norm, batch, sampling)
         .iter()
-        .filter(|r| r.norm == norm && r.batch_size == batch && r.sampling == sampling)
         .map(|r| r.accuracy)
         .collect();
     (!runs.is_empty()).then(|| (runs.iter().sum::<f64>() / runs.len() as f64, runs.len()))
+}
+
+/// The runs of one configuration in seed order (parallel runs finish in any
+/// order; the report must not depend on it).
+fn runs_by_seed(
+    results: &[RunResult],
+    norm: Norm,
+    batch: usize,
+    sampling: Sampling,
+) -> Vec<&RunResult> {
+    let mut runs: Vec<&RunResult> = results
+        .iter()
+        .filter(|r| r.norm == norm && r.batch_size == batch && r.sampling == sampling)
+        .collect();
+    runs.sort_by_key(|r| r.seed);
+    runs
 }
 
 fn columns(batch_sizes: &[usize], samplings: &[Sampling]) -> Vec<(usize, Sampling)> {
@@ -89,10 +104,7 @@ pub fn csv(
     );
     for &norm in norms {
         for (b, s) in columns(batch_sizes, samplings) {
-            let runs: Vec<&RunResult> = results
-                .iter()
-                .filter(|r| r.norm == norm && r.batch_size == b && r.sampling == s)
-                .collect();
+            let runs = runs_by_seed(results, norm, b, s);
             if runs.is_empty() {
                 continue;
             }
