@@ -684,8 +684,12 @@ fn conv_output_given<B: AutodiffBackend>(device: &B::Device) {
     B::seed(device, 11);
     let start = materialize(cbn_config().init::<B>(device));
     // Loaded into fresh modules: a clone would share the running buffers.
-    let mut direct = cbn_config().init::<B>(device).load_record(start.clone().into_record());
-    let mut given = cbn_config().init::<B>(device).load_record(start.into_record());
+    let mut direct = cbn_config()
+        .init::<B>(device)
+        .load_record(start.clone().into_record());
+    let mut given = cbn_config()
+        .init::<B>(device)
+        .load_record(start.into_record());
     let mut optim = SgdConfig::new().init::<B, Conv2dCbn<B>>();
     for step in 0..7 {
         let x = uniform::<B, 4>([2, 2, 5, 5], step, -1.0, 1.0, device);
@@ -805,7 +809,10 @@ fn bad_input<B: AutodiffBackend>(device: &B::Device) {
             uniform::<B, 4>([1, 3, 3, 3], 0, -1.0, 1.0, device),
         );
     });
-    assert!(m.contains("[1, 3, 5, 5]") && m.contains("[1, 3, 3, 3]"), "{m}");
+    assert!(
+        m.contains("[1, 3, 5, 5]") && m.contains("[1, 3, 3, 3]"),
+        "{m}"
+    );
     let m = panic_message(|| {
         conv.norm
             .forward_frozen(uniform::<B, 4>([1, 4, 5, 5], 0, -1.0, 1.0, device));

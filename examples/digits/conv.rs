@@ -29,7 +29,10 @@ pub fn conv2d_im2col<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B,
         conv.groups
     );
     let PaddingConfig2d::Explicit(top, left, bottom, right) = conv.padding else {
-        panic!("conv2d_im2col needs explicit padding, got {:?}", conv.padding);
+        panic!(
+            "conv2d_im2col needs explicit padding, got {:?}",
+            conv.padding
+        );
     };
     let [n, c_in, _, _] = x.dims();
     let [c_out, _, kh, kw] = conv.weight.dims();

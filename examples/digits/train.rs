@@ -127,9 +127,7 @@ pub fn train_and_evaluate<B: AutodiffBackend>(
     let mut optim = SgdConfig::new()
         // PyTorch's SGD momentum: burn's default dampening is 0.1.
         .with_momentum(Some(
-            MomentumConfig::new()
-                .with_momentum(0.9)
-                .with_dampening(0.0),
+            MomentumConfig::new().with_momentum(0.9).with_dampening(0.0),
         ))
         .with_weight_decay(Some(WeightDecayConfig::new(5e-4)))
         .init::<B, DigitsNet<B>>();

@@ -134,7 +134,7 @@ impl CrossIterBatchNormConfig {
             "CrossIterBatchNormConfig: window must be at least 1 (1 = BatchNorm)"
         );
         assert!(
-            layout.groups > 0 && c % layout.groups == 0,
+            layout.groups > 0 && c.is_multiple_of(layout.groups),
             "CrossIterBatchNormConfig: {c} channels cannot be split into {} weight groups",
             layout.groups
         );

@@ -1,13 +1,13 @@
 use burn::module::{Module, Param, RunningState};
 use burn::tensor::{backend::Backend, ElementConversion, Tensor};
 
-use bnorm_core::{compose_affine, reciprocal};
 use bnorm_core::moments::{bessel, values_per_channel};
 use bnorm_core::shape::{check_input, per_channel};
 use bnorm_core::{
     active_entries, history_in_use, moments, window_statistics, BurnInMode, EpsPlacement,
     HistoryEntries, MomentJacobians,
 };
+use bnorm_core::{compose_affine, reciprocal};
 
 use crate::history::CbnHistory;
 use crate::{PlainVariance, RunningStatistics, WeightLayout};
