@@ -115,9 +115,10 @@ impl<B: Backend> Conv2dCbn<B> {
     /// If `input` does not have `channels_in` channels (the state is
     /// untouched then).
     pub fn forward(&self, input: Tensor<B, 4>) -> Tensor<B, 4> {
-        self.check_input(&input.dims());
+        let dims = input.dims();
+        self.check_input(&dims);
         let y = self.conv.forward(input.clone());
-        self.normalize_checked(input, y)
+        self.normalize_checked(input, y, self.geometry(dims[2], dims[3]))
     }
 
     /// `norm(y)` for `y = conv(input)` computed by the caller with this
@@ -163,7 +164,7 @@ impl<B: Backend> Conv2dCbn<B> {
                 conv_output.dims()
             );
         }
-        self.normalize_checked(input, conv_output)
+        self.normalize_checked(input, conv_output, geometry)
     }
 
     fn check_input(&self, dims: &[usize; 4]) {
@@ -175,13 +176,18 @@ impl<B: Backend> Conv2dCbn<B> {
         }
     }
 
-    /// The normalization of `y = conv(input)`, both shapes checked.
-    fn normalize_checked(&self, input: Tensor<B, 4>, y: Tensor<B, 4>) -> Tensor<B, 4> {
+    /// The normalization of `y = conv(input)`, both shapes checked;
+    /// `geometry` is the conv's for this input size.
+    fn normalize_checked(
+        &self,
+        input: Tensor<B, 4>,
+        y: Tensor<B, 4>,
+        geometry: Conv2dGeometry,
+    ) -> Tensor<B, 4> {
         if !B::ad_enabled(&y.device()) {
             return self.norm.forward_frozen(y);
         }
         let [c_out, c_in_g, kh, kw] = self.conv.weight.dims();
-        let dims = input.dims();
         let g = self.conv.groups;
         let weight = self
             .conv
@@ -189,7 +195,6 @@ impl<B: Backend> Conv2dCbn<B> {
             .val()
             .reshape([g, c_out / g, c_in_g * kh * kw]);
         let bias = self.conv.bias.as_ref().map(|b| b.val());
-        let geometry = self.geometry(dims[2], dims[3]);
         let (x_values, y_values) = (input.detach(), y.clone().detach());
         self.norm.forward_with(y, weight, bias, || {
             conv2d_moment_jacobians(x_values, y_values, [c_out, c_in_g, kh, kw], geometry)
