@@ -43,7 +43,7 @@ type ConvCase = (
     bool,
 );
 
-const CONV_CASES: [ConvCase; 6] = [
+const CONV_CASES: [ConvCase; 7] = [
     (3, 4, [3, 3], [1, 1], [[1, 1], [1, 1]], [1, 1], 1, false),
     (2, 6, [3, 2], [2, 1], [[0, 0], [1, 1]], [1, 1], 1, true),
     (4, 6, [3, 3], [1, 2], [[2, 2], [1, 1]], [2, 1], 2, true),
@@ -51,6 +51,9 @@ const CONV_CASES: [ConvCase; 6] = [
     // Asymmetric ('Same' with an even kernel).
     (2, 3, [2, 2], [1, 1], [[0, 1], [0, 1]], [1, 1], 1, true),
     (2, 3, [2, 3], [1, 2], [[1, 0], [2, 1]], [1, 1], 1, false),
+    // Stride 8 over 7 rows padded by 3: kernel row 2 reads only padding
+    // (rows -1 and 7), so its patch sum is zero.
+    (2, 3, [3, 3], [8, 1], [[3, 3], [1, 1]], [1, 1], 1, true),
 ];
 
 /// `d mean_c / dW` and `d meansq_c / dW` in closed form equal burn

@@ -49,7 +49,7 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Tensor, TensorPrimitive};
+use burn::tensor::{Slice, Tensor, TensorPrimitive};
 
 /// What one training step contributes to the history: the derivatives of
 /// the current per-channel moments with respect to the layer's weight.
@@ -97,7 +97,13 @@ pub fn conv2d_moment_jacobians<B: Backend>(
     geometry: Conv2dGeometry,
 ) -> MomentJacobians<B> {
     let [c, cin_g, kh, kw] = weight_dims;
-    let g = geometry.groups;
+    let [n, _, ho, wo] = y.dims();
+    let m = (n * ho * wo) as f64;
+    let f = cin_g * kh * kw;
+    let mean = patch_sum(x.clone(), [kh, kw], [ho, wo], geometry)
+        .div_scalar(m)
+        .reshape([geometry.groups, f]);
+
     let [[top, bottom], [left, right]] = geometry.padding;
     // Asymmetric padding ('Same' with an even kernel) is applied to the input
     // up front; the weight-gradient kernel takes symmetric padding only.
@@ -112,18 +118,82 @@ pub fn conv2d_moment_jacobians<B: Backend>(
             [0, 0],
         )
     };
-    let options = ConvOptions::new(geometry.stride, padding, geometry.dilation, g);
-    let [n, _, ho, wo] = y.dims();
-    let m = (n * ho * wo) as f64;
-    let f = cin_g * kh * kw;
-
-    // P: one output channel per group, gradient 1/M everywhere.
-    let ones = Tensor::<B, 4>::full([n, g, ho, wo], 1.0 / m, &y.device());
-    let mean =
-        weight_backward(x.clone(), [g, cin_g, kh, kw], ones, options.clone()).reshape([g, f]);
+    let options = ConvOptions::new(geometry.stride, padding, geometry.dilation, geometry.groups);
     // Q: the weight gradient of grad_out = 2y/M.
     let mean_sq = weight_backward(x, weight_dims, y.mul_scalar(2.0 / m), options).reshape([c, f]);
     MomentJacobians { mean, mean_sq }
+}
+
+/// `sum_p patch(p)` over every output position `p` of the conv, per input
+/// channel and kernel tap: `[C_in, kh, kw]`, float32 sums on every backend.
+///
+/// This is the weight gradient of an all-ones output gradient, but as a
+/// convolution it has one output channel per group, a shape GEMM-based
+/// kernels run poorly. The sum separates instead: tap `(i, j)` reads input
+/// row `o * stride + i * dilation - pad` for output row `o` (and likewise
+/// columns), so the input is summed over the batch once, then over the rows
+/// each kernel row reads (one strided slice per `i`), then over the columns
+/// each kernel column reads (one per `j`). Positions in the padding add
+/// zero, so each slice keeps only the rows inside the input.
+fn patch_sum<B: Backend>(
+    x: Tensor<B, 4>,
+    kernel: [usize; 2],
+    output: [usize; 2],
+    geometry: Conv2dGeometry,
+) -> Tensor<B, 3> {
+    let [_, c_in, height, width] = x.dims();
+    let device = x.device();
+    let mut summed = x.sum_dim(0);
+    for axis in [2, 3] {
+        let a = axis - 2;
+        let size = [height, width][a];
+        let taps: Vec<Tensor<B, 4>> = (0..kernel[a])
+            .map(|tap| {
+                let rows = tap_rows(
+                    size,
+                    output[a],
+                    tap * geometry.dilation[a],
+                    geometry.stride[a],
+                    geometry.padding[a][0],
+                );
+                match rows {
+                    Some(rows) => {
+                        let mut ranges = [Slice::full(); 4];
+                        ranges[axis] = rows;
+                        summed.clone().slice(ranges).sum_dim(axis)
+                    }
+                    None => {
+                        let mut dims = summed.dims();
+                        dims[axis] = 1;
+                        Tensor::zeros(dims, &device)
+                    }
+                }
+            })
+            .collect();
+        summed = Tensor::cat(taps, axis);
+    }
+    summed.reshape([c_in, kernel[0], kernel[1]])
+}
+
+/// The input rows (along one axis) that kernel tap offset `offset`
+/// (`tap * dilation`) reads over `output` output positions, as a strided
+/// slice of the unpadded input; `None` when every one lies in the padding.
+fn tap_rows(
+    size: usize,
+    output: usize,
+    offset: usize,
+    stride: usize,
+    pad_before: usize,
+) -> Option<Slice> {
+    // Row read by output position o: o * stride + offset - pad_before.
+    let first = pad_before.saturating_sub(offset).div_ceil(stride);
+    let last = (size + pad_before).checked_sub(offset + 1)? / stride;
+    let last = last.min(output.checked_sub(1)?);
+    if first > last {
+        return None;
+    }
+    let row = |o: usize| (o * stride + offset - pad_before) as isize;
+    Some(Slice::new(row(first), Some(row(last) + 1), stride as isize))
 }
 
 /// Jacobians of the per-feature moments of `y = x W + b` (burn's `Linear`
@@ -258,6 +328,42 @@ impl<B: Backend> HistoryEntries<B> {
         CompensatedMoments {
             mean: self.mean.add(p_w.sub(self.lin_mean).mul_scalar(rho)),
             mean_sq: self.mean_sq.add(q_w.sub(self.lin_mean_sq).mul_scalar(rho)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tap_rows;
+
+    /// `tap_rows` selects exactly the in-range rows `o * stride + offset -
+    /// pad` over `o < output`, for every small geometry.
+    #[test]
+    fn tap_rows_matches_enumeration() {
+        for size in 1..7 {
+            for stride in 1..4 {
+                for pad in 0..4 {
+                    for offset in 0..6 {
+                        // Every output length a conv can produce here, and
+                        // one more (rows past the input must be cut).
+                        for output in 1..=(size + 2 * pad) / stride + 1 {
+                            let expected: Vec<isize> = (0..output)
+                                .map(|o| (o * stride + offset) as isize - pad as isize)
+                                .filter(|&r| (0..size as isize).contains(&r))
+                                .collect();
+                            let got: Vec<isize> = match tap_rows(size, output, offset, stride, pad)
+                            {
+                                Some(s) => s.into_iter().collect(),
+                                None => Vec::new(),
+                            };
+                            assert_eq!(
+                                got, expected,
+                                "size {size} output {output} offset {offset} stride {stride} pad {pad}"
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 }
