@@ -14,8 +14,9 @@
 //! d mu_c / d b_c = 1,   d nu_c / d b_c = 2 mu_c
 //! ```
 //!
-//! computed here without a second backward pass (`conv2d_weight_backward`
-//! for a conv, one matmul for a linear layer).
+//! computed here without a second backward pass: for a conv, `P` from
+//! strided sums of the batch-summed input and `Q` with one
+//! `conv2d_weight_backward`; for a linear layer, a mean and one matmul.
 //!
 //! ## Memory: no weight copies
 //!
