@@ -1,33 +1,62 @@
 //! CUDA device selection with a readable failure.
 
+use std::any::Any;
+use std::panic::{self, PanicHookInfo};
+use std::sync::{Arc, Mutex};
+
 use burn::backend::cuda::CudaDevice;
 use burn::backend::Cuda;
 use burn::tensor::Tensor;
 
+/// One probe at a time: the probe swaps the process's panic hook.
+static PROBE: Mutex<()> = Mutex::new(());
+
 /// Returns CUDA device `index` after checking that it can run a kernel.
 ///
-/// burn initialises the CUDA driver lazily and panics deep inside its
-/// runtime when the driver library, NVRTC or the device is missing; this
-/// runs one tiny kernel up front and turns such a failure into a panic that
-/// says what is missing and where it was looked for.
+/// burn initialises the CUDA driver lazily, on a device thread of its own,
+/// and a missing driver library, NVRTC or device panics there; the calling
+/// thread only sees the channel to that thread close. This runs one tiny
+/// kernel up front, collects the panic messages raised meanwhile (on any
+/// thread) and turns such a failure into one panic that gives the runtime's
+/// own reason and what a CUDA run needs.
 ///
 /// # Panics
 ///
 /// If the device cannot be initialised.
 pub fn device_or_explain(index: usize) -> CudaDevice {
     let device = CudaDevice::new(index);
-    let probe = std::panic::catch_unwind(|| {
+    let guard = PROBE
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let raised = Arc::new(Mutex::new(Vec::<String>::new()));
+    // Record every panic message while the probe runs, then hand it on to
+    // the hook that was installed (output unchanged).
+    let previous: Arc<Box<dyn Fn(&PanicHookInfo<'_>) + Sync + Send>> = Arc::new(panic::take_hook());
+    {
+        let (raised, previous) = (raised.clone(), previous.clone());
+        panic::set_hook(Box::new(move |info| {
+            if let Ok(mut raised) = raised.lock() {
+                raised.push(payload_text(info.payload()));
+            }
+            previous(info);
+        }));
+    }
+    let probe = panic::catch_unwind(|| {
         let t = Tensor::<Cuda, 1>::ones([2], &device);
         t.sum().into_data()
     });
+    drop(panic::take_hook());
+    match Arc::try_unwrap(previous) {
+        Ok(previous) => panic::set_hook(previous),
+        Err(previous) => panic::set_hook(Box::new(move |info| previous(info))),
+    }
+    drop(guard);
+
     if let Err(panic) = probe {
-        let reason = panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "unknown error".to_string());
+        let raised = raised.lock().map(|r| r.clone()).unwrap_or_default();
+        let reason = first_cause(&raised, &payload_text(&*panic));
         panic!(
-            "no usable CUDA device {index}: burn-cuda failed to initialise it ({reason}). \
+            "no usable CUDA device {index}: burn-cuda failed to initialise it: {reason}\n\
              A CUDA run needs an NVIDIA GPU, the driver library libcuda.so and the runtime \
              compiler libnvrtc.so on the library path (LD_LIBRARY_PATH={}). Run the CPU \
              tests without `--features cuda` or without BNORM_DEVICE=cuda.",
@@ -35,4 +64,19 @@ pub fn device_or_explain(index: usize) -> CudaDevice {
         );
     }
     device
+}
+
+/// The first panic message raised during the probe: the runtime's device
+/// thread panics first, with the real reason; the caller's own panic (a
+/// closed channel) comes after it and is the fallback.
+fn first_cause(raised: &[String], own: &str) -> String {
+    raised.first().cloned().unwrap_or_else(|| own.to_string())
+}
+
+fn payload_text(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "unknown error".to_string())
 }

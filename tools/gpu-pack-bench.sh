@@ -1,40 +1,42 @@
 #!/usr/bin/env bash
 # Builds the criterion benchmarks with `--features cuda` (release) and packs
-# them into .gpu/bench/ with a runner, next to the test pack that
-# ../shared/tools/gpu-pack.sh makes, for a GPU machine without a Rust
-# toolchain. On that machine, from the project root:
-#   bash .gpu/bench.sh            # CUDA only (BNORM_BENCH_BACKENDS=cuda)
-#   BNORM_BENCH_BACKENDS=cuda,ndarray bash .gpu/bench.sh
+# them into .gpu-bench/ with a runner, for a GPU machine without a Rust
+# toolchain. A folder of its own, not inside the test pack that
+# ../shared/tools/gpu-pack.sh makes in .gpu/: the two together (~65 MB)
+# overrun what one device call may carry (64 MiB), so each travels in its
+# own call. On that machine, from the project root:
+#   bash .gpu-bench/bench.sh      # CUDA only (BNORM_BENCH_BACKENDS=cuda)
+#   BNORM_BENCH_BACKENDS=cuda,ndarray bash .gpu-bench/bench.sh
 set -euo pipefail
 root=$(git rev-parse --show-toplevel)
 cd "$root"
 mkdir -p .git/info
-grep -qxF '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
-rm -rf .gpu/bench
-mkdir -p .gpu/bench
+grep -qxF '/.gpu-bench/' .git/info/exclude 2>/dev/null || echo '/.gpu-bench/' >> .git/info/exclude
+rm -rf .gpu-bench
+mkdir -p .gpu-bench/bin
 export CUDARC_CUDA_VERSION=${CUDARC_CUDA_VERSION:-13000}
 export CARGO_TARGET_DIR=${GPU_TARGET_DIR:-$root/target/gpu}
-cargo bench --features cuda --no-run --message-format=json > .gpu/bench/build.json
+cargo bench --features cuda --no-run --message-format=json > .gpu-bench/bin/build.json
 python3 - "$root" <<'PY'
 import json, os, shutil, sys
 root = sys.argv[1]
 names = []
-for line in open(os.path.join(root, ".gpu/bench/build.json")):
+for line in open(os.path.join(root, ".gpu-bench/bin/build.json")):
     try:
         msg = json.loads(line)
     except ValueError:
         continue
     if msg.get("reason") == "compiler-artifact" and msg.get("executable") and "bench" in msg["target"]["kind"]:
         name = msg["target"]["name"]
-        shutil.copy2(msg["executable"], os.path.join(root, ".gpu/bench", name))
+        shutil.copy2(msg["executable"], os.path.join(root, ".gpu-bench/bin", name))
         names.append(name)
-open(os.path.join(root, ".gpu/bench/benches.txt"), "w").write("\n".join(names) + "\n")
+open(os.path.join(root, ".gpu-bench/bin/benches.txt"), "w").write("\n".join(names) + "\n")
 print("packed benches:", " ".join(names))
 PY
-rm -f .gpu/bench/build.json
-strip .gpu/bench/* 2>/dev/null || true
-for f in .gpu/bench/*; do [ "$f" = .gpu/bench/benches.txt ] || xz -T0 -6 "$f"; done
-cat > .gpu/bench.sh <<'RUN'
+rm -f .gpu-bench/bin/build.json
+strip .gpu-bench/bin/* 2>/dev/null || true
+for f in .gpu-bench/bin/*; do [ "$f" = .gpu-bench/bin/benches.txt ] || xz -T0 -6 "$f"; done
+cat > .gpu-bench/bench.sh <<'RUN'
 #!/usr/bin/env bash
 # Runs the packed benchmarks (CUDA by default) from the project root.
 set -u
@@ -46,15 +48,15 @@ done
 for f in $(find /opt /usr/local -name 'libnvrtc.so*' 2>/dev/null | head -n 5); do libdirs="$libdirs:$(dirname "$f")"; done
 export LD_LIBRARY_PATH="${libdirs#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export BNORM_BENCH_BACKENDS=${BNORM_BENCH_BACKENDS:-cuda}
-export CRITERION_HOME=${CRITERION_HOME:-$root/.gpu/criterion}
+export CRITERION_HOME=${CRITERION_HOME:-$root/.gpu-bench/criterion}
 command -v nvidia-smi >/dev/null && nvidia-smi -L
 while read -r name; do
   [ -n "$name" ] || continue
-  xz -dkf "$root/.gpu/bench/$name.xz"
-  chmod +x "$root/.gpu/bench/$name"
+  xz -dkf "$root/.gpu-bench/bin/$name.xz"
+  chmod +x "$root/.gpu-bench/bin/$name"
   echo "=== bench $name"
-  "$root/.gpu/bench/$name" --bench "$@"
-done < "$root/.gpu/bench/benches.txt"
+  "$root/.gpu-bench/bin/$name" --bench "$@"
+done < "$root/.gpu-bench/bin/benches.txt"
 RUN
-chmod +x .gpu/bench.sh
-du -sh .gpu/bench
+chmod +x .gpu-bench/bench.sh
+du -sh .gpu-bench/bin

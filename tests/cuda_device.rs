@@ -1,0 +1,30 @@
+//! `bnorm::cuda::device_or_explain`: a working device, or one panic that
+//! gives the runtime's own reason. Built with `--features cuda` only; on a
+//! machine without a GPU or driver the second branch is what runs.
+#![cfg(feature = "cuda")]
+
+use burn::backend::Cuda;
+use burn::tensor::Tensor;
+
+#[test]
+fn device_or_explain_gives_a_device_or_the_reason() {
+    match std::panic::catch_unwind(|| bnorm::cuda::device_or_explain(0)) {
+        Ok(device) => {
+            let sum: f32 = Tensor::<Cuda, 1>::from_floats([1.0, 2.0, 4.0], &device)
+                .sum()
+                .into_scalar();
+            assert_eq!(sum, 7.0);
+        }
+        Err(panic) => {
+            let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+            assert!(
+                message.starts_with("no usable CUDA device 0: burn-cuda failed to initialise it: "),
+                "{message}"
+            );
+            // burn-cuda fails on its device thread; the caller's thread only
+            // sees the channel close. The message must carry the former.
+            assert!(!message.contains("RecvError"), "{message}");
+            assert!(message.contains("libnvrtc.so"), "{message}");
+        }
+    }
+}
