@@ -14,7 +14,7 @@
 //! and matmul run in TF32 on burn-cuda (see `common::matmul_tolerance`).
 #![cfg(feature = "cuda")]
 
-mod common;
+use crate::common;
 
 use bnorm::{
     BatchRenorm, BatchRenormConfig, BurnInMode, Conv2dCbn, Conv2dCbnConfig,

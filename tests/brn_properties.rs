@@ -1,7 +1,7 @@
 //! Properties of BatchRenorm beyond the reference fixtures: BatchNorm
 //! equivalence, batch of one, checkpoint resume, record and input checks.
 
-mod common;
+use crate::common;
 
 use bnorm::{BatchRenorm, BatchRenormConfig, CheckpointError, EpsPlacement, Schedule};
 use burn::module::{AutodiffModule, Module};

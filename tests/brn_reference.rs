@@ -2,7 +2,7 @@
 //! (`tests/fixtures/reference/brn/*.json`, or `$BNORM_REFERENCE_FIXTURES/brn`)
 //! step by step and compares output, gradients and state after each step.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 //! closed-form Jacobians against autodiff, window 1 = BatchNorm, batch of
 //! one, negative-variance dropping, memory, resume, record and input checks.
 
-mod common;
+use crate::common;
 
 use bnorm::core::jacobian::{
     conv2d_moment_jacobians, linear_moment_jacobians, Conv2dGeometry, HistoryEntries,

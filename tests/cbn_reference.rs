@@ -2,7 +2,7 @@
 //! (`tests/fixtures/reference/cbn/*.json`, or `$BNORM_REFERENCE_FIXTURES/cbn`)
 //! step by step through `Conv2dCbn` in reference-compatible settings.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

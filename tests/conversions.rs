@@ -2,7 +2,7 @@
 //! eval outputs, PyTorch checkpoints of the reference layers, and folding
 //! into the preceding conv or linear layer for inference.
 
-mod common;
+use crate::common;
 
 use bnorm::pytorch::{ImportError, StateDict};
 use bnorm::{

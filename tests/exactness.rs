@@ -8,7 +8,7 @@
 //! must give bit-identical gradients (the approximate path made them vary
 //! from one run to the next).
 
-mod common;
+use crate::common;
 
 use bnorm::core::reciprocal;
 use bnorm::{Conv2dCbn, Conv2dCbnConfig, CrossIterBatchNormConfig};

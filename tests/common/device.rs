@@ -46,7 +46,6 @@ pub fn cuda_device() -> burn::backend::cuda::CudaDevice {
 
 /// Calls the generic test body `$body::<B>(&device, args...)` on the backend
 /// of the [`TestDevice`] `$dev`.
-#[macro_export]
 macro_rules! on_device {
     ($dev:expr, $body:ident $(, $arg:expr)* $(,)?) => {
         match $dev {
@@ -60,3 +59,4 @@ macro_rules! on_device {
         }
     };
 }
+pub(crate) use on_device;

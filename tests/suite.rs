@@ -1,0 +1,27 @@
+//! The integration tests, built as one binary (a burn-linked test binary
+//! takes long to link): one module per file, named as the file. Filter by
+//! module, e.g. `cargo test --test suite -- cbn_reference::`.
+
+mod common;
+
+#[path = "brn_properties.rs"]
+mod brn_properties;
+#[path = "brn_reference.rs"]
+mod brn_reference;
+#[path = "cbn_properties.rs"]
+mod cbn_properties;
+#[path = "cbn_reference.rs"]
+mod cbn_reference;
+#[path = "conversions.rs"]
+mod conversions;
+#[path = "exactness.rs"]
+mod exactness;
+#[path = "small_batch_demo.rs"]
+mod small_batch_demo;
+
+#[cfg(feature = "cuda")]
+#[path = "backend_parity.rs"]
+mod backend_parity;
+#[cfg(feature = "cuda")]
+#[path = "cuda_device.rs"]
+mod cuda_device;
