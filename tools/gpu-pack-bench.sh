@@ -1,10 +1,8 @@
 #!/usr/bin/env bash
 # Builds the criterion benchmarks with `--features cuda` (release) and packs
 # them into .gpu-bench/ with a runner, for a GPU machine without a Rust
-# toolchain. A folder of its own, not inside the test pack that
-# ../shared/tools/gpu-pack.sh makes in .gpu/: the two together (~65 MB)
-# overrun what one device call may carry (64 MiB), so each travels in its
-# own call. On that machine, from the project root:
+# toolchain. A folder of its own: ../shared/tools/gpu-pack.sh empties
+# .gpu/ when it makes the test pack. On that machine, from the project root:
 #   bash .gpu-bench/bench.sh      # CUDA only (BNORM_BENCH_BACKENDS=cuda)
 #   BNORM_BENCH_BACKENDS=cuda,ndarray bash .gpu-bench/bench.sh
 set -euo pipefail
