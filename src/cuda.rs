@@ -8,6 +8,9 @@ use burn::backend::cuda::CudaDevice;
 use burn::backend::Cuda;
 use burn::tensor::Tensor;
 
+/// What `std::panic::take_hook` returns.
+type PanicHook = Box<dyn Fn(&PanicHookInfo<'_>) + Sync + Send>;
+
 /// One probe at a time: the probe swaps the process's panic hook.
 static PROBE: Mutex<()> = Mutex::new(());
 
@@ -31,7 +34,7 @@ pub fn device_or_explain(index: usize) -> CudaDevice {
     let raised = Arc::new(Mutex::new(Vec::<String>::new()));
     // Record every panic message while the probe runs, then hand it on to
     // the hook that was installed (output unchanged).
-    let previous: Arc<Box<dyn Fn(&PanicHookInfo<'_>) + Sync + Send>> = Arc::new(panic::take_hook());
+    let previous: Arc<PanicHook> = Arc::new(panic::take_hook());
     {
         let (raised, previous) = (raised.clone(), previous.clone());
         panic::set_hook(Box::new(move |info| {

@@ -35,6 +35,8 @@ pub fn brn_momentum(total_steps: usize) -> f64 {
 }
 
 /// Which normalization follows each conv.
+// The variants are named after the layers (`BatchNorm`, `GroupNorm`).
+#[allow(clippy::enum_variant_names)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Norm {
     BatchNorm,

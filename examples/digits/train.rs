@@ -60,7 +60,7 @@ pub fn epoch_batches(
         }
         Sampling::Paired => {
             assert!(
-                batch >= 2 && batch % 2 == 0,
+                batch >= 2 && batch.is_multiple_of(2),
                 "paired batches need an even batch size, got {batch}"
             );
             let mut pairs = Vec::new();

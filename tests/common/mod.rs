@@ -96,10 +96,13 @@ pub fn check_close(
         ));
     }
     let actual: Vec<f32> = actual.to_vec().expect("float data");
+    // By how much |a - e| exceeds the tolerance; NaN (a NaN value) is off.
+    let excess = |a: f32, e: f32| (a - e).abs() - (atol + rtol * e.abs());
+    let off = |excess: f32| excess > 0.0 || excess.is_nan();
     let mut worst: Option<(usize, f32)> = None;
     for (i, (&a, &e)) in actual.iter().zip(expected).enumerate() {
-        let excess = (a - e).abs() - (atol + rtol * e.abs());
-        if !(excess <= 0.0) && worst.is_none_or(|(_, w)| excess > w || excess.is_nan()) {
+        let excess = excess(a, e);
+        if off(excess) && worst.is_none_or(|(_, w)| excess > w || excess.is_nan()) {
             worst = Some((
                 i,
                 if excess.is_nan() {
@@ -119,7 +122,7 @@ pub fn check_close(
             actual
                 .iter()
                 .zip(expected)
-                .filter(|(a, e)| !((*a - *e).abs() <= atol + rtol * e.abs()))
+                .filter(|&(&a, &e)| off(excess(a, e)))
                 .count(),
             actual.len()
         )),

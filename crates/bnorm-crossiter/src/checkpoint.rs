@@ -89,6 +89,9 @@ impl<B: Backend> CrossIterBatchNorm<B> {
     }
 }
 
+/// A layer's bias, absent when built without one.
+type OptionalBias<B> = Option<Param<Tensor<B, 1>>>;
+
 /// Checks a fused block's layer weight and bias (`{prefix}.weight`,
 /// `{prefix}.bias`) against the module's, as every block's
 /// `try_load_record` does before its CBN state.
@@ -96,7 +99,7 @@ fn check_layer<B: Backend, const D: usize>(
     block: &'static str,
     prefix: &str,
     weight: (&Param<Tensor<B, D>>, &Param<Tensor<B, D>>),
-    bias: (&Option<Param<Tensor<B, 1>>>, &Option<Param<Tensor<B, 1>>>),
+    bias: (&OptionalBias<B>, &OptionalBias<B>),
 ) -> Result<(), RecordShapeError> {
     check_record_shape(
         block,
