@@ -20,8 +20,10 @@ static PROBE: Mutex<()> = Mutex::new(());
 /// and a missing driver library, NVRTC or device panics there; the calling
 /// thread only sees the channel to that thread close. This runs one tiny
 /// kernel up front, collects the panic messages raised meanwhile (on any
-/// thread) and turns such a failure into one panic that gives the runtime's
-/// own reason and what a CUDA run needs.
+/// thread, each with its thread's name, so one from an unrelated thread
+/// panicking at the same moment can be told apart) and turns such a
+/// failure into one panic that gives the runtime's own reason and what a
+/// CUDA run needs.
 ///
 /// # Panics
 ///
@@ -39,7 +41,12 @@ pub fn device_or_explain(index: usize) -> CudaDevice {
         let (raised, previous) = (raised.clone(), previous.clone());
         panic::set_hook(Box::new(move |info| {
             if let Ok(mut raised) = raised.lock() {
-                raised.push(payload_text(info.payload()));
+                let thread = std::thread::current();
+                let thread = thread.name().unwrap_or("unnamed");
+                raised.push(format!(
+                    "[thread '{thread}'] {}",
+                    payload_text(info.payload())
+                ));
             }
             previous(info);
         }));
@@ -56,8 +63,13 @@ pub fn device_or_explain(index: usize) -> CudaDevice {
     drop(guard);
 
     if let Err(panic) = probe {
-        let raised = raised.lock().map(|r| r.clone()).unwrap_or_default();
-        let reason = first_cause(&raised, &payload_text(&*panic));
+        // The runtime's device thread panics first, with the real reason;
+        // the caller's own panic (a closed channel) comes after it.
+        let reason = raised
+            .lock()
+            .ok()
+            .and_then(|raised| raised.first().cloned())
+            .unwrap_or_else(|| payload_text(&*panic));
         panic!(
             "no usable CUDA device {index}: burn-cuda failed to initialise it: {reason}\n\
              A CUDA run needs an NVIDIA GPU, the driver library libcuda.so and the runtime \
@@ -67,13 +79,6 @@ pub fn device_or_explain(index: usize) -> CudaDevice {
         );
     }
     device
-}
-
-/// The first panic message raised during the probe: the runtime's device
-/// thread panics first, with the real reason; the caller's own panic (a
-/// closed channel) comes after it and is the fallback.
-fn first_cause(raised: &[String], own: &str) -> String {
-    raised.first().cloned().unwrap_or_else(|| own.to_string())
 }
 
 fn payload_text(payload: &(dyn Any + Send)) -> String {
