@@ -11,10 +11,13 @@ use burn::tensor::Tensor;
 /// What `std::panic::take_hook` returns.
 type PanicHook = Box<dyn Fn(&PanicHookInfo<'_>) + Sync + Send>;
 
-/// One probe at a time: the probe swaps the process's panic hook.
-static PROBE: Mutex<()> = Mutex::new(());
+/// The devices whose probe passed (each is probed once per process); the
+/// lock also keeps probes one at a time, as a probe swaps the process's
+/// panic hook.
+static PROBED: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 
-/// Returns CUDA device `index` after checking that it can run a kernel.
+/// Returns CUDA device `index` after checking, the first time it is asked
+/// for, that it can run a kernel.
 ///
 /// burn initialises the CUDA driver lazily, on a device thread of its own,
 /// and a missing driver library, NVRTC or device panics there; the calling
@@ -30,9 +33,12 @@ static PROBE: Mutex<()> = Mutex::new(());
 /// If the device cannot be initialised.
 pub fn device_or_explain(index: usize) -> CudaDevice {
     let device = CudaDevice::new(index);
-    let guard = PROBE
+    let mut probed = PROBED
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if probed.contains(&index) {
+        return device;
+    }
     let raised = Arc::new(Mutex::new(Vec::<String>::new()));
     // Record every panic message while the probe runs, then hand it on to
     // the hook that was installed (output unchanged).
@@ -60,7 +66,10 @@ pub fn device_or_explain(index: usize) -> CudaDevice {
         Ok(previous) => panic::set_hook(previous),
         Err(previous) => panic::set_hook(Box::new(move |info| previous(info))),
     }
-    drop(guard);
+    if probe.is_ok() {
+        probed.push(index);
+    }
+    drop(probed);
 
     if let Err(panic) = probe {
         // The runtime's device thread panics first, with the real reason;
