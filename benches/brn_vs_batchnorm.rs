@@ -13,7 +13,7 @@ use burn::backend::{Autodiff, NdArray};
 use burn::nn::BatchNormConfig;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Tensor};
-use common::{print_ratios, shape_name, SHAPES};
+use common::{print_ratios, settle, shape_name, SHAPES};
 use criterion::{BenchmarkId, Criterion};
 
 fn bench_backend<B: AutodiffBackend>(
@@ -34,19 +34,21 @@ fn bench_backend<B: AutodiffBackend>(
         let sync = |t: Tensor<B::InnerBackend, 1>| {
             let _ = t.into_data();
         };
-        group.bench_function(BenchmarkId::from_parameter("BatchNorm"), |b| {
-            b.iter(|| {
-                let x = x.clone().require_grad();
-                let grads = bn.forward(x.clone()).sum().backward();
-                sync(x.grad(&grads).unwrap().sum());
-            })
-        });
+        let bn_step = || {
+            let x = x.clone().require_grad();
+            let grads = bn.forward(x.clone()).sum().backward();
+            sync(x.grad(&grads).unwrap().sum());
+        };
+        let brn_step = || {
+            let x = x.clone().require_grad();
+            let grads = brn.forward(x.clone()).sum().backward();
+            sync(x.grad(&grads).unwrap().sum());
+        };
+        settle(&format!("{name}/BatchNorm"), bn_step);
+        settle(&format!("{name}/BatchRenorm"), brn_step);
+        group.bench_function(BenchmarkId::from_parameter("BatchNorm"), |b| b.iter(bn_step));
         group.bench_function(BenchmarkId::from_parameter("BatchRenorm"), |b| {
-            b.iter(|| {
-                let x = x.clone().require_grad();
-                let grads = brn.forward(x.clone()).sum().backward();
-                sync(x.grad(&grads).unwrap().sum());
-            })
+            b.iter(brn_step)
         });
         group.finish();
         groups.push(name);

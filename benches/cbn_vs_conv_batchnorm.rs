@@ -15,7 +15,7 @@ use burn::nn::conv::Conv2dConfig;
 use burn::nn::{BatchNormConfig, PaddingConfig2d};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Tensor};
-use common::{print_ratios, shape_name, SHAPES};
+use common::{print_ratios, settle, shape_name, SHAPES};
 use criterion::{BenchmarkId, Criterion};
 
 fn bench_backend<B: AutodiffBackend>(
@@ -47,20 +47,22 @@ fn bench_backend<B: AutodiffBackend>(
         let sync = |t: Tensor<B::InnerBackend, 1>| {
             let _ = t.into_data();
         };
+        let conv_bn_step = || {
+            let x = x.clone().require_grad();
+            let grads = bn.forward(conv.forward(x.clone())).sum().backward();
+            sync(x.grad(&grads).unwrap().sum());
+        };
+        let cbn_step = || {
+            let x = x.clone().require_grad();
+            let grads = cbn.forward(x.clone()).sum().backward();
+            sync(x.grad(&grads).unwrap().sum());
+        };
+        settle(&format!("{name}/Conv2d+BatchNorm"), conv_bn_step);
+        settle(&format!("{name}/Conv2dCbn"), cbn_step);
         group.bench_function(BenchmarkId::from_parameter("Conv2d+BatchNorm"), |b| {
-            b.iter(|| {
-                let x = x.clone().require_grad();
-                let grads = bn.forward(conv.forward(x.clone())).sum().backward();
-                sync(x.grad(&grads).unwrap().sum());
-            })
+            b.iter(conv_bn_step)
         });
-        group.bench_function(BenchmarkId::from_parameter("Conv2dCbn"), |b| {
-            b.iter(|| {
-                let x = x.clone().require_grad();
-                let grads = cbn.forward(x.clone()).sum().backward();
-                sync(x.grad(&grads).unwrap().sum());
-            })
-        });
+        group.bench_function(BenchmarkId::from_parameter("Conv2dCbn"), |b| b.iter(cbn_step));
         group.finish();
         groups.push(name);
     }

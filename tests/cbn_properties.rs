@@ -114,22 +114,22 @@ fn conv_jacobians<B: AutodiffBackend>(device: &B::Device) {
             .mul(a_inner.clone().reshape([cout, 1]));
         let closed_dnu = jac.mean_sq.mul(a_inner.reshape([cout, 1]));
         let what = format!("conv case {i}");
-        check_close(
+        // Autodiff's side is a weight-gradient convolution on both, and the
+        // closed-form `mean_sq` is one too: TF32 on CUDA once autotune picks
+        // a tensor-core kernel (an H100 run: 4.4e-4 relative on d mean/dW,
+        // whose closed form is exact sums). See `check_matmul`.
+        check_matmul::<B>(
             &format!("{what} d mean/dW"),
             &closed_dmu.into_data(),
             &[cout, f],
             &to_vec(auto_dmu.reshape([cout, f])),
-            1e-4,
-            1e-5,
         )
         .unwrap();
-        check_close(
+        check_matmul::<B>(
             &format!("{what} d meansq/dW"),
             &closed_dnu.into_data(),
             &[cout, f],
             &to_vec(auto_dnu.reshape([cout, f])),
-            1e-4,
-            1e-5,
         )
         .unwrap();
     }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 /// `[N, C, H, W]` shapes every comparison runs on.
 pub const SHAPES: [[usize; 4]; 3] = [[2, 64, 56, 56], [1, 32, 128, 128], [8, 128, 28, 28]];
@@ -34,6 +35,36 @@ pub fn criterion(sample_size: usize, measurement_secs: u64) -> criterion::Criter
         .warm_up_time(std::time::Duration::from_secs(1))
         .output_directory(&criterion_dir())
         .configure_from_args()
+}
+
+/// Runs `step` until its time has settled, before criterion sees it, and
+/// prints the cold-start cost. On CUDA the first steps of each new shape
+/// compile kernels (NVRTC) and autotune them (burn's default `autotune`),
+/// taking up to seconds each; criterion's warm-up ends after its first
+/// iteration when that one is slow, and the tuning then lands in its
+/// samples (an H100 run gave BatchNorm samples from 1.8 ms to 99 ms).
+/// Settled: 10 consecutive steps each within 2x of the fastest so far
+/// (capped at 2 minutes).
+pub fn settle(label: &str, mut step: impl FnMut()) {
+    let start = Instant::now();
+    let (mut fastest, mut first, mut steps, mut settled_run) = (f64::INFINITY, 0.0, 0, 0);
+    while settled_run < 10 && start.elapsed() < Duration::from_secs(120) {
+        let t = Instant::now();
+        step();
+        let seconds = t.elapsed().as_secs_f64();
+        if steps == 0 {
+            first = seconds;
+        }
+        steps += 1;
+        fastest = fastest.min(seconds);
+        settled_run = if seconds <= 2.0 * fastest { settled_run + 1 } else { 0 };
+    }
+    println!(
+        "{label}: first step {:.1} ms, settled after {steps} steps in {:.2} s (fastest {:.3} ms)",
+        first * 1e3,
+        start.elapsed().as_secs_f64(),
+        fastest * 1e3
+    );
 }
 
 /// Whether to run `backend` ("ndarray", "cuda"): `BNORM_BENCH_BACKENDS` is a
