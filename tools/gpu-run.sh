@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# One GPU session's run, on the device machine, from the project root:
+# the packed CUDA tests (.gpu/, from ../shared/tools/gpu-pack.sh) and
+# benchmarks (.gpu-bench/, from tools/gpu-pack-bench.sh), each under its own
+# time limit, with cubecl's kernel caches carried across machines.
+#
+#   bash tools/gpu-run.sh TEST_SECONDS BENCH_SECONDS [test filters...]
+#
+# Why the caches: with burn's default fusion and autotune, the first step of
+# every new shape compiles kernels through NVRTC and autotunes them, on one
+# device thread; a cold run of the whole suite did not finish in 330 s on an
+# H100. cubecl.toml keeps compiled PTX under target/ (autotune results are
+# there by default). This script unpacks .gpu-cache/cubecl-cache.tar.xz into
+# target/ first and packs cubecl's folders of target/ into $OUT/cubecl-cache.tar.xz last, also
+# after a time limit has cut a step short, so each run starts where the
+# last one stopped. Back on the development machine:
+#   mkdir -p .gpu-cache && cp /work/.device/N/cubecl-cache.tar.xz .gpu-cache/
+# and carry .gpu-cache with .gpu and .gpu-bench on the next call.
+set -u
+out=${OUT:?"OUT: the folder whose files come back"}
+tests_s=${1:?"seconds for the tests (0: skip)"}
+bench_s=${2:?"seconds for the benchmarks (0: skip)"}
+shift 2
+mkdir -p target
+if [ -f .gpu-cache/cubecl-cache.tar.xz ]; then
+  tar -xJf .gpu-cache/cubecl-cache.tar.xz -C target
+  echo "kernel caches restored: $(du -sh target | cut -f1)"
+fi
+status=0
+echo "tests start $(date -u +%T)"
+if [ "$tests_s" -gt 0 ]; then
+  timeout "$tests_s" bash .gpu/run.sh "$@" > "$out/gpu.log" 2>&1 || status=1
+  grep -E "^test .*(FAILED|ok)$|^test result|panicked|gpu run finished" "$out/gpu.log"
+fi
+echo "benches start $(date -u +%T)"
+if [ "$bench_s" -gt 0 ]; then
+  timeout "$bench_s" bash .gpu-bench/bench.sh > "$out/bench.log" 2>&1 || status=1
+  grep -E "settled after|^\|" "$out/bench.log"
+fi
+echo "end $(date -u +%T)"
+# cubecl's folders: target/cuda (PTX) and target/autotune.
+caches=$(cd target && ls -d cuda autotune 2>/dev/null)
+[ -n "$caches" ] && XZ_OPT=-6T0 tar -cJf "$out/cubecl-cache.tar.xz" -C target $caches
+ls -l "$out"
+exit $status
