@@ -46,7 +46,9 @@ fn bench_backend<B: AutodiffBackend>(
         };
         settle(&format!("{name}/BatchNorm"), bn_step);
         settle(&format!("{name}/BatchRenorm"), brn_step);
-        group.bench_function(BenchmarkId::from_parameter("BatchNorm"), |b| b.iter(bn_step));
+        group.bench_function(BenchmarkId::from_parameter("BatchNorm"), |b| {
+            b.iter(bn_step)
+        });
         group.bench_function(BenchmarkId::from_parameter("BatchRenorm"), |b| {
             b.iter(brn_step)
         });

@@ -1,6 +1,6 @@
 //! Conv2dCbn (3x3, same channels in and out, window 8) forward + backward
 //! against burn's Conv2d + BatchNorm, side by side in one run, ratios
-//! printed at the end.
+//! printed at the end, with the same layer at window 1 as a breakdown.
 //!
 //! ```sh
 //! cargo bench --bench cbn_vs_conv_batchnorm                    # ndarray
@@ -35,6 +35,14 @@ fn bench_backend<B: AutodiffBackend>(
             .with_bias(false)
             .init::<B>(device);
         let bn = BatchNormConfig::new(channels).init::<B>(device);
+        // The breakdown: window 1 is plain BatchNorm statistics through the
+        // same layer (no history, no Jacobians), so `k1 / Conv2d+BatchNorm`
+        // is the layer's own overhead and `Conv2dCbn / k1` the window's.
+        let cbn_k1 = Conv2dCbnConfig::new([channels, channels], [3, 3])
+            .with_padding(padding.clone())
+            .with_bias(false)
+            .with_window(1)
+            .init::<B>(device);
         let cbn = Conv2dCbnConfig::new([channels, channels], [3, 3])
             .with_padding(padding)
             .with_bias(false)
@@ -57,12 +65,23 @@ fn bench_backend<B: AutodiffBackend>(
             let grads = cbn.forward(x.clone()).sum().backward();
             sync(x.grad(&grads).unwrap().sum());
         };
+        let cbn_k1_step = || {
+            let x = x.clone().require_grad();
+            let grads = cbn_k1.forward(x.clone()).sum().backward();
+            sync(x.grad(&grads).unwrap().sum());
+        };
         settle(&format!("{name}/Conv2d+BatchNorm"), conv_bn_step);
+        settle(&format!("{name}/Conv2dCbn-k1"), cbn_k1_step);
         settle(&format!("{name}/Conv2dCbn"), cbn_step);
         group.bench_function(BenchmarkId::from_parameter("Conv2d+BatchNorm"), |b| {
             b.iter(conv_bn_step)
         });
-        group.bench_function(BenchmarkId::from_parameter("Conv2dCbn"), |b| b.iter(cbn_step));
+        group.bench_function(BenchmarkId::from_parameter("Conv2dCbn-k1"), |b| {
+            b.iter(cbn_k1_step)
+        });
+        group.bench_function(BenchmarkId::from_parameter("Conv2dCbn"), |b| {
+            b.iter(cbn_step)
+        });
         group.finish();
         groups.push(name);
     }
@@ -87,17 +106,32 @@ fn main() {
         Vec::new()
     };
     c.final_summary();
-    print_ratios(
-        "Conv2dCbn (k = 8) / Conv2d + BatchNorm, forward + backward, ndarray",
-        &groups,
-        "Conv2d+BatchNorm",
-        "Conv2dCbn",
-    );
+    print_breakdown("ndarray", &groups);
     #[cfg(feature = "cuda")]
-    print_ratios(
-        "Conv2dCbn (k = 8) / Conv2d + BatchNorm, forward + backward, CUDA",
-        &cuda_groups,
-        "Conv2d+BatchNorm",
-        "Conv2dCbn",
-    );
+    print_breakdown("CUDA", &cuda_groups);
+}
+
+/// The target ratio (window 8 against burn's layers), then its two parts.
+fn print_breakdown(backend: &str, groups: &[String]) {
+    let tables = [
+        (
+            "Conv2dCbn (k = 8) / Conv2d + BatchNorm",
+            "Conv2d+BatchNorm",
+            "Conv2dCbn",
+        ),
+        (
+            "Conv2dCbn (k = 1) / Conv2d + BatchNorm",
+            "Conv2d+BatchNorm",
+            "Conv2dCbn-k1",
+        ),
+        (
+            "Conv2dCbn (k = 8) / Conv2dCbn (k = 1)",
+            "Conv2dCbn-k1",
+            "Conv2dCbn",
+        ),
+    ];
+    for (title, baseline, candidate) in tables {
+        let title = format!("{title}, forward + backward, {backend}");
+        print_ratios(&title, groups, baseline, candidate);
+    }
 }

@@ -43,12 +43,14 @@ pub fn criterion(sample_size: usize, measurement_secs: u64) -> criterion::Criter
 /// taking up to seconds each; criterion's warm-up ends after its first
 /// iteration when that one is slow, and the tuning then lands in its
 /// samples (an H100 run gave BatchNorm samples from 1.8 ms to 99 ms).
-/// Settled: 10 consecutive steps each within 2x of the fastest so far
-/// (capped at 2 minutes).
+/// Settled: 10 consecutive steps each within 2x of the fastest so far, or
+/// 3 once 5 s have passed (CPU steps of seconds have nothing to tune);
+/// capped at 2 minutes.
 pub fn settle(label: &str, mut step: impl FnMut()) {
     let start = Instant::now();
     let (mut fastest, mut first, mut steps, mut settled_run) = (f64::INFINITY, 0.0, 0, 0);
-    while settled_run < 10 && start.elapsed() < Duration::from_secs(120) {
+    let settled = |run: usize, elapsed: Duration| run >= 10 || (run >= 3 && elapsed.as_secs() >= 5);
+    while !settled(settled_run, start.elapsed()) && start.elapsed() < Duration::from_secs(120) {
         let t = Instant::now();
         step();
         let seconds = t.elapsed().as_secs_f64();
@@ -57,7 +59,11 @@ pub fn settle(label: &str, mut step: impl FnMut()) {
         }
         steps += 1;
         fastest = fastest.min(seconds);
-        settled_run = if seconds <= 2.0 * fastest { settled_run + 1 } else { 0 };
+        settled_run = if seconds <= 2.0 * fastest {
+            settled_run + 1
+        } else {
+            0
+        };
     }
     println!(
         "{label}: first step {:.1} ms, settled after {steps} steps in {:.2} s (fastest {:.3} ms)",
