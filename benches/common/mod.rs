@@ -6,8 +6,17 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-/// `[N, C, H, W]` shapes every comparison runs on.
-pub const SHAPES: [[usize; 4]; 3] = [[2, 64, 56, 56], [1, 32, 128, 128], [8, 128, 28, 28]];
+/// `[N, C, H, W]` shapes every comparison runs on: the design card's three,
+/// then a tiny one where every backend is bound by the cost per operation
+/// rather than by arithmetic. On a GPU the card's shapes are launch-bound
+/// (1–10 ms steps for a few MB), so the tiny shape on ndarray is a CPU
+/// proxy for how many operations a layer adds there.
+pub const SHAPES: [[usize; 4]; 4] = [
+    [2, 64, 56, 56],
+    [1, 32, 128, 128],
+    [8, 128, 28, 28],
+    [1, 8, 8, 8],
+];
 
 pub fn shape_name(s: [usize; 4]) -> String {
     format!("{}x{}x{}x{}", s[0], s[1], s[2], s[3])
