@@ -100,10 +100,12 @@ pub fn window_statistics<B: Backend>(
 
 /// Pushes `entry` (`[1, ...]`) to the front of a `[K, ...]` buffer, dropping
 /// the oldest, where `push` is true; keeps `buffer` bit-identical otherwise.
+/// `None` pushes unconditionally, without the mask (one operation fewer per
+/// buffer, for callers that know on the host that every step pushes).
 pub fn push_front<B: Backend, const D: usize>(
     buffer: Tensor<B, D>,
     entry: Tensor<B, D>,
-    push: Tensor<B, 1, Bool>,
+    push: Option<Tensor<B, 1, Bool>>,
 ) -> Tensor<B, D> {
     let dims = buffer.dims();
     let k = dims[0];
@@ -112,8 +114,12 @@ pub fn push_front<B: Backend, const D: usize>(
     } else {
         Tensor::cat(vec![entry, buffer.clone().narrow(0, 0, k - 1)], 0)
     };
-    let mut mask_shape = [1; D];
-    mask_shape[0] = 1;
-    let push = push.reshape(mask_shape).expand(dims);
-    buffer.mask_where(push, shifted)
+    match push {
+        Some(push) => {
+            let mut mask_shape = [1; D];
+            mask_shape[0] = 1;
+            buffer.mask_where(push.reshape(mask_shape).expand(dims), shifted)
+        }
+        None => shifted,
+    }
 }

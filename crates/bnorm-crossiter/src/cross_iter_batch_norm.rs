@@ -190,9 +190,21 @@ impl<B: Backend> CrossIterBatchNorm<B> {
             None => (batch.mean.clone(), plain_var),
             Some(history) => {
                 let capacity = self.window - 1;
-                let in_use =
-                    history_in_use(iteration.clone(), capacity, self.burn_in, self.burn_in_mode);
-                let use_window = in_use.clone().greater_elem(0.0);
+                // Burn-in is counted on the device, so no step waits on a
+                // host read: `(entries in use, whether the window is used)`.
+                // Without burn-in every step uses the full window, which is
+                // known here, and the selections are skipped (on a GPU each
+                // is a kernel launch).
+                let schedule = (self.burn_in > 0).then(|| {
+                    let in_use = history_in_use(
+                        iteration.clone(),
+                        capacity,
+                        self.burn_in,
+                        self.burn_in_mode,
+                    );
+                    let use_window = in_use.clone().greater_elem(0.0);
+                    (in_use, use_window)
+                });
                 let fill = history.fill.value_sync();
                 let mean_sq = batch.var.clone().add(batch.mean.clone().square());
 
@@ -209,9 +221,16 @@ impl<B: Backend> CrossIterBatchNorm<B> {
                     compensated.mean_sq,
                     active_entries(fill.clone(), capacity),
                 );
-                let select = use_window.clone().expand([c]);
-                let mean = batch.mean.clone().mask_where(select.clone(), window_mean);
-                let var = plain_var.mask_where(select, window_var);
+                let (mean, var) = match &schedule {
+                    Some((_, use_window)) => {
+                        let select = use_window.clone().expand([c]);
+                        (
+                            batch.mean.clone().mask_where(select.clone(), window_mean),
+                            plain_var.mask_where(select, window_var),
+                        )
+                    }
+                    None => (window_mean, window_var),
+                };
 
                 let entry = HistoryEntries::record(
                     batch.mean.clone().detach(),
@@ -220,11 +239,18 @@ impl<B: Backend> CrossIterBatchNorm<B> {
                     weight.detach(),
                     bias.map(Tensor::detach),
                 );
-                history.push(entry, use_window.clone());
-                let grown = fill.clone().add_scalar(1.0).min_pair(in_use);
-                history
-                    .fill
-                    .update(fill.mask_where(use_window, grown).detach());
+                history.push(
+                    entry,
+                    schedule.as_ref().map(|(_, use_window)| use_window.clone()),
+                );
+                let grown = fill.clone().add_scalar(1.0);
+                let fill = match schedule {
+                    Some((in_use, use_window)) => {
+                        fill.mask_where(use_window, grown.min_pair(in_use))
+                    }
+                    None => grown.clamp_max(capacity as f64),
+                };
+                history.fill.update(fill.detach());
                 (mean, var)
             }
         };

@@ -68,13 +68,14 @@ impl<B: Backend> CbnHistory<B> {
         }
     }
 
-    /// Pushes `entry` (one entry) to the front where `push` is true, dropping
-    /// the oldest; leaves the buffers bit-identical otherwise.
-    pub(crate) fn push(&self, entry: HistoryEntries<B>, push: Tensor<B, 1, Bool>) {
+    /// Pushes `entry` (one entry) to the front where `push` is true (always
+    /// for `None`), dropping the oldest; leaves the buffers bit-identical
+    /// otherwise.
+    pub(crate) fn push(&self, entry: HistoryEntries<B>, push: Option<Tensor<B, 1, Bool>>) {
         fn update<B: Backend, const D: usize>(
             state: &RunningState<Tensor<B, D>>,
             entry: Tensor<B, D>,
-            push: &Tensor<B, 1, Bool>,
+            push: &Option<Tensor<B, 1, Bool>>,
         ) {
             state.update(push_front(state.value_sync(), entry.detach(), push.clone()));
         }
