@@ -9,7 +9,8 @@ use burn::nn::BatchNormConfig;
 use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Bool, Tensor, TensorData};
+use common::random::uniform;
 use common::*;
 use rstest::rstest;
 
@@ -360,4 +361,35 @@ fn bad_input<B: AutodiffBackend>(device: &B::Device) {
 #[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
 fn brn_bad_input_panics_clearly(#[case] dev: TestDevice) {
     on_device!(dev, bad_input);
+}
+
+/// No state tensor gets deeper in the autograd graph from one training
+/// step to the next (see `autograd_depth`), unmasked and masked.
+#[test]
+fn brn_state_does_not_chain_steps() {
+    let device = Default::default();
+    let brn = BatchRenormConfig::new(3).init::<NdArrayAd>(&device);
+    let padding = || {
+        let mask = vec![false, false, true, false, false, false, false, true];
+        Tensor::<NdArrayAd, 2, Bool>::from_data(TensorData::new(mask, [2, 4]), &device)
+    };
+    assert_state_depth_bounded(
+        "BatchRenorm",
+        |step| {
+            let x = uniform::<NdArrayAd, 3>([2, 3, 4], step, -1.0, 1.0, &device);
+            let _ = brn.forward(x.clone().require_grad()).sum().backward();
+            let masked = brn.forward_masked(x.require_grad(), padding());
+            let _ = masked.sum().backward();
+        },
+        || {
+            vec![
+                (
+                    "running_mean",
+                    autograd_depth(brn.running_mean.value_sync()),
+                ),
+                ("running_std", autograd_depth(brn.running_std.value_sync())),
+                ("steps", autograd_depth(brn.steps.value_sync())),
+            ]
+        },
+    );
 }

@@ -876,3 +876,73 @@ fn bad_input<B: AutodiffBackend>(device: &B::Device) {
 fn cbn_bad_input_panics_clearly(#[case] dev: TestDevice) {
     on_device!(dev, bad_input);
 }
+
+/// No state tensor gets deeper in the autograd graph from one training
+/// step to the next (see `autograd_depth`): with and without burn-in (the
+/// two ways the history is pushed) and for a linear block. The history
+/// buffers did, and a window-8 step at [1, 8, 8, 8] on ndarray went from
+/// 0.72 ms to 1.09 ms over 4,000 steps.
+#[test]
+fn cbn_state_does_not_chain_steps() {
+    let device = Default::default();
+    let depths = |norm: &bnorm::CrossIterBatchNorm<NdArrayAd>| {
+        let history = norm.history.as_ref().unwrap();
+        vec![
+            (
+                "running_mean",
+                autograd_depth(norm.running_mean.value_sync()),
+            ),
+            ("running_var", autograd_depth(norm.running_var.value_sync())),
+            ("iterations", autograd_depth(norm.iterations.value_sync())),
+            ("history.mean", autograd_depth(history.mean.value_sync())),
+            (
+                "history.mean_sq",
+                autograd_depth(history.mean_sq.value_sync()),
+            ),
+            (
+                "history.jac_mean",
+                autograd_depth(history.jac_mean.value_sync()),
+            ),
+            (
+                "history.jac_mean_sq",
+                autograd_depth(history.jac_mean_sq.value_sync()),
+            ),
+            (
+                "history.lin_mean",
+                autograd_depth(history.lin_mean.value_sync()),
+            ),
+            (
+                "history.lin_mean_sq",
+                autograd_depth(history.lin_mean_sq.value_sync()),
+            ),
+            ("history.fill", autograd_depth(history.fill.value_sync())),
+        ]
+    };
+    for burn_in in [0, 2] {
+        let norm = CrossIterBatchNormConfig::new(0)
+            .with_window(3)
+            .with_burn_in(burn_in);
+        let conv = Conv2dCbnConfig::new([2, 3], [3, 3])
+            .with_norm(norm)
+            .init::<NdArrayAd>(&device);
+        assert_state_depth_bounded(
+            &format!("Conv2dCbn (burn-in {burn_in})"),
+            |step| {
+                let x = uniform::<NdArrayAd, 4>([2, 2, 5, 5], step, -1.0, 1.0, &device);
+                let _ = conv.forward(x.require_grad()).sum().backward();
+            },
+            || depths(&conv.norm),
+        );
+    }
+    let linear = LinearCbnConfig::new(4, 3)
+        .with_window(3)
+        .init::<NdArrayAd>(&device);
+    assert_state_depth_bounded(
+        "LinearCbn",
+        |step| {
+            let x = uniform::<NdArrayAd, 2>([5, 4], step, -1.0, 1.0, &device);
+            let _ = linear.forward(x.require_grad()).sum().backward();
+        },
+        || depths(&linear.norm),
+    );
+}

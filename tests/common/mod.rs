@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::backend::{Autodiff, NdArray};
-use burn::tensor::{backend::Backend, Bool, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Bool, Tensor, TensorData, TensorPrimitive};
 use serde::Deserialize;
 
 pub mod device;
@@ -248,3 +248,44 @@ pub fn tensor_cores<B: Backend>() -> bool {
 
 /// The CPU autodiff backend every test uses as its baseline.
 pub type NdArrayAd = Autodiff<NdArray>;
+
+/// Depth of `tensor` in burn-autodiff's graph (its node's `order`: one more
+/// than its deepest input's, counted for untracked operations too; a fresh
+/// or detached tensor is 0). State a training step writes must not get
+/// deeper from one step to the next: a state tensor computed from the last
+/// step's without `detach` keeps the chain of every step before it, and
+/// the graph's bookkeeping then grows with every step (no tensor memory
+/// leaks, but each step gets slower). The bookkeeping is burn-autodiff's,
+/// the same on every backend; it is read here on ndarray.
+pub fn autograd_depth<const D: usize>(tensor: Tensor<NdArrayAd, D>) -> usize {
+    match tensor.into_primitive() {
+        TensorPrimitive::Float(tensor) => tensor.node.order,
+        TensorPrimitive::QFloat(_) => panic!("expected a float tensor"),
+    }
+}
+
+/// Runs `step` 3 times, then 3 more, and asserts that no state tensor
+/// `state` lists (name, depth) got deeper in between (see
+/// [`autograd_depth`]).
+pub fn assert_state_depth_bounded(
+    what: &str,
+    mut step: impl FnMut(u64),
+    state: impl Fn() -> Vec<(&'static str, usize)>,
+) {
+    (0..3).for_each(&mut step);
+    let before = state();
+    (3..6).for_each(&mut step);
+    let after = state();
+    let deeper: Vec<String> = before
+        .iter()
+        .zip(&after)
+        .filter(|(b, a)| a.1 > b.1)
+        .map(|(b, a)| format!("{} ({} -> {})", b.0, b.1, a.1))
+        .collect();
+    assert!(
+        deeper.is_empty(),
+        "{what}: state linked to the previous steps' graph (autograd depth after 3 and 6 \
+         steps): {}",
+        deeper.join(", ")
+    );
+}

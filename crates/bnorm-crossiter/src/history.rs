@@ -77,7 +77,10 @@ impl<B: Backend> CbnHistory<B> {
             entry: Tensor<B, D>,
             push: &Option<Tensor<B, 1, Bool>>,
         ) {
-            state.update(push_front(state.value_sync(), entry.detach(), push.clone()));
+            // Detached: built from the last step's buffer, the new one would
+            // otherwise chain every step into burn-autodiff's bookkeeping,
+            // and each step would get slower than the last.
+            state.update(push_front(state.value_sync(), entry.detach(), push.clone()).detach());
         }
         update(&self.mean, entry.mean, &push);
         update(&self.mean_sq, entry.mean_sq, &push);
