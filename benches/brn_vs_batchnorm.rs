@@ -13,7 +13,7 @@ use burn::backend::{Autodiff, NdArray};
 use burn::nn::BatchNormConfig;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Tensor};
-use common::{print_ratios, settle, shape_name, SHAPES};
+use common::{print_ratios, settle, shape_name, train_step, SHAPES};
 use criterion::{BenchmarkId, Criterion};
 
 fn bench_backend<B: AutodiffBackend>(
@@ -31,19 +31,8 @@ fn bench_backend<B: AutodiffBackend>(
         let brn = BatchRenormConfig::new(shape[1])
             .with_steps_compressed_to(1)
             .init::<B>(device);
-        let sync = |t: Tensor<B::InnerBackend, 1>| {
-            let _ = t.into_data();
-        };
-        let bn_step = || {
-            let x = x.clone().require_grad();
-            let grads = bn.forward(x.clone()).sum().backward();
-            sync(x.grad(&grads).unwrap().sum());
-        };
-        let brn_step = || {
-            let x = x.clone().require_grad();
-            let grads = brn.forward(x.clone()).sum().backward();
-            sync(x.grad(&grads).unwrap().sum());
-        };
+        let bn_step = || train_step(&x, |x| bn.forward(x));
+        let brn_step = || train_step(&x, |x| brn.forward(x));
         settle(&format!("{name}/BatchNorm"), bn_step);
         settle(&format!("{name}/BatchRenorm"), brn_step);
         group.bench_function(BenchmarkId::from_parameter("BatchNorm"), |b| {

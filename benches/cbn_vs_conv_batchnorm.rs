@@ -15,7 +15,7 @@ use burn::nn::conv::Conv2dConfig;
 use burn::nn::{BatchNormConfig, PaddingConfig2d};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Tensor};
-use common::{print_ratios, settle, shape_name, SHAPES};
+use common::{print_ratios, settle, shape_name, train_step, SHAPES};
 use criterion::{BenchmarkId, Criterion};
 
 fn bench_backend<B: AutodiffBackend>(
@@ -52,24 +52,9 @@ fn bench_backend<B: AutodiffBackend>(
         for _ in 0..8 {
             let _ = cbn.forward(x.clone()).sum().backward();
         }
-        let sync = |t: Tensor<B::InnerBackend, 1>| {
-            let _ = t.into_data();
-        };
-        let conv_bn_step = || {
-            let x = x.clone().require_grad();
-            let grads = bn.forward(conv.forward(x.clone())).sum().backward();
-            sync(x.grad(&grads).unwrap().sum());
-        };
-        let cbn_step = || {
-            let x = x.clone().require_grad();
-            let grads = cbn.forward(x.clone()).sum().backward();
-            sync(x.grad(&grads).unwrap().sum());
-        };
-        let cbn_k1_step = || {
-            let x = x.clone().require_grad();
-            let grads = cbn_k1.forward(x.clone()).sum().backward();
-            sync(x.grad(&grads).unwrap().sum());
-        };
+        let conv_bn_step = || train_step(&x, |x| bn.forward(conv.forward(x)));
+        let cbn_k1_step = || train_step(&x, |x| cbn_k1.forward(x));
+        let cbn_step = || train_step(&x, |x| cbn.forward(x));
         settle(&format!("{name}/Conv2d+BatchNorm"), conv_bn_step);
         settle(&format!("{name}/Conv2dCbn-k1"), cbn_k1_step);
         settle(&format!("{name}/Conv2dCbn"), cbn_step);

@@ -4,6 +4,9 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Tensor;
 use std::time::{Duration, Instant};
 
 /// `[N, C, H, W]` shapes every comparison runs on: the design card's three,
@@ -44,6 +47,17 @@ pub fn criterion(sample_size: usize, measurement_secs: u64) -> criterion::Criter
         .warm_up_time(std::time::Duration::from_secs(1))
         .output_directory(&criterion_dir())
         .configure_from_args()
+}
+
+/// One training step as the benches time it: `forward` on `x`, backward,
+/// and a read of the input gradient's sum, which waits for the device.
+pub fn train_step<B: AutodiffBackend>(
+    x: &Tensor<B, 4>,
+    forward: impl FnOnce(Tensor<B, 4>) -> Tensor<B, 4>,
+) {
+    let x = x.clone().require_grad();
+    let grads = forward(x.clone()).sum().backward();
+    let _ = x.grad(&grads).unwrap().sum().into_data();
 }
 
 /// Runs `step` until its time has settled, before criterion sees it, and
