@@ -10,20 +10,23 @@
 # every new shape compiles kernels through NVRTC and autotunes them, on one
 # device thread; a cold run of the whole suite did not finish in 330 s on an
 # H100. cubecl.toml keeps compiled PTX under target/ (autotune results are
-# there by default). This script unpacks .gpu-cache/cubecl-cache.tar.xz into
-# target/ first and packs cubecl's folders of target/ into $OUT/cubecl-cache.tar.xz last, also
-# after a time limit has cut a step short, so each run starts where the
-# last one stopped. Back on the development machine:
-#   mkdir -p .gpu-cache && cp /work/.device/N/cubecl-cache.tar.xz .gpu-cache/
-# and carry .gpu-cache with .gpu and .gpu-bench on the next call.
+# there by default). This script unpacks .gpu-cache/cubecl-cache.tar.xz.part-*
+# into target/ first, and last packs cubecl's folders of target/ into
+# $OUT/cubecl-cache.tar.xz.part-* (15 MiB parts: a file that comes back from
+# the device may hold 16 MiB), also after a time limit has cut a step short,
+# so each run starts where the last one stopped. Back on the development
+# machine:
+#   rm -rf .gpu-cache && mkdir .gpu-cache && cp /work/.device/N/cubecl-cache.* .gpu-cache/
+# and carry .gpu-cache with .gpu and .gpu-bench on the next call (64 MiB may
+# travel in all; the two packs take about 24).
 set -u
 out=${OUT:?"OUT: the folder whose files come back"}
 tests_s=${1:?"seconds for the tests (0: skip)"}
 bench_s=${2:?"seconds for the benchmarks (0: skip)"}
 shift 2
 mkdir -p target
-if [ -f .gpu-cache/cubecl-cache.tar.xz ]; then
-  tar -xJf .gpu-cache/cubecl-cache.tar.xz -C target
+if ls .gpu-cache/cubecl-cache.tar.xz.part-* >/dev/null 2>&1; then
+  cat .gpu-cache/cubecl-cache.tar.xz.part-* | tar -xJf - -C target
   echo "kernel caches restored: $(du -sh target | cut -f1)"
 fi
 status=0
@@ -40,6 +43,8 @@ fi
 echo "end $(date -u +%T)"
 # cubecl's folders: target/cuda (PTX) and target/autotune.
 caches=$(cd target && ls -d cuda autotune 2>/dev/null)
-[ -n "$caches" ] && XZ_OPT=-6T0 tar -cJf "$out/cubecl-cache.tar.xz" -C target $caches
+if [ -n "$caches" ]; then
+  XZ_OPT=-6T0 tar -cJf - -C target $caches | split -b 15M - "$out/cubecl-cache.tar.xz.part-"
+fi
 ls -l "$out"
 exit $status

@@ -4,10 +4,10 @@
 #![allow(dead_code)]
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
-use std::time::{Duration, Instant};
 
 /// `[N, C, H, W]` shapes every comparison runs on: the design card's three,
 /// then a tiny one where every backend is bound by the cost per operation
