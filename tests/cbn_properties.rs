@@ -90,8 +90,9 @@ fn conv_case_options(case: &ConvCase) -> PaddedConvOptions<2> {
     )
 }
 
-/// Autodiff's `sum_c a_c d mean_c / dW` and `sum_c a_c d meansq_c / dW`,
-/// `[C_out, F]` each, on the host.
+/// Autodiff's gradients of `sum_c a_c mean_c` and `sum_c a_c meansq_c`
+/// with respect to the weight, `[C_out, F]` each (row `c` is
+/// `a_c d mean_c / dW_c`), on the host.
 fn autodiff_moment_grads<B: AutodiffBackend>(
     i: usize,
     case: &ConvCase,
@@ -101,7 +102,7 @@ fn autodiff_moment_grads<B: AutodiffBackend>(
     let f = cin / groups * k[0] * k[1];
     let (x, w0, b0, a) = conv_case_inputs::<B>(i, case, device);
     let grad = |square: bool| {
-        let w = w0.clone().detach().require_grad();
+        let w = w0.clone().require_grad();
         let y = conv2d(
             x.clone(),
             w.clone(),
