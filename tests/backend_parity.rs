@@ -178,12 +178,31 @@ fn brn_case<const D: usize>(shape: [usize; D], masked: bool) {
     );
 }
 
+// One test per case (every rank, masked; each runs the schedule's ramp), so
+// a runner with a process per test (tools/gpu-test-parallel.sh) compiles
+// their kernels in parallel.
 #[test]
-fn brn_parity_every_rank_masked_and_schedule() {
+fn brn_parity_rank_2() {
     brn_case([4, 3], false);
+}
+
+#[test]
+fn brn_parity_rank_3() {
     brn_case([2, 3, 5], false);
+}
+
+#[test]
+fn brn_parity_rank_3_masked() {
     brn_case([2, 3, 8], true);
+}
+
+#[test]
+fn brn_parity_rank_4() {
     brn_case([2, 3, 4, 4], false);
+}
+
+#[test]
+fn brn_parity_rank_5() {
     brn_case([2, 2, 3, 3, 2], false);
 }
 
@@ -236,9 +255,9 @@ fn conv_case(config: Conv2dCbnConfig, input: [usize; 4], lr: f64, name: &str) {
     );
 }
 
+/// Ramp burn-in into a full window, stride, groups, bias.
 #[test]
-fn cbn_conv_parity_burn_in_full_window_and_drift() {
-    // Ramp burn-in into a full window, stride, groups, bias.
+fn cbn_conv_parity_ramp_burn_in() {
     conv_case(
         Conv2dCbnConfig::new([4, 6], [3, 3])
             .with_stride([2, 1])
@@ -254,7 +273,11 @@ fn cbn_conv_parity_burn_in_full_window_and_drift() {
         0.05,
         "conv ramp",
     );
-    // Reference settings, two-stage burn-in, batch of one.
+}
+
+/// Reference settings, two-stage burn-in, batch of one.
+#[test]
+fn cbn_conv_parity_reference_batch_of_one() {
     conv_case(
         Conv2dCbnConfig::new([2, 3], [3, 3])
             .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
@@ -269,8 +292,12 @@ fn cbn_conv_parity_burn_in_full_window_and_drift() {
         0.05,
         "conv reference",
     );
-    // Large steps: stale entries whose compensated variance turns negative
-    // get dropped.
+}
+
+/// Large steps: stale entries whose compensated variance turns negative get
+/// dropped.
+#[test]
+fn cbn_conv_parity_negative_variance_drop() {
     conv_case(
         Conv2dCbnConfig::new([2, 4], [3, 3])
             .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))

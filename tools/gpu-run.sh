@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session's run, on the device machine, from the project root:
-# the packed CUDA tests (.gpu/, from ../shared/tools/gpu-pack.sh) and
+# the packed CUDA tests (.gpu/, from ../shared/tools/gpu-pack.sh; run a
+# process per test by tools/gpu-test-parallel.sh) and
 # benchmarks (.gpu-bench/, from tools/gpu-pack-bench.sh), each under its own
 # time limit, with cubecl's kernel caches carried across machines.
 #
@@ -32,8 +33,12 @@ fi
 status=0
 echo "tests start $(date -u +%T)"
 if [ "$tests_s" -gt 0 ]; then
-  timeout "$tests_s" bash .gpu/run.sh "$@" > "$out/gpu.log" 2>&1 || status=1
-  grep -E "^test .*(FAILED|ok)$|^test result|panicked|gpu run finished" "$out/gpu.log"
+  # One process per test (see tools/gpu-test-parallel.sh); the outer limit
+  # is a guard only, the runner stops its tests at the deadline itself.
+  DEADLINE_S=$tests_s RESULTS="$out/tests" timeout $((tests_s + 60)) \
+    bash tools/gpu-test-parallel.sh "$@" > "$out/gpu.log" 2>&1 || status=1
+  cat "$out/tests/summary.txt"
+  tail -n 1 "$out/gpu.log"
 fi
 echo "benches start $(date -u +%T)"
 if [ "$bench_s" -gt 0 ]; then
