@@ -25,7 +25,8 @@ pub use bnorm_crossiter as crossiter;
 pub use bnorm_renorm as renorm;
 
 pub use bnorm_core::{
-    BurnInMode, CheckpointError, EpsPlacement, InferenceAffine, RecordShapeError, Schedule,
+    BurnInMode, CheckpointError, EpsPlacement, HostCounter, InferenceAffine, RecordShapeError,
+    Schedule,
 };
 pub use bnorm_crossiter::{
     Conv2dCbn, Conv2dCbnConfig, CrossIterBatchNorm, CrossIterBatchNormConfig, LinearCbn,

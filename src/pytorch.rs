@@ -26,9 +26,9 @@ use burn::tensor::{backend::Backend, Tensor, TensorData};
 use burn_store::pytorch::PytorchReader;
 use burn_store::TensorSnapshot;
 
-#[allow(unused_imports)]
-use crate::EpsPlacement;
 use crate::{BatchRenorm, BatchRenormConfig, Conv2dCbn, Conv2dCbnConfig};
+#[allow(unused_imports)]
+use crate::{EpsPlacement, HostCounter};
 
 /// Why a checkpoint could not be imported.
 #[derive(Debug)]
@@ -161,8 +161,11 @@ impl StateDict {
             RunningState::new(self.tensor(&format!("{prefix}running_mean"), c, device)?);
         layer.running_std =
             RunningState::new(self.tensor(&format!("{prefix}running_std"), c, device)?);
-        layer.steps =
-            RunningState::new(self.tensor(&format!("{prefix}num_batches_tracked"), [1], device)?);
+        layer.steps = HostCounter::from_tensor(self.tensor(
+            &format!("{prefix}num_batches_tracked"),
+            [1],
+            device,
+        )?);
         Ok(layer)
     }
 

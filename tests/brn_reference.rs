@@ -6,10 +6,10 @@ use crate::common;
 
 use std::path::Path;
 
-use bnorm::{BatchRenorm, BatchRenormConfig, EpsPlacement, Schedule};
+use bnorm::{BatchRenorm, BatchRenormConfig, EpsPlacement, HostCounter, Schedule};
 use burn::module::{AutodiffModule, Param, RunningState};
 use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 use common::*;
 use rstest::rstest;
 use serde::Deserialize;
@@ -57,11 +57,8 @@ struct Step {
     num_batches_tracked: u64,
 }
 
-fn counter<B: AutodiffBackend>(n: u64, device: &B::Device) -> RunningState<Tensor<B, 1>> {
-    RunningState::new(Tensor::from_data(
-        TensorData::new(vec![n as f32], [1]),
-        device,
-    ))
+fn counter<B: AutodiffBackend>(n: u64, device: &B::Device) -> HostCounter<B> {
+    HostCounter::at(n as f64, device)
 }
 
 fn replay<B: AutodiffBackend>(device: &B::Device, path: &Path) -> Result<(), String> {

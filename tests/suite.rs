@@ -16,6 +16,8 @@ mod cbn_reference;
 mod conversions;
 #[path = "exactness.rs"]
 mod exactness;
+#[path = "host_counter.rs"]
+mod host_counter;
 #[path = "small_batch_demo.rs"]
 mod small_batch_demo;
 

@@ -289,3 +289,9 @@ pub fn assert_state_depth_bounded(
         deeper.join(", ")
     );
 }
+
+/// Runs `f`, which must panic, and returns the panic's message.
+pub fn panic_message(f: impl FnOnce()) -> String {
+    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).expect_err("should panic");
+    err.downcast_ref::<String>().cloned().unwrap_or_default()
+}

@@ -1,16 +1,18 @@
 //! Backend-generic statistic math for small-batch normalization layers.
 //!
 //! Everything here is a pure function over burn tensors for any
-//! [`Backend`](burn::tensor::backend::Backend); the stateful modules live in
+//! [`Backend`](burn::tensor::backend::Backend), besides [`HostCounter`], the
+//! one piece of state both layers keep alike; the stateful modules live in
 //! `bnorm-renorm` and `bnorm-crossiter` and call into this crate, so each
 //! formula exists exactly once.
 //!
+//! - [`counter`]: step counts kept on the host and saved in the record.
 //! - [`moments`](mod@moments): per-channel moments of `[N, C, ...]` tensors (rank 2..=5)
 //!   and of padded `[N, C, L]` sequences with a `[N, L]` mask.
 //! - [`reciprocal`](mod@reciprocal): `1 / x` without burn-ndarray's approximate SIMD `recip`.
 //! - [`renorm`]: the Batch Renormalization correction `r`, `d`.
 //! - [`schedule`]: values as a function of the training step (the `rmax` /
-//!   `dmax` ramps, burn-in), evaluated on the device.
+//!   `dmax` ramps), evaluated on the host.
 //! - [`shape`]: the shape checks and broadcast helpers shared by the layers.
 //! - [`record_check`]: validating a loaded record against the module.
 //! - [`jacobian`]: closed-form Jacobians of moments with respect to a conv
@@ -19,12 +21,14 @@
 //! - [`inference`]: inference-mode normalization as one affine map, and
 //!   folding it into the preceding layer.
 
+pub mod counter;
 pub mod moments;
 pub mod reciprocal;
 pub mod renorm;
 pub mod schedule;
 pub mod shape;
 
+pub use counter::{HostCounter, COUNT_SATURATION};
 pub use moments::{masked_moments, moments, BatchMoments};
 pub use reciprocal::reciprocal;
 pub use renorm::{renorm_correction, EpsPlacement, RenormCorrection};
@@ -41,4 +45,4 @@ pub use jacobian::{
     conv2d_moment_jacobians, linear_moment_jacobians, linearize, CompensatedMoments,
     Conv2dGeometry, HistoryEntries, MomentJacobians,
 };
-pub use window::{active_entries, history_in_use, push_front, window_statistics, BurnInMode};
+pub use window::{history_in_use, push_front, window_statistics, BurnInMode, WindowHistory};

@@ -70,30 +70,27 @@ pub struct RenormCorrection<B: Backend> {
 
 /// Computes `r` and `d` from the batch statistics (`[C]`, any graph: they are
 /// detached here), the running ones (`[C]`) and the clip bounds `rmax`,
-/// `dmax` (shape `[1]`, as produced on the device by
-/// [`Schedule::value_on_device`](crate::Schedule::value_on_device)).
+/// `dmax` (host scalars, e.g. [`Schedule::value_at`](crate::Schedule::value_at)
+/// of the step). The clips are `min(max(., 1/rmax), rmax)` and
+/// `min(max(., -dmax), dmax)`: a bound below 1 (`rmax`) or 0 (`dmax`) pins
+/// the factor to it.
 pub fn renorm_correction<B: Backend>(
     batch_mean: Tensor<B, 1>,
     batch_std: Tensor<B, 1>,
     running_mean: Tensor<B, 1>,
     running_std: Tensor<B, 1>,
-    rmax: Tensor<B, 1>,
-    dmax: Tensor<B, 1>,
+    rmax: f64,
+    dmax: f64,
 ) -> RenormCorrection<B> {
-    let [c] = batch_mean.dims();
-    let rmax = rmax.expand([c]);
-    let dmax = dmax.expand([c]);
     let r = batch_std
         .detach()
         .div(running_std.clone())
-        .max_pair(crate::reciprocal(rmax.clone()))
-        .min_pair(rmax);
+        .clamp((1.0 / rmax).min(rmax), rmax);
     let d = batch_mean
         .detach()
         .sub(running_mean)
         .div(running_std)
-        .max_pair(dmax.clone().neg())
-        .min_pair(dmax);
+        .clamp((-dmax).min(dmax), dmax);
     RenormCorrection {
         r: r.detach(),
         d: d.detach(),

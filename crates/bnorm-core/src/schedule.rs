@@ -1,15 +1,13 @@
 //! Values that change with the training step: the `rmax` / `dmax` clip
-//! bounds of Batch Renormalization and the burn-in of Cross-Iteration BN.
+//! bounds of Batch Renormalization.
 //!
 //! A [`Schedule`] is piecewise linear in the step `n` (the number of
 //! training batches seen before the current one): constant before its first
-//! breakpoint and after its last, linear in between. The layers keep `n` in
-//! a float tensor of their record and evaluate the schedule on the device
-//! ([`Schedule::value_on_device`]), so a training step never waits for a
-//! host read.
+//! breakpoint and after its last, linear in between. The layers keep `n` on
+//! the host ([`HostCounter`](crate::HostCounter)) and evaluate the schedule
+//! there, in float64: the clip bounds reach the device as scalars.
 
 use burn::config::Config;
-use burn::tensor::{backend::Backend, Tensor};
 
 /// A piecewise-linear function of the training step.
 ///
@@ -95,25 +93,6 @@ impl Schedule {
         for &(s, v) in &self.points[1..] {
             let slope = (v - previous.1) / (s - previous.0);
             value += slope * (step - previous.0).clamp(0.0, s - previous.0);
-            previous = (s, v);
-        }
-        value
-    }
-
-    /// The value at `step` (a `[1]` float tensor), computed on its device:
-    /// `v_0 + sum_i slope_i * clamp(step - s_i, 0, s_{i+1} - s_i)`.
-    pub fn value_on_device<B: Backend>(&self, step: Tensor<B, 1>) -> Tensor<B, 1> {
-        let (first_step, first_value) = self.points[0];
-        let mut value = Tensor::<B, 1>::full([1], first_value, &step.device());
-        let mut previous = (first_step, first_value);
-        for &(s, v) in &self.points[1..] {
-            let slope = (v - previous.1) / (s - previous.0);
-            let segment = step
-                .clone()
-                .sub_scalar(previous.0)
-                .clamp(0.0, s - previous.0)
-                .mul_scalar(slope);
-            value = value.add(segment);
             previous = (s, v);
         }
         value

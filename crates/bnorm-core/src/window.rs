@@ -14,12 +14,15 @@
 //! construction (the reference could drop it on a rounding error and divide
 //! by zero).
 //!
-//! Burn-in delays or ramps how many history entries are used; all of it is
-//! computed on the device from the iteration counter, so no step waits on a
-//! host read.
+//! Burn-in delays or ramps how many history entries are used: a function of
+//! the iteration count, which the layer keeps on the host
+//! ([`HostCounter`](crate::HostCounter)), so a burn-in step is plain
+//! BatchNorm with no window work at all.
 
 use burn::config::Config;
-use burn::tensor::{backend::Backend, Bool, Int, Tensor};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
+
+use crate::CompensatedMoments;
 
 /// How the history is phased in during the first `burn_in` iterations.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
@@ -30,59 +33,61 @@ pub enum BurnInMode {
     Ramp,
 }
 
-/// How many history entries iteration `iteration` (1-based, `[1]` float)
-/// may use: `0` means plain BatchNorm statistics for this step.
-pub fn history_in_use<B: Backend>(
-    iteration: Tensor<B, 1>,
+/// How many history entries iteration `iteration` (1-based) may use: `0`
+/// means plain BatchNorm statistics for this step.
+pub fn history_in_use(
+    iteration: usize,
     max_entries: usize,
     burn_in: usize,
     mode: BurnInMode,
-) -> Tensor<B, 1> {
-    let max = max_entries as f64;
+) -> usize {
     if burn_in == 0 {
-        return iteration.zeros_like().add_scalar(max);
+        return max_entries;
     }
     match mode {
-        BurnInMode::TwoStage => iteration
-            .greater_elem(burn_in as f64)
-            .float()
-            .mul_scalar(max),
-        // Integer-exact: min(iteration, burn_in) * max is an exact integer in
-        // float32, and one division then floors correctly for any realistic
-        // burn-in (burn_in * max < 2^24).
-        BurnInMode::Ramp => iteration
-            .clamp_max(burn_in as f64)
-            .mul_scalar(max)
-            .div_scalar(burn_in as f64)
-            .floor(),
+        BurnInMode::TwoStage if iteration > burn_in => max_entries,
+        BurnInMode::TwoStage => 0,
+        BurnInMode::Ramp => max_entries * iteration.min(burn_in) / burn_in,
     }
 }
 
-/// Float mask `[K, 1]`: 1 for history entries `0..fill` (newest first).
-pub fn active_entries<B: Backend>(fill: Tensor<B, 1>, capacity: usize) -> Tensor<B, 2> {
-    let index = Tensor::<B, 1, Int>::arange(0..capacity as i64, &fill.device()).float();
-    index
-        .lower(fill.expand([capacity]))
-        .float()
-        .reshape([capacity, 1])
+/// The compensated history of a window step: all `K` entries of the
+/// buffers (`[K, C]` each), of which the first `filled` (newest first, at
+/// least one) hold data.
+#[derive(Debug, Clone)]
+pub struct WindowHistory<B: Backend> {
+    /// The entries' moments, compensated to the current weight.
+    pub moments: CompensatedMoments<B>,
+    /// How many entries, from the front, hold data.
+    pub filled: usize,
 }
 
 /// Window mean and biased variance, `[C]` each, from the current moments
-/// `[C]` and the compensated history `[K, C]` with its `[K, 1]` active mask.
+/// `[C]` and the compensated history (`None` while it holds no entry: the
+/// window is the current iteration alone).
 pub fn window_statistics<B: Backend>(
     mean: Tensor<B, 1>,
     mean_sq: Tensor<B, 1>,
-    history_mean: Tensor<B, 2>,
-    history_mean_sq: Tensor<B, 2>,
-    active: Tensor<B, 2>,
+    history: Option<WindowHistory<B>>,
 ) -> (Tensor<B, 1>, Tensor<B, 1>) {
-    let [_, c] = history_mean.dims();
+    let Some(WindowHistory { moments, filled }) = history else {
+        let var = mean_sq.sub(mean.clone().square());
+        return (mean, var);
+    };
+    let CompensatedMoments {
+        mean: history_mean,
+        mean_sq: history_mean_sq,
+    } = moments;
+    let [k, c] = history_mean.dims();
     let variance = history_mean_sq.clone().sub(history_mean.clone().square());
-    let keep = variance
-        .detach()
-        .greater_equal_elem(0.0)
-        .float()
-        .mul(active);
+    let mut keep = variance.detach().greater_equal_elem(0.0).float();
+    if filled < k {
+        // Same shapes at every fill (on a GPU a new shape compiles and
+        // tunes new kernels): the unfilled entries are masked out.
+        let active = (0..k).map(|i| if i < filled { 1.0f32 } else { 0.0 });
+        let active = TensorData::new(active.collect::<Vec<_>>(), [k, 1]);
+        keep = keep.mul(Tensor::from_data(active, &mean.device()));
+    }
     let count = keep.clone().sum_dim(0).reshape([c]).add_scalar(1.0);
     // A multiply by the exact reciprocal, not a division: burn's gradient of
     // `a / b` with respect to `a` uses `recip(b)`, approximate on
@@ -98,28 +103,42 @@ pub fn window_statistics<B: Backend>(
     (window_mean, var)
 }
 
-/// Pushes `entry` (`[1, ...]`) to the front of a `[K, ...]` buffer, dropping
-/// the oldest, where `push` is true; keeps `buffer` bit-identical otherwise.
-/// `None` pushes unconditionally, without the mask (one operation fewer per
-/// buffer, for callers that know on the host that every step pushes).
+/// Pushes `entry` (`[1, ...]`) to the front of a `[K, ...]` buffer,
+/// dropping the oldest.
 pub fn push_front<B: Backend, const D: usize>(
     buffer: Tensor<B, D>,
     entry: Tensor<B, D>,
-    push: Option<Tensor<B, 1, Bool>>,
 ) -> Tensor<B, D> {
-    let dims = buffer.dims();
-    let k = dims[0];
-    let shifted = if k == 1 {
+    let k = buffer.dims()[0];
+    if k == 1 {
         entry
     } else {
-        Tensor::cat(vec![entry, buffer.clone().narrow(0, 0, k - 1)], 0)
-    };
-    match push {
-        Some(push) => {
-            let mut mask_shape = [1; D];
-            mask_shape[0] = 1;
-            buffer.mask_where(push.reshape(mask_shape).expand(dims), shifted)
+        Tensor::cat(vec![entry, buffer.narrow(0, 0, k - 1)], 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{history_in_use, BurnInMode};
+
+    /// The integer forms equal the definitions: two-stage is nothing while
+    /// `iteration <= burn_in`, everything after; the ramp is
+    /// `floor((k - 1) * min(iteration / burn_in, 1))`.
+    #[test]
+    fn history_in_use_follows_the_burn_in_definitions() {
+        for max in [1, 3, 7] {
+            for burn_in in [1, 2, 5, 100] {
+                for iteration in 1..3 * burn_in {
+                    let two_stage = if iteration > burn_in { max } else { 0 };
+                    let fraction = (iteration as f64 / burn_in as f64).min(1.0);
+                    let ramp = (max as f64 * fraction).floor() as usize;
+                    let case = format!("max {max} burn_in {burn_in} iteration {iteration}");
+                    let got = |mode| history_in_use(iteration, max, burn_in, mode);
+                    assert_eq!(got(BurnInMode::TwoStage), two_stage, "{case}");
+                    assert_eq!(got(BurnInMode::Ramp), ramp, "{case}");
+                    assert_eq!(history_in_use(iteration, max, 0, BurnInMode::Ramp), max);
+                }
+            }
         }
-        None => shifted,
     }
 }

@@ -2,7 +2,7 @@ use burn::config::Config;
 use burn::module::{Initializer, Param, RunningState};
 use burn::tensor::{backend::Backend, Tensor};
 
-use bnorm_core::{BurnInMode, EpsPlacement};
+use bnorm_core::{BurnInMode, EpsPlacement, HostCounter};
 
 use crate::history::CbnHistory;
 use crate::CrossIterBatchNorm;
@@ -153,7 +153,7 @@ impl CrossIterBatchNormConfig {
             beta: affine(Initializer::Zeros),
             running_mean: RunningState::new(Tensor::zeros([c], device)),
             running_var: RunningState::new(Tensor::ones([c], device)),
-            iterations: RunningState::new(Tensor::zeros([1], device)),
+            iterations: HostCounter::new(device),
             history,
             num_features: c,
             window: self.window,

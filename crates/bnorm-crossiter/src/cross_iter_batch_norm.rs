@@ -1,19 +1,16 @@
 use burn::module::{Module, Param, RunningState};
-use burn::tensor::{backend::Backend, ElementConversion, Tensor};
+use burn::tensor::{backend::Backend, Tensor};
 
 use bnorm_core::moments::{bessel, values_per_channel};
 use bnorm_core::shape::{check_input, per_channel};
-use bnorm_core::{
-    active_entries, history_in_use, moments, window_statistics, BurnInMode, EpsPlacement,
-    HistoryEntries, MomentJacobians,
-};
 use bnorm_core::{compose_affine, reciprocal};
+use bnorm_core::{
+    history_in_use, moments, window_statistics, BurnInMode, EpsPlacement, HistoryEntries,
+    HostCounter, MomentJacobians, WindowHistory, COUNT_SATURATION,
+};
 
 use crate::history::CbnHistory;
 use crate::{PlainVariance, RunningStatistics, WeightLayout};
-
-/// The counter saturates where float32 stops counting exactly.
-const ITERATION_SATURATION: f64 = 16_777_216.0;
 
 /// Cross-Iteration Batch Normalization over the output `y` `[N, C, ...]` of
 /// a layer with weight `W` (and optional bias `b`).
@@ -57,8 +54,8 @@ pub struct CrossIterBatchNorm<B: Backend> {
     pub running_mean: RunningState<Tensor<B, 1>>,
     /// Running variance, `[C]`.
     pub running_var: RunningState<Tensor<B, 1>>,
-    /// Training iterations seen, `[1]` (float so the record keeps it).
-    pub iterations: RunningState<Tensor<B, 1>>,
+    /// Training iterations seen (saved as `[1]`).
+    pub iterations: HostCounter<B>,
     /// The window's history (absent for `window = 1`).
     pub history: Option<CbnHistory<B>>,
     /// Number of channels `C`.
@@ -157,7 +154,7 @@ impl<B: Backend> CrossIterBatchNorm<B> {
 
     /// Training iterations seen, on the host.
     pub fn iterations(&self) -> usize {
-        self.iterations.value_sync().into_scalar().elem::<f64>() as usize
+        self.iterations.get() as usize
     }
 
     /// History entries held, on the host (0 for `window = 1`).
@@ -172,7 +169,6 @@ impl<B: Backend> CrossIterBatchNorm<B> {
         bias: Option<Tensor<B, 1>>,
         jacobians: impl FnOnce() -> MomentJacobians<B>,
     ) -> Tensor<B, D> {
-        let c = self.num_features;
         let count = values_per_channel(&y.dims());
         let batch = moments(y);
         let batch_var_unbiased = bessel(batch.var.clone(), count);
@@ -180,79 +176,45 @@ impl<B: Backend> CrossIterBatchNorm<B> {
             PlainVariance::Unbiased => batch_var_unbiased.clone(),
             PlainVariance::Biased => batch.var.clone(),
         };
-        let iteration = self
-            .iterations
-            .value_sync()
-            .add_scalar(1.0)
-            .clamp_max(ITERATION_SATURATION);
+        // Counted on the host: this step's iteration (1-based) decides the
+        // burn-in without a device operation; the counter itself moves last,
+        // once nothing can panic.
+        let iteration = (self.iterations.get() + 1.0).min(COUNT_SATURATION) as usize;
 
         let (mean, var) = match &self.history {
-            None => (batch.mean.clone(), plain_var),
             Some(history) => {
                 let capacity = self.window - 1;
-                // Burn-in is counted on the device, so no step waits on a
-                // host read: `(entries in use, whether the window is used)`.
-                // Without burn-in every step uses the full window, which is
-                // known here, and the selections are skipped (on a GPU each
-                // is a kernel launch).
-                let schedule = (self.burn_in > 0).then(|| {
-                    let in_use = history_in_use(
-                        iteration.clone(),
-                        capacity,
-                        self.burn_in,
-                        self.burn_in_mode,
-                    );
-                    let use_window = in_use.clone().greater_elem(0.0);
-                    (in_use, use_window)
-                });
-                let fill = history.fill.value_sync();
-                let mean_sq = batch.var.clone().add(batch.mean.clone().square());
-
-                let (w, b) = if self.history_gradient {
-                    (weight.clone(), bias.clone())
-                } else {
-                    (weight.clone().detach(), bias.clone().map(Tensor::detach))
-                };
-                let compensated = history.entries().compensate(w, b, self.rho);
-                let (window_mean, window_var) = window_statistics(
-                    batch.mean.clone(),
-                    mean_sq.clone(),
-                    compensated.mean,
-                    compensated.mean_sq,
-                    active_entries(fill.clone(), capacity),
-                );
-                let (mean, var) = match &schedule {
-                    Some((_, use_window)) => {
-                        let select = use_window.clone().expand([c]);
-                        (
-                            batch.mean.clone().mask_where(select.clone(), window_mean),
-                            plain_var.mask_where(select, window_var),
-                        )
+                match history_in_use(iteration, capacity, self.burn_in, self.burn_in_mode) {
+                    // Burn-in: plain BatchNorm; the window is neither used
+                    // nor recorded, so no Jacobians either.
+                    0 => (batch.mean.clone(), plain_var),
+                    in_use => {
+                        let filled = history.len();
+                        let mean_sq = batch.var.clone().add(batch.mean.clone().square());
+                        let (w, b) = if self.history_gradient {
+                            (weight.clone(), bias.clone())
+                        } else {
+                            (weight.clone().detach(), bias.clone().map(Tensor::detach))
+                        };
+                        let window = (filled > 0).then(|| WindowHistory {
+                            moments: history.entries().compensate(w, b, self.rho),
+                            filled,
+                        });
+                        let statistics =
+                            window_statistics(batch.mean.clone(), mean_sq.clone(), window);
+                        let entry = HistoryEntries::record(
+                            batch.mean.clone().detach(),
+                            mean_sq.detach(),
+                            jacobians(),
+                            weight.detach(),
+                            bias.map(Tensor::detach),
+                        );
+                        history.push(entry, (filled + 1).min(in_use));
+                        statistics
                     }
-                    None => (window_mean, window_var),
-                };
-
-                let entry = HistoryEntries::record(
-                    batch.mean.clone().detach(),
-                    mean_sq.detach(),
-                    jacobians(),
-                    weight.detach(),
-                    bias.map(Tensor::detach),
-                );
-                history.push(
-                    entry,
-                    schedule.as_ref().map(|(_, use_window)| use_window.clone()),
-                );
-                let grown = fill.clone().add_scalar(1.0);
-                let fill = match schedule {
-                    Some((in_use, use_window)) => {
-                        fill.mask_where(use_window, grown.min_pair(in_use))
-                    }
-                    None => grown.clamp_max(capacity as f64),
-                };
-                history.fill.update(fill.detach());
-                (mean, var)
+                }
             }
+            None => (batch.mean.clone(), plain_var),
         };
 
         // out = gamma * (y - mu) / std + beta = (y - mu_t) * s + (beta + (mu_t - mu) * s)
@@ -281,7 +243,7 @@ impl<B: Backend> CrossIterBatchNorm<B> {
         };
         blend(&self.running_mean, stat_mean);
         blend(&self.running_var, stat_var);
-        self.iterations.update(iteration.detach());
+        self.iterations.increment();
         output
     }
 

@@ -1,7 +1,7 @@
 use burn::module::{Module, RunningState};
-use burn::tensor::{backend::Backend, Bool, Tensor};
+use burn::tensor::{backend::Backend, Tensor};
 
-use bnorm_core::{push_front, HistoryEntries};
+use bnorm_core::{push_front, HistoryEntries, HostCounter};
 
 use crate::WeightLayout;
 
@@ -28,8 +28,8 @@ pub struct CbnHistory<B: Backend> {
     pub lin_mean: RunningState<Tensor<B, 2>>,
     /// Linearization points `<d nu_i/dW, W_i> + 2 mu_i b_i`, `[K, C]`.
     pub lin_mean_sq: RunningState<Tensor<B, 2>>,
-    /// How many entries (from the front) hold data, `[1]`.
-    pub fill: RunningState<Tensor<B, 1>>,
+    /// How many entries (from the front) hold data (saved as `[1]`).
+    pub fill: HostCounter<B>,
 }
 
 impl<B: Backend> CbnHistory<B> {
@@ -47,7 +47,7 @@ impl<B: Backend> CbnHistory<B> {
             jac_mean_sq: RunningState::new(Tensor::zeros([capacity, channels, patch_len], device)),
             lin_mean: RunningState::new(Tensor::zeros([capacity, channels], device)),
             lin_mean_sq: RunningState::new(Tensor::zeros([capacity, channels], device)),
-            fill: RunningState::new(Tensor::zeros([1], device)),
+            fill: HostCounter::new(device),
         }
     }
 
@@ -68,32 +68,30 @@ impl<B: Backend> CbnHistory<B> {
         }
     }
 
-    /// Pushes `entry` (one entry) to the front where `push` is true (always
-    /// for `None`), dropping the oldest; leaves the buffers bit-identical
-    /// otherwise.
-    pub(crate) fn push(&self, entry: HistoryEntries<B>, push: Option<Tensor<B, 1, Bool>>) {
+    /// Pushes `entry` (one entry) to the front, dropping the oldest, and
+    /// sets the number of entries holding data to `filled`.
+    pub(crate) fn push(&self, entry: HistoryEntries<B>, filled: usize) {
         fn update<B: Backend, const D: usize>(
             state: &RunningState<Tensor<B, D>>,
             entry: Tensor<B, D>,
-            push: &Option<Tensor<B, 1, Bool>>,
         ) {
             // Detached: built from the last step's buffer, the new one would
             // otherwise chain every step into burn-autodiff's bookkeeping,
             // and each step would get slower than the last.
-            state.update(push_front(state.value_sync(), entry.detach(), push.clone()).detach());
+            state.update(push_front(state.value_sync(), entry.detach()).detach());
         }
-        update(&self.mean, entry.mean, &push);
-        update(&self.mean_sq, entry.mean_sq, &push);
-        update(&self.jac_mean, entry.jac_mean, &push);
-        update(&self.jac_mean_sq, entry.jac_mean_sq, &push);
-        update(&self.lin_mean, entry.lin_mean, &push);
-        update(&self.lin_mean_sq, entry.lin_mean_sq, &push);
+        update(&self.mean, entry.mean);
+        update(&self.mean_sq, entry.mean_sq);
+        update(&self.jac_mean, entry.jac_mean);
+        update(&self.jac_mean_sq, entry.jac_mean_sq);
+        update(&self.lin_mean, entry.lin_mean);
+        update(&self.lin_mean_sq, entry.lin_mean_sq);
+        self.fill.set(filled as f64);
     }
 
     /// Entries holding data, on the host.
     pub fn len(&self) -> usize {
-        use burn::tensor::ElementConversion;
-        self.fill.value_sync().into_scalar().elem::<f64>() as usize
+        self.fill.get() as usize
     }
 
     /// True before the first window step.

@@ -1,15 +1,11 @@
 use burn::module::{Module, Param, RunningState};
-use burn::tensor::{backend::Backend, Bool, ElementConversion, Tensor};
+use burn::tensor::{backend::Backend, Bool, Tensor};
 
-use bnorm_core::compose_affine;
 use bnorm_core::shape::{check_input, check_mask, per_channel};
+use bnorm_core::{compose_affine, HostCounter};
 use bnorm_core::{
     masked_moments, moments, renorm_correction, BatchMoments, EpsPlacement, Schedule,
 };
-
-/// The step counter saturates here: float32 counts exactly up to 2^24, far
-/// past the end of any schedule.
-pub(crate) const STEP_SATURATION: f64 = 16_777_216.0;
 
 /// Batch Renormalization over a `[N, C, ...]` input.
 ///
@@ -48,9 +44,9 @@ pub struct BatchRenorm<B: Backend> {
     pub running_mean: RunningState<Tensor<B, 1>>,
     /// Running standard deviation `sigma`, `[C]`.
     pub running_std: RunningState<Tensor<B, 1>>,
-    /// Training batches seen, `[1]`, a float so the record saves it (exact up
-    /// to 2^24, where it saturates).
-    pub steps: RunningState<Tensor<B, 1>>,
+    /// Training batches seen, on the host (saved as `[1]`; it saturates at
+    /// 2^24, where float32 stops counting exactly).
+    pub steps: HostCounter<B>,
     /// Number of channels `C`.
     pub num_features: usize,
     /// Weight of the batch statistics in the running ones.
@@ -130,22 +126,23 @@ impl<B: Backend> BatchRenorm<B> {
 
     /// The step counter `n` on the host (training batches seen).
     pub fn step(&self) -> usize {
-        self.steps.value_sync().into_scalar().elem::<f64>() as usize
+        self.steps.get() as usize
     }
 
     fn forward_train<const D: usize>(&self, batch: BatchMoments<B, D>) -> Tensor<B, D> {
         let batch_std = self.eps_placement.std(batch.var, self.epsilon);
         let running_mean = self.running_mean.value_sync();
         let running_std = self.running_std.value_sync();
-        let steps = self.steps.value_sync();
+        // The schedules on the host: the clip bounds are scalars.
+        let step = self.steps.get();
 
         let correction = renorm_correction(
             batch.mean.clone(),
             batch_std.clone(),
             running_mean.clone(),
             running_std.clone(),
-            self.rmax.value_on_device(steps.clone()),
-            self.dmax.value_on_device(steps.clone()),
+            self.rmax.value_at(step),
+            self.dmax.value_at(step),
         );
 
         // y = gamma * ((x - mu_B) / sigma_B * r + d) + beta
@@ -172,8 +169,7 @@ impl<B: Backend> BatchRenorm<B> {
                 .add(batch_std.detach().sub(running_std).mul_scalar(momentum))
                 .detach(),
         );
-        self.steps
-            .update(steps.add_scalar(1.0).clamp_max(STEP_SATURATION).detach());
+        self.steps.increment();
 
         output
     }

@@ -2,7 +2,7 @@ use burn::config::Config;
 use burn::module::{Initializer, Param, RunningState};
 use burn::tensor::{backend::Backend, Tensor};
 
-use bnorm_core::{EpsPlacement, Schedule};
+use bnorm_core::{EpsPlacement, HostCounter, Schedule};
 
 use crate::BatchRenorm;
 
@@ -95,7 +95,7 @@ impl BatchRenormConfig {
             beta: affine(Initializer::Zeros),
             running_mean: RunningState::new(Tensor::zeros([c], device)),
             running_std: RunningState::new(Tensor::ones([c], device)),
-            steps: RunningState::new(Tensor::zeros([1], device)),
+            steps: HostCounter::new(device),
             num_features: c,
             momentum: self.momentum,
             epsilon: self.epsilon,

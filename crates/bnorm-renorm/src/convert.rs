@@ -1,9 +1,9 @@
 use burn::module::{Param, RunningState};
 use burn::nn::conv::Conv2d;
 use burn::nn::{BatchNorm, Linear};
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::backend::Backend;
 
-use bnorm_core::{check_record_shape, InferenceAffine, RecordShapeError};
+use bnorm_core::{check_record_shape, HostCounter, InferenceAffine, RecordShapeError};
 
 use crate::{BatchRenorm, BatchRenormConfig};
 
@@ -41,10 +41,7 @@ impl<B: Backend> BatchRenorm<B> {
         layer.running_mean = RunningState::new(bn.running_mean.value_sync());
         layer.running_std =
             RunningState::new(bn.running_var.value_sync().add_scalar(bn.epsilon).sqrt());
-        layer.steps = RunningState::new(Tensor::from_data(
-            TensorData::new(vec![step as f32], [1]),
-            &device,
-        ));
+        layer.steps = HostCounter::at(step as f64, &device);
         Ok(layer)
     }
 

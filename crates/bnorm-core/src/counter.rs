@@ -1,0 +1,181 @@
+//! A count kept on the host and saved in the record: a layer's training
+//! steps, the entries of CBN's window.
+//!
+//! The layers' schedules (BRN's `rmax` / `dmax`, CBN's burn-in) and which
+//! of CBN's history entries hold data are functions of these counts. Held
+//! on the host, the counts turn them into host scalars: a training
+//! step spends no device operations on them (on a GPU each one is a kernel
+//! launch; on ndarray, BatchRenorm's schedule and counter were a quarter of
+//! its forward operations) and never waits for a device read.
+//!
+//! The record holds the count as a `[1]` float tensor, the record of a
+//! `RunningState<Tensor<B, 1>>`, which the layers used before: checkpoints
+//! written either way load either way.
+
+use std::sync::{Arc, Mutex};
+
+use burn::module::{
+    AutodiffModule, Content, Module, ModuleDisplay, ModuleDisplayDefault, ModuleMapper,
+    ModuleVisitor, Param, ParamId,
+};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{ElementConversion, Tensor, TensorData};
+
+/// Where a count saturates: float32, the record's type, counts exactly up
+/// to 2^24, far past the end of any schedule.
+pub const COUNT_SATURATION: f64 = 16_777_216.0;
+
+/// A count on the host, saved as a `[1]` float tensor.
+///
+/// Clones share the count, as clones of burn's `RunningState` share their
+/// value; [`AutodiffModule::valid`] copies it.
+#[derive(Clone, Debug)]
+pub struct HostCounter<B: Backend> {
+    id: ParamId,
+    count: Arc<Mutex<f64>>,
+    device: B::Device,
+}
+
+impl<B: Backend> HostCounter<B> {
+    /// A counter at 0 whose record tensor lives on `device`.
+    pub fn new(device: &B::Device) -> Self {
+        Self::at(0.0, device)
+    }
+
+    /// A counter at `count` (clamped to `0..=2^24`).
+    pub fn at(count: f64, device: &B::Device) -> Self {
+        Self {
+            id: ParamId::new(),
+            count: Arc::new(Mutex::new(count.clamp(0.0, COUNT_SATURATION))),
+            device: device.clone(),
+        }
+    }
+
+    /// A counter at the value of a `[1]` tensor (one device read), as a
+    /// record or a converted checkpoint holds it.
+    ///
+    /// # Panics
+    ///
+    /// If `tensor` does not hold exactly one value.
+    pub fn from_tensor(tensor: Tensor<B, 1>) -> Self {
+        let device = tensor.device();
+        Self::at(read_count(tensor), &device)
+    }
+
+    /// The count.
+    pub fn get(&self) -> f64 {
+        *self.count.lock().unwrap()
+    }
+
+    /// Sets the count (clamped to `0..=2^24`).
+    pub fn set(&self, count: f64) {
+        *self.count.lock().unwrap() = count.clamp(0.0, COUNT_SATURATION);
+    }
+
+    /// Adds one (saturating at 2^24) and returns the new count.
+    pub fn increment(&self) -> f64 {
+        let mut count = self.count.lock().unwrap();
+        *count = (*count + 1.0).min(COUNT_SATURATION);
+        *count
+    }
+
+    /// The count as the `[1]` tensor the record holds.
+    pub fn to_tensor(&self) -> Tensor<B, 1> {
+        Tensor::from_data(TensorData::new(vec![self.get() as f32], [1]), &self.device)
+    }
+
+    fn param(&self) -> Param<Tensor<B, 1>> {
+        Param::initialized(self.id, self.to_tensor())
+    }
+}
+
+fn read_count<B: Backend>(tensor: Tensor<B, 1>) -> f64 {
+    let values = tensor.dims()[0];
+    assert!(
+        values == 1,
+        "a count is saved as a tensor of shape [1], received [{values}]"
+    );
+    tensor.into_scalar().elem::<f64>()
+}
+
+impl<B: Backend> core::fmt::Display for HostCounter<B> {
+    fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+        write!(f, "HostCounter({})", self.get())
+    }
+}
+
+impl<B: Backend> ModuleDisplayDefault for HostCounter<B> {
+    fn content(&self, content: Content) -> Option<Content> {
+        content.add_formatted(&self.to_string()).optional()
+    }
+}
+
+impl<B: Backend> ModuleDisplay for HostCounter<B> {}
+
+impl<B: Backend> Module<B> for HostCounter<B> {
+    type Record = Param<Tensor<B, 1>>;
+
+    /// Visited as the `[1]` float tensor of the record (made for the visit).
+    fn visit<V: ModuleVisitor<B>>(&self, visitor: &mut V) {
+        visitor.visit_float(&self.param());
+    }
+
+    /// Returned unchanged, the mapper not called: mappers transform
+    /// parameters and tensors (optimizer steps, `no_grad`, quantization),
+    /// none of which applies to a count, and reading a mapped tensor back
+    /// would cost every optimizer step a device read. Set a count with
+    /// [`Module::load_record`].
+    fn map<M: ModuleMapper<B>>(self, _mapper: &mut M) -> Self {
+        self
+    }
+
+    fn load_record(self, record: Self::Record) -> Self {
+        self.set(read_count(record.val()));
+        Self {
+            id: record.id,
+            ..self
+        }
+    }
+
+    fn into_record(self) -> Self::Record {
+        self.param()
+    }
+
+    fn to_device(self, device: &B::Device) -> Self {
+        Self {
+            device: device.clone(),
+            ..self
+        }
+    }
+
+    fn fork(self, device: &B::Device) -> Self {
+        self.to_device(device)
+    }
+
+    fn collect_devices(&self, mut devices: Vec<B::Device>) -> Vec<B::Device> {
+        if !devices.contains(&self.device) {
+            devices.push(self.device.clone());
+        }
+        devices
+    }
+}
+
+impl<B: AutodiffBackend> AutodiffModule<B> for HostCounter<B> {
+    type InnerModule = HostCounter<B::InnerBackend>;
+
+    fn valid(&self) -> Self::InnerModule {
+        HostCounter {
+            id: self.id,
+            count: Arc::new(Mutex::new(self.get())),
+            device: self.device.clone(),
+        }
+    }
+
+    fn from_inner(module: Self::InnerModule) -> Self {
+        HostCounter {
+            id: module.id,
+            count: Arc::new(Mutex::new(module.get())),
+            device: module.device.clone(),
+        }
+    }
+}

@@ -1,0 +1,178 @@
+//! `HostCounter`, the step counts (BRN's `steps`, CBN's `iterations` and
+//! `history.fill`) kept on the host: its record is the one a
+//! `RunningState<Tensor<B, 1>>` field wrote (checkpoints of either layout
+//! load into the other), it behaves like burn's state under clone, `valid`,
+//! map and visit, and CBN's burn-in steps skip the window's work.
+
+use crate::common;
+
+use bnorm::core::jacobian::MomentJacobians;
+use bnorm::core::COUNT_SATURATION;
+use bnorm::crossiter::WeightLayout;
+use bnorm::{CrossIterBatchNormConfig, HostCounter};
+use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param, RunningState};
+use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+use common::random::uniform;
+use common::*;
+use rstest::rstest;
+
+/// The layout of BatchRenorm's and CBN's counters before `HostCounter`.
+#[derive(Module, Debug)]
+struct TensorCounter<B: Backend> {
+    steps: RunningState<Tensor<B, 1>>,
+}
+
+#[derive(Module, Debug)]
+struct HostCounted<B: Backend> {
+    steps: HostCounter<B>,
+}
+
+fn value<B: Backend>(state: &RunningState<Tensor<B, 1>>) -> Vec<f32> {
+    state.value_sync().into_data().to_vec().unwrap()
+}
+
+fn records_interchange<B: AutodiffBackend>(device: &B::Device) {
+    let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::default();
+
+    let old = TensorCounter::<B> {
+        steps: RunningState::new(Tensor::from_data(
+            TensorData::new(vec![4321.0f32], [1]),
+            device,
+        )),
+    };
+    let bytes = recorder.record(old.into_record(), ()).unwrap();
+    let new = HostCounted::<B> {
+        steps: HostCounter::new(device),
+    }
+    .load_record(recorder.load(bytes, device).unwrap());
+    assert_eq!(new.steps.get(), 4321.0, "old layout -> HostCounter");
+
+    new.steps.increment();
+    let bytes = recorder.record(new.into_record(), ()).unwrap();
+    let old = TensorCounter::<B> {
+        steps: RunningState::new(Tensor::zeros([1], device)),
+    }
+    .load_record(recorder.load(bytes, device).unwrap());
+    assert_eq!(value(&old.steps), vec![4322.0], "HostCounter -> old layout");
+}
+
+#[rstest]
+#[case::ndarray(TestDevice::NdArray)]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+fn counter_records_interchange_with_running_state(#[case] dev: TestDevice) {
+    on_device!(dev, records_interchange);
+}
+
+/// Counts every float tensor a visitor sees and doubles every one a mapper
+/// sees.
+struct Floats(Vec<Vec<f32>>);
+
+impl<B: Backend> ModuleVisitor<B> for Floats {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        self.0.push(param.val().into_data().to_vec().unwrap());
+    }
+}
+
+struct Double;
+
+impl<B: Backend> ModuleMapper<B> for Double {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        param.map(|t| t.mul_scalar(2.0))
+    }
+}
+
+#[test]
+fn counter_counts_shares_and_copies_like_burn_state() {
+    let device = Default::default();
+    let counter = HostCounter::<NdArrayAd>::new(&device);
+    assert_eq!(
+        (counter.get(), counter.increment(), counter.get()),
+        (0.0, 1.0, 1.0)
+    );
+
+    // Clones share the count, as RunningState's clones share the value.
+    let clone = counter.clone();
+    clone.increment();
+    assert_eq!(
+        counter.get(),
+        2.0,
+        "a clone's increment shows in the original"
+    );
+
+    // `valid()` copies: an evaluation copy never moves the training count.
+    let inner = counter.valid();
+    inner.increment();
+    assert_eq!((counter.get(), inner.get()), (2.0, 3.0));
+
+    // Visited as the record's [1] float tensor; a mapper does not apply.
+    let mut floats = Floats(Vec::new());
+    counter.visit(&mut floats);
+    assert_eq!(floats.0, vec![vec![2.0]]);
+    let counter = counter.map(&mut Double);
+    assert_eq!(counter.get(), 2.0, "a mapper left the count");
+
+    // Saturates where float32 stops counting exactly, and loads clamped.
+    let near_end = HostCounter::<NdArrayAd>::at(COUNT_SATURATION - 1.0, &device);
+    assert_eq!(near_end.increment(), COUNT_SATURATION);
+    assert_eq!(near_end.increment(), COUNT_SATURATION);
+    assert_eq!(HostCounter::<NdArrayAd>::at(-3.0, &device).get(), 0.0);
+    assert_eq!(
+        near_end.to_tensor().into_data().to_vec::<f32>().unwrap(),
+        vec![16_777_216.0]
+    );
+}
+
+#[test]
+fn counter_names_a_record_of_the_wrong_shape() {
+    let device = Default::default();
+    let record = Param::from_tensor(Tensor::<NdArrayAd, 1>::zeros([3], &device));
+    let message = panic_message(|| {
+        HostCounter::<NdArrayAd>::new(&device).load_record(record);
+    });
+    assert!(
+        message.contains("a count is saved as a tensor of shape [1], received [3]"),
+        "{message}"
+    );
+}
+
+/// Burn-in steps are plain BatchNorm: the window's Jacobians are never
+/// asked for (they are the window's largest cost) and nothing is recorded;
+/// the first window step asks for them once.
+fn burn_in_skips_window<B: AutodiffBackend>(device: &B::Device) {
+    let layout = WeightLayout {
+        groups: 1,
+        patch_len: 2,
+    };
+    let norm = CrossIterBatchNormConfig::new(3)
+        .with_window(3)
+        .with_burn_in(2)
+        .init::<B>(layout, device);
+    let weight = uniform::<B, 3>([1, 3, 2], 1, -1.0, 1.0, device);
+    let jacobians_asked = std::cell::Cell::new(0);
+    for step in 0..3u64 {
+        let y = uniform::<B, 4>([2, 3, 2, 2], step, -1.0, 1.0, device);
+        let out = norm.forward_with(y, weight.clone(), None, || {
+            jacobians_asked.set(jacobians_asked.get() + 1);
+            MomentJacobians {
+                mean: Tensor::zeros([1, 2], device),
+                mean_sq: Tensor::zeros([3, 2], device),
+            }
+        });
+        let _ = out.sum().backward();
+        let expected = (step as usize + 1).saturating_sub(2);
+        assert_eq!(
+            (jacobians_asked.get(), norm.history_len(), norm.iterations()),
+            (expected, expected, step as usize + 1),
+            "after step {step}: (Jacobians asked, history entries, iterations)"
+        );
+    }
+}
+
+#[rstest]
+#[case::ndarray(TestDevice::NdArray)]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+fn cbn_burn_in_skips_the_window(#[case] dev: TestDevice) {
+    on_device!(dev, burn_in_skips_window);
+}
