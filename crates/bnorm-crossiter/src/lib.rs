@@ -30,7 +30,7 @@ mod history;
 mod linear_cbn;
 
 pub use bnorm_core::{
-    BurnInMode, CheckpointError, EpsPlacement, MomentJacobians, RecordShapeError,
+    BurnInMode, CheckpointError, EpsPlacement, HostCounter, MomentJacobians, RecordShapeError,
 };
 pub use config::{CrossIterBatchNormConfig, PlainVariance, RunningStatistics, WeightLayout};
 pub use conv2d_cbn::{Conv2dCbn, Conv2dCbnConfig};

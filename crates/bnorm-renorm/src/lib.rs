@@ -24,5 +24,7 @@ mod config;
 mod convert;
 
 pub use batch_renorm::BatchRenorm;
-pub use bnorm_core::{CheckpointError, EpsPlacement, InferenceAffine, RecordShapeError, Schedule};
+pub use bnorm_core::{
+    CheckpointError, EpsPlacement, HostCounter, InferenceAffine, RecordShapeError, Schedule,
+};
 pub use config::BatchRenormConfig;
