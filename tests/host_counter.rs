@@ -83,6 +83,19 @@ impl<B: Backend> ModuleMapper<B> for Double {
     }
 }
 
+/// Replaces every float tensor with a new one, without reading it, as
+/// burn-store's loaders do.
+struct Load(f32);
+
+impl<B: Backend> ModuleMapper<B> for Load {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        let shape = param.lazy_shape();
+        let values = vec![self.0; shape.num_elements()];
+        let tensor = Tensor::from_data(TensorData::new(values, shape), &param.lazy_device());
+        Param::initialized(param.id, tensor)
+    }
+}
+
 #[test]
 fn counter_counts_shares_and_copies_like_burn_state() {
     let device = Default::default();
@@ -106,12 +119,16 @@ fn counter_counts_shares_and_copies_like_burn_state() {
     inner.increment();
     assert_eq!((counter.get(), inner.get()), (2.0, 3.0));
 
-    // Visited as the record's [1] float tensor; a mapper does not apply.
+    // Visited as the record's [1] float tensor. A mapper that transforms
+    // the value it reads (as optimizers do, returning it unchanged) leaves
+    // the count; one that loads a new value sets it.
     let mut floats = Floats(Vec::new());
     counter.visit(&mut floats);
     assert_eq!(floats.0, vec![vec![2.0]]);
     let counter = counter.map(&mut Double);
-    assert_eq!(counter.get(), 2.0, "a mapper left the count");
+    assert_eq!(counter.get(), 2.0, "a transforming mapper left the count");
+    let counter = counter.map(&mut Load(7.0));
+    assert_eq!(counter.get(), 7.0, "a loading mapper set the count");
 
     // Saturates where float32 stops counting exactly, and loads clamped.
     let near_end = HostCounter::<NdArrayAd>::at(COUNT_SATURATION - 1.0, &device);
@@ -175,4 +192,29 @@ fn burn_in_skips_window<B: AutodiffBackend>(device: &B::Device) {
 #[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
 fn cbn_burn_in_skips_the_window(#[case] dev: TestDevice) {
     on_device!(dev, burn_in_skips_window);
+}
+
+/// burn-store's snapshots (a visitor to save, a mapper to load) carry the
+/// counts, as they carried the `RunningState` before; an optimizer step
+/// (a mapper too) leaves them.
+#[cfg(feature = "pytorch")]
+#[test]
+fn counter_moves_through_burn_store_and_optimizer_steps() {
+    use bnorm::{BatchRenorm, BatchRenormConfig};
+    use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+    use burn_store::ModuleSnapshot;
+
+    let device = Default::default();
+    let mut trained: BatchRenorm<NdArrayAd> = BatchRenormConfig::new(2).init(&device);
+    let mut optim = SgdConfig::new().init::<NdArrayAd, BatchRenorm<NdArrayAd>>();
+    for step in 0..5 {
+        let loss = trained.forward(uniform::<NdArrayAd, 3>([2, 2, 3], step, -1.0, 1.0, &device));
+        let grads = GradientsParams::from_grads(loss.sum().backward(), &trained);
+        trained = optim.step(0.1, trained, grads);
+    }
+    assert_eq!(trained.step(), 5, "optimizer steps kept the count");
+    let snapshots = trained.collect(None, None, false);
+    let mut fresh: BatchRenorm<NdArrayAd> = BatchRenormConfig::new(2).init(&device);
+    let result = fresh.apply(snapshots, None, None, false);
+    assert_eq!(fresh.step(), 5, "burn-store applied the count: {result:?}");
 }

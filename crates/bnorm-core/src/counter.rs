@@ -12,6 +12,7 @@
 //! `RunningState<Tensor<B, 1>>`, which the layers used before: checkpoints
 //! written either way load either way.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use burn::module::{
@@ -19,7 +20,7 @@ use burn::module::{
     ModuleVisitor, Param, ParamId,
 };
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Tensor, TensorData};
+use burn::tensor::{ElementConversion, Shape, Tensor, TensorData};
 
 /// Where a count saturates: float32, the record's type, counts exactly up
 /// to 2^24, far past the end of any schedule.
@@ -87,6 +88,26 @@ impl<B: Backend> HostCounter<B> {
     fn param(&self) -> Param<Tensor<B, 1>> {
         Param::initialized(self.id, self.to_tensor())
     }
+
+    /// The count as a lazy `[1]` parameter for visitors and mappers: its
+    /// tensor is made only if one reads it, and the flag says whether one
+    /// did.
+    fn lazy_param(&self) -> (Param<Tensor<B, 1>>, Arc<AtomicBool>) {
+        let read = Arc::new(AtomicBool::new(false));
+        let flag = read.clone();
+        let count = self.get() as f32;
+        let param = Param::uninitialized(
+            self.id,
+            move |device, _| {
+                flag.store(true, Ordering::Relaxed);
+                Tensor::from_data(TensorData::new(vec![count], [1]), device)
+            },
+            self.device.clone(),
+            false,
+            Shape::new([1]),
+        );
+        (param, read)
+    }
 }
 
 fn read_count<B: Backend>(tensor: Tensor<B, 1>) -> f64 {
@@ -115,18 +136,30 @@ impl<B: Backend> ModuleDisplay for HostCounter<B> {}
 impl<B: Backend> Module<B> for HostCounter<B> {
     type Record = Param<Tensor<B, 1>>;
 
-    /// Visited as the `[1]` float tensor of the record (made for the visit).
+    /// Visited as the `[1]` float tensor of the record, made only if the
+    /// visitor reads it (burn's `GradientsParams::from_grads` does: one
+    /// 4-byte tensor per counter and optimizer step).
     fn visit<V: ModuleVisitor<B>>(&self, visitor: &mut V) {
-        visitor.visit_float(&self.param());
+        visitor.visit_float(&self.lazy_param().0);
     }
 
-    /// Returned unchanged, the mapper not called: mappers transform
-    /// parameters and tensors (optimizer steps, `no_grad`, quantization),
-    /// none of which applies to a count, and reading a mapped tensor back
-    /// would cost every optimizer step a device read. Set a count with
-    /// [`Module::load_record`].
-    fn map<M: ModuleMapper<B>>(self, _mapper: &mut M) -> Self {
-        self
+    /// Offered to the mapper as the record's `[1]` float tensor, made only
+    /// if the mapper reads it. A mapper that returns a new tensor without
+    /// reading ours (burn-store's loaders) sets the count from it, one
+    /// device read; one that reads the tensor it is given (optimizers,
+    /// `no_grad`, a transform) leaves the count as it is, so an optimizer
+    /// step never waits on the device. Set a count with
+    /// [`Module::load_record`] or [`HostCounter::set`].
+    fn map<M: ModuleMapper<B>>(self, mapper: &mut M) -> Self {
+        let (param, read) = self.lazy_param();
+        let mapped = mapper.map_float(param);
+        if mapped.is_initialized() && !read.load(Ordering::Relaxed) {
+            self.set(read_count(mapped.val()));
+        }
+        Self {
+            id: mapped.id,
+            ..self
+        }
     }
 
     fn load_record(self, record: Self::Record) -> Self {
