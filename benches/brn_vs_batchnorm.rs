@@ -13,7 +13,7 @@ use burn::backend::{Autodiff, NdArray};
 use burn::nn::BatchNormConfig;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Tensor};
-use common::{print_ratios, settle, shape_name, train_step, SHAPES};
+use common::{print_ratios, settle, shape_name, shapes, train_step};
 use criterion::{BenchmarkId, Criterion};
 
 fn bench_backend<B: AutodiffBackend>(
@@ -22,7 +22,7 @@ fn bench_backend<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Vec<String> {
     let mut groups = Vec::new();
-    for shape in SHAPES {
+    for shape in shapes() {
         let name = format!("brn-{backend}-{}", shape_name(shape));
         let mut group = c.benchmark_group(&name);
         let x = Tensor::<B, 4>::random(shape, Distribution::Normal(0.5, 2.0), device);

@@ -5,17 +5,22 @@
 //! ```sh
 //! cargo bench --bench cbn_vs_conv_batchnorm                    # ndarray
 //! cargo bench --bench cbn_vs_conv_batchnorm --features cuda    # + CUDA
+//! BNORM_BENCH_WINDOW_PARTS=1 BNORM_BENCH_SHAPES=1x8x8x8 cargo bench --bench cbn_vs_conv_batchnorm
 //! ```
+//!
+//! `BNORM_BENCH_WINDOW_PARTS=1` also measures window 8 without the
+//! compensation and without the backward pass through the history;
+//! `BNORM_BENCH_SHAPES` picks shapes; `BNORM_BENCH_BACKENDS` backends.
 
 mod common;
 
-use bnorm::Conv2dCbnConfig;
+use bnorm::{Conv2dCbnConfig, CrossIterBatchNormConfig};
 use burn::backend::{Autodiff, NdArray};
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::{BatchNormConfig, PaddingConfig2d};
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Tensor};
-use common::{print_ratios, settle, shape_name, train_step, SHAPES};
+use common::{print_ratios, settle, shape_name, shapes, train_step};
 use criterion::{BenchmarkId, Criterion};
 
 fn bench_backend<B: AutodiffBackend>(
@@ -24,7 +29,7 @@ fn bench_backend<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Vec<String> {
     let mut groups = Vec::new();
-    for shape in SHAPES {
+    for shape in shapes() {
         let channels = shape[1];
         let name = format!("cbn-{backend}-{}", shape_name(shape));
         let mut group = c.benchmark_group(&name);
@@ -48,9 +53,33 @@ fn bench_backend<B: AutodiffBackend>(
             .with_bias(false)
             .with_window(8)
             .init::<B>(device);
-        // Fill the window first: the steady state is what training sees.
-        for _ in 0..8 {
-            let _ = cbn.forward(x.clone()).sum().backward();
+        // Window 8 with parts of the window's work taken away (opt-in,
+        // `BNORM_BENCH_WINDOW_PARTS=1`): `rho = 0` skips the compensation
+        // (Jacobians still computed and recorded), a constant history skips
+        // the backward pass through it.
+        let parts = window_parts().then(|| {
+            let variant = |norm: CrossIterBatchNormConfig| {
+                Conv2dCbnConfig::new([channels, channels], [3, 3])
+                    .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                    .with_bias(false)
+                    .with_norm(norm)
+                    .init::<B>(device)
+            };
+            let k8 = CrossIterBatchNormConfig::new(0).with_window(8);
+            [
+                ("Conv2dCbn-rho0", variant(k8.clone().with_rho(0.0))),
+                (
+                    "Conv2dCbn-const-history",
+                    variant(k8.with_history_gradient(false)),
+                ),
+            ]
+        });
+        // Fill the windows first: the steady state is what training sees.
+        let windows = std::iter::once(&cbn).chain(parts.iter().flatten().map(|(_, m)| m));
+        for layer in windows {
+            for _ in 0..8 {
+                let _ = layer.forward(x.clone()).sum().backward();
+            }
         }
         let conv_bn_step = || train_step(&x, |x| bn.forward(conv.forward(x)));
         let cbn_k1_step = || train_step(&x, |x| cbn_k1.forward(x));
@@ -67,6 +96,11 @@ fn bench_backend<B: AutodiffBackend>(
         group.bench_function(BenchmarkId::from_parameter("Conv2dCbn"), |b| {
             b.iter(cbn_step)
         });
+        for (label, layer) in parts.iter().flatten() {
+            let step = || train_step(&x, |x| layer.forward(x));
+            settle(&format!("{name}/{label}"), step);
+            group.bench_function(BenchmarkId::from_parameter(*label), |b| b.iter(step));
+        }
         group.finish();
         groups.push(name);
     }
@@ -119,4 +153,32 @@ fn print_breakdown(backend: &str, groups: &[String]) {
         let title = format!("{title}, forward + backward, {backend}");
         print_ratios(&title, groups, baseline, candidate);
     }
+    if window_parts() {
+        let parts = [
+            (
+                "Compensation: Conv2dCbn / rho = 0",
+                "Conv2dCbn-rho0",
+                "Conv2dCbn",
+            ),
+            (
+                "Backward through the history: Conv2dCbn / constant history",
+                "Conv2dCbn-const-history",
+                "Conv2dCbn",
+            ),
+            (
+                "Jacobians, window statistics, pushes: rho = 0 / k = 1",
+                "Conv2dCbn-k1",
+                "Conv2dCbn-rho0",
+            ),
+        ];
+        for (title, baseline, candidate) in parts {
+            let title = format!("{title}, forward + backward, {backend}");
+            print_ratios(&title, groups, baseline, candidate);
+        }
+    }
+}
+
+/// Whether to measure the window's parts (`BNORM_BENCH_WINDOW_PARTS=1`).
+fn window_parts() -> bool {
+    std::env::var("BNORM_BENCH_WINDOW_PARTS").is_ok_and(|v| v == "1")
 }

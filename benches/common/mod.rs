@@ -25,6 +25,23 @@ pub fn shape_name(s: [usize; 4]) -> String {
     format!("{}x{}x{}x{}", s[0], s[1], s[2], s[3])
 }
 
+/// [`SHAPES`], or those named in `BNORM_BENCH_SHAPES` (comma-separated,
+/// e.g. `1x32x128x128,1x8x8x8`): on a GPU machine whose time is short, the
+/// shapes not measured are not compiled, tuned and settled either (a
+/// criterion filter would only skip their measurement).
+pub fn shapes() -> Vec<[usize; 4]> {
+    match std::env::var("BNORM_BENCH_SHAPES") {
+        Ok(list) => {
+            let names: Vec<&str> = list.split(',').map(str::trim).collect();
+            SHAPES
+                .into_iter()
+                .filter(|s| names.contains(&shape_name(*s).as_str()))
+                .collect()
+        }
+        Err(_) => SHAPES.to_vec(),
+    }
+}
+
 /// Where criterion writes its estimates: `$CRITERION_HOME`, else
 /// `$CARGO_TARGET_DIR/criterion`, else `target/criterion` under the working
 /// directory (`cargo bench` runs in the package directory; a packed bench
