@@ -130,9 +130,10 @@ fn main() {
     print_breakdown("CUDA", &cuda_groups);
 }
 
-/// The target ratio (window 8 against burn's layers), then its two parts.
+/// The target ratio (window 8 against burn's layers), then its two parts,
+/// then (opt-in) the window's parts.
 fn print_breakdown(backend: &str, groups: &[String]) {
-    let tables = [
+    let mut tables = vec![
         (
             "Conv2dCbn (k = 8) / Conv2d + BatchNorm",
             "Conv2d+BatchNorm",
@@ -149,12 +150,8 @@ fn print_breakdown(backend: &str, groups: &[String]) {
             "Conv2dCbn",
         ),
     ];
-    for (title, baseline, candidate) in tables {
-        let title = format!("{title}, forward + backward, {backend}");
-        print_ratios(&title, groups, baseline, candidate);
-    }
     if window_parts() {
-        let parts = [
+        tables.extend([
             (
                 "Compensation: Conv2dCbn / rho = 0",
                 "Conv2dCbn-rho0",
@@ -170,11 +167,11 @@ fn print_breakdown(backend: &str, groups: &[String]) {
                 "Conv2dCbn-k1",
                 "Conv2dCbn-rho0",
             ),
-        ];
-        for (title, baseline, candidate) in parts {
-            let title = format!("{title}, forward + backward, {backend}");
-            print_ratios(&title, groups, baseline, candidate);
-        }
+        ]);
+    }
+    for (title, baseline, candidate) in tables {
+        let title = format!("{title}, forward + backward, {backend}");
+        print_ratios(&title, groups, baseline, candidate);
     }
 }
 
