@@ -40,37 +40,30 @@ fn bench_backend<B: AutodiffBackend>(
             .with_bias(false)
             .init::<B>(device);
         let bn = BatchNormConfig::new(channels).init::<B>(device);
+        // The layer under test with a given normalization, all else equal.
+        let cbn_with = |norm: CrossIterBatchNormConfig| {
+            Conv2dCbnConfig::new([channels, channels], [3, 3])
+                .with_padding(padding.clone())
+                .with_bias(false)
+                .with_norm(norm)
+                .init::<B>(device)
+        };
+        let window = |k: usize| CrossIterBatchNormConfig::new(0).with_window(k);
         // The breakdown: window 1 is plain BatchNorm statistics through the
         // same layer (no history, no Jacobians), so `k1 / Conv2d+BatchNorm`
         // is the layer's own overhead and `Conv2dCbn / k1` the window's.
-        let cbn_k1 = Conv2dCbnConfig::new([channels, channels], [3, 3])
-            .with_padding(padding.clone())
-            .with_bias(false)
-            .with_window(1)
-            .init::<B>(device);
-        let cbn = Conv2dCbnConfig::new([channels, channels], [3, 3])
-            .with_padding(padding)
-            .with_bias(false)
-            .with_window(8)
-            .init::<B>(device);
+        let cbn_k1 = cbn_with(window(1));
+        let cbn = cbn_with(window(8));
         // Window 8 with parts of the window's work taken away (opt-in,
         // `BNORM_BENCH_WINDOW_PARTS=1`): `rho = 0` skips the compensation
         // (Jacobians still computed and recorded), a constant history skips
         // the backward pass through it.
         let parts = window_parts().then(|| {
-            let variant = |norm: CrossIterBatchNormConfig| {
-                Conv2dCbnConfig::new([channels, channels], [3, 3])
-                    .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-                    .with_bias(false)
-                    .with_norm(norm)
-                    .init::<B>(device)
-            };
-            let k8 = CrossIterBatchNormConfig::new(0).with_window(8);
             [
-                ("Conv2dCbn-rho0", variant(k8.clone().with_rho(0.0))),
+                ("Conv2dCbn-rho0", cbn_with(window(8).with_rho(0.0))),
                 (
                     "Conv2dCbn-const-history",
-                    variant(k8.with_history_gradient(false)),
+                    cbn_with(window(8).with_history_gradient(false)),
                 ),
             ]
         });

@@ -26,9 +26,9 @@ use burn::tensor::{backend::Backend, Tensor, TensorData};
 use burn_store::pytorch::PytorchReader;
 use burn_store::TensorSnapshot;
 
-use crate::{BatchRenorm, BatchRenormConfig, Conv2dCbn, Conv2dCbnConfig};
 #[allow(unused_imports)]
-use crate::{EpsPlacement, HostCounter};
+use crate::EpsPlacement;
+use crate::{BatchRenorm, BatchRenormConfig, Conv2dCbn, Conv2dCbnConfig, HostCounter};
 
 /// Why a checkpoint could not be imported.
 #[derive(Debug)]
