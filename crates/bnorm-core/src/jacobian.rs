@@ -14,9 +14,10 @@
 //! d mu_c / d b_c = 1,   d nu_c / d b_c = 2 mu_c
 //! ```
 //!
-//! computed here without a second backward pass: for a conv, `P` from
-//! strided sums of the batch-summed input and `Q` with one
-//! `conv2d_weight_backward`; for a linear layer, a mean and one matmul.
+//! computed here without a second backward pass: for a conv, `P` from the
+//! batch-summed input with two small 0/1 tap-selection products and `Q`
+//! with one `conv2d_weight_backward`; for a linear layer, a mean and one
+//! matmul.
 //!
 //! ## Memory: no weight copies
 //!
@@ -50,7 +51,7 @@
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Slice, Tensor, TensorPrimitive};
+use burn::tensor::{Slice, Tensor, TensorData, TensorPrimitive};
 
 /// What one training step contributes to the history: the derivatives of
 /// the current per-channel moments with respect to the layer's weight.
@@ -126,16 +127,27 @@ pub fn conv2d_moment_jacobians<B: Backend>(
 }
 
 /// `sum_p patch(p)` over every output position `p` of the conv, per input
-/// channel and kernel tap: `[C_in, kh, kw]`, float32 sums on every backend.
+/// channel and kernel tap: `[C_in, kh, kw]`.
 ///
-/// This is the weight gradient of an all-ones output gradient, but as a
-/// convolution it has one output channel per group, a shape GEMM-based
-/// kernels run poorly. The sum separates instead: tap `(i, j)` reads input
+/// This is the weight gradient of an all-ones output gradient; computed as
+/// one it would be a second full weight-gradient convolution. The sum
+/// separates instead: tap `(i, j)` reads input
 /// row `o * stride + i * dilation - pad` for output row `o` (and likewise
-/// columns), so the input is summed over the batch once, then over the rows
-/// each kernel row reads (one strided slice per `i`), then over the columns
-/// each kernel column reads (one per `j`). Positions in the padding add
-/// zero, so each slice keeps only the rows inside the input.
+/// columns). With `S_h[i, r] = 1` when tap row `i` reads input row `r` for
+/// some output row (0 otherwise; rows in the padding add zero and have no
+/// column), and `S_w` likewise for columns,
+///
+/// ```text
+/// sum_p patch(p)[c, i, j] = sum_{r, s} S_h[i, r] X[c, r, s] S_w[j, s]
+/// ```
+///
+/// with `X` the input summed over the batch: one reduction and two small
+/// matrix products, whatever the kernel size (per-tap strided slices took
+/// `2 (kh + kw) + 3` operations, each a kernel launch on a GPU). A tap
+/// reads a given row at most once, so the selections are 0/1 and the
+/// products are sums of input values (on CUDA in TF32, like every burn-cuda
+/// matmul: the history's linearization points keep that error off the
+/// compensation, see the module docs).
 fn patch_sum<B: Backend>(
     x: Tensor<B, 4>,
     kernel: [usize; 2],
@@ -144,36 +156,34 @@ fn patch_sum<B: Backend>(
 ) -> Tensor<B, 3> {
     let [_, c_in, height, width] = x.dims();
     let device = x.device();
-    let mut summed = x.sum_dim(0);
-    for axis in [2, 3] {
-        let a = axis - 2;
-        let size = [height, width][a];
-        let taps: Vec<Tensor<B, 4>> = (0..kernel[a])
-            .map(|tap| {
-                let rows = tap_rows(
-                    size,
-                    output[a],
-                    tap * geometry.dilation[a],
-                    geometry.stride[a],
-                    geometry.padding[a][0],
-                );
-                match rows {
-                    Some(rows) => {
-                        let mut ranges = [Slice::full(); 4];
-                        ranges[axis] = rows;
-                        summed.clone().slice(ranges).sum_dim(axis)
-                    }
-                    None => {
-                        let mut dims = summed.dims();
-                        dims[axis] = 1;
-                        Tensor::zeros(dims, &device)
-                    }
-                }
-            })
-            .collect();
-        summed = Tensor::cat(taps, axis);
+    // (tap, input row) pairs read along `axis`, for an input `size` long.
+    let reads = |axis: usize, size: usize| {
+        (0..kernel[axis]).flat_map(move |tap| {
+            let rows = tap_rows(
+                size,
+                output[axis],
+                tap * geometry.dilation[axis],
+                geometry.stride[axis],
+                geometry.padding[axis][0],
+            );
+            rows.into_iter()
+                .flatten()
+                .map(move |row| (tap, row as usize))
+        })
+    };
+    let [kh, kw] = kernel;
+    let mut rows = vec![0.0f32; kh * height]; // S_h, [kh, H]
+    for (tap, row) in reads(0, height) {
+        rows[tap * height + row] = 1.0;
     }
-    summed.reshape([c_in, kernel[0], kernel[1]])
+    let mut columns = vec![0.0f32; width * kw]; // S_w transposed, [W, kw]
+    for (tap, column) in reads(1, width) {
+        columns[column * kw + tap] = 1.0;
+    }
+    let rows = Tensor::<B, 3>::from_data(TensorData::new(rows, [1, kh, height]), &device);
+    let columns = Tensor::<B, 3>::from_data(TensorData::new(columns, [1, width, kw]), &device);
+    let summed = x.sum_dim(0).reshape([c_in, height, width]);
+    rows.matmul(summed).matmul(columns)
 }
 
 /// The input rows (along one axis) that kernel tap offset `offset`
