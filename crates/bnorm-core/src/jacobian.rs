@@ -79,7 +79,9 @@ fn weight_backward<B: Backend>(
     output_grad: Tensor<B, 4>,
     options: ConvOptions<2>,
 ) -> Tensor<B, 4> {
-    let weight = Tensor::<B, 4>::zeros(weight_shape, &x.device());
+    // Only its shape is read (burn's default, cubecl and fusion kernels
+    // alike): `empty` allocates without a fill kernel.
+    let weight = Tensor::<B, 4>::empty(weight_shape, &x.device());
     Tensor::from_primitive(TensorPrimitive::Float(B::conv2d_weight_backward(
         x.into_primitive().tensor(),
         weight.into_primitive().tensor(),
