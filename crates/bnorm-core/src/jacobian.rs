@@ -136,16 +136,16 @@ pub fn conv2d_moment_jacobians<B: Backend>(
 /// separates instead: tap `(i, j)` reads input
 /// row `o * stride + i * dilation - pad` for output row `o` (and likewise
 /// columns). With `S_h[i, r] = 1` when tap row `i` reads input row `r` for
-/// some output row (0 otherwise; rows in the padding add zero and have no
-/// column), and `S_w` likewise for columns,
+/// some output row and 0 otherwise (padding adds zero, so it needs no
+/// entry), and `S_w` likewise for columns,
 ///
 /// ```text
 /// sum_p patch(p)[c, i, j] = sum_{r, s} S_h[i, r] X[c, r, s] S_w[j, s]
 /// ```
 ///
 /// with `X` the input summed over the batch: one reduction and two small
-/// matrix products, whatever the kernel size (per-tap strided slices took
-/// `2 (kh + kw) + 3` operations, each a kernel launch on a GPU). A tap
+/// matrix products whatever the kernel size, where a slice and a sum per
+/// tap row and column would each be a kernel launch on a GPU. A tap
 /// reads a given row at most once, so the selections are 0/1 and the
 /// products are sums of input values (on CUDA in TF32, like every burn-cuda
 /// matmul: the history's linearization points keep that error off the
