@@ -34,6 +34,11 @@ pub use bnorm_crossiter::{
 };
 pub use bnorm_renorm::{BatchRenorm, BatchRenormConfig};
 
+/// The README's Rust examples, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeExamples;
+
 /// Re-export of the burn version the layers are built against (`=0.21.0`).
 pub use burn;
 
