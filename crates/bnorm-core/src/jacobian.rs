@@ -53,6 +53,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Slice, Tensor, TensorData, TensorPrimitive};
 
+use crate::inner::JacobianWork;
+
 /// What one training step contributes to the history: the derivatives of
 /// the current per-channel moments with respect to the layer's weight.
 #[derive(Debug, Clone)]
@@ -93,39 +95,66 @@ fn weight_backward<B: Backend>(
 /// Jacobians of the per-channel moments of `y = conv2d(x, W) (+ b)`.
 ///
 /// `x` `[N, C_in, H, W]` and `y` `[N, C, H', W']` are used as values (pass
-/// them detached); `weight_dims` is `W`'s shape `[C, C_in/G, kh, kw]`.
+/// them detached); `weight_dims` is `W`'s shape `[C, C_in/G, kh, kw]`. On
+/// `Autodiff<NdArray>` and `Autodiff<Cuda>` the work runs on the inner
+/// backend (see `inner`): no autodiff bookkeeping, and `Q` through the
+/// backend's own weight-gradient kernel.
 pub fn conv2d_moment_jacobians<B: Backend>(
     x: Tensor<B, 4>,
     y: Tensor<B, 4>,
     weight_dims: [usize; 4],
     geometry: Conv2dGeometry,
 ) -> MomentJacobians<B> {
-    let [c, cin_g, kh, kw] = weight_dims;
-    let [n, _, ho, wo] = y.dims();
-    let m = (n * ho * wo) as f64;
-    let f = cin_g * kh * kw;
-    let mean = patch_sum(x.clone(), [kh, kw], [ho, wo], geometry)
-        .div_scalar(m)
-        .reshape([geometry.groups, f]);
+    ConvJacobians {
+        weight_dims,
+        geometry,
+    }
+    .run_on_inner(x, y)
+}
 
-    let [[top, bottom], [left, right]] = geometry.padding;
-    // Asymmetric padding ('Same' with an even kernel) is applied to the input
-    // up front; the weight-gradient kernel takes symmetric padding only.
-    let (x, padding) = if top == bottom && left == right {
-        (x, [top, left])
-    } else {
-        (
-            x.pad(
-                (left, right, top, bottom),
-                burn::tensor::ops::PadMode::Constant(0.0),
-            ),
-            [0, 0],
-        )
-    };
-    let options = ConvOptions::new(geometry.stride, padding, geometry.dilation, geometry.groups);
-    // Q: the weight gradient of grad_out = 2y/M.
-    let mean_sq = weight_backward(x, weight_dims, y.mul_scalar(2.0 / m), options).reshape([c, f]);
-    MomentJacobians { mean, mean_sq }
+/// [`conv2d_moment_jacobians`]'s work, for any backend.
+#[derive(Debug, Clone, Copy)]
+struct ConvJacobians {
+    weight_dims: [usize; 4],
+    geometry: Conv2dGeometry,
+}
+
+impl JacobianWork<4> for ConvJacobians {
+    fn run<E: Backend>(self, x: Tensor<E, 4>, y: Tensor<E, 4>) -> MomentJacobians<E> {
+        let ConvJacobians {
+            weight_dims,
+            geometry,
+        } = self;
+        let [c, cin_g, kh, kw] = weight_dims;
+        let [n, _, ho, wo] = y.dims();
+        let m = (n * ho * wo) as f64;
+        let f = cin_g * kh * kw;
+        let mean = patch_sum(x.clone(), [kh, kw], [ho, wo], geometry)
+            .div_scalar(m)
+            .reshape([geometry.groups, f]);
+
+        let [[top, bottom], [left, right]] = geometry.padding;
+        // Asymmetric padding ('Same' with an even kernel) is applied to the
+        // input up front; the weight-gradient kernel takes symmetric padding
+        // only.
+        let (x, padding) = if top == bottom && left == right {
+            (x, [top, left])
+        } else {
+            (
+                x.pad(
+                    (left, right, top, bottom),
+                    burn::tensor::ops::PadMode::Constant(0.0),
+                ),
+                [0, 0],
+            )
+        };
+        let options =
+            ConvOptions::new(geometry.stride, padding, geometry.dilation, geometry.groups);
+        // Q: the weight gradient of grad_out = 2y/M.
+        let mean_sq =
+            weight_backward(x, weight_dims, y.mul_scalar(2.0 / m), options).reshape([c, f]);
+        MomentJacobians { mean, mean_sq }
+    }
 }
 
 /// `sum_p patch(p)` over every output position `p` of the conv, per input
@@ -210,12 +239,24 @@ fn tap_rows(
 }
 
 /// Jacobians of the per-feature moments of `y = x W + b` (burn's `Linear`
-/// layout: `x` `[M, d_in]`, `W` `[d_in, d_out]`, `y` `[M, d_out]`).
+/// layout: `x` `[M, d_in]`, `W` `[d_in, d_out]`, `y` `[M, d_out]`), from
+/// values (pass them detached); on the inner backend where known, as
+/// [`conv2d_moment_jacobians`].
 pub fn linear_moment_jacobians<B: Backend>(x: Tensor<B, 2>, y: Tensor<B, 2>) -> MomentJacobians<B> {
-    let [m, d_in] = x.dims();
-    let mean = x.clone().mean_dim(0).reshape([1, d_in]);
-    let mean_sq = y.transpose().matmul(x).mul_scalar(2.0 / m as f64);
-    MomentJacobians { mean, mean_sq }
+    LinearJacobians.run_on_inner(x, y)
+}
+
+/// [`linear_moment_jacobians`]'s work, for any backend.
+#[derive(Debug, Clone, Copy)]
+struct LinearJacobians;
+
+impl JacobianWork<2> for LinearJacobians {
+    fn run<E: Backend>(self, x: Tensor<E, 2>, y: Tensor<E, 2>) -> MomentJacobians<E> {
+        let [m, d_in] = x.dims();
+        let mean = x.clone().mean_dim(0).reshape([1, d_in]);
+        let mean_sq = y.transpose().matmul(x).mul_scalar(2.0 / m as f64);
+        MomentJacobians { mean, mean_sq }
+    }
 }
 
 /// Inner products of recorded Jacobians with a weight (and bias), per
@@ -347,7 +388,66 @@ impl<B: Backend> HistoryEntries<B> {
 
 #[cfg(test)]
 mod tests {
-    use super::tap_rows;
+    use super::{
+        conv2d_moment_jacobians, linear_moment_jacobians, tap_rows, Conv2dGeometry, ConvJacobians,
+        LinearJacobians, MomentJacobians,
+    };
+    use crate::inner::JacobianWork;
+    use burn::backend::{Autodiff, NdArray};
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::PaddedConvOptions;
+    use burn::tensor::{Distribution, Tensor};
+
+    type Ad = Autodiff<NdArray>;
+
+    fn bits(jacobians: MomentJacobians<Ad>) -> [Vec<u32>; 2] {
+        [jacobians.mean, jacobians.mean_sq].map(|t| {
+            t.to_data()
+                .to_vec::<f32>()
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect()
+        })
+    }
+
+    /// On `Autodiff<NdArray>` the Jacobians run on `NdArray` (`inner`):
+    /// bit for bit what the same work gives through the autodiff wrappers,
+    /// for a grouped, strided, asymmetrically padded, dilated conv and for
+    /// a linear layer.
+    #[test]
+    fn inner_backend_jacobians_are_bit_identical() {
+        let device = Default::default();
+        let x = Tensor::<Ad, 4>::random([2, 4, 7, 6], Distribution::Normal(0.0, 1.0), &device);
+        let w = Tensor::<Ad, 4>::random([6, 2, 3, 2], Distribution::Normal(0.0, 1.0), &device);
+        let geometry = Conv2dGeometry {
+            stride: [2, 1],
+            padding: [[1, 2], [0, 1]],
+            dilation: [1, 2],
+            groups: 2,
+        };
+        let options = PaddedConvOptions::asymmetric([2, 1], [1, 0], [2, 1], [1, 2], 2);
+        let y = conv2d(x.clone(), w, None, options);
+        let work = ConvJacobians {
+            weight_dims: [6, 2, 3, 2],
+            geometry,
+        };
+        assert_eq!(
+            bits(conv2d_moment_jacobians(
+                x.clone(),
+                y.clone(),
+                [6, 2, 3, 2],
+                geometry
+            )),
+            bits(work.run(x, y))
+        );
+        let x = Tensor::<Ad, 2>::random([5, 4], Distribution::Normal(0.0, 1.0), &device);
+        let y = Tensor::<Ad, 2>::random([5, 3], Distribution::Normal(0.0, 1.0), &device);
+        assert_eq!(
+            bits(linear_moment_jacobians(x.clone(), y.clone())),
+            bits(LinearJacobians.run(x, y))
+        );
+    }
 
     /// `tap_rows` selects exactly the in-range rows `o * stride + offset -
     /// pad` over `o < output`, for every small geometry.

@@ -16,7 +16,9 @@
 //! - [`shape`]: the shape checks and broadcast helpers shared by the layers.
 //! - [`record_check`]: validating a loaded record against the module.
 //! - [`jacobian`]: closed-form Jacobians of moments with respect to a conv
-//!   or linear weight, and the Taylor compensation of history entries.
+//!   or linear weight, and the Taylor compensation of history entries
+//!   (computed on an autodiff backend's inner backend where this build can
+//!   name it: `inner`, private).
 //! - [`window`]: Cross-Iteration BN window statistics and burn-in.
 //! - [`inference`]: inference-mode normalization as one affine map, and
 //!   folding it into the preceding layer.
@@ -38,6 +40,7 @@ pub use record_check::{
     check_record_shape, load_checkpoint_with, optional_dims, CheckpointError, RecordShapeError,
 };
 pub mod inference;
+mod inner;
 pub mod jacobian;
 pub mod window;
 pub use inference::{compose_affine, InferenceAffine};

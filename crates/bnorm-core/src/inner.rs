@@ -1,0 +1,145 @@
+//! Value-only work on an autodiff backend's inner backend.
+//!
+//! The layers are generic over `B: Backend`: one `forward` trains on
+//! `Autodiff<I>` and infers on `I`, so it cannot name `I`. The Jacobians of
+//! the moments are computed from detached tensors, as values, and they run
+//! better on `I` itself:
+//!
+//! - burn-autodiff does not override `conv2d_weight_backward` (it calls the
+//!   inner backend's from its own convolution backward only), so on
+//!   `Autodiff<I>` the trait's default decomposition runs: a forward
+//!   convolution with the output gradient as an `Ho x Wo` kernel, a GEMM
+//!   with a tiny output and a huge reduction. burn-cubecl's own
+//!   implementation autotunes between that and implicit-GEMM
+//!   weight-gradient kernels; burn's `Conv2d` backward gets those.
+//! - Every operation on `Autodiff<I>` pays autodiff's bookkeeping, also on
+//!   untracked tensors.
+//!
+//! [`JacobianWork::run_on_inner`] runs the work on `I` when `B` is
+//! `Autodiff<I>` for an `I` this build can name — burn-ndarray's `NdArray`
+//! and, with the `cuda` feature, burn-cuda's `Cuda`, each with its default
+//! element types and autodiff's default checkpointing — found by `TypeId`
+//! through `Any`, and runs the same math on `B` otherwise (other GPU
+//! backends, other element types: correct, without these two savings).
+
+use core::any::Any;
+
+use burn::backend::Autodiff;
+use burn::tensor::{backend::Backend, Tensor};
+
+use crate::MomentJacobians;
+
+/// Jacobian work on the values of two tensors `x`, `y` of rank `D`,
+/// written once for any backend.
+pub(crate) trait JacobianWork<const D: usize>: Copy {
+    /// The work on backend `E`.
+    fn run<E: Backend>(self, x: Tensor<E, D>, y: Tensor<E, D>) -> MomentJacobians<E>;
+
+    /// [`run`](Self::run) on the inner backend of `B` where this build can
+    /// name it (see the module docs), else on `B`. The result carries no
+    /// autodiff graph either way (the inputs are values).
+    fn run_on_inner<B: Backend>(self, x: Tensor<B, D>, y: Tensor<B, D>) -> MomentJacobians<B> {
+        let (x, y) = match on_inner::<B, burn::backend::NdArray, D>(x, y, self) {
+            Ok(jacobians) => return jacobians,
+            Err(values) => values,
+        };
+        #[cfg(feature = "cuda")]
+        let (x, y) = match on_inner::<B, burn::backend::Cuda, D>(x, y, self) {
+            Ok(jacobians) => return jacobians,
+            Err(values) => values,
+        };
+        self.run(x, y)
+    }
+}
+
+/// `work` on `I` when `B` is `Autodiff<I>`, with the result as untracked
+/// `B` tensors; `(x, y)` back otherwise.
+fn on_inner<B: Backend, I: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    y: Tensor<B, D>,
+    work: impl JacobianWork<D>,
+) -> Result<MomentJacobians<B>, (Tensor<B, D>, Tensor<B, D>)> {
+    let x = match cast::<B, Autodiff<I>, D>(x) {
+        Ok(x) => x,
+        Err(x) => return Err((x, y)),
+    };
+    let y = cast::<B, Autodiff<I>, D>(y)
+        .ok()
+        .expect("x and y share the backend B");
+    let MomentJacobians { mean, mean_sq } = work.run::<I>(x.inner(), y.inner());
+    let back = |t: Tensor<I, 2>| {
+        cast::<Autodiff<I>, B, 2>(Tensor::from_inner(t))
+            .ok()
+            .expect("B is Autodiff<I>")
+    };
+    Ok(MomentJacobians {
+        mean: back(mean),
+        mean_sq: back(mean_sq),
+    })
+}
+
+/// `tensor` as a `Tensor<A, D>` when `A` is `B`, else `tensor` back.
+fn cast<B: Backend, A: Backend, const D: usize>(
+    tensor: Tensor<B, D>,
+) -> Result<Tensor<A, D>, Tensor<B, D>> {
+    let boxed: Box<dyn Any> = Box::new(tensor);
+    boxed
+        .downcast::<Tensor<A, D>>()
+        .map(|t| *t)
+        .map_err(|boxed| {
+            *boxed
+                .downcast::<Tensor<B, D>>()
+                .expect("the tensor just boxed")
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::JacobianWork;
+    use crate::MomentJacobians;
+    use burn::backend::{Autodiff, NdArray};
+    use burn::tensor::{backend::Backend, Tensor};
+
+    /// Records whether it ran on an autodiff backend.
+    #[derive(Clone, Copy)]
+    struct Probe;
+
+    impl JacobianWork<2> for Probe {
+        fn run<E: Backend>(self, x: Tensor<E, 2>, y: Tensor<E, 2>) -> MomentJacobians<E> {
+            let on_autodiff = E::ad_enabled(&x.device()) as i32 as f64;
+            MomentJacobians {
+                mean: x.add_scalar(on_autodiff),
+                mean_sq: y,
+            }
+        }
+    }
+
+    /// `Autodiff<NdArray>` runs the work on `NdArray` and hands back its
+    /// values; a backend without a known inner one runs it on itself.
+    #[test]
+    fn work_runs_on_the_inner_backend_where_known() {
+        type Ad = Autodiff<NdArray>;
+        let device = Default::default();
+        let x = Tensor::<Ad, 2>::from_floats([[1.0, 2.0]], &device);
+        let y = Tensor::<Ad, 2>::from_floats([[3.0, 4.0]], &device);
+        let jacobians = Probe.run_on_inner(x.clone(), y.clone());
+        assert_eq!(
+            jacobians.mean.to_data().to_vec::<f32>().unwrap(),
+            [1.0, 2.0]
+        );
+        assert_eq!(
+            jacobians.mean_sq.to_data().to_vec::<f32>().unwrap(),
+            [3.0, 4.0]
+        );
+        // On itself (the fallback for backends this build cannot name).
+        let on_autodiff = Probe.run(x, y);
+        assert_eq!(
+            on_autodiff.mean.to_data().to_vec::<f32>().unwrap(),
+            [2.0, 3.0]
+        );
+        // A backend that is not an autodiff backend runs the work itself.
+        let x = Tensor::<NdArray, 2>::from_floats([[1.0, 2.0]], &device);
+        let plain = Probe.run_on_inner(x.clone(), x);
+        assert_eq!(plain.mean.to_data().to_vec::<f32>().unwrap(), [1.0, 2.0]);
+    }
+}
