@@ -9,12 +9,15 @@
 //! ```
 //!
 //! `BNORM_BENCH_WINDOW_PARTS=1` also measures window 8 without the
-//! compensation and without the backward pass through the history;
+//! compensation and without the backward pass through the history, and
+//! the Jacobians alone on the inner backend and through autodiff;
 //! `BNORM_BENCH_SHAPES` picks shapes; `BNORM_BENCH_BACKENDS` backends.
 
 mod common;
 
+use bnorm::core::{conv2d_moment_jacobians, Conv2dGeometry};
 use bnorm::{Conv2dCbnConfig, CrossIterBatchNormConfig};
+use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::{Autodiff, NdArray};
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::{BatchNormConfig, PaddingConfig2d};
@@ -94,6 +97,49 @@ fn bench_backend<B: AutodiffBackend>(
             settle(&format!("{name}/{label}"), step);
             group.bench_function(BenchmarkId::from_parameter(*label), |b| b.iter(step));
         }
+        if window_parts() {
+            // The Jacobians alone (patch sums and the `Q` weight gradient),
+            // on the inner backend as the layer runs them, and through
+            // autodiff's wrappers: `Autodiff<_, BalancedCheckpointing>` is
+            // not a backend the dispatch recognises, so it runs the same
+            // math the generic way (on CUDA: the default weight-gradient
+            // decomposition instead of cubecl's kernel).
+            type Generic<B> = Autodiff<<B as AutodiffBackend>::InnerBackend, BalancedCheckpointing>;
+            let x_value = x.clone().inner();
+            let y_value = conv.forward(x.clone()).inner();
+            let geometry = Conv2dGeometry {
+                stride: [1, 1],
+                padding: [[1, 1], [1, 1]],
+                dilation: [1, 1],
+                groups: 1,
+            };
+            let dims = [channels, channels, 3, 3];
+            let on_inner = || {
+                let (x, y) = (
+                    Tensor::<B, 4>::from_inner(x_value.clone()),
+                    Tensor::from_inner(y_value.clone()),
+                );
+                let _ = conv2d_moment_jacobians(x, y, dims, geometry)
+                    .mean_sq
+                    .into_data();
+            };
+            let through_autodiff = || {
+                let (x, y) = (
+                    Tensor::<Generic<B>, 4>::from_inner(x_value.clone()),
+                    Tensor::from_inner(y_value.clone()),
+                );
+                let _ = conv2d_moment_jacobians(x, y, dims, geometry)
+                    .mean_sq
+                    .into_data();
+            };
+            for (label, work) in [
+                ("Jacobians-inner", &on_inner as &dyn Fn()),
+                ("Jacobians-autodiff", &through_autodiff),
+            ] {
+                settle(&format!("{name}/{label}"), work);
+                group.bench_function(BenchmarkId::from_parameter(label), |b| b.iter(work));
+            }
+        }
         group.finish();
         groups.push(name);
     }
@@ -159,6 +205,11 @@ fn print_breakdown(backend: &str, groups: &[String]) {
                 "Jacobians, window statistics, pushes: rho = 0 / k = 1",
                 "Conv2dCbn-k1",
                 "Conv2dCbn-rho0",
+            ),
+            (
+                "Jacobians alone: on the inner backend / through autodiff",
+                "Jacobians-autodiff",
+                "Jacobians-inner",
             ),
         ]);
     }
