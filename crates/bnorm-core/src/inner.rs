@@ -36,8 +36,8 @@ pub(crate) trait JacobianWork<const D: usize>: Copy {
     fn run<E: Backend>(self, x: Tensor<E, D>, y: Tensor<E, D>) -> MomentJacobians<E>;
 
     /// [`run`](Self::run) on the inner backend of `B` where this build can
-    /// name it (see the module docs), else on `B`. The result carries no
-    /// autodiff graph either way (the inputs are values).
+    /// name it (see the module docs), else on `B` with `x`, `y` detached:
+    /// the result is a value, with no autodiff graph, either way.
     fn run_on_inner<B: Backend>(self, x: Tensor<B, D>, y: Tensor<B, D>) -> MomentJacobians<B> {
         let (x, y) = match on_inner::<B, burn::backend::NdArray, D>(x, y, self) {
             Ok(jacobians) => return jacobians,
@@ -48,7 +48,7 @@ pub(crate) trait JacobianWork<const D: usize>: Copy {
             Ok(jacobians) => return jacobians,
             Err(values) => values,
         };
-        self.run(x, y)
+        self.run(x.detach(), y.detach())
     }
 }
 

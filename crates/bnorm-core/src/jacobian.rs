@@ -94,8 +94,9 @@ fn weight_backward<B: Backend>(
 
 /// Jacobians of the per-channel moments of `y = conv2d(x, W) (+ b)`.
 ///
-/// `x` `[N, C_in, H, W]` and `y` `[N, C, H', W']` are used as values (pass
-/// them detached); `weight_dims` is `W`'s shape `[C, C_in/G, kh, kw]`. On
+/// `x` `[N, C_in, H, W]` and `y` `[N, C, H', W']` are used as values (the
+/// result carries no autodiff graph); `weight_dims` is `W`'s shape
+/// `[C, C_in/G, kh, kw]`. On
 /// `Autodiff<NdArray>` and `Autodiff<Cuda>` the work runs on the inner
 /// backend (see `inner`): no autodiff bookkeeping, and `Q` through the
 /// backend's own weight-gradient kernel.
@@ -240,7 +241,7 @@ fn tap_rows(
 
 /// Jacobians of the per-feature moments of `y = x W + b` (burn's `Linear`
 /// layout: `x` `[M, d_in]`, `W` `[d_in, d_out]`, `y` `[M, d_out]`), from
-/// values (pass them detached); on the inner backend where known, as
+/// their values, on the inner backend where known, as
 /// [`conv2d_moment_jacobians`].
 pub fn linear_moment_jacobians<B: Backend>(x: Tensor<B, 2>, y: Tensor<B, 2>) -> MomentJacobians<B> {
     LinearJacobians.run_on_inner(x, y)
