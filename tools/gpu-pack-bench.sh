@@ -46,14 +46,18 @@ done
 for f in $(find /opt /usr/local -name 'libnvrtc.so*' 2>/dev/null | head -n 5); do libdirs="$libdirs:$(dirname "$f")"; done
 export LD_LIBRARY_PATH="${libdirs#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export BNORM_BENCH_BACKENDS=${BNORM_BENCH_BACKENDS:-cuda}
-export CRITERION_HOME=${CRITERION_HOME:-$root/.gpu-bench/criterion}
+# Unpacked binaries and criterion's files in scratch folders, not in the
+# pack: a pack that has been run must still fit a device call.
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+export CRITERION_HOME=${CRITERION_HOME:-$scratch/criterion}
 command -v nvidia-smi >/dev/null && nvidia-smi -L
 while read -r name; do
   [ -n "$name" ] || continue
-  xz -dkf "$root/.gpu-bench/bin/$name.xz"
-  chmod +x "$root/.gpu-bench/bin/$name"
+  xz -dc "$root/.gpu-bench/bin/$name.xz" > "$scratch/$name"
+  chmod +x "$scratch/$name"
   echo "=== bench $name"
-  "$root/.gpu-bench/bin/$name" --bench "$@"
+  "$scratch/$name" --bench "$@"
 done < "$root/.gpu-bench/bin/benches.txt"
 RUN
 chmod +x .gpu-bench/bench.sh

@@ -48,19 +48,27 @@ export LD_LIBRARY_PATH="${libdirs#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 command -v nvidia-smi >/dev/null && nvidia-smi -L
 export BNORM_DEVICE=${BNORM_DEVICE:-cuda}
 
+# The binaries unpacked into a scratch folder, not beside their .xz: a pack
+# that has been run here must still fit a device call (64 MiB may travel).
+bindir=$(mktemp -d)
+trap 'rm -rf "$bindir"' EXIT
 # The selected tests, one "dir binary name" line each.
 selected=$(mktemp)
 while read -r dir bin; do
   [ -n "$bin" ] || continue
-  [ -f "$pack/bin/$bin.xz" ] && xz -dkf "$pack/bin/$bin.xz"
-  chmod +x "$pack/bin/$bin"
+  if [ -f "$pack/bin/$bin.xz" ]; then
+    xz -dc "$pack/bin/$bin.xz" > "$bindir/$bin"
+  else
+    cp "$pack/bin/$bin" "$bindir/$bin"
+  fi
+  chmod +x "$bindir/$bin"
   while IFS= read -r name; do
     keep=$([ $# -eq 0 ] && echo 1 || echo 0)
     for filter in "$@"; do
       case "$name" in *"$filter"*) keep=1 ;; esac
     done
     [ "$keep" = 1 ] && echo "$dir $bin $name" >> "$selected"
-  done < <("$pack/bin/$bin" --list --format terse 2>/dev/null | sed -n 's/: test$//p')
+  done < <("$bindir/$bin" --list --format terse 2>/dev/null | sed -n 's/: test$//p')
 done < "$pack/tests.txt"
 
 # Longest first, so the slowest tests do not start last: the parity tests
@@ -93,7 +101,7 @@ run_one() {
   t0=$(date +%s.%N)
   ( cd "$root/$dir" && CARGO_MANIFEST_DIR="$root/$dir" \
       BNORM_REFERENCE_FIXTURES="${BNORM_REFERENCE_FIXTURES:-$fixtures}" \
-      timeout "$limit" "$pack/bin/$bin" --exact "$name" --test-threads 1 ) > "$log" 2>&1
+      timeout "$limit" "$bindir/$bin" --exact "$name" --test-threads 1 ) > "$log" 2>&1
   rc=$?
   t1=$(date +%s.%N)
   if [ $rc = 0 ] && grep -q '^test result: ok. 1 passed' "$log"; then
@@ -108,7 +116,7 @@ run_one() {
   printf '%-8s %6.1fs %s\n' "$status" "$(awk "BEGIN { print $t1 - $t0 }")" "$name" >> "$results/summary.txt"
 }
 export -f run_one
-export root pack deadline_s results start
+export root pack bindir deadline_s results start
 xargs -P "$jobs" -L 1 bash -c 'run_one "$@"' _ < "$ordered"
 rm -f "$selected" "$ordered"
 
