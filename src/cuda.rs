@@ -1,20 +1,7 @@
 //! CUDA device selection with a readable failure.
 
-use std::any::Any;
-use std::panic::{self, PanicHookInfo};
-use std::sync::{Arc, Mutex};
-
 use burn::backend::cuda::CudaDevice;
 use burn::backend::Cuda;
-use burn::tensor::Tensor;
-
-/// What `std::panic::take_hook` returns.
-type PanicHook = Box<dyn Fn(&PanicHookInfo<'_>) + Sync + Send>;
-
-/// The devices whose probe passed (each is probed once per process); the
-/// lock also keeps probes one at a time, as a probe swaps the process's
-/// panic hook.
-static PROBED: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 
 /// Returns CUDA device `index` after checking, the first time it is asked
 /// for, that it can run a kernel.
@@ -22,78 +9,20 @@ static PROBED: Mutex<Vec<usize>> = Mutex::new(Vec::new());
 /// burn initialises the CUDA driver lazily, on a device thread of its own,
 /// and a missing driver library, NVRTC or device panics there; the calling
 /// thread only sees the channel to that thread close. This runs one tiny
-/// kernel up front, collects the panic messages raised meanwhile (on any
-/// thread, each with its thread's name, so one from an unrelated thread
-/// panicking at the same moment can be told apart) and turns such a
-/// failure into one panic that gives the runtime's own reason and what a
-/// CUDA run needs.
+/// kernel up front and turns such a failure into one panic that gives the
+/// runtime's own reason and what a CUDA run needs.
 ///
 /// # Panics
 ///
 /// If the device cannot be initialised.
 pub fn device_or_explain(index: usize) -> CudaDevice {
-    let device = CudaDevice::new(index);
-    let mut probed = PROBED
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if probed.contains(&index) {
-        return device;
-    }
-    let raised = Arc::new(Mutex::new(Vec::<String>::new()));
-    // Record every panic message while the probe runs, then hand it on to
-    // the hook that was installed (output unchanged).
-    let previous: Arc<PanicHook> = Arc::new(panic::take_hook());
-    {
-        let (raised, previous) = (raised.clone(), previous.clone());
-        panic::set_hook(Box::new(move |info| {
-            if let Ok(mut raised) = raised.lock() {
-                let thread = std::thread::current();
-                let thread = thread.name().unwrap_or("unnamed");
-                raised.push(format!(
-                    "[thread '{thread}'] {}",
-                    payload_text(info.payload())
-                ));
-            }
-            previous(info);
-        }));
-    }
-    let probe = panic::catch_unwind(|| {
-        let t = Tensor::<Cuda, 1>::ones([2], &device);
-        t.sum().into_data()
-    });
-    drop(panic::take_hook());
-    match Arc::try_unwrap(previous) {
-        Ok(previous) => panic::set_hook(previous),
-        Err(previous) => panic::set_hook(Box::new(move |info| previous(info))),
-    }
-    if probe.is_ok() {
-        probed.push(index);
-    }
-    drop(probed);
-
-    if let Err(panic) = probe {
-        // The runtime's device thread panics first, with the real reason;
-        // the caller's own panic (a closed channel) comes after it.
-        let reason = raised
-            .lock()
-            .ok()
-            .and_then(|raised| raised.first().cloned())
-            .unwrap_or_else(|| payload_text(&*panic));
-        panic!(
+    crate::device_probe::probe::<Cuda>(CudaDevice::new(index), &format!("cuda:{index}"), |reason| {
+        format!(
             "no usable CUDA device {index}: burn-cuda failed to initialise it: {reason}\n\
              A CUDA run needs an NVIDIA GPU, the driver library libcuda.so and the runtime \
              compiler libnvrtc.so on the library path (LD_LIBRARY_PATH={}). Run the CPU \
              tests without `--features cuda` or without BNORM_DEVICE=cuda.",
             std::env::var("LD_LIBRARY_PATH").unwrap_or_default()
-        );
-    }
-    device
-}
-
-fn payload_text(payload: &(dyn Any + Send)) -> String {
-    payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "unknown error".to_string())
+        )
+    })
 }

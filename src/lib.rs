@@ -18,7 +18,10 @@
 //! reference implementations' PyTorch checkpoints.
 //!
 //! The `cuda` feature enables burn's CUDA backend (kernels compiled at run
-//! time through NVRTC; building needs no CUDA toolkit).
+//! time through NVRTC; building needs no CUDA toolkit) and the module
+//! `cuda`; the `wgpu` feature burn's wgpu backend (Vulkan, Metal, DirectX
+//! 12) and the module `wgpu`. Either also lets CBN's Jacobians run on that
+//! backend directly rather than through autodiff's wrappers.
 
 pub use bnorm_core as core;
 pub use bnorm_crossiter as crossiter;
@@ -44,6 +47,10 @@ pub use burn;
 
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+mod device_probe;
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 #[cfg(feature = "pytorch")]
 pub mod pytorch;

@@ -1,7 +1,8 @@
-//! ndarray vs CUDA: the same inputs, parameters and state through both
-//! backends, several training steps and an eval step, comparing outputs,
-//! gradients and every recorded state tensor; and a checkpoint written on
-//! one backend continued on the other. Built with `--features cuda` only.
+//! ndarray vs a GPU backend (CUDA with `--features cuda`, wgpu with
+//! `--features wgpu`; one rstest case each): the same inputs, parameters
+//! and state through both backends, several training steps and an eval
+//! step, comparing outputs, gradients and every recorded state tensor; and
+//! a checkpoint written on one backend continued on the other.
 //!
 //! Tolerance: float32 reductions run in a different order on the GPU
 //! (parallel trees vs sequential sums), so each sum's rounding error scales
@@ -10,9 +11,10 @@
 //! absolute floor relative to the tensor's own scale, so values that cancel
 //! to near zero are judged against the size of what cancelled).
 //! `r = 1e-4` (the reference fixtures') for BRN, which is reductions and
-//! elementwise math only; `r = 2e-3` for the CBN blocks, whose convolution
-//! and matmul run in TF32 on burn-cuda (see `common::matmul_tolerance`).
-#![cfg(feature = "cuda")]
+//! elementwise math only; for the CBN blocks too on backends whose matmul
+//! is float32 (wgpu), and `r = 2e-3` on burn-cuda, whose convolution and
+//! matmul run in TF32 (see `common::check_matmul`).
+#![cfg(any(feature = "cuda", feature = "wgpu"))]
 
 use crate::common;
 
@@ -28,16 +30,17 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, Tensor, TensorData};
 use common::random::uniform;
 use common::*;
+use rstest::rstest;
 
 /// Relative tolerance of float32 reductions and elementwise math.
 const F32: f32 = 1e-4;
 /// Relative tolerance of results through a TF32 convolution or matmul.
 const TF32: f32 = 2e-3;
 
-fn check_parity_at(r: f32, what: &str, cuda: &TensorData, cpu: &TensorData) {
+fn check_parity_at(r: f32, what: &str, gpu: &TensorData, cpu: &TensorData) {
     let expected: Vec<f32> = cpu.to_vec().unwrap();
     let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
-    check_close(what, cuda, &cpu.shape, &expected, r, r * scale.max(1e-6)).unwrap();
+    check_close(what, gpu, &cpu.shape, &expected, r, r * scale.max(1e-6)).unwrap();
 }
 
 /// Every float tensor of a module (parameters and running state), in
@@ -70,9 +73,9 @@ fn state<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M) -> Vec<(String, T
     collect.out
 }
 
-fn compare_state(r: f32, what: &str, cuda: &[(String, TensorData)], cpu: &[(String, TensorData)]) {
-    assert_eq!(cuda.len(), cpu.len(), "{what}: state tensor count");
-    for ((name, a), (_, b)) in cuda.iter().zip(cpu) {
+fn compare_state(r: f32, what: &str, gpu: &[(String, TensorData)], cpu: &[(String, TensorData)]) {
+    assert_eq!(gpu.len(), cpu.len(), "{what}: state tensor count");
+    for ((name, a), (_, b)) in gpu.iter().zip(cpu) {
         check_parity_at(r, &format!("{what}: state {name}"), a, b);
     }
 }
@@ -95,8 +98,13 @@ fn transfer<B1: Backend, B2: Backend, M1: Module<B1>, M2: Module<B2>>(
     )
 }
 
-fn cuda() -> burn::backend::cuda::CudaDevice {
-    cuda_device()
+/// The parity tolerance of results through a convolution or matmul on `G`.
+fn matmul_parity<G: Backend>() -> f32 {
+    if tensor_cores::<G>() {
+        TF32
+    } else {
+        F32
+    }
 }
 
 /// One training step of a module with a generic forward: returns output,
@@ -114,11 +122,27 @@ macro_rules! step {
     }};
 }
 
-fn brn_case<const D: usize>(shape: [usize; D], masked: bool) {
-    let (cpu_dev, gpu_dev) = (Default::default(), cuda());
+/// [`brn_rank`] at the rank of `shape` (one generic argument, for
+/// `on_device!`).
+fn brn_case<G: AutodiffBackend>(gpu_dev: &G::Device, shape: &[usize], masked: bool) {
+    match shape.len() {
+        2 => brn_rank::<G, 2>(gpu_dev, shape.try_into().unwrap(), masked),
+        3 => brn_rank::<G, 3>(gpu_dev, shape.try_into().unwrap(), masked),
+        4 => brn_rank::<G, 4>(gpu_dev, shape.try_into().unwrap(), masked),
+        5 => brn_rank::<G, 5>(gpu_dev, shape.try_into().unwrap(), masked),
+        rank => panic!("no BRN parity case of rank {rank}"),
+    }
+}
+
+fn brn_rank<G: AutodiffBackend, const D: usize>(
+    gpu_dev: &G::Device,
+    shape: [usize; D],
+    masked: bool,
+) {
+    let cpu_dev = Default::default();
     let config = BatchRenormConfig::new(shape[1]).with_steps_compressed_to(6);
-    let (mut cpu, mut gpu): (BatchRenorm<NdArrayAd>, BatchRenorm<CudaAd>) =
-        transfer(config.init(&cpu_dev), config.init(&gpu_dev), &gpu_dev);
+    let (mut cpu, mut gpu): (BatchRenorm<NdArrayAd>, BatchRenorm<G>) =
+        transfer(config.init(&cpu_dev), config.init(gpu_dev), gpu_dev);
     // Every fourth position of each sequence is padding.
     let mask: Option<Vec<bool>> =
         masked.then(|| (0..shape[0] * shape[D - 1]).map(|i| i % 4 == 3).collect());
@@ -135,12 +159,12 @@ fn brn_case<const D: usize>(shape: [usize; D], masked: bool) {
             }
             None => m.forward(x),
         };
-        let forward_gpu = |m: &BatchRenorm<CudaAd>, x: Tensor<CudaAd, D>| match mask.clone() {
+        let forward_gpu = |m: &BatchRenorm<G>, x: Tensor<G, D>| match mask.clone() {
             Some(mk) => {
-                let x3: Tensor<CudaAd, 3> = x.reshape([shape[0], shape[1], shape[D - 1]]);
-                let mk = Tensor::<CudaAd, 2, Bool>::from_data(
+                let x3: Tensor<G, 3> = x.reshape([shape[0], shape[1], shape[D - 1]]);
+                let mk = Tensor::<G, 2, Bool>::from_data(
                     TensorData::new(mk, [shape[0], shape[D - 1]]),
-                    &gpu_dev,
+                    gpu_dev,
                 );
                 m.forward_masked(x3, mk).reshape(shape)
             }
@@ -155,10 +179,10 @@ fn brn_case<const D: usize>(shape: [usize; D], masked: bool) {
             0.05
         );
         let (y2, g2, next_gpu) = step!(
-            CudaAd,
+            G,
             gpu,
-            uniform::<CudaAd, D>(shape, step, -1.0, 3.0, &gpu_dev),
-            uniform::<CudaAd, D>(shape, 100 + step, -1.0, 1.0, &gpu_dev),
+            uniform::<G, D>(shape, step, -1.0, 3.0, gpu_dev),
+            uniform::<G, D>(shape, 100 + step, -1.0, 1.0, gpu_dev),
             forward_gpu,
             0.05
         );
@@ -169,7 +193,7 @@ fn brn_case<const D: usize>(shape: [usize; D], masked: bool) {
         gpu = next_gpu;
     }
     let x_cpu = uniform::<_, D>(shape, 77, -1.0, 3.0, &cpu_dev);
-    let x_gpu = uniform::<_, D>(shape, 77, -1.0, 3.0, &gpu_dev);
+    let x_gpu = uniform::<_, D>(shape, 77, -1.0, 3.0, gpu_dev);
     check_parity_at(
         F32,
         &format!("BRN {shape:?} eval"),
@@ -181,35 +205,52 @@ fn brn_case<const D: usize>(shape: [usize; D], masked: bool) {
 // One test per case (every rank, masked; each runs the schedule's ramp), so
 // a runner with a process per test (tools/gpu-test-parallel.sh) compiles
 // their kernels in parallel.
-#[test]
-fn brn_parity_rank_2() {
-    brn_case([4, 3], false);
+#[rstest]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+fn brn_parity_rank_2(#[case] device: TestDevice) {
+    on_device!(device, brn_case, &[4, 3], false);
 }
 
-#[test]
-fn brn_parity_rank_3() {
-    brn_case([2, 3, 5], false);
+#[rstest]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+fn brn_parity_rank_3(#[case] device: TestDevice) {
+    on_device!(device, brn_case, &[2, 3, 5], false);
 }
 
-#[test]
-fn brn_parity_rank_3_masked() {
-    brn_case([2, 3, 8], true);
+#[rstest]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+fn brn_parity_rank_3_masked(#[case] device: TestDevice) {
+    on_device!(device, brn_case, &[2, 3, 8], true);
 }
 
-#[test]
-fn brn_parity_rank_4() {
-    brn_case([2, 3, 4, 4], false);
+#[rstest]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+fn brn_parity_rank_4(#[case] device: TestDevice) {
+    on_device!(device, brn_case, &[2, 3, 4, 4], false);
 }
 
-#[test]
-fn brn_parity_rank_5() {
-    brn_case([2, 2, 3, 3, 2], false);
+#[rstest]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+fn brn_parity_rank_5(#[case] device: TestDevice) {
+    on_device!(device, brn_case, &[2, 2, 3, 3, 2], false);
 }
 
-fn conv_case(config: Conv2dCbnConfig, input: [usize; 4], lr: f64, name: &str) {
-    let (cpu_dev, gpu_dev) = (Default::default(), cuda());
-    let (mut cpu, mut gpu): (Conv2dCbn<NdArrayAd>, Conv2dCbn<CudaAd>) =
-        transfer(config.init(&cpu_dev), config.init(&gpu_dev), &gpu_dev);
+fn conv_case<G: AutodiffBackend>(
+    gpu_dev: &G::Device,
+    config: Conv2dCbnConfig,
+    input: [usize; 4],
+    lr: f64,
+    name: &str,
+) {
+    let cpu_dev = Default::default();
+    let r = matmul_parity::<G>();
+    let (mut cpu, mut gpu): (Conv2dCbn<NdArrayAd>, Conv2dCbn<G>) =
+        transfer(config.init(&cpu_dev), config.init(gpu_dev), gpu_dev);
     let out_shape = {
         let y = cpu.valid().forward(uniform(input, 0, 0.0, 1.0, &cpu_dev));
         y.dims()
@@ -217,7 +258,7 @@ fn conv_case(config: Conv2dCbnConfig, input: [usize; 4], lr: f64, name: &str) {
     for step in 0..8u64 {
         let what = format!("{name} step {step}");
         let fwd_cpu = |m: &Conv2dCbn<NdArrayAd>, x| m.forward(x);
-        let fwd_gpu = |m: &Conv2dCbn<CudaAd>, x| m.forward(x);
+        let fwd_gpu = |m: &Conv2dCbn<G>, x| m.forward(x);
         let (y1, g1, next_cpu) = step!(
             NdArrayAd,
             cpu,
@@ -227,16 +268,16 @@ fn conv_case(config: Conv2dCbnConfig, input: [usize; 4], lr: f64, name: &str) {
             lr
         );
         let (y2, g2, next_gpu) = step!(
-            CudaAd,
+            G,
             gpu,
-            uniform::<CudaAd, 4>(input, step, -1.0, 2.0, &gpu_dev),
-            uniform::<CudaAd, 4>(out_shape, 300 + step, -1.0, 1.0, &gpu_dev),
+            uniform::<G, 4>(input, step, -1.0, 2.0, gpu_dev),
+            uniform::<G, 4>(out_shape, 300 + step, -1.0, 1.0, gpu_dev),
             fwd_gpu,
             lr
         );
-        check_parity_at(TF32, &format!("{what} output"), &y2, &y1);
-        check_parity_at(TF32, &format!("{what} grad input"), &g2, &g1);
-        compare_state(TF32, &what, &state(&next_gpu), &state(&next_cpu));
+        check_parity_at(r, &format!("{what} output"), &y2, &y1);
+        check_parity_at(r, &format!("{what} grad input"), &g2, &g1);
+        compare_state(r, &what, &state(&next_gpu), &state(&next_cpu));
         cpu = next_cpu;
         gpu = next_gpu;
     }
@@ -246,9 +287,9 @@ fn conv_case(config: Conv2dCbnConfig, input: [usize; 4], lr: f64, name: &str) {
         "{name}: history fill"
     );
     let x_cpu = uniform(input, 99, -1.0, 2.0, &cpu_dev);
-    let x_gpu = uniform(input, 99, -1.0, 2.0, &gpu_dev);
+    let x_gpu = uniform(input, 99, -1.0, 2.0, gpu_dev);
     check_parity_at(
-        TF32,
+        r,
         &format!("{name} eval"),
         &gpu.valid().forward(x_gpu).into_data(),
         &cpu.valid().forward(x_cpu).into_data(),
@@ -256,9 +297,13 @@ fn conv_case(config: Conv2dCbnConfig, input: [usize; 4], lr: f64, name: &str) {
 }
 
 /// Ramp burn-in into a full window, stride, groups, bias.
-#[test]
-fn cbn_conv_parity_ramp_burn_in() {
-    conv_case(
+#[rstest]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+fn cbn_conv_parity_ramp_burn_in(#[case] device: TestDevice) {
+    on_device!(
+        device,
+        conv_case,
         Conv2dCbnConfig::new([4, 6], [3, 3])
             .with_stride([2, 1])
             .with_groups(2)
@@ -276,9 +321,13 @@ fn cbn_conv_parity_ramp_burn_in() {
 }
 
 /// Reference settings, two-stage burn-in, batch of one.
-#[test]
-fn cbn_conv_parity_reference_batch_of_one() {
-    conv_case(
+#[rstest]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+fn cbn_conv_parity_reference_batch_of_one(#[case] device: TestDevice) {
+    on_device!(
+        device,
+        conv_case,
         Conv2dCbnConfig::new([2, 3], [3, 3])
             .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
             .with_bias(false)
@@ -296,9 +345,13 @@ fn cbn_conv_parity_reference_batch_of_one() {
 
 /// Large steps: stale entries whose compensated variance turns negative get
 /// dropped.
-#[test]
-fn cbn_conv_parity_negative_variance_drop() {
-    conv_case(
+#[rstest]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+fn cbn_conv_parity_negative_variance_drop(#[case] device: TestDevice) {
+    on_device!(
+        device,
+        conv_case,
         Conv2dCbnConfig::new([2, 4], [3, 3])
             .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
             .with_bias(false)
@@ -309,16 +362,23 @@ fn cbn_conv_parity_negative_variance_drop() {
     );
 }
 
-#[test]
-fn cbn_linear_parity() {
-    let (cpu_dev, gpu_dev) = (Default::default(), cuda());
+#[rstest]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+fn cbn_linear_parity(#[case] device: TestDevice) {
+    on_device!(device, linear_case);
+}
+
+fn linear_case<G: AutodiffBackend>(gpu_dev: &G::Device) {
+    let cpu_dev = Default::default();
+    let r = matmul_parity::<G>();
     let config = LinearCbnConfig::new(5, 4).with_window(3);
-    let (mut cpu, mut gpu): (LinearCbn<NdArrayAd>, LinearCbn<CudaAd>) =
-        transfer(config.init(&cpu_dev), config.init(&gpu_dev), &gpu_dev);
+    let (mut cpu, mut gpu): (LinearCbn<NdArrayAd>, LinearCbn<G>) =
+        transfer(config.init(&cpu_dev), config.init(gpu_dev), gpu_dev);
     for step in 0..6u64 {
         let what = format!("linear step {step}");
         let fwd_cpu = |m: &LinearCbn<NdArrayAd>, x: Tensor<NdArrayAd, 3>| m.forward(x);
-        let fwd_gpu = |m: &LinearCbn<CudaAd>, x: Tensor<CudaAd, 3>| m.forward(x);
+        let fwd_gpu = |m: &LinearCbn<G>, x: Tensor<G, 3>| m.forward(x);
         let (y1, g1, next_cpu) = step!(
             NdArrayAd,
             cpu,
@@ -328,31 +388,38 @@ fn cbn_linear_parity() {
             0.05
         );
         let (y2, g2, next_gpu) = step!(
-            CudaAd,
+            G,
             gpu,
-            uniform::<CudaAd, 3>([2, 3, 5], step, -1.0, 1.0, &gpu_dev),
-            uniform::<CudaAd, 3>([2, 3, 4], 40 + step, -1.0, 1.0, &gpu_dev),
+            uniform::<G, 3>([2, 3, 5], step, -1.0, 1.0, gpu_dev),
+            uniform::<G, 3>([2, 3, 4], 40 + step, -1.0, 1.0, gpu_dev),
             fwd_gpu,
             0.05
         );
-        check_parity_at(TF32, &format!("{what} output"), &y2, &y1);
-        check_parity_at(TF32, &format!("{what} grad input"), &g2, &g1);
-        compare_state(TF32, &what, &state(&next_gpu), &state(&next_cpu));
+        check_parity_at(r, &format!("{what} output"), &y2, &y1);
+        check_parity_at(r, &format!("{what} grad input"), &g2, &g1);
+        compare_state(r, &what, &state(&next_gpu), &state(&next_cpu));
         cpu = next_cpu;
         gpu = next_gpu;
     }
 }
 
-/// A checkpoint written on ndarray continues on CUDA (and back) like the
-/// run that stayed on ndarray.
-#[test]
-fn checkpoint_crosses_backends() {
-    let (cpu_dev, gpu_dev) = (Default::default(), cuda());
+/// A checkpoint written on ndarray continues on the GPU backend (and back)
+/// like the run that stayed on ndarray.
+#[rstest]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+fn checkpoint_crosses_backends(#[case] device: TestDevice) {
+    on_device!(device, checkpoint_case);
+}
+
+fn checkpoint_case<G: AutodiffBackend>(gpu_dev: &G::Device) {
+    let cpu_dev = Default::default();
+    let r = matmul_parity::<G>();
     let config = Conv2dCbnConfig::new([2, 3], [3, 3])
         .with_padding(PaddingConfig2d::Same)
         .with_norm(CrossIterBatchNormConfig::new(0).with_window(4));
     let fwd_cpu = |m: &Conv2dCbn<NdArrayAd>, x| m.forward(x);
-    let fwd_gpu = |m: &Conv2dCbn<CudaAd>, x| m.forward(x);
+    let fwd_gpu = |m: &Conv2dCbn<G>, x| m.forward(x);
     let mut cpu: Conv2dCbn<NdArrayAd> = config.init(&cpu_dev);
     for step in 0..4u64 {
         cpu = step!(
@@ -370,10 +437,10 @@ fn checkpoint_crosses_backends() {
     let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
     cpu.clone().save_file(dir.join("cpu"), &recorder).unwrap();
     let mut gpu = config
-        .init::<CudaAd>(&gpu_dev)
-        .load_checkpoint(dir.join("cpu.mpk"), &recorder, &gpu_dev)
+        .init::<G>(gpu_dev)
+        .load_checkpoint(dir.join("cpu.mpk"), &recorder, gpu_dev)
         .unwrap();
-    compare_state(TF32, "loaded on CUDA", &state(&gpu), &state(&cpu));
+    compare_state(r, "loaded on the GPU backend", &state(&gpu), &state(&cpu));
     for step in 4..8u64 {
         let (y1, _, next_cpu) = step!(
             NdArrayAd,
@@ -384,29 +451,29 @@ fn checkpoint_crosses_backends() {
             0.05
         );
         let (y2, _, next_gpu) = step!(
-            CudaAd,
+            G,
             gpu,
-            uniform::<CudaAd, 4>([1, 2, 5, 5], step, -1.0, 1.0, &gpu_dev),
-            uniform::<CudaAd, 4>([1, 3, 5, 5], 9 + step, -1.0, 1.0, &gpu_dev),
+            uniform::<G, 4>([1, 2, 5, 5], step, -1.0, 1.0, gpu_dev),
+            uniform::<G, 4>([1, 3, 5, 5], 9 + step, -1.0, 1.0, gpu_dev),
             fwd_gpu,
             0.05
         );
-        check_parity_at(TF32, &format!("continued step {step} output"), &y2, &y1);
+        check_parity_at(r, &format!("continued step {step} output"), &y2, &y1);
         cpu = next_cpu;
         gpu = next_gpu;
     }
-    compare_state(TF32, "continued on CUDA", &state(&gpu), &state(&cpu));
-    // And back: the CUDA state loads on ndarray.
+    compare_state(
+        r,
+        "continued on the GPU backend",
+        &state(&gpu),
+        &state(&cpu),
+    );
+    // And back: the GPU state loads on ndarray.
     gpu.save_file(dir.join("gpu"), &recorder).unwrap();
     let back = config
         .init::<NdArrayAd>(&cpu_dev)
         .load_checkpoint(dir.join("gpu.mpk"), &recorder, &cpu_dev)
         .unwrap();
-    compare_state(
-        TF32,
-        "CUDA checkpoint on ndarray",
-        &state(&back),
-        &state(&cpu),
-    );
+    compare_state(r, "GPU checkpoint on ndarray", &state(&back), &state(&cpu));
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -119,6 +119,7 @@ fn equals_batch_norm<B: AutodiffBackend>(device: &B::Device) {
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
 #[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn brn_with_rmax1_dmax0_is_batch_norm(#[case] dev: TestDevice) {
     on_device!(dev, equals_batch_norm);
 }
@@ -170,6 +171,7 @@ fn batch_of_one<B: AutodiffBackend>(device: &B::Device) {
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
 #[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn brn_batch_of_one_is_finite(#[case] dev: TestDevice) {
     on_device!(dev, batch_of_one);
 }
@@ -249,6 +251,7 @@ fn resume<B: AutodiffBackend>(device: &B::Device) {
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
 #[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn brn_resume_is_bit_identical(#[case] dev: TestDevice) {
     on_device!(dev, resume);
 }
@@ -313,6 +316,7 @@ fn record_mismatch<B: AutodiffBackend>(device: &B::Device) {
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
 #[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn brn_record_mismatch_is_an_error(#[case] dev: TestDevice) {
     on_device!(dev, record_mismatch);
 }
@@ -354,6 +358,7 @@ fn bad_input<B: AutodiffBackend>(device: &B::Device) {
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
 #[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn brn_bad_input_panics_clearly(#[case] dev: TestDevice) {
     on_device!(dev, bad_input);
 }

@@ -214,6 +214,7 @@ fn replay_all<B: AutodiffBackend>(device: &B::Device, name: &str) {
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
 #[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn brn_reference_fixtures(#[case] dev: TestDevice) {
     on_device!(dev, replay_all, dev.name());
 }

@@ -170,6 +170,7 @@ fn conv_jacobians<B: AutodiffBackend>(device: &B::Device) {
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
 #[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn conv_jacobians_equal_autodiff(#[case] dev: TestDevice) {
     on_device!(dev, conv_jacobians);
 }
@@ -221,6 +222,7 @@ fn linear_jacobians<B: AutodiffBackend>(device: &B::Device) {
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
 #[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn linear_jacobians_equal_autodiff(#[case] dev: TestDevice) {
     on_device!(dev, linear_jacobians);
 }
@@ -304,6 +306,7 @@ fn compensation_accuracy<B: AutodiffBackend>(device: &B::Device) {
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
 #[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn compensation_is_first_order_exact(#[case] dev: TestDevice) {
     on_device!(dev, compensation_accuracy);
 }
@@ -408,6 +411,7 @@ fn window_one<B: AutodiffBackend>(device: &B::Device) {
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
 #[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn cbn_window_one_is_batch_norm(#[case] dev: TestDevice) {
     on_device!(dev, window_one);
 }
@@ -455,6 +459,7 @@ fn negative_variance<B: AutodiffBackend>(device: &B::Device) {
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
 #[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn cbn_drops_negative_variance_per_channel(#[case] dev: TestDevice) {
     on_device!(dev, negative_variance);
 }
@@ -509,6 +514,7 @@ fn batch_of_one<B: AutodiffBackend>(device: &B::Device) {
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
 #[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn cbn_batch_of_one_is_finite(#[case] dev: TestDevice) {
     on_device!(dev, batch_of_one);
 }
@@ -540,6 +546,7 @@ fn linear_sequence<B: AutodiffBackend>(device: &B::Device) {
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
 #[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn linear_cbn_sequences(#[case] dev: TestDevice) {
     on_device!(dev, linear_sequence);
 }
@@ -711,6 +718,7 @@ fn resume<B: AutodiffBackend>(device: &B::Device) {
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
 #[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn cbn_resume_is_bit_identical(#[case] dev: TestDevice) {
     on_device!(dev, resume);
 }
@@ -759,6 +767,7 @@ fn conv_output_given<B: AutodiffBackend>(device: &B::Device) {
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
 #[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn cbn_forward_conv_output_is_forward(#[case] dev: TestDevice) {
     on_device!(dev, conv_output_given);
 }
@@ -810,6 +819,7 @@ fn record_mismatch<B: AutodiffBackend>(device: &B::Device) {
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
 #[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn cbn_record_mismatch_is_an_error(#[case] dev: TestDevice) {
     on_device!(dev, record_mismatch);
 }
@@ -871,6 +881,7 @@ fn bad_input<B: AutodiffBackend>(device: &B::Device) {
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
 #[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn cbn_bad_input_panics_clearly(#[case] dev: TestDevice) {
     on_device!(dev, bad_input);
 }

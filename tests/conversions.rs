@@ -125,6 +125,7 @@ fn from_batch_norm<B: AutodiffBackend>(device: &B::Device) {
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
 #[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn conversions_from_batch_norm_keep_eval_output(#[case] dev: TestDevice) {
     on_device!(dev, from_batch_norm);
 }
@@ -213,6 +214,7 @@ fn folding<B: AutodiffBackend>(device: &B::Device) {
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
 #[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn folding_equals_eval_output(#[case] dev: TestDevice) {
     on_device!(dev, folding);
 }
@@ -313,6 +315,7 @@ fn pytorch_import<B: AutodiffBackend>(device: &B::Device) {
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
 #[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn pytorch_checkpoints_reproduce_reference(#[case] dev: TestDevice) {
     on_device!(dev, pytorch_import);
 }

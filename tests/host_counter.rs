@@ -61,6 +61,7 @@ fn records_interchange<B: AutodiffBackend>(device: &B::Device) {
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
 #[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn counter_records_interchange_with_running_state(#[case] dev: TestDevice) {
     on_device!(dev, records_interchange);
 }
@@ -190,6 +191,7 @@ fn burn_in_skips_window<B: AutodiffBackend>(device: &B::Device) {
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
 #[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn cbn_burn_in_skips_the_window(#[case] dev: TestDevice) {
     on_device!(dev, burn_in_skips_window);
 }

@@ -21,9 +21,12 @@ mod host_counter;
 #[path = "small_batch_demo.rs"]
 mod small_batch_demo;
 
-#[cfg(feature = "cuda")]
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
 #[path = "backend_parity.rs"]
 mod backend_parity;
 #[cfg(feature = "cuda")]
 #[path = "cuda_device.rs"]
 mod cuda_device;
+#[cfg(feature = "wgpu")]
+#[path = "wgpu_device.rs"]
+mod wgpu_device;

@@ -1,5 +1,5 @@
 //! The devices test bodies run on: ndarray always, CUDA with `--features
-//! cuda`. Test bodies are generic functions over an autodiff backend; the
+//! cuda`, wgpu with `--features wgpu`. Test bodies are generic functions over an autodiff backend; the
 //! [`on_device!`] macro instantiates one for a [`TestDevice`] case.
 
 /// One backend a test case runs on.
@@ -8,19 +8,25 @@ pub enum TestDevice {
     NdArray,
     #[cfg(feature = "cuda")]
     Cuda,
+    #[cfg(feature = "wgpu")]
+    Wgpu,
 }
 
 impl TestDevice {
     /// The device a single-device test uses: `BNORM_DEVICE=cuda` selects
-    /// CUDA (with the `cuda` feature), anything else ndarray.
+    /// CUDA (with the `cuda` feature), `BNORM_DEVICE=wgpu` wgpu (with the
+    /// `wgpu` feature), anything else ndarray.
     pub fn from_env() -> Self {
         match std::env::var("BNORM_DEVICE").as_deref() {
             #[cfg(feature = "cuda")]
             Ok("cuda") => TestDevice::Cuda,
-            #[cfg(not(feature = "cuda"))]
-            Ok("cuda") => panic!(
-                "BNORM_DEVICE=cuda but the tests were built without the `cuda` feature; \
-                 rebuild with `--features cuda`"
+            #[cfg(feature = "wgpu")]
+            Ok("wgpu") => TestDevice::Wgpu,
+            // Reached for a backend whose feature is off.
+            #[allow(unreachable_patterns)]
+            Ok(name @ ("cuda" | "wgpu")) => panic!(
+                "BNORM_DEVICE={name} but the tests were built without the `{name}` feature; \
+                 rebuild with `--features {name}`"
             ),
             _ => TestDevice::NdArray,
         }
@@ -31,6 +37,8 @@ impl TestDevice {
             TestDevice::NdArray => "ndarray",
             #[cfg(feature = "cuda")]
             TestDevice::Cuda => "cuda",
+            #[cfg(feature = "wgpu")]
+            TestDevice::Wgpu => "wgpu",
         }
     }
 }
@@ -44,6 +52,15 @@ pub fn cuda_device() -> burn::backend::cuda::CudaDevice {
     bnorm::cuda::device_or_explain(0)
 }
 
+#[cfg(feature = "wgpu")]
+pub type WgpuAd = burn::backend::Autodiff<burn::backend::Wgpu>;
+
+/// burn-wgpu's default device, with a clear message when there is none.
+#[cfg(feature = "wgpu")]
+pub fn wgpu_device() -> burn::backend::wgpu::WgpuDevice {
+    bnorm::wgpu::device_or_explain()
+}
+
 /// Calls the generic test body `$body::<B>(&device, args...)` on the backend
 /// of the [`TestDevice`] `$dev`.
 macro_rules! on_device {
@@ -55,6 +72,10 @@ macro_rules! on_device {
             #[cfg(feature = "cuda")]
             $crate::common::TestDevice::Cuda => {
                 $body::<$crate::common::CudaAd>(&$crate::common::cuda_device() $(, $arg)*)
+            }
+            #[cfg(feature = "wgpu")]
+            $crate::common::TestDevice::Wgpu => {
+                $body::<$crate::common::WgpuAd>(&$crate::common::wgpu_device() $(, $arg)*)
             }
         }
     };

@@ -17,10 +17,11 @@
 //!
 //! [`JacobianWork::run_on_inner`] runs the work on `I` when `B` is
 //! `Autodiff<I>` for an `I` this build can name — burn-ndarray's `NdArray`
-//! and, with the `cuda` feature, burn-cuda's `Cuda`, each with its default
-//! element types and autodiff's default checkpointing — found by `TypeId`
-//! through `Any`, and runs the same math on `B` otherwise (other GPU
-//! backends, other element types: correct, without these two savings).
+//! and, with the `cuda` and `wgpu` features, burn-cuda's `Cuda` and
+//! burn-wgpu's `Wgpu`, each with its default element types and autodiff's
+//! default checkpointing — found by `TypeId` through `Any`, and runs the
+//! same math on `B` otherwise (other backends, other element types:
+//! correct, without these two savings).
 
 use core::any::Any;
 
@@ -45,6 +46,11 @@ pub(crate) trait JacobianWork<const D: usize>: Copy {
         };
         #[cfg(feature = "cuda")]
         let (x, y) = match on_inner::<B, burn::backend::Cuda, D>(x, y, self) {
+            Ok(jacobians) => return jacobians,
+            Err(values) => values,
+        };
+        #[cfg(feature = "wgpu")]
+        let (x, y) = match on_inner::<B, burn::backend::Wgpu, D>(x, y, self) {
             Ok(jacobians) => return jacobians,
             Err(values) => values,
         };
@@ -114,14 +120,12 @@ mod tests {
         }
     }
 
-    /// `Autodiff<NdArray>` runs the work on `NdArray` and hands back its
-    /// values; a backend without a known inner one runs it on itself.
-    #[test]
-    fn work_runs_on_the_inner_backend_where_known() {
-        type Ad = Autodiff<NdArray>;
-        let device = Default::default();
-        let x = Tensor::<Ad, 2>::from_floats([[1.0, 2.0]], &device);
-        let y = Tensor::<Ad, 2>::from_floats([[3.0, 4.0]], &device);
+    /// `Autodiff<I>` runs the work on `I` and hands back its values; the
+    /// autodiff backend itself would add 1 (the fallback for backends this
+    /// build cannot name); `I` alone runs the work itself.
+    fn work_runs_on_the_inner_backend<I: Backend>(device: &I::Device) {
+        let x = Tensor::<Autodiff<I>, 2>::from_floats([[1.0, 2.0]], device);
+        let y = Tensor::<Autodiff<I>, 2>::from_floats([[3.0, 4.0]], device);
         let jacobians = Probe.run_on_inner(x.clone(), y.clone());
         assert_eq!(
             jacobians.mean.to_data().to_vec::<f32>().unwrap(),
@@ -138,8 +142,25 @@ mod tests {
             [2.0, 3.0]
         );
         // A backend that is not an autodiff backend runs the work itself.
-        let x = Tensor::<NdArray, 2>::from_floats([[1.0, 2.0]], &device);
+        let x = Tensor::<I, 2>::from_floats([[1.0, 2.0]], device);
         let plain = Probe.run_on_inner(x.clone(), x);
         assert_eq!(plain.mean.to_data().to_vec::<f32>().unwrap(), [1.0, 2.0]);
+    }
+
+    #[test]
+    fn work_runs_on_the_inner_backend_ndarray() {
+        work_runs_on_the_inner_backend::<NdArray>(&Default::default());
+    }
+
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn work_runs_on_the_inner_backend_cuda() {
+        work_runs_on_the_inner_backend::<burn::backend::Cuda>(&Default::default());
+    }
+
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn work_runs_on_the_inner_backend_wgpu() {
+        work_runs_on_the_inner_backend::<burn::backend::Wgpu>(&Default::default());
     }
 }
