@@ -1,6 +1,7 @@
 //! The devices test bodies run on: ndarray always, CUDA with `--features
-//! cuda`, wgpu with `--features wgpu`. Test bodies are generic functions over an autodiff backend; the
-//! [`on_device!`] macro instantiates one for a [`TestDevice`] case.
+//! cuda`, wgpu with `--features wgpu`. Test bodies are generic functions
+//! over an autodiff backend; the [`on_device!`] macro instantiates one for
+//! a [`TestDevice`] case.
 
 /// One backend a test case runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
