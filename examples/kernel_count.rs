@@ -19,6 +19,10 @@
 //! more, and breaks the count down by kernel for Conv2dCbn (window 8)
 //! against Conv2d + BatchNorm.
 
+// The benches' training step (forward, backward, input gradient read back).
+#[path = "../benches/common/mod.rs"]
+mod bench_common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -98,11 +102,11 @@ fn main() {
     ];
     for (label, forward) in layers {
         for _ in 0..WARM_UP_STEPS {
-            train_step(&x, forward);
+            bench_common::train_step(&x, forward);
         }
         counter.mark();
         for _ in 0..COUNTED_STEPS {
-            train_step(&x, forward);
+            bench_common::train_step(&x, forward);
         }
         let launches = counter.since_mark();
         println!(
@@ -129,13 +133,6 @@ fn main() {
         );
     }
     std::fs::remove_file(counter.path).ok();
-}
-
-/// One training step, synchronised: the input gradient is read back.
-fn train_step(x: &Tensor<B, 4>, forward: &dyn Fn(Tensor<B, 4>) -> Tensor<B, 4>) {
-    let x = x.clone().require_grad();
-    let grads = forward(x.clone()).sum().backward();
-    let _ = x.grad(&grads).unwrap().sum().into_data();
 }
 
 /// Launch counts per kernel: the name up to its first type argument (the

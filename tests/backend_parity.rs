@@ -32,11 +32,6 @@ use common::random::uniform;
 use common::*;
 use rstest::rstest;
 
-/// Relative tolerance of float32 reductions and elementwise math.
-const F32: f32 = 1e-4;
-/// Relative tolerance of results through a TF32 convolution or matmul.
-const TF32: f32 = 2e-3;
-
 fn check_parity_at(r: f32, what: &str, gpu: &TensorData, cpu: &TensorData) {
     let expected: Vec<f32> = cpu.to_vec().unwrap();
     let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -98,12 +93,13 @@ fn transfer<B1: Backend, B2: Backend, M1: Module<B1>, M2: Module<B2>>(
     )
 }
 
-/// The parity tolerance of results through a convolution or matmul on `G`.
+/// The parity tolerance of results through a convolution or matmul on `G`
+/// (float32 reductions and elementwise math use [`RTOL`]).
 fn matmul_parity<G: Backend>() -> f32 {
     if tensor_cores::<G>() {
-        TF32
+        TF32_RTOL
     } else {
-        F32
+        RTOL
     }
 }
 
@@ -186,16 +182,16 @@ fn brn_rank<G: AutodiffBackend, const D: usize>(
             forward_gpu,
             0.05
         );
-        check_parity_at(F32, &format!("{what} output"), &y2, &y1);
-        check_parity_at(F32, &format!("{what} grad input"), &g2, &g1);
-        compare_state(F32, &what, &state(&next_gpu), &state(&next_cpu));
+        check_parity_at(RTOL, &format!("{what} output"), &y2, &y1);
+        check_parity_at(RTOL, &format!("{what} grad input"), &g2, &g1);
+        compare_state(RTOL, &what, &state(&next_gpu), &state(&next_cpu));
         cpu = next_cpu;
         gpu = next_gpu;
     }
     let x_cpu = uniform::<_, D>(shape, 77, -1.0, 3.0, &cpu_dev);
     let x_gpu = uniform::<_, D>(shape, 77, -1.0, 3.0, gpu_dev);
     check_parity_at(
-        F32,
+        RTOL,
         &format!("BRN {shape:?} eval"),
         &gpu.valid().forward(x_gpu).into_data(),
         &cpu.valid().forward(x_cpu).into_data(),

@@ -3,30 +3,16 @@
 //! machine without a GPU or driver the second branch is what runs.
 #![cfg(feature = "cuda")]
 
+use crate::common::check_device_or_explain;
 use burn::backend::Cuda;
-use burn::tensor::Tensor;
 
 #[test]
 fn device_or_explain_gives_a_device_or_the_reason() {
-    match std::panic::catch_unwind(|| bnorm::cuda::device_or_explain(0)) {
-        Ok(device) => {
-            let sum: f32 = Tensor::<Cuda, 1>::from_floats([1.0, 2.0, 4.0], &device)
-                .sum()
-                .into_scalar();
-            assert_eq!(sum, 7.0);
-        }
-        Err(panic) => {
-            let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
-            assert!(
-                message.starts_with("no usable CUDA device 0: burn-cuda failed to initialise it: "),
-                "{message}"
-            );
-            // burn-cuda fails on its device thread; the caller's thread only
-            // sees the channel close. The message must carry the former.
-            assert!(!message.contains("RecvError"), "{message}");
-            assert!(message.contains("libnvrtc.so"), "{message}");
-        }
-    }
+    check_device_or_explain::<Cuda>(
+        || bnorm::cuda::device_or_explain(0),
+        "no usable CUDA device 0: burn-cuda failed to initialise it: ",
+        "libnvrtc.so",
+    );
 }
 
 /// `cubecl.toml` at the repository root keeps compiled kernels and autotune

@@ -82,3 +82,34 @@ macro_rules! on_device {
     };
 }
 pub(crate) use on_device;
+
+/// Checks a `device_or_explain`: either a device that sums `[1, 2, 4]` to 7,
+/// or one panic that starts with `prefix`, carries the runtime's own reason
+/// (raised on its device thread; the caller's thread only sees a channel
+/// close, `RecvError`) and names `needed`. With `BNORM_EXPECT_NO_DEVICE`
+/// set, the panic is required.
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub fn check_device_or_explain<B: burn::tensor::backend::Backend>(
+    device_or_explain: impl FnOnce() -> B::Device + std::panic::UnwindSafe,
+    prefix: &str,
+    needed: &str,
+) {
+    let expect_none = std::env::var_os("BNORM_EXPECT_NO_DEVICE").is_some();
+    match std::panic::catch_unwind(device_or_explain) {
+        Ok(_) if expect_none => panic!("BNORM_EXPECT_NO_DEVICE is set, but a device came"),
+        Ok(device) => {
+            use burn::tensor::ElementConversion;
+            let sum: f32 = burn::tensor::Tensor::<B, 1>::from_floats([1.0, 2.0, 4.0], &device)
+                .sum()
+                .into_scalar()
+                .elem();
+            assert_eq!(sum, 7.0);
+        }
+        Err(panic) => {
+            let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
+            assert!(message.starts_with(prefix), "{message}");
+            assert!(!message.contains("RecvError"), "{message}");
+            assert!(message.contains(needed), "{message}");
+        }
+    }
+}
