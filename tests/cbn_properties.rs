@@ -277,8 +277,8 @@ fn compensation_accuracy<B: AutodiffBackend>(device: &B::Device) {
         &comp.mean.into_data(),
         &[1, cout],
         &to_vec(mu_new.clone()),
-        1e-5,
-        1e-6,
+        rtol,
+        atol,
     )
     .unwrap();
     // nu is quadratic in (W, b): the first-order compensation misses
@@ -386,7 +386,16 @@ fn window_one<B: AutodiffBackend>(device: &B::Device) {
         ];
         for (name, a, b) in pairs {
             let data = TensorData::new(a.clone(), [a.len()]);
-            check_close(&format!("{what} {name}"), &data, &[b.len()], &b, 1e-4, 1e-5).unwrap();
+            let what = format!("{what} {name}");
+            if name.starts_with("grad x") || name.starts_with("grad W") {
+                // Through each side's convolution backward: on CUDA, TF32
+                // kernels whose inputs (the two normalizations' gradients)
+                // differ in the last float32 bits, rounded to 10 mantissa
+                // bits (an H100 run: 2 of 150 grad-x elements 4.6e-5 apart).
+                check_matmul::<B>(&what, &data, &[b.len()], &b).unwrap();
+            } else {
+                check_close(&what, &data, &[b.len()], &b, 1e-4, 1e-5).unwrap();
+            }
         }
     }
     let eval_cbn = cbn
@@ -725,8 +734,22 @@ fn cbn_resume_is_bit_identical(#[case] dev: TestDevice) {
 
 /// `forward_conv_output(x, conv.forward(x))` is `forward(x)`: the same
 /// outputs, gradients and state, bit for bit, through burn-in and a full
-/// window.
+/// window. Bit for bit on ndarray and wgpu; on CUDA within `check_matmul`'s
+/// TF32 tolerance: two H100 runs had the two paths one or two ulp apart
+/// (a weight gradient at step 2 in one, an output at step 4 in the other,
+/// also after running the whole sequence once first to settle autotune and
+/// fusion), so some kernel there does not repeat its rounding from one
+/// launch to the next (which one is not identified; burn-cubecl's
+/// autotuned full `sum`, for one, may add with atomics).
 fn conv_output_given<B: AutodiffBackend>(device: &B::Device) {
+    let same = |what: &str, a: TensorData, b: TensorData| {
+        if tensor_cores::<B>() {
+            let expected: Vec<f32> = b.to_vec().unwrap();
+            check_matmul::<B>(what, &a, &b.shape, &expected).unwrap();
+        } else {
+            assert_bits_eq(what, &a, &b);
+        }
+    };
     B::seed(device, 11);
     let start = materialize(cbn_config().init::<B>(device));
     // Loaded into fresh modules: a clone would share the running buffers.
@@ -742,17 +765,17 @@ fn conv_output_given<B: AutodiffBackend>(device: &B::Device) {
         let upstream = uniform::<B, 4>([2, 3, 5, 5], 900 + step, -1.0, 1.0, device);
         let y_direct = direct.forward(x.clone());
         let y_given = given.forward_conv_output(x.clone(), given.conv.forward(x));
-        assert_bits_eq(
+        same(
             &format!("output of step {step}"),
-            &y_direct.clone().into_data(),
-            &y_given.clone().into_data(),
+            y_direct.clone().into_data(),
+            y_given.clone().into_data(),
         );
         let grads_direct = y_direct.mul(upstream.clone()).sum().backward();
         let grads_given = y_given.mul(upstream).sum().backward();
-        assert_bits_eq(
+        same(
             &format!("conv weight gradient of step {step}"),
-            &direct.conv.weight.grad(&grads_direct).unwrap().into_data(),
-            &given.conv.weight.grad(&grads_given).unwrap().into_data(),
+            direct.conv.weight.grad(&grads_direct).unwrap().into_data(),
+            given.conv.weight.grad(&grads_given).unwrap().into_data(),
         );
         let grads_direct = GradientsParams::from_grads(grads_direct, &direct);
         direct = optim.step(0.05, direct, grads_direct);
@@ -760,7 +783,7 @@ fn conv_output_given<B: AutodiffBackend>(device: &B::Device) {
         given = optim.step(0.05, given, grads_given);
     }
     for ((name, a), (_, b)) in snapshot(&direct).iter().zip(snapshot(&given).iter()) {
-        assert_bits_eq(name, a, b);
+        same(name, a.clone(), b.clone());
     }
 }
 

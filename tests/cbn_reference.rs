@@ -1,6 +1,15 @@
 //! Replays every Cross-Iteration BN reference fixture
 //! (`tests/fixtures/reference/cbn/*.json`, or `$BNORM_REFERENCE_FIXTURES/cbn`)
 //! step by step through `Conv2dCbn` in reference-compatible settings.
+//!
+//! Every tensor compared here comes out of, or flows back through, the
+//! layer's convolution, so it is compared with `check_matmul`: the
+//! fixtures' 1e-4 / 1e-5 on ndarray and wgpu, which convolve in float32,
+//! and TF32's 2e-3 on CUDA, whose autotuned convolutions run on tensor
+//! cores in TF32 (an H100 run at 1e-4: every fixture off from step 0, by
+//! up to 2.4e-3 of an output element, the convolution's own rounding).
+//! The CBN math itself is held to 1e-4 on the GPU code path by the wgpu
+//! case (the same burn-cubecl kernels, fusion and autotune, in float32).
 
 use crate::common;
 
@@ -121,40 +130,28 @@ fn replay<B: AutodiffBackend>(device: &B::Device, path: &Path) -> Result<(), Str
             layer.forward(input.clone())
         } else {
             let inference = layer.valid().forward(step.input.tensor(device));
-            check_json(
+            check_json_matmul::<B>(
                 &at("output (valid())"),
                 &inference.into_data(),
                 &step.output,
-                RTOL,
-                ATOL,
             )?;
             // Gradients in inference mode: the frozen-statistics path.
             layer.norm.forward_frozen(layer.conv.forward(input.clone()))
         };
-        check_json(
-            &at("output"),
-            &output.clone().into_data(),
-            &step.output,
-            RTOL,
-            ATOL,
-        )?;
+        check_json_matmul::<B>(&at("output"), &output.clone().into_data(), &step.output)?;
         let grads = output.mul(step.grad_output.tensor(device)).sum().backward();
         let grad = |t: Option<Tensor<B::InnerBackend, 4>>| {
             t.ok_or("missing gradient").map(|t| t.into_data())
         };
-        check_json(
+        check_json_matmul::<B>(
             &at("grad_input"),
             &grad(input.grad(&grads))?,
             &step.grad_input,
-            RTOL,
-            ATOL,
         )?;
-        check_json(
+        check_json_matmul::<B>(
             &at("grad_conv_weight"),
             &grad(layer.conv.weight.grad(&grads))?,
             &step.grad_conv_weight,
-            RTOL,
-            ATOL,
         )?;
         let gamma = layer
             .norm
@@ -163,13 +160,7 @@ fn replay<B: AutodiffBackend>(device: &B::Device, path: &Path) -> Result<(), Str
             .unwrap()
             .grad(&grads)
             .ok_or("no gamma gradient")?;
-        check_json(
-            &at("grad_gamma"),
-            &gamma.into_data(),
-            &step.grad_gamma,
-            RTOL,
-            ATOL,
-        )?;
+        check_json_matmul::<B>(&at("grad_gamma"), &gamma.into_data(), &step.grad_gamma)?;
         let beta = layer
             .norm
             .beta
@@ -177,26 +168,16 @@ fn replay<B: AutodiffBackend>(device: &B::Device, path: &Path) -> Result<(), Str
             .unwrap()
             .grad(&grads)
             .ok_or("no beta gradient")?;
-        check_json(
-            &at("grad_beta"),
-            &beta.into_data(),
-            &step.grad_beta,
-            RTOL,
-            ATOL,
-        )?;
-        check_json(
+        check_json_matmul::<B>(&at("grad_beta"), &beta.into_data(), &step.grad_beta)?;
+        check_json_matmul::<B>(
             &at("running_mean"),
             &layer.norm.running_mean.value_sync().into_data(),
             &step.running_mean,
-            RTOL,
-            ATOL,
         )?;
-        check_json(
+        check_json_matmul::<B>(
             &at("running_var"),
             &layer.norm.running_var.value_sync().into_data(),
             &step.running_var,
-            RTOL,
-            ATOL,
         )?;
         let fill = layer.norm.history_len();
         if fill != step.window_len_after {

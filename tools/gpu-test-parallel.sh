@@ -111,7 +111,9 @@ run_one() {
   else
     status=FAILED
   fi
-  [ $status = ok ] || cp "$log" "$results/failed/${name//::/__}.log"
+  # The exit status too: a process can print `ok` and still fail (a
+  # signal at exit).
+  [ $status = ok ] || { echo "exit status $rc" >> "$log"; cp "$log" "$results/failed/${name//::/__}.log"; }
   rm -f "$log"
   printf '%-8s %6.1fs %s\n' "$status" "$(awk "BEGIN { print $t1 - $t0 }")" "$name" >> "$results/summary.txt"
 }

@@ -63,7 +63,12 @@ pub fn wgpu_device() -> burn::backend::wgpu::WgpuDevice {
 }
 
 /// Calls the generic test body `$body::<B>(&device, args...)` on the backend
-/// of the [`TestDevice`] `$dev`.
+/// of the [`TestDevice`] `$dev`; on a GPU it then waits for the device to
+/// finish (`Backend::sync`), so that no test returns with kernels still
+/// compiling or queued on the device's server thread, where a process exit
+/// would race the driver's teardown. (One H100 run had a test print `ok`
+/// and its process still fail, with no message; its cause was not found,
+/// and four later runs of that test passed.)
 macro_rules! on_device {
     ($dev:expr, $body:ident $(, $arg:expr)* $(,)?) => {
         match $dev {
@@ -72,14 +77,26 @@ macro_rules! on_device {
             }
             #[cfg(feature = "cuda")]
             $crate::common::TestDevice::Cuda => {
-                $body::<$crate::common::CudaAd>(&$crate::common::cuda_device() $(, $arg)*)
+                let device = $crate::common::cuda_device();
+                let result = $body::<$crate::common::CudaAd>(&device $(, $arg)*);
+                $crate::common::sync_device::<$crate::common::CudaAd>(&device);
+                result
             }
             #[cfg(feature = "wgpu")]
             $crate::common::TestDevice::Wgpu => {
-                $body::<$crate::common::WgpuAd>(&$crate::common::wgpu_device() $(, $arg)*)
+                let device = $crate::common::wgpu_device();
+                let result = $body::<$crate::common::WgpuAd>(&device $(, $arg)*);
+                $crate::common::sync_device::<$crate::common::WgpuAd>(&device);
+                result
             }
         }
     };
+}
+
+/// Waits for every operation queued on `device` (see [`on_device!`]).
+#[cfg(any(feature = "cuda", feature = "wgpu"))]
+pub fn sync_device<B: burn::tensor::backend::Backend>(device: &B::Device) {
+    B::sync(device).unwrap_or_else(|e| panic!("the device failed while finishing the test: {e:?}"));
 }
 pub(crate) use on_device;
 

@@ -238,6 +238,15 @@ pub fn check_matmul<B: Backend>(
     }
 }
 
+/// [`check_matmul`] against a fixture tensor.
+pub fn check_json_matmul<B: Backend>(
+    what: &str,
+    actual: &TensorData,
+    expected: &JsonTensor,
+) -> Result<(), String> {
+    check_matmul::<B>(what, actual, &expected.shape, &expected.values())
+}
+
 /// Relative precision of a TF32 product (see [`check_matmul`]).
 pub const TF32_RTOL: f32 = 2e-3;
 
