@@ -68,7 +68,7 @@ pub fn wgpu_device() -> burn::backend::wgpu::WgpuDevice {
 /// compiling or queued on the device's server thread, where a process exit
 /// would race the driver's teardown. (One H100 run had a test print `ok`
 /// and its process still fail, with no message; its cause was not found,
-/// and four later runs of that test passed.)
+/// and the test passed in the three later runs and three repetitions.)
 macro_rules! on_device {
     ($dev:expr, $body:ident $(, $arg:expr)* $(,)?) => {
         match $dev {
