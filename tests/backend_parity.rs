@@ -22,6 +22,7 @@
 
 use crate::common;
 
+use bnorm::core::moments::channel_sum;
 use bnorm::{
     BatchRenorm, BatchRenormConfig, BurnInMode, Conv2dCbn, Conv2dCbnConfig,
     CrossIterBatchNormConfig, LinearCbn, LinearCbnConfig,
@@ -381,11 +382,7 @@ fn conv_output_grad_norm(
         .sum()
         .backward();
     let dz = z.grad(&grads).expect("dL/dz");
-    let per_channel: Vec<f32> = dz
-        .square()
-        .sum_dim(0)
-        .sum_dim(2)
-        .sum_dim(3)
+    let per_channel: Vec<f32> = channel_sum(dz.square())
         .sqrt()
         .into_data()
         .to_vec()

@@ -352,42 +352,50 @@ fn window_one<B: AutodiffBackend>(device: &B::Device) {
         .unwrap();
         let g1 = y1.mul(g.clone()).sum().backward();
         let g2 = y2.mul(g).sum().backward();
-        let pairs: Vec<(&str, Vec<f32>, Vec<f32>)> = vec![
+        // (name, CBN's, burn's, whether it comes through each side's
+        // convolution backward).
+        let pairs: Vec<(&str, Vec<f32>, Vec<f32>, bool)> = vec![
             (
                 "grad x",
                 to_vec(x1.grad(&g1).unwrap()),
                 to_vec(x2.grad(&g2).unwrap()),
+                true,
             ),
             (
                 "grad W",
                 to_vec(cbn.conv.weight.grad(&g1).unwrap()),
                 to_vec(conv.weight.grad(&g2).unwrap()),
+                true,
             ),
             (
                 "grad gamma",
                 to_vec(cbn.norm.gamma.as_ref().unwrap().grad(&g1).unwrap()),
                 to_vec(bn.gamma.grad(&g2).unwrap()),
+                false,
             ),
             (
                 "grad beta",
                 to_vec(cbn.norm.beta.as_ref().unwrap().grad(&g1).unwrap()),
                 to_vec(bn.beta.grad(&g2).unwrap()),
+                false,
             ),
             (
                 "running mean",
                 to_vec(cbn.norm.running_mean.value_sync()),
                 to_vec(bn.running_mean.value_sync()),
+                false,
             ),
             (
                 "running var",
                 to_vec(cbn.norm.running_var.value_sync()),
                 to_vec(bn.running_var.value_sync()),
+                false,
             ),
         ];
-        for (name, a, b) in pairs {
+        for (name, a, b, through_conv) in pairs {
             let data = TensorData::new(a.clone(), [a.len()]);
             let what = format!("{what} {name}");
-            if name.starts_with("grad x") || name.starts_with("grad W") {
+            if through_conv {
                 // Through each side's convolution backward: on CUDA, TF32
                 // kernels whose inputs (the two normalizations' gradients)
                 // differ in the last float32 bits, rounded to 10 mantissa

@@ -70,35 +70,36 @@ pub fn wgpu_device() -> burn::backend::wgpu::WgpuDevice {
 /// and its process still fail, with no message; its cause was not found,
 /// and the test passed in the three later runs and three repetitions.)
 macro_rules! on_device {
+    // A GPU backend `$B` on `$device`: the body, then the wait.
+    (@gpu $B:ty, $device:expr, $body:ident $(, $arg:expr)*) => {{
+        let device = $device;
+        let result = $body::<$B>(&device $(, $arg)*);
+        $crate::common::sync_device::<$B>(&device);
+        result
+    }};
     ($dev:expr, $body:ident $(, $arg:expr)* $(,)?) => {
         match $dev {
             $crate::common::TestDevice::NdArray => {
                 $body::<$crate::common::NdArrayAd>(&Default::default() $(, $arg)*)
             }
             #[cfg(feature = "cuda")]
-            $crate::common::TestDevice::Cuda => {
-                let device = $crate::common::cuda_device();
-                let result = $body::<$crate::common::CudaAd>(&device $(, $arg)*);
-                $crate::common::sync_device::<$crate::common::CudaAd>(&device);
-                result
-            }
+            $crate::common::TestDevice::Cuda => $crate::common::on_device!(
+                @gpu $crate::common::CudaAd, $crate::common::cuda_device(), $body $(, $arg)*
+            ),
             #[cfg(feature = "wgpu")]
-            $crate::common::TestDevice::Wgpu => {
-                let device = $crate::common::wgpu_device();
-                let result = $body::<$crate::common::WgpuAd>(&device $(, $arg)*);
-                $crate::common::sync_device::<$crate::common::WgpuAd>(&device);
-                result
-            }
+            $crate::common::TestDevice::Wgpu => $crate::common::on_device!(
+                @gpu $crate::common::WgpuAd, $crate::common::wgpu_device(), $body $(, $arg)*
+            ),
         }
     };
 }
+pub(crate) use on_device;
 
 /// Waits for every operation queued on `device` (see [`on_device!`]).
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 pub fn sync_device<B: burn::tensor::backend::Backend>(device: &B::Device) {
     B::sync(device).unwrap_or_else(|e| panic!("the device failed while finishing the test: {e:?}"));
 }
-pub(crate) use on_device;
 
 /// Checks a `device_or_explain`: either a device that sums `[1, 2, 4]` to 7,
 /// or one panic that starts with `prefix`, carries the runtime's own reason
