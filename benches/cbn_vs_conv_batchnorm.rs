@@ -10,12 +10,13 @@
 //!
 //! `BNORM_BENCH_WINDOW_PARTS=1` also measures window 8 without the
 //! compensation and without the backward pass through the history, and
-//! the Jacobians alone on the inner backend and through autodiff;
+//! the Jacobians alone on the inner backend and through autodiff, and with
+//! `Q` in 4 and 16 bands of output rows;
 //! `BNORM_BENCH_SHAPES` picks shapes; `BNORM_BENCH_BACKENDS` backends.
 
 mod common;
 
-use bnorm::core::{conv2d_moment_jacobians, Conv2dGeometry};
+use bnorm::core::{conv2d_moment_jacobians_in_bands, Conv2dGeometry};
 use bnorm::{Conv2dCbnConfig, CrossIterBatchNormConfig};
 use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::{Autodiff, NdArray};
@@ -104,13 +105,21 @@ fn bench_backend<B: AutodiffBackend>(
             // not a backend the dispatch recognises, so it runs the same
             // math the generic way (on CUDA: the default weight-gradient
             // decomposition instead of cubecl's kernel).
+            // Then `Q` split into 4 and 16 bands of output rows
+            // (`conv2d_moment_jacobians_in_bands`, split-K by hand: an
+            // experiment for GPUs, where the weight-gradient GEMM's few
+            // output tiles leave most cores idle).
             let values = (x.clone().inner(), conv.forward(x.clone()).inner());
-            let on_inner = || jacobians_step::<B>(&values);
+            let on_inner = || jacobians_step::<B>(&values, 1);
+            let in_4_bands = || jacobians_step::<B>(&values, 4);
+            let in_16_bands = || jacobians_step::<B>(&values, 16);
             let through_autodiff =
-                || jacobians_step::<Autodiff<B::InnerBackend, BalancedCheckpointing>>(&values);
+                || jacobians_step::<Autodiff<B::InnerBackend, BalancedCheckpointing>>(&values, 1);
             for (label, work) in [
                 ("Jacobians-inner", &on_inner as &dyn Fn()),
                 ("Jacobians-autodiff", &through_autodiff),
+                ("Jacobians-inner-4-bands", &in_4_bands),
+                ("Jacobians-inner-16-bands", &in_16_bands),
             ] {
                 settle(&format!("{name}/{label}"), work);
                 group.bench_function(BenchmarkId::from_parameter(label), |b| b.iter(work));
@@ -123,9 +132,10 @@ fn bench_backend<B: AutodiffBackend>(
 }
 
 /// The Jacobians of the bench's conv (3x3, padding 1, `C -> C`) on `E`,
-/// from the conv's input and output values.
+/// from the conv's input and output values, `Q` in `bands` bands.
 fn jacobians_step<E: AutodiffBackend>(
     (x, y): &(Tensor<E::InnerBackend, 4>, Tensor<E::InnerBackend, 4>),
+    bands: usize,
 ) {
     let channels = x.dims()[1];
     let geometry = Conv2dGeometry {
@@ -138,7 +148,8 @@ fn jacobians_step<E: AutodiffBackend>(
         Tensor::<E, 4>::from_inner(x.clone()),
         Tensor::<E, 4>::from_inner(y.clone()),
     );
-    let jacobians = conv2d_moment_jacobians(x, y, [channels, channels, 3, 3], geometry);
+    let jacobians =
+        conv2d_moment_jacobians_in_bands(x, y, [channels, channels, 3, 3], geometry, bands);
     let _ = jacobians.mean_sq.into_data();
 }
 
@@ -206,6 +217,16 @@ fn print_breakdown(backend: &str, groups: &[String]) {
                 "Jacobians alone (no backward pass): on the inner backend / through autodiff",
                 "Jacobians-autodiff",
                 "Jacobians-inner",
+            ),
+            (
+                "Jacobians alone, Q in 4 bands / in one piece",
+                "Jacobians-inner",
+                "Jacobians-inner-4-bands",
+            ),
+            (
+                "Jacobians alone, Q in 16 bands / in one piece",
+                "Jacobians-inner",
+                "Jacobians-inner-16-bands",
             ),
         ]);
     }

@@ -5,8 +5,8 @@
 use crate::common;
 
 use bnorm::core::jacobian::{
-    conv2d_moment_jacobians, linear_moment_jacobians, CompensatedMoments, Conv2dGeometry,
-    HistoryEntries,
+    conv2d_moment_jacobians, conv2d_moment_jacobians_in_bands, linear_moment_jacobians,
+    CompensatedMoments, Conv2dGeometry, HistoryEntries,
 };
 use bnorm::core::moments::channel_mean;
 use bnorm::core::window::{window_statistics, WindowHistory};
@@ -124,7 +124,10 @@ fn autodiff_moment_grads<B: AutodiffBackend>(
 /// closed-form `d mean / dW` (`P`) is two matrix products of 0/1 tap
 /// selections with the batch-summed input, `d meansq / dW` (`Q`) a
 /// weight-gradient convolution of a convolution's output (an H100 run with
-/// autotune: 4.4e-4 relative when autodiff also ran there).
+/// autotune: 4.4e-4 relative when autodiff also ran there). `Q` is also
+/// computed in 3 bands of output rows (one grouped weight-gradient
+/// convolution, `conv2d_moment_jacobians_in_bands`) and checked the same
+/// way.
 fn conv_jacobians<B: AutodiffBackend>(device: &B::Device) {
     for (i, case) in CONV_CASES.iter().enumerate() {
         let &(cin, cout, k, stride, padding, dilation, groups, bias) = case;
@@ -139,6 +142,9 @@ fn conv_jacobians<B: AutodiffBackend>(device: &B::Device) {
             groups,
         };
         let w_shape = [cout, cin / groups, k[0], k[1]];
+        // Q also in bands of output rows (3: for these cases' 3 to 9 rows,
+        // a count that divides some and not others).
+        let banded = conv2d_moment_jacobians_in_bands(x.clone(), y.clone(), w_shape, geometry, 3);
         let jac = conv2d_moment_jacobians(x, y, w_shape, geometry);
         let f = w_shape[1] * k[0] * k[1];
         // Expand P [G, F] to every channel of its group, weight by a.
@@ -148,8 +154,16 @@ fn conv_jacobians<B: AutodiffBackend>(device: &B::Device) {
             .expand([groups, cout / groups, f])
             .reshape([cout, f])
             .mul(a.clone().reshape([cout, 1]));
-        let closed_dnu = jac.mean_sq.mul(a.reshape([cout, 1]));
+        let closed_dnu = jac.mean_sq.mul(a.clone().reshape([cout, 1]));
+        let banded_dnu = banded.mean_sq.mul(a.reshape([cout, 1]));
         let what = format!("conv case {i}");
+        check_matmul::<B>(
+            &format!("{what} d meansq/dW in 3 bands"),
+            &banded_dnu.into_data(),
+            &[cout, f],
+            &auto_dnu,
+        )
+        .unwrap();
         check_matmul::<B>(
             &format!("{what} d mean/dW"),
             &closed_dmu.into_data(),

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Builds the criterion benchmarks with `--features cuda` (release) and packs
 # them into .gpu-bench/ with a runner, for a GPU machine without a Rust
-# toolchain. A folder of its own: ../shared/tools/gpu-pack.sh empties
-# .gpu/ when it makes the test pack. On that machine, from the project root:
+# toolchain, with the kernel_count example (--features cuda: kernels per
+# training step and, with BNORM_KERNEL_TIMES=1, their device times). A
+# folder of its own: ../shared/tools/gpu-pack.sh empties .gpu/ when it makes
+# the test pack. On that machine, from the project root:
 #   bash .gpu-bench/bench.sh      # CUDA only (BNORM_BENCH_BACKENDS=cuda)
 #   BNORM_BENCH_BACKENDS=cuda,ndarray bash .gpu-bench/bench.sh
+#   BNORM_KERNEL_TIMES=1 bash .gpu-bench/bench.sh kernel_count 1x32x128x128
 set -euo pipefail
 root=$(git rev-parse --show-toplevel)
 cd "$root"
@@ -15,6 +18,7 @@ mkdir -p .gpu-bench/bin
 export CUDARC_CUDA_VERSION=${CUDARC_CUDA_VERSION:-13000}
 export CARGO_TARGET_DIR=${GPU_TARGET_DIR:-$root/target/gpu}
 cargo bench --features cuda --no-run --message-format=json > .gpu-bench/bin/build.json
+cargo build --release --features cuda --example kernel_count --message-format=json >> .gpu-bench/bin/build.json
 python3 - "$root" <<'PY'
 import json, os, shutil, sys
 root = sys.argv[1]
@@ -28,6 +32,8 @@ for line in open(os.path.join(root, ".gpu-bench/bin/build.json")):
         name = msg["target"]["name"]
         shutil.copy2(msg["executable"], os.path.join(root, ".gpu-bench/bin", name))
         names.append(name)
+    if msg.get("reason") == "compiler-artifact" and msg.get("executable") and msg["target"]["name"] == "kernel_count":
+        shutil.copy2(msg["executable"], os.path.join(root, ".gpu-bench/bin/kernel_count"))
 open(os.path.join(root, ".gpu-bench/bin/benches.txt"), "w").write("\n".join(names) + "\n")
 print("packed benches:", " ".join(names))
 PY
@@ -36,7 +42,8 @@ strip .gpu-bench/bin/* 2>/dev/null || true
 for f in .gpu-bench/bin/*; do [ "$f" = .gpu-bench/bin/benches.txt ] || xz -T0 -6 "$f"; done
 cat > .gpu-bench/bench.sh <<'RUN'
 #!/usr/bin/env bash
-# Runs the packed benchmarks (CUDA by default) from the project root.
+# Runs the packed benchmarks (CUDA by default) from the project root, or
+# with `kernel_count [NxCxHxW]` the packed kernel_count example.
 set -u
 root=$(pwd)
 libdirs=""
@@ -52,6 +59,13 @@ scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 export CRITERION_HOME=${CRITERION_HOME:-$scratch/criterion}
 command -v nvidia-smi >/dev/null && nvidia-smi -L
+if [ "${1:-}" = kernel_count ]; then
+  shift
+  xz -dc "$root/.gpu-bench/bin/kernel_count.xz" > "$scratch/kernel_count"
+  chmod +x "$scratch/kernel_count"
+  "$scratch/kernel_count" "$@"
+  exit
+fi
 while read -r name; do
   [ -n "$name" ] || continue
   xz -dc "$root/.gpu-bench/bin/$name.xz" > "$scratch/$name"

@@ -7,6 +7,11 @@
 #
 #   bash tools/gpu-run.sh TEST_SECONDS BENCH_SECONDS [test filters...]
 #
+# KERNEL_SHAPES="1x32x128x128 ..." runs the packed kernel_count example
+# (BNORM_KERNEL_TIMES=1: kernels per step and their device times) at each
+# shape after the benchmarks, KERNEL_SECONDS (default 120) each, into
+# $OUT/kernels-SHAPE.txt.
+#
 # GPU_TEST_REPEAT=N runs the selected tests N times (default 1), each pass
 # with its own TEST_SECONDS: with burn-cuda's autotune the kernels, and so
 # the rounding, can differ from one process to the next, and one passing run
@@ -66,6 +71,12 @@ if [ "$bench_s" -gt 0 ]; then
   timeout "$bench_s" bash .gpu-bench/bench.sh > "$out/bench.log" 2>&1 || status=1
   grep -E "settled after|^\|" "$out/bench.log"
 fi
+for shape in ${KERNEL_SHAPES:-}; do
+  echo "kernel_count $shape start $(date -u +%T)"
+  BNORM_KERNEL_TIMES=1 timeout "${KERNEL_SECONDS:-120}" bash .gpu-bench/bench.sh kernel_count "$shape" \
+    > "$out/kernels-$shape.txt" 2>&1 || status=1
+  grep -E "^\| (Conv2d|Batch)" "$out/kernels-$shape.txt"
+done
 echo "end $(date -u +%T)"
 # cubecl's folders: target/cuda (PTX) and target/autotune.
 caches=$(cd target && ls -d cuda autotune 2>/dev/null)

@@ -106,18 +106,46 @@ pub fn conv2d_moment_jacobians<B: Backend>(
     weight_dims: [usize; 4],
     geometry: Conv2dGeometry,
 ) -> MomentJacobians<B> {
+    conv2d_moment_jacobians_in_bands(x, y, weight_dims, geometry, 1)
+}
+
+/// [`conv2d_moment_jacobians`] with `Q`'s reduction split by hand into
+/// `bands` bands of output rows — an experiment for GPUs, not yet what the
+/// layers use. Equal to it up to float32 rounding (the sum over output
+/// positions is taken in another order).
+///
+/// `Q` is a GEMM with a small output (`C x F`, e.g. 32 x 288) and a long
+/// reduction over every output position (`N Ho Wo`, 16384 for one
+/// 128 x 128 image): a GPU kernel that tiles the output gets only a few
+/// tiles, so a few of the GPU's cores run the whole reduction. Here band
+/// `s` of `y`'s rows and the input rows it reads (with their halo) are
+/// stacked along the channels, and one grouped weight-gradient
+/// convolution (`bands * G` groups) computes every band's partial `Q` in
+/// parallel, summed after — split-K through the convolution's groups.
+/// Costs a copy of the (padded) input and of `y` into band order.
+/// `bands = 1` is [`conv2d_moment_jacobians`]; more bands than output rows
+/// are capped at one row per band.
+pub fn conv2d_moment_jacobians_in_bands<B: Backend>(
+    x: Tensor<B, 4>,
+    y: Tensor<B, 4>,
+    weight_dims: [usize; 4],
+    geometry: Conv2dGeometry,
+    bands: usize,
+) -> MomentJacobians<B> {
     ConvJacobians {
         weight_dims,
         geometry,
+        bands: bands.max(1),
     }
     .run_on_inner(x, y)
 }
 
-/// [`conv2d_moment_jacobians`]'s work, for any backend.
+/// [`conv2d_moment_jacobians_in_bands`]'s work, for any backend.
 #[derive(Debug, Clone, Copy)]
 struct ConvJacobians {
     weight_dims: [usize; 4],
     geometry: Conv2dGeometry,
+    bands: usize,
 }
 
 impl JacobianWork<4> for ConvJacobians {
@@ -125,6 +153,7 @@ impl JacobianWork<4> for ConvJacobians {
         let ConvJacobians {
             weight_dims,
             geometry,
+            bands,
         } = self;
         let [c, cin_g, kh, kw] = weight_dims;
         let [n, _, ho, wo] = y.dims();
@@ -133,6 +162,12 @@ impl JacobianWork<4> for ConvJacobians {
         let mean = patch_sum(x.clone(), [kh, kw], [ho, wo], geometry)
             .div_scalar(m)
             .reshape([geometry.groups, f]);
+        if bands > 1 {
+            // Q: the weight gradient of grad_out = 2y/M, band by band.
+            let mean_sq =
+                banded_weight_backward(x, y.mul_scalar(2.0 / m), weight_dims, geometry, bands);
+            return MomentJacobians { mean, mean_sq };
+        }
 
         let [[top, bottom], [left, right]] = geometry.padding;
         // Asymmetric padding ('Same' with an even kernel) is applied to the
@@ -156,6 +191,69 @@ impl JacobianWork<4> for ConvJacobians {
             weight_backward(x, weight_dims, y.mul_scalar(2.0 / m), options).reshape([c, f]);
         MomentJacobians { mean, mean_sq }
     }
+}
+
+/// The weight gradient `[C, F]` of a conv with output gradient `grad`
+/// `[N, C, Ho, Wo]`, as the sum of the partial gradients of `bands` bands of
+/// output rows, computed side by side by one grouped convolution (see
+/// [`conv2d_moment_jacobians_in_bands`]).
+fn banded_weight_backward<E: Backend>(
+    x: Tensor<E, 4>,
+    grad: Tensor<E, 4>,
+    weight_dims: [usize; 4],
+    geometry: Conv2dGeometry,
+    bands: usize,
+) -> Tensor<E, 2> {
+    let [c, cin_g, kh, kw] = weight_dims;
+    let [n, c_in, h, _] = x.dims();
+    let [_, _, ho, wo] = grad.dims();
+    let [[top, bottom], [left, right]] = geometry.padding;
+    let stride = geometry.stride[0];
+    // Output rows per band, then the bands that holds (the last one may be
+    // short: `grad` gets zero rows, which add nothing).
+    let band = ho.div_ceil(bands.min(ho));
+    let bands = ho.div_ceil(band);
+    // Padded input rows a band reads, and all bands together.
+    let band_rows = (band - 1) * stride + geometry.dilation[0] * (kh - 1) + 1;
+    let rows_read = (bands * band - 1) * stride + geometry.dilation[0] * (kh - 1) + 1;
+    // Zero rows below the input: the padding, and enough for the zero rows
+    // of the last band to read (rows no band reads are cut off by the slices).
+    let below = bottom.max(rows_read.saturating_sub(top + h));
+    let x = x.pad(
+        (left, right, top, below),
+        burn::tensor::ops::PadMode::Constant(0.0),
+    );
+    let x_bands = Tensor::cat(
+        (0..bands)
+            .map(|s| x.clone().narrow(2, s * band * stride, band_rows))
+            .collect(),
+        1,
+    );
+    let grad = if bands * band > ho {
+        grad.pad(
+            (0, 0, 0, bands * band - ho),
+            burn::tensor::ops::PadMode::Constant(0.0),
+        )
+    } else {
+        grad
+    };
+    // Band s's channels are s * C .. (s + 1) * C, as x_bands's are
+    // s * C_in ..: group s * G + g of the banded conv is group g of band s.
+    let grad_bands = grad
+        .reshape([n, c, bands, band, wo])
+        .swap_dims(1, 2)
+        .reshape([n, bands * c, band, wo]);
+    debug_assert_eq!(x_bands.dims()[1], bands * c_in);
+    let options = ConvOptions::new(
+        geometry.stride,
+        [0, 0],
+        geometry.dilation,
+        bands * geometry.groups,
+    );
+    weight_backward(x_bands, [bands * c, cin_g, kh, kw], grad_bands, options)
+        .reshape([bands, c, cin_g * kh * kw])
+        .sum_dim(0)
+        .reshape([c, cin_g * kh * kw])
 }
 
 /// `sum_p patch(p)` over every output position `p` of the conv, per input
@@ -390,8 +488,8 @@ impl<B: Backend> HistoryEntries<B> {
 #[cfg(test)]
 mod tests {
     use super::{
-        conv2d_moment_jacobians, linear_moment_jacobians, tap_rows, Conv2dGeometry, ConvJacobians,
-        LinearJacobians, MomentJacobians,
+        conv2d_moment_jacobians, conv2d_moment_jacobians_in_bands, linear_moment_jacobians,
+        tap_rows, Conv2dGeometry, ConvJacobians, LinearJacobians, MomentJacobians,
     };
     use crate::inner::JacobianWork;
     use burn::backend::{Autodiff, NdArray};
@@ -432,6 +530,7 @@ mod tests {
         let work = ConvJacobians {
             weight_dims: [6, 2, 3, 2],
             geometry,
+            bands: 1,
         };
         assert_eq!(
             bits(conv2d_moment_jacobians(
@@ -448,6 +547,78 @@ mod tests {
             bits(linear_moment_jacobians(x.clone(), y.clone())),
             bits(LinearJacobians.run(x, y))
         );
+    }
+
+    /// `Q` computed in bands of output rows equals `Q` in one piece, to
+    /// float32 rounding (the sum runs in another order), for band counts
+    /// that do and do not divide the output rows and more bands than rows,
+    /// and for strided, dilated, grouped, asymmetrically padded convs.
+    #[test]
+    fn banded_jacobians_equal_unbanded() {
+        let device = Default::default();
+        let cases: [([usize; 4], [usize; 4], Conv2dGeometry); 3] = [
+            (
+                [2, 3, 9, 7],
+                [4, 3, 3, 3],
+                Conv2dGeometry {
+                    stride: [1, 1],
+                    padding: [[1, 1], [1, 1]],
+                    dilation: [1, 1],
+                    groups: 1,
+                },
+            ),
+            (
+                [1, 4, 11, 6],
+                [6, 2, 3, 2],
+                Conv2dGeometry {
+                    stride: [2, 1],
+                    padding: [[1, 2], [0, 1]],
+                    dilation: [2, 2],
+                    groups: 2,
+                },
+            ),
+            (
+                [3, 2, 5, 5],
+                [3, 2, 1, 1],
+                Conv2dGeometry {
+                    stride: [1, 2],
+                    padding: [[0, 0], [0, 0]],
+                    dilation: [1, 1],
+                    groups: 1,
+                },
+            ),
+        ];
+        for (x_dims, w_dims, geometry) in cases {
+            let x = Tensor::<Ad, 4>::random(x_dims, Distribution::Normal(0.0, 1.0), &device);
+            let w = Tensor::<Ad, 4>::random(w_dims, Distribution::Normal(0.0, 1.0), &device);
+            let [[top, bottom], [left, right]] = geometry.padding;
+            let options = PaddedConvOptions::asymmetric(
+                geometry.stride,
+                [top, left],
+                [bottom, right],
+                geometry.dilation,
+                geometry.groups,
+            );
+            let y = conv2d(x.clone(), w, None, options);
+            let ho = y.dims()[2];
+            let whole = conv2d_moment_jacobians(x.clone(), y.clone(), w_dims, geometry);
+            let whole_q = whole.mean_sq.to_data().to_vec::<f32>().unwrap();
+            let scale = whole_q.iter().fold(0.0f32, |a, v| a.max(v.abs()));
+            for bands in [2, 3, ho, ho + 4] {
+                let banded =
+                    conv2d_moment_jacobians_in_bands(x.clone(), y.clone(), w_dims, geometry, bands);
+                let case = format!("x {x_dims:?} w {w_dims:?} {geometry:?} bands {bands}");
+                assert_eq!(bits(banded.clone())[0], bits(whole.clone())[0], "P, {case}");
+                let banded_q = banded.mean_sq.to_data().to_vec::<f32>().unwrap();
+                assert_eq!(banded_q.len(), whole_q.len(), "{case}");
+                for (i, (a, b)) in banded_q.iter().zip(&whole_q).enumerate() {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * scale,
+                        "Q[{i}]: {a} banded, {b} whole (max |Q| {scale}), {case}"
+                    );
+                }
+            }
+        }
     }
 
     /// `tap_rows` selects exactly the in-range rows `o * stride + offset -

@@ -45,7 +45,7 @@ pub mod jacobian;
 pub mod window;
 pub use inference::{compose_affine, InferenceAffine};
 pub use jacobian::{
-    conv2d_moment_jacobians, linear_moment_jacobians, linearize, CompensatedMoments,
-    Conv2dGeometry, HistoryEntries, MomentJacobians,
+    conv2d_moment_jacobians, conv2d_moment_jacobians_in_bands, linear_moment_jacobians, linearize,
+    CompensatedMoments, Conv2dGeometry, HistoryEntries, MomentJacobians,
 };
 pub use window::{history_in_use, push_front, window_statistics, BurnInMode, WindowHistory};
