@@ -11,7 +11,7 @@
 //! `BNORM_BENCH_WINDOW_PARTS=1` also measures window 8 without the
 //! compensation and without the backward pass through the history, and
 //! the Jacobians alone on the inner backend and through autodiff, and with
-//! `Q` in 4 and 16 bands of output rows;
+//! `Q` in 4 and 16 bands of output rows (alone, and 16 in the layer);
 //! `BNORM_BENCH_SHAPES` picks shapes; `BNORM_BENCH_BACKENDS` backends.
 
 mod common;
@@ -61,14 +61,18 @@ fn bench_backend<B: AutodiffBackend>(
         // Window 8 with parts of the window's work taken away (opt-in,
         // `BNORM_BENCH_WINDOW_PARTS=1`): `rho = 0` skips the compensation
         // (Jacobians still computed and recorded), a constant history skips
-        // the backward pass through it.
+        // the backward pass through it; and window 8 with `Q` in 16 bands
+        // of output rows (`jacobian_bands`, an experiment for GPUs).
         let parts = window_parts().then(|| {
+            let mut banded = cbn_with(window(8));
+            banded.jacobian_bands = 16;
             [
                 ("Conv2dCbn-rho0", cbn_with(window(8).with_rho(0.0))),
                 (
                     "Conv2dCbn-const-history",
                     cbn_with(window(8).with_history_gradient(false)),
                 ),
+                ("Conv2dCbn-16-bands", banded),
             ]
         });
         // Fill the windows first: the steady state is what training sees.
@@ -217,6 +221,11 @@ fn print_breakdown(backend: &str, groups: &[String]) {
                 "Jacobians alone (no backward pass): on the inner backend / through autodiff",
                 "Jacobians-autodiff",
                 "Jacobians-inner",
+            ),
+            (
+                "Q in 16 bands: Conv2dCbn-16-bands / Conv2dCbn, forward + backward",
+                "Conv2dCbn",
+                "Conv2dCbn-16-bands",
             ),
             (
                 "Jacobians alone, Q in 4 bands / in one piece",

@@ -22,7 +22,8 @@
 //! device starts), fills each layer's state with 12 steps (autotune runs
 //! its candidates there), then counts the launches of 10 more, and breaks
 //! the count down by kernel for Conv2d + BatchNorm and each Conv2dCbn
-//! variant (window 1, window 8, `rho = 0`, constant history).
+//! variant (window 1, window 8, `rho = 0`, constant history, `Q` in 16
+//! bands of output rows).
 //! `BNORM_KERNEL_TIMES=1` switches the logger to cubecl's `basic`
 //! profiling: each launch is then timed on the device (events on CUDA) and
 //! waited for, so the steps run slower than in training, but the sum of
@@ -124,6 +125,8 @@ mod gpu {
         let cbn = cbn_with(window(8));
         let cbn_rho0 = cbn_with(window(8).with_rho(0.0));
         let cbn_constant = cbn_with(window(8).with_history_gradient(false));
+        let mut cbn_banded = cbn_with(window(8));
+        cbn_banded.jacobian_bands = 16;
 
         let mut counter = LaunchLog::new(log);
         let backend = if cfg!(feature = "cuda") {
@@ -143,7 +146,7 @@ mod gpu {
             println!("|---|---|");
         }
         let mut breakdowns = Vec::new();
-        let layers: [(&str, &dyn Fn(Tensor<B, 4>) -> Tensor<B, 4>); 7] = [
+        let layers: [(&str, &dyn Fn(Tensor<B, 4>) -> Tensor<B, 4>); 8] = [
             ("BatchNorm", &|x| batch_norm.forward(x)),
             ("BatchRenorm", &|x| batch_renorm.forward(x)),
             ("Conv2d + BatchNorm", &|x| {
@@ -154,6 +157,9 @@ mod gpu {
             ("Conv2dCbn, window 8, rho = 0", &|x| cbn_rho0.forward(x)),
             ("Conv2dCbn, window 8, constant history", &|x| {
                 cbn_constant.forward(x)
+            }),
+            ("Conv2dCbn, window 8, Q in 16 bands", &|x| {
+                cbn_banded.forward(x)
             }),
         ];
         for (label, forward) in layers {

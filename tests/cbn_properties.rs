@@ -817,6 +817,64 @@ fn cbn_forward_conv_output_is_forward(#[case] dev: TestDevice) {
     on_device!(dev, conv_output_given);
 }
 
+/// A layer with `Q` in bands of output rows (`jacobian_bands = 3` over 5
+/// output rows: bands of 2, 2 and 1) trains as the layer with `Q` in one
+/// piece: outputs, conv weight gradients and every state tensor (history
+/// `Q` included) through burn-in and a full window, within `check_matmul`'s
+/// tolerance (the sums run in another order; on CUDA two different
+/// convolutions, each in TF32).
+fn jacobian_bands<B: AutodiffBackend>(device: &B::Device) {
+    B::seed(device, 13);
+    let start = materialize(cbn_config().init::<B>(device));
+    let mut whole = cbn_config()
+        .init::<B>(device)
+        .load_record(start.clone().into_record());
+    let mut banded = cbn_config()
+        .with_jacobian_bands(3)
+        .init::<B>(device)
+        .load_record(start.into_record());
+    assert_eq!((whole.jacobian_bands, banded.jacobian_bands), (1, 3));
+    let close = |what: &str, actual: TensorData, expected: TensorData| {
+        let values: Vec<f32> = expected.to_vec().unwrap();
+        check_matmul::<B>(what, &actual, &expected.shape, &values).unwrap();
+    };
+    let mut optim = SgdConfig::new().init::<B, Conv2dCbn<B>>();
+    for step in 0..7 {
+        let x = uniform::<B, 4>([2, 2, 5, 5], 40 + step, -1.0, 1.0, device);
+        let upstream = uniform::<B, 4>([2, 3, 5, 5], 940 + step, -1.0, 1.0, device);
+        let y_whole = whole.forward(x.clone());
+        let y_banded = banded.forward(x);
+        close(
+            &format!("output of step {step}"),
+            y_banded.clone().into_data(),
+            y_whole.clone().into_data(),
+        );
+        let grads_whole = y_whole.mul(upstream.clone()).sum().backward();
+        let grads_banded = y_banded.mul(upstream).sum().backward();
+        close(
+            &format!("conv weight gradient of step {step}"),
+            banded.conv.weight.grad(&grads_banded).unwrap().into_data(),
+            whole.conv.weight.grad(&grads_whole).unwrap().into_data(),
+        );
+        let grads_whole = GradientsParams::from_grads(grads_whole, &whole);
+        whole = optim.step(0.05, whole, grads_whole);
+        let grads_banded = GradientsParams::from_grads(grads_banded, &banded);
+        banded = optim.step(0.05, banded, grads_banded);
+    }
+    assert_eq!(banded.norm.history_len(), 3, "the window is full");
+    for ((name, a), (_, b)) in snapshot(&banded).iter().zip(snapshot(&whole).iter()) {
+        close(name, a.clone(), b.clone());
+    }
+}
+
+#[rstest]
+#[case::ndarray(TestDevice::NdArray)]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+fn cbn_jacobian_bands_train_as_one_piece(#[case] dev: TestDevice) {
+    on_device!(dev, jacobian_bands);
+}
+
 /// Records of another window or channel count are errors naming the field.
 fn record_mismatch<B: AutodiffBackend>(device: &B::Device) {
     let record = cbn_config().init::<B>(device).into_record();

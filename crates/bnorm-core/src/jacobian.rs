@@ -110,21 +110,31 @@ pub fn conv2d_moment_jacobians<B: Backend>(
 }
 
 /// [`conv2d_moment_jacobians`] with `Q`'s reduction split by hand into
-/// `bands` bands of output rows — an experiment for GPUs, not yet what the
-/// layers use. Equal to it up to float32 rounding (the sum over output
-/// positions is taken in another order).
+/// `bands` bands of output rows — an experiment for GPUs, off in the layers
+/// by default (`Conv2dCbnConfig::jacobian_bands` in `bnorm-crossiter`).
+/// Equal to it up to float32 rounding (the sum over output positions is
+/// taken in another order).
 ///
 /// `Q` is a GEMM with a small output (`C x F`, e.g. 32 x 288) and a long
 /// reduction over every output position (`N Ho Wo`, 16384 for one
-/// 128 x 128 image): a GPU kernel that tiles the output gets only a few
-/// tiles, so a few of the GPU's cores run the whole reduction. Here band
-/// `s` of `y`'s rows and the input rows it reads (with their halo) are
-/// stacked along the channels, and one grouped weight-gradient
-/// convolution (`bands * G` groups) computes every band's partial `Q` in
-/// parallel, summed after — split-K through the convolution's groups.
-/// Costs a copy of the (padded) input and of `y` into band order.
-/// `bands = 1` is [`conv2d_moment_jacobians`]; more bands than output rows
-/// are capped at one row per band.
+/// 128 x 128 image). A GPU kernel that tiles the output and does not split
+/// the reduction has only a few tiles to hand out, and a few of the GPU's
+/// cores run all of it. Here band `s` of `y`'s output rows, and the input
+/// rows it reads (with their halo), are stacked along the channels, and one
+/// weight-gradient convolution of all input bands with all output bands
+/// gives every pair's product: `bands^2` blocks of `Q`'s size, each a
+/// reduction `bands` times shorter. `Q` is the sum of the diagonal blocks
+/// (band `s`'s outputs with band `s`'s inputs); the rest is discarded. That
+/// is `bands` times the arithmetic for `bands^2` times the tiles — a loss
+/// where arithmetic is the cost (the CPU), a possible gain where the
+/// reduction's length is (a GPU whose kernel leaves cores idle), which is
+/// what `BNORM_BENCH_WINDOW_PARTS=1` measures. Not a grouped convolution
+/// (one group per band) because burn-cubecl 0.21 has no implicit-GEMM
+/// weight gradient for groups: it loops over them, one convolution each.
+///
+/// Only for `groups = 1` (with groups the bands are ignored: `Q` in one
+/// piece). `bands = 1` is [`conv2d_moment_jacobians`]; more bands than
+/// output rows are capped at one row per band.
 pub fn conv2d_moment_jacobians_in_bands<B: Backend>(
     x: Tensor<B, 4>,
     y: Tensor<B, 4>,
@@ -162,7 +172,7 @@ impl JacobianWork<4> for ConvJacobians {
         let mean = patch_sum(x.clone(), [kh, kw], [ho, wo], geometry)
             .div_scalar(m)
             .reshape([geometry.groups, f]);
-        if bands > 1 {
+        if bands > 1 && geometry.groups == 1 {
             // Q: the weight gradient of grad_out = 2y/M, band by band.
             let mean_sq =
                 banded_weight_backward(x, y.mul_scalar(2.0 / m), weight_dims, geometry, bands);
@@ -193,9 +203,10 @@ impl JacobianWork<4> for ConvJacobians {
     }
 }
 
-/// The weight gradient `[C, F]` of a conv with output gradient `grad`
-/// `[N, C, Ho, Wo]`, as the sum of the partial gradients of `bands` bands of
-/// output rows, computed side by side by one grouped convolution (see
+/// The weight gradient `[C, F]` of a conv without groups with output
+/// gradient `grad` `[N, C, Ho, Wo]`, as the sum of the partial gradients
+/// of `bands` bands of output rows, taken from the diagonal of one
+/// convolution of every input band with every output band (see
 /// [`conv2d_moment_jacobians_in_bands`]).
 fn banded_weight_backward<E: Backend>(
     x: Tensor<E, 4>,
@@ -204,8 +215,9 @@ fn banded_weight_backward<E: Backend>(
     geometry: Conv2dGeometry,
     bands: usize,
 ) -> Tensor<E, 2> {
-    let [c, cin_g, kh, kw] = weight_dims;
-    let [n, c_in, h, _] = x.dims();
+    let [c, c_in, kh, kw] = weight_dims;
+    let f = c_in * kh * kw;
+    let [n, _, h, _] = x.dims();
     let [_, _, ho, wo] = grad.dims();
     let [[top, bottom], [left, right]] = geometry.padding;
     let stride = geometry.stride[0];
@@ -223,6 +235,7 @@ fn banded_weight_backward<E: Backend>(
         (left, right, top, below),
         burn::tensor::ops::PadMode::Constant(0.0),
     );
+    // [N, bands * C_in, band_rows, W']: band s in channels s * C_in ...
     let x_bands = Tensor::cat(
         (0..bands)
             .map(|s| x.clone().narrow(2, s * band * stride, band_rows))
@@ -237,23 +250,30 @@ fn banded_weight_backward<E: Backend>(
     } else {
         grad
     };
-    // Band s's channels are s * C .. (s + 1) * C, as x_bands's are
-    // s * C_in ..: group s * G + g of the banded conv is group g of band s.
+    // [N, bands * C, band, Wo]: band s in channels s * C ...
     let grad_bands = grad
         .reshape([n, c, bands, band, wo])
         .swap_dims(1, 2)
         .reshape([n, bands * c, band, wo]);
-    debug_assert_eq!(x_bands.dims()[1], bands * c_in);
-    let options = ConvOptions::new(
-        geometry.stride,
-        [0, 0],
-        geometry.dilation,
-        bands * geometry.groups,
+    let options = ConvOptions::new(geometry.stride, [0, 0], geometry.dilation, 1);
+    // Block (s, t) of all_pairs is output band s against input band t.
+    let all_pairs = weight_backward(
+        x_bands,
+        [bands * c, bands * c_in, kh, kw],
+        grad_bands,
+        options,
+    )
+    .reshape([bands, c, bands, f]);
+    let diagonal = (0..bands * bands).map(|i| if i / bands == i % bands { 1.0f32 } else { 0.0 });
+    let diagonal = Tensor::<E, 4>::from_data(
+        TensorData::new(diagonal.collect::<Vec<_>>(), [bands, 1, bands, 1]),
+        &all_pairs.device(),
     );
-    weight_backward(x_bands, [bands * c, cin_g, kh, kw], grad_bands, options)
-        .reshape([bands, c, cin_g * kh * kw])
+    all_pairs
+        .mul(diagonal)
+        .sum_dim(2)
         .sum_dim(0)
-        .reshape([c, cin_g * kh * kw])
+        .reshape([c, f])
 }
 
 /// `sum_p patch(p)` over every output position `p` of the conv, per input
@@ -552,11 +572,12 @@ mod tests {
     /// `Q` computed in bands of output rows equals `Q` in one piece, to
     /// float32 rounding (the sum runs in another order), for band counts
     /// that do and do not divide the output rows and more bands than rows,
-    /// and for strided, dilated, grouped, asymmetrically padded convs.
+    /// and for strided, dilated, asymmetrically padded convs (and a grouped
+    /// one, where the bands are ignored).
     #[test]
     fn banded_jacobians_equal_unbanded() {
         let device = Default::default();
-        let cases: [([usize; 4], [usize; 4], Conv2dGeometry); 3] = [
+        let cases: [([usize; 4], [usize; 4], Conv2dGeometry); 4] = [
             (
                 [2, 3, 9, 7],
                 [4, 3, 3, 3],
@@ -569,11 +590,22 @@ mod tests {
             ),
             (
                 [1, 4, 11, 6],
-                [6, 2, 3, 2],
+                [6, 4, 3, 2],
                 Conv2dGeometry {
                     stride: [2, 1],
                     padding: [[1, 2], [0, 1]],
                     dilation: [2, 2],
+                    groups: 1,
+                },
+            ),
+            // Groups: the bands are ignored.
+            (
+                [1, 4, 6, 6],
+                [6, 2, 3, 3],
+                Conv2dGeometry {
+                    stride: [1, 1],
+                    padding: [[1, 1], [1, 1]],
+                    dilation: [1, 1],
                     groups: 2,
                 },
             ),

@@ -4,7 +4,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, PaddingConfig2d};
 use burn::tensor::{backend::Backend, Tensor};
 
-use bnorm_core::{conv2d_moment_jacobians, Conv2dGeometry};
+use bnorm_core::{conv2d_moment_jacobians_in_bands, Conv2dGeometry};
 
 use crate::{CrossIterBatchNorm, CrossIterBatchNormConfig, WeightLayout};
 
@@ -52,6 +52,13 @@ pub struct Conv2dCbnConfig {
     /// CBN options (`num_features` is overridden by `channels[1]`).
     #[config(default = "CrossIterBatchNormConfig::new(0)")]
     pub norm: CrossIterBatchNormConfig,
+    /// Bands of output rows the Jacobian `Q`'s reduction is split into
+    /// (see [`bnorm_core::conv2d_moment_jacobians_in_bands`]). Default: 1,
+    /// one piece. An experiment for GPUs, not yet measured on one; on the
+    /// CPU more bands only add operations. Results equal to float32
+    /// rounding.
+    #[config(default = 1)]
+    pub jacobian_bands: usize,
 }
 
 impl Conv2dCbnConfig {
@@ -85,6 +92,7 @@ impl Conv2dCbnConfig {
         Conv2dCbn {
             conv,
             norm: norm.init(layout, device),
+            jacobian_bands: self.jacobian_bands.max(1),
         }
     }
 }
@@ -100,6 +108,9 @@ pub struct Conv2dCbn<B: Backend> {
     pub conv: Conv2d<B>,
     /// The normalization of its output.
     pub norm: CrossIterBatchNorm<B>,
+    /// Bands of output rows `Q`'s reduction is split into (1: one piece;
+    /// see [`Conv2dCbnConfig::jacobian_bands`]).
+    pub jacobian_bands: usize,
 }
 
 impl<B: Backend> Conv2dCbn<B> {
@@ -197,7 +208,13 @@ impl<B: Backend> Conv2dCbn<B> {
         let bias = self.conv.bias.as_ref().map(|b| b.val());
         let (x_values, y_values) = (input.detach(), y.clone().detach());
         self.norm.forward_with(y, weight, bias, || {
-            conv2d_moment_jacobians(x_values, y_values, [c_out, c_in_g, kh, kw], geometry)
+            conv2d_moment_jacobians_in_bands(
+                x_values,
+                y_values,
+                [c_out, c_in_g, kh, kw],
+                geometry,
+                self.jacobian_bands,
+            )
         })
     }
 

@@ -73,7 +73,11 @@ impl<B: Backend> Conv2dCbn<B> {
             },
             layout,
         );
-        Ok(Conv2dCbn { conv, norm })
+        Ok(Conv2dCbn {
+            conv,
+            norm,
+            jacobian_bands: 1,
+        })
     }
 
     /// Folds the CBN, **in inference mode** (running statistics), into the
