@@ -112,7 +112,7 @@ fn bench_backend<B: AutodiffBackend>(
             // Then `Q` split into 4 and 16 bands of output rows
             // (`conv2d_moment_jacobians_in_bands`, split-K by hand: an
             // experiment for GPUs, where the weight-gradient GEMM's few
-            // output tiles leave most cores idle).
+            // output tiles may leave most cores idle).
             let values = (x.clone().inner(), conv.forward(x.clone()).inner());
             let on_inner = || jacobians_step::<B>(&values, 1);
             let in_4_bands = || jacobians_step::<B>(&values, 4);

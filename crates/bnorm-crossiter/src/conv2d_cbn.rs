@@ -53,10 +53,10 @@ pub struct Conv2dCbnConfig {
     #[config(default = "CrossIterBatchNormConfig::new(0)")]
     pub norm: CrossIterBatchNormConfig,
     /// Bands of output rows the Jacobian `Q`'s reduction is split into
-    /// (see [`bnorm_core::conv2d_moment_jacobians_in_bands`]). Default: 1,
-    /// one piece. An experiment for GPUs, not yet measured on one; on the
-    /// CPU more bands only add operations. Results equal to float32
-    /// rounding.
+    /// (see [`bnorm_core::conv2d_moment_jacobians_in_bands`]; groups = 1
+    /// only). Default: 1, one piece. An experiment for GPUs, not yet
+    /// measured on one; `bands` times `Q`'s arithmetic, so on the CPU only
+    /// slower. Results equal to float32 rounding.
     #[config(default = 1)]
     pub jacobian_bands: usize,
 }
