@@ -225,23 +225,54 @@ fn banded_weight_backward<E: Backend>(
     // short: `grad` gets zero rows, which add nothing).
     let band = ho.div_ceil(bands.min(ho));
     let bands = ho.div_ceil(band);
-    // Padded input rows a band reads, and all bands together.
-    let band_rows = (band - 1) * stride + geometry.dilation[0] * (kh - 1) + 1;
-    let rows_read = (bands * band - 1) * stride + geometry.dilation[0] * (kh - 1) + 1;
-    // Zero rows below the input: the padding, and enough for the zero rows
-    // of the last band to read (rows no band reads are cut off by the slices).
-    let below = bottom.max(rows_read.saturating_sub(top + h));
+    // Band s reads the padded input rows s * block .. s * block + band_rows:
+    // its own block and `halo` rows of the next (fewer than the block when
+    // the stride skips rows).
+    let block = band * stride;
+    let span = geometry.dilation[0] * (kh - 1) + 1;
+    let band_rows = block - stride + span;
+    let halo = span as isize - stride as isize;
+    // With halos no longer than a block, the bands come from two reshapes
+    // (blocks, and the next blocks' first rows) and one concatenation: a
+    // few operations whatever the number of bands. Else one slice each.
+    let reshaped = halo <= block as isize;
+    // Padded rows the bands need: the padding, and zero rows below for
+    // the last band's zero rows (and the reshape of the next blocks).
+    let rows = if reshaped {
+        (bands + usize::from(halo > 0)) * block
+    } else {
+        (bands - 1) * block + band_rows
+    };
+    let below = bottom.max(rows.saturating_sub(top + h));
     let x = x.pad(
         (left, right, top, below),
         burn::tensor::ops::PadMode::Constant(0.0),
     );
+    let wp = x.dims()[3];
     // [N, bands * C_in, band_rows, W']: band s in channels s * C_in ...
-    let x_bands = Tensor::cat(
-        (0..bands)
-            .map(|s| x.clone().narrow(2, s * band * stride, band_rows))
-            .collect(),
-        1,
-    );
+    let x_bands = if reshaped {
+        let blocks = |from: usize| {
+            x.clone()
+                .narrow(2, from, bands * block)
+                .reshape([n, c_in, bands, block, wp])
+        };
+        let own = blocks(0);
+        let rows_by_band = if halo > 0 {
+            Tensor::cat(vec![own, blocks(block).narrow(3, 0, halo as usize)], 3)
+        } else {
+            own.narrow(3, 0, band_rows)
+        };
+        rows_by_band
+            .swap_dims(1, 2)
+            .reshape([n, bands * c_in, band_rows, wp])
+    } else {
+        Tensor::cat(
+            (0..bands)
+                .map(|s| x.clone().narrow(2, s * block, band_rows))
+                .collect(),
+            1,
+        )
+    };
     let grad = if bands * band > ho {
         grad.pad(
             (0, 0, 0, bands * band - ho),
@@ -609,11 +640,12 @@ mod tests {
                     groups: 2,
                 },
             ),
+            // A 1x1 kernel with stride 2: bands skip rows (negative halo).
             (
                 [3, 2, 5, 5],
                 [3, 2, 1, 1],
                 Conv2dGeometry {
-                    stride: [1, 2],
+                    stride: [2, 2],
                     padding: [[0, 0], [0, 0]],
                     dilation: [1, 1],
                     groups: 1,
