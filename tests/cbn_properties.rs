@@ -125,9 +125,9 @@ fn autodiff_moment_grads<B: AutodiffBackend>(
 /// selections with the batch-summed input, `d meansq / dW` (`Q`) a
 /// weight-gradient convolution of a convolution's output (an H100 run with
 /// autotune: 4.4e-4 relative when autodiff also ran there). `Q` is also
-/// computed in 3 bands of output rows (one grouped weight-gradient
-/// convolution, `conv2d_moment_jacobians_in_bands`) and checked the same
-/// way.
+/// computed in 3 bands of output rows (`conv2d_moment_jacobians_in_bands`,
+/// one weight-gradient convolution of all bands against all; with groups
+/// the bands are ignored) and checked the same way.
 fn conv_jacobians<B: AutodiffBackend>(device: &B::Device) {
     for (i, case) in CONV_CASES.iter().enumerate() {
         let &(cin, cout, k, stride, padding, dilation, groups, bias) = case;
@@ -775,38 +775,68 @@ fn conv_output_given<B: AutodiffBackend>(device: &B::Device) {
     B::seed(device, 11);
     let start = materialize(cbn_config().init::<B>(device));
     // Loaded into fresh modules: a clone would share the running buffers.
-    let mut direct = cbn_config()
+    let direct = cbn_config()
         .init::<B>(device)
         .load_record(start.clone().into_record());
-    let mut given = cbn_config()
+    let given = cbn_config()
         .init::<B>(device)
         .load_record(start.into_record());
+    lockstep(
+        (direct, |m: &Conv2dCbn<B>, x: Tensor<B, 4>| m.forward(x)),
+        (given, |m: &Conv2dCbn<B>, x: Tensor<B, 4>| {
+            m.forward_conv_output(x.clone(), m.conv.forward(x))
+        }),
+        [0, 900],
+        same,
+        device,
+    );
+}
+
+/// Seven SGD steps of two layers side by side on the same inputs (seeds
+/// `first + step`, upstream gradient `upstream + step`), each through its
+/// own forward: `compare(what, first layer's, second layer's)` on every
+/// step's output and conv weight gradient, then on every state tensor.
+/// Returns the two layers.
+fn lockstep<B: AutodiffBackend>(
+    (mut a, forward_a): (
+        Conv2dCbn<B>,
+        impl Fn(&Conv2dCbn<B>, Tensor<B, 4>) -> Tensor<B, 4>,
+    ),
+    (mut b, forward_b): (
+        Conv2dCbn<B>,
+        impl Fn(&Conv2dCbn<B>, Tensor<B, 4>) -> Tensor<B, 4>,
+    ),
+    [first, upstream]: [u64; 2],
+    compare: impl Fn(&str, TensorData, TensorData),
+    device: &B::Device,
+) -> (Conv2dCbn<B>, Conv2dCbn<B>) {
     let mut optim = SgdConfig::new().init::<B, Conv2dCbn<B>>();
     for step in 0..7 {
-        let x = uniform::<B, 4>([2, 2, 5, 5], step, -1.0, 1.0, device);
-        let upstream = uniform::<B, 4>([2, 3, 5, 5], 900 + step, -1.0, 1.0, device);
-        let y_direct = direct.forward(x.clone());
-        let y_given = given.forward_conv_output(x.clone(), given.conv.forward(x));
-        same(
+        let x = uniform::<B, 4>([2, 2, 5, 5], first + step, -1.0, 1.0, device);
+        let g = uniform::<B, 4>([2, 3, 5, 5], upstream + step, -1.0, 1.0, device);
+        let y_a = forward_a(&a, x.clone());
+        let y_b = forward_b(&b, x);
+        compare(
             &format!("output of step {step}"),
-            y_direct.clone().into_data(),
-            y_given.clone().into_data(),
+            y_a.clone().into_data(),
+            y_b.clone().into_data(),
         );
-        let grads_direct = y_direct.mul(upstream.clone()).sum().backward();
-        let grads_given = y_given.mul(upstream).sum().backward();
-        same(
+        let grads_a = y_a.mul(g.clone()).sum().backward();
+        let grads_b = y_b.mul(g).sum().backward();
+        compare(
             &format!("conv weight gradient of step {step}"),
-            direct.conv.weight.grad(&grads_direct).unwrap().into_data(),
-            given.conv.weight.grad(&grads_given).unwrap().into_data(),
+            a.conv.weight.grad(&grads_a).unwrap().into_data(),
+            b.conv.weight.grad(&grads_b).unwrap().into_data(),
         );
-        let grads_direct = GradientsParams::from_grads(grads_direct, &direct);
-        direct = optim.step(0.05, direct, grads_direct);
-        let grads_given = GradientsParams::from_grads(grads_given, &given);
-        given = optim.step(0.05, given, grads_given);
+        let grads_a = GradientsParams::from_grads(grads_a, &a);
+        a = optim.step(0.05, a, grads_a);
+        let grads_b = GradientsParams::from_grads(grads_b, &b);
+        b = optim.step(0.05, b, grads_b);
     }
-    for ((name, a), (_, b)) in snapshot(&direct).iter().zip(snapshot(&given).iter()) {
-        same(name, a.clone(), b.clone());
+    for ((name, x), (_, y)) in snapshot(&a).iter().zip(snapshot(&b).iter()) {
+        compare(name, x.clone(), y.clone());
     }
+    (a, b)
 }
 
 #[rstest]
@@ -826,45 +856,26 @@ fn cbn_forward_conv_output_is_forward(#[case] dev: TestDevice) {
 fn jacobian_bands<B: AutodiffBackend>(device: &B::Device) {
     B::seed(device, 13);
     let start = materialize(cbn_config().init::<B>(device));
-    let mut whole = cbn_config()
-        .init::<B>(device)
-        .load_record(start.clone().into_record());
-    let mut banded = cbn_config()
+    let banded = cbn_config()
         .with_jacobian_bands(3)
         .init::<B>(device)
+        .load_record(start.clone().into_record());
+    let whole = cbn_config()
+        .init::<B>(device)
         .load_record(start.into_record());
-    assert_eq!((whole.jacobian_bands, banded.jacobian_bands), (1, 3));
-    let close = |what: &str, actual: TensorData, expected: TensorData| {
-        let values: Vec<f32> = expected.to_vec().unwrap();
-        check_matmul::<B>(what, &actual, &expected.shape, &values).unwrap();
-    };
-    let mut optim = SgdConfig::new().init::<B, Conv2dCbn<B>>();
-    for step in 0..7 {
-        let x = uniform::<B, 4>([2, 2, 5, 5], 40 + step, -1.0, 1.0, device);
-        let upstream = uniform::<B, 4>([2, 3, 5, 5], 940 + step, -1.0, 1.0, device);
-        let y_whole = whole.forward(x.clone());
-        let y_banded = banded.forward(x);
-        close(
-            &format!("output of step {step}"),
-            y_banded.clone().into_data(),
-            y_whole.clone().into_data(),
-        );
-        let grads_whole = y_whole.mul(upstream.clone()).sum().backward();
-        let grads_banded = y_banded.mul(upstream).sum().backward();
-        close(
-            &format!("conv weight gradient of step {step}"),
-            banded.conv.weight.grad(&grads_banded).unwrap().into_data(),
-            whole.conv.weight.grad(&grads_whole).unwrap().into_data(),
-        );
-        let grads_whole = GradientsParams::from_grads(grads_whole, &whole);
-        whole = optim.step(0.05, whole, grads_whole);
-        let grads_banded = GradientsParams::from_grads(grads_banded, &banded);
-        banded = optim.step(0.05, banded, grads_banded);
-    }
+    assert_eq!((banded.jacobian_bands, whole.jacobian_bands), (3, 1));
+    let forward = |m: &Conv2dCbn<B>, x: Tensor<B, 4>| m.forward(x);
+    let (banded, _) = lockstep(
+        (banded, forward),
+        (whole, forward),
+        [40, 940],
+        |what: &str, actual: TensorData, expected: TensorData| {
+            let values: Vec<f32> = expected.to_vec().unwrap();
+            check_matmul::<B>(what, &actual, &expected.shape, &values).unwrap();
+        },
+        device,
+    );
     assert_eq!(banded.norm.history_len(), 3, "the window is full");
-    for ((name, a), (_, b)) in snapshot(&banded).iter().zip(snapshot(&whole).iter()) {
-        close(name, a.clone(), b.clone());
-    }
 }
 
 #[rstest]

@@ -50,7 +50,7 @@
 //! for a linear layer).
 
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::ConvOptions;
+use burn::tensor::ops::{ConvOptions, PadMode};
 use burn::tensor::{Slice, Tensor, TensorData, TensorPrimitive};
 
 use crate::inner::JacobianWork;
@@ -165,42 +165,47 @@ impl JacobianWork<4> for ConvJacobians {
             geometry,
             bands,
         } = self;
-        let [c, cin_g, kh, kw] = weight_dims;
+        let [_, cin_g, kh, kw] = weight_dims;
         let [n, _, ho, wo] = y.dims();
         let m = (n * ho * wo) as f64;
         let f = cin_g * kh * kw;
         let mean = patch_sum(x.clone(), [kh, kw], [ho, wo], geometry)
             .div_scalar(m)
             .reshape([geometry.groups, f]);
-        if bands > 1 && geometry.groups == 1 {
-            // Q: the weight gradient of grad_out = 2y/M, band by band.
-            let mean_sq =
-                banded_weight_backward(x, y.mul_scalar(2.0 / m), weight_dims, geometry, bands);
-            return MomentJacobians { mean, mean_sq };
-        }
-
-        let [[top, bottom], [left, right]] = geometry.padding;
-        // Asymmetric padding ('Same' with an even kernel) is applied to the
-        // input up front; the weight-gradient kernel takes symmetric padding
-        // only.
-        let (x, padding) = if top == bottom && left == right {
-            (x, [top, left])
-        } else {
-            (
-                x.pad(
-                    (left, right, top, bottom),
-                    burn::tensor::ops::PadMode::Constant(0.0),
-                ),
-                [0, 0],
-            )
-        };
-        let options =
-            ConvOptions::new(geometry.stride, padding, geometry.dilation, geometry.groups);
         // Q: the weight gradient of grad_out = 2y/M.
-        let mean_sq =
-            weight_backward(x, weight_dims, y.mul_scalar(2.0 / m), options).reshape([c, f]);
+        let grad = y.mul_scalar(2.0 / m);
+        let mean_sq = if bands > 1 && geometry.groups == 1 {
+            banded_weight_backward(x, grad, weight_dims, geometry, bands)
+        } else {
+            whole_weight_backward(x, grad, weight_dims, geometry)
+        };
         MomentJacobians { mean, mean_sq }
     }
+}
+
+/// The weight gradient `[C, F]` of a conv with output gradient `grad`
+/// `[N, C, Ho, Wo]`, in one weight-gradient convolution.
+fn whole_weight_backward<E: Backend>(
+    x: Tensor<E, 4>,
+    grad: Tensor<E, 4>,
+    weight_dims: [usize; 4],
+    geometry: Conv2dGeometry,
+) -> Tensor<E, 2> {
+    let [c, cin_g, kh, kw] = weight_dims;
+    let [[top, bottom], [left, right]] = geometry.padding;
+    // Asymmetric padding ('Same' with an even kernel) is applied to the
+    // input up front; the weight-gradient kernel takes symmetric padding
+    // only.
+    let (x, padding) = if top == bottom && left == right {
+        (x, [top, left])
+    } else {
+        (
+            x.pad((left, right, top, bottom), PadMode::Constant(0.0)),
+            [0, 0],
+        )
+    };
+    let options = ConvOptions::new(geometry.stride, padding, geometry.dilation, geometry.groups);
+    weight_backward(x, weight_dims, grad, options).reshape([c, cin_g * kh * kw])
 }
 
 /// The weight gradient `[C, F]` of a conv without groups with output
@@ -244,10 +249,7 @@ fn banded_weight_backward<E: Backend>(
         (bands - 1) * block + band_rows
     };
     let below = bottom.max(rows.saturating_sub(top + h));
-    let x = x.pad(
-        (left, right, top, below),
-        burn::tensor::ops::PadMode::Constant(0.0),
-    );
+    let x = x.pad((left, right, top, below), PadMode::Constant(0.0));
     let wp = x.dims()[3];
     // [N, bands * C_in, band_rows, W']: band s in channels s * C_in ...
     let x_bands = if reshaped {
@@ -274,10 +276,7 @@ fn banded_weight_backward<E: Backend>(
         )
     };
     let grad = if bands * band > ho {
-        grad.pad(
-            (0, 0, 0, bands * band - ho),
-            burn::tensor::ops::PadMode::Constant(0.0),
-        )
+        grad.pad((0, 0, 0, bands * band - ho), PadMode::Constant(0.0))
     } else {
         grad
     };
@@ -287,24 +286,27 @@ fn banded_weight_backward<E: Backend>(
         .swap_dims(1, 2)
         .reshape([n, bands * c, band, wo]);
     let options = ConvOptions::new(geometry.stride, [0, 0], geometry.dilation, 1);
-    // Block (s, t) of all_pairs is output band s against input band t.
+    // Block (s, t) of all_pairs, [C, F] at rows s * C.., columns t * F..,
+    // is output band s against input band t.
     let all_pairs = weight_backward(
         x_bands,
         [bands * c, bands * c_in, kh, kw],
         grad_bands,
         options,
-    )
-    .reshape([bands, c, bands, f]);
-    let diagonal = (0..bands * bands).map(|i| if i / bands == i % bands { 1.0f32 } else { 0.0 });
-    let diagonal = Tensor::<E, 4>::from_data(
-        TensorData::new(diagonal.collect::<Vec<_>>(), [bands, 1, bands, 1]),
-        &all_pairs.device(),
     );
-    all_pairs
-        .mul(diagonal)
-        .sum_dim(2)
-        .sum_dim(0)
-        .reshape([c, f])
+    // The diagonal blocks without a mask: flattened, block (s, s) starts
+    // at s * (L + F) with L = C * bands * F, the floats of one band's rows;
+    // so with F * bands zeros appended, rows of L + F floats start each at
+    // its diagonal block, whose C rows of F floats are `bands * F` apart.
+    let len = bands * c * bands * f;
+    let skewed = all_pairs
+        .reshape([len])
+        .pad([(0, f * bands)], PadMode::Constant(0.0))
+        .reshape([bands, c * bands * f + f])
+        .narrow(1, 0, c * bands * f)
+        .reshape([bands, c, bands * f])
+        .narrow(2, 0, f);
+    skewed.sum_dim(0).reshape([c, f])
 }
 
 /// `sum_p patch(p)` over every output position `p` of the conv, per input
@@ -608,48 +610,34 @@ mod tests {
     #[test]
     fn banded_jacobians_equal_unbanded() {
         let device = Default::default();
+        let geometry = |stride, padding, dilation, groups| Conv2dGeometry {
+            stride,
+            padding,
+            dilation,
+            groups,
+        };
         let cases: [([usize; 4], [usize; 4], Conv2dGeometry); 4] = [
             (
                 [2, 3, 9, 7],
                 [4, 3, 3, 3],
-                Conv2dGeometry {
-                    stride: [1, 1],
-                    padding: [[1, 1], [1, 1]],
-                    dilation: [1, 1],
-                    groups: 1,
-                },
+                geometry([1, 1], [[1, 1], [1, 1]], [1, 1], 1),
             ),
             (
                 [1, 4, 11, 6],
                 [6, 4, 3, 2],
-                Conv2dGeometry {
-                    stride: [2, 1],
-                    padding: [[1, 2], [0, 1]],
-                    dilation: [2, 2],
-                    groups: 1,
-                },
+                geometry([2, 1], [[1, 2], [0, 1]], [2, 2], 1),
             ),
             // Groups: the bands are ignored.
             (
                 [1, 4, 6, 6],
                 [6, 2, 3, 3],
-                Conv2dGeometry {
-                    stride: [1, 1],
-                    padding: [[1, 1], [1, 1]],
-                    dilation: [1, 1],
-                    groups: 2,
-                },
+                geometry([1, 1], [[1, 1], [1, 1]], [1, 1], 2),
             ),
             // A 1x1 kernel with stride 2: bands skip rows (negative halo).
             (
                 [3, 2, 5, 5],
                 [3, 2, 1, 1],
-                Conv2dGeometry {
-                    stride: [2, 2],
-                    padding: [[0, 0], [0, 0]],
-                    dilation: [1, 1],
-                    groups: 1,
-                },
+                geometry([2, 2], [[0, 0], [0, 0]], [1, 1], 1),
             ),
         ];
         for (x_dims, w_dims, geometry) in cases {
