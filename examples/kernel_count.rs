@@ -31,6 +31,9 @@
 //! kernels it is — on a launch-bound step, the rest of the wall time is
 //! launch and host overhead. (On lavapipe the times are the CPU driver's,
 //! about 80 µs a kernel whatever it does: only the format is checked there.)
+//! `BNORM_KERNEL_SEQUENCE="Conv2dCbn, window 8|Conv2dCbn, window 1"` lists
+//! the named layers' launches of one step in order, which shows the
+//! forward and backward passes and where each operation's kernels fall.
 
 // The benches' training step (forward, backward, input gradient read back).
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
@@ -146,6 +149,11 @@ mod gpu {
             println!("|---|---|");
         }
         let mut breakdowns = Vec::new();
+        // `BNORM_KERNEL_SEQUENCE="<layer>|<layer>..."`: those layers'
+        // launches of one step, in order, after the tables.
+        let sequence = std::env::var("BNORM_KERNEL_SEQUENCE").unwrap_or_default();
+        let sequence: Vec<&str> = sequence.split('|').collect();
+        let mut sequences = Vec::new();
         let layers: [(&str, &dyn Fn(Tensor<B, 4>) -> Tensor<B, 4>); 8] = [
             ("BatchNorm", &|x| batch_norm.forward(x)),
             ("BatchRenorm", &|x| batch_renorm.forward(x)),
@@ -189,6 +197,12 @@ mod gpu {
             if label.starts_with("Conv2d") {
                 breakdowns.push((label, by_kernel(&launches)));
             }
+            if sequence.contains(&label) {
+                sequences.push((
+                    label,
+                    launches[launches.len() - launches.len() / COUNTED_STEPS..].to_vec(),
+                ));
+            }
         }
         println!(
             "\nBy kernel, per step{}:",
@@ -215,10 +229,17 @@ mod gpu {
                 .chain(breakdowns.iter().map(|(_, b)| cell(b)))
                 .collect());
         }
+        for (label, launches) in sequences {
+            println!("\nOne step of {label}, in order:");
+            for (i, launch) in launches.iter().enumerate() {
+                println!("{i:4} {}", launch.name);
+            }
+        }
         std::fs::remove_file(counter.path).ok();
     }
 
     /// One logged launch: the kernel's name and, when timed, its device time.
+    #[derive(Clone)]
     struct Launch {
         name: String,
         micros: Option<f64>,

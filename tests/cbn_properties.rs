@@ -1,6 +1,7 @@
 //! Properties of Cross-Iteration BN beyond the reference fixtures: the
 //! closed-form Jacobians against autodiff, window 1 = BatchNorm, batch of
-//! one, negative-variance dropping, memory, resume, record and input checks.
+//! one, negative-variance dropping, a window step against its formulas,
+//! memory, resume, record and input checks.
 
 use crate::common;
 
@@ -448,7 +449,8 @@ fn cbn_window_one_is_batch_norm(#[case] dev: TestDevice) {
 }
 
 /// A history entry whose compensated variance is negative is dropped for
-/// that channel only; the current iteration always counts.
+/// that channel only; the current iteration always counts, even where its
+/// variance rounds below zero; entries past the fill do not count.
 fn negative_variance<B: AutodiffBackend>(device: &B::Device) {
     let t1 = |v: Vec<f32>| {
         Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(v.clone(), [v.len()]), device)
@@ -459,32 +461,42 @@ fn negative_variance<B: AutodiffBackend>(device: &B::Device) {
             device,
         )
     };
-    // Current: mean (1, 2), mean_sq (2, 5). History entry 0: channel 0 has
-    // mean 3, mean_sq 4 (variance -5 < 0: dropped), channel 1 mean 0,
-    // mean_sq 1. Entry 1 is inactive (fill 1) and would otherwise count.
+    // Current: mean (1, 2, 3), mean_sq (2, 5, just under 9: a variance of
+    // -1 ulp). History entry 0: channel 0 has mean 3, mean_sq 4 (variance
+    // -5 < 0: dropped), channel 1 mean 0, mean_sq 1, channel 2 variance -1
+    // (dropped). Entry 1 is inactive (fill 1) and would otherwise count.
     let (mean, var) = window_statistics(
-        t1(vec![1.0, 2.0]),
-        t1(vec![2.0, 5.0]),
+        t1(vec![1.0, 2.0, 3.0]),
+        t1(vec![2.0, 5.0, 8.999999]),
         Some(WindowHistory {
             moments: CompensatedMoments {
-                mean: t2(vec![3.0, 0.0, 100.0, 100.0], 2),
-                mean_sq: t2(vec![4.0, 1.0, 1e5, 1e5], 2),
+                mean: t2(vec![3.0, 0.0, 0.0, 100.0, 100.0, 100.0], 2),
+                mean_sq: t2(vec![4.0, 1.0, -1.0, 1e5, 1e5, 1e5], 2),
             },
             filled: 1,
         }),
     );
     // Channel 0: only the current: mean 1, var 2 - 1 = 1.
     // Channel 1: (2 + 0) / 2 = 1, mean_sq (5 + 1) / 2 = 3, var 3 - 1 = 2.
+    // Channel 2: only the current, its negative variance and all.
     check_close(
         "window mean",
         &mean.into_data(),
-        &[2],
-        &[1.0, 1.0],
+        &[3],
+        &[1.0, 1.0, 3.0],
         0.0,
         1e-6,
     )
     .unwrap();
-    check_close("window var", &var.into_data(), &[2], &[1.0, 2.0], 0.0, 1e-6).unwrap();
+    check_close(
+        "window var",
+        &var.into_data(),
+        &[3],
+        &[1.0, 2.0, 8.999999f32 - 9.0],
+        0.0,
+        1e-6,
+    )
+    .unwrap();
 }
 
 #[rstest]
@@ -493,6 +505,181 @@ fn negative_variance<B: AutodiffBackend>(device: &B::Device) {
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn cbn_drops_negative_variance_per_channel(#[case] dev: TestDevice) {
     on_device!(dev, negative_variance);
+}
+
+/// A window step against the formulas written out entry by entry, with
+/// burn autodiff's gradients of them: after two SGD steps, which move the
+/// weight away from the entries' (window 4: two of three entries filled),
+/// a third step's output and gradients (input, conv weight and bias,
+/// gamma, beta), with the gradient through the compensated history (the
+/// default; the reference fixtures run without it) and without it.
+fn window_formulas<B: AutodiffBackend>(device: &B::Device) {
+    let (c_in, c, rho) = (2, 3, 0.8);
+    for history_gradient in [true, false] {
+        B::seed(device, 21);
+        let norm = CrossIterBatchNormConfig::new(0)
+            .with_window(4)
+            .with_rho(rho)
+            .with_history_gradient(history_gradient);
+        let mut layer = materialize(
+            Conv2dCbnConfig::new([c_in, c], [3, 3])
+                .with_padding(PaddingConfig2d::Same)
+                .with_norm(norm)
+                .init::<B>(device),
+        );
+        let mut optim = SgdConfig::new().init::<B, Conv2dCbn<B>>();
+        for step in 0..2 {
+            let x = uniform::<B, 4>([2, c_in, 5, 5], 60 + step, -1.0, 1.0, device);
+            let g = uniform::<B, 4>([2, c, 5, 5], 70 + step, -1.0, 1.0, device);
+            let grads = layer.forward(x).mul(g).sum().backward();
+            let grads = GradientsParams::from_grads(grads, &layer);
+            layer = optim.step(0.1, layer, grads);
+        }
+        let history = layer.norm.history.as_ref().unwrap();
+        assert_eq!(history.len(), 2);
+        let entries = history.entries();
+        let leaf = |t: Tensor<B, 1>| t.detach().require_grad();
+        let (weight, bias) = (
+            layer.conv.weight.val().detach().require_grad(),
+            leaf(layer.conv.bias.as_ref().unwrap().val()),
+        );
+        let (gamma, beta) = (
+            leaf(layer.norm.gamma.as_ref().unwrap().val()),
+            leaf(layer.norm.beta.as_ref().unwrap().val()),
+        );
+        let x = uniform::<B, 4>([2, c_in, 5, 5], 62, -1.0, 1.0, device).require_grad();
+        let g = uniform::<B, 4>([2, c, 5, 5], 72, -1.0, 1.0, device);
+
+        // The formulas: y = conv(x), mu_t, nu_t; entry i compensated,
+        // mu_i(W) = mu_i + rho (<P_i, W_c> + b_c - lin_mu_i),
+        // nu_i(W) = nu_i + rho (<Q_i,c, W_c> + 2 mu_i b_c - lin_nu_i),
+        // kept where nu_i(W) - mu_i(W)^2 >= 0; the kept ones averaged with
+        // the current iteration's.
+        let options = PaddedConvOptions::asymmetric([1, 1], [1, 1], [1, 1], [1, 1], 1);
+        let y = conv2d(x.clone(), weight.clone(), Some(bias.clone()), options);
+        let (w, b) = if history_gradient {
+            (weight.clone(), bias.clone())
+        } else {
+            (weight.clone().detach(), bias.clone().detach())
+        };
+        let w = w.reshape([c, c_in * 9]);
+        let (mut mu_sum, mut nu_sum) = (channel_mean(y.clone()), channel_mean(y.clone().square()));
+        let mut count = mu_sum.zeros_like().add_scalar(1.0);
+        for i in 0..history.len() {
+            let row = |t: Tensor<B, 2>| t.narrow(0, i, 1).reshape([c]);
+            let p = entries
+                .jac_mean
+                .clone()
+                .narrow(0, i, 1)
+                .reshape([1, c_in * 9]);
+            let q = entries
+                .jac_mean_sq
+                .clone()
+                .narrow(0, i, 1)
+                .reshape([c, c_in * 9]);
+            let mu_i = row(entries.mean.clone());
+            let p_w = w.clone().mul(p).sum_dim(1).reshape([c]);
+            let q_w = w.clone().mul(q).sum_dim(1).reshape([c]);
+            let mu = p_w
+                .add(b.clone())
+                .sub(row(entries.lin_mean.clone()))
+                .mul_scalar(rho)
+                .add(mu_i.clone());
+            let nu = q_w
+                .add(mu_i.mul(b.clone()).mul_scalar(2.0))
+                .sub(row(entries.lin_mean_sq.clone()))
+                .mul_scalar(rho)
+                .add(row(entries.mean_sq.clone()));
+            let keep = nu
+                .clone()
+                .sub(mu.clone().square())
+                .detach()
+                .greater_equal_elem(0.0)
+                .float();
+            mu_sum = mu_sum.add(mu.mul(keep.clone()));
+            nu_sum = nu_sum.add(nu.mul(keep.clone()));
+            count = count.add(keep);
+        }
+        let mu = mu_sum.div(count.clone());
+        let var = nu_sum.div(count).sub(mu.clone().square());
+        let std = var.add_scalar(layer.norm.epsilon).sqrt();
+        let expected = y
+            .sub(mu.reshape([1, c, 1, 1]))
+            .div(std.reshape([1, c, 1, 1]))
+            .mul(gamma.clone().reshape([1, c, 1, 1]))
+            .add(beta.clone().reshape([1, c, 1, 1]));
+        let expected_grads = expected.clone().mul(g.clone()).sum().backward();
+
+        let out = layer.forward(x.clone());
+        let grads = out.clone().mul(g).sum().backward();
+        let case = format!("history_gradient {history_gradient}");
+        let compare = |what: &str, actual: TensorData, expected: TensorData| {
+            let values: Vec<f32> = expected.to_vec().unwrap();
+            check_matmul::<B>(
+                &format!("{case}: {what}"),
+                &actual,
+                &expected.shape,
+                &values,
+            )
+            .unwrap();
+        };
+        compare("output", out.into_data(), expected.into_data());
+        let grad = |t: &Tensor<B, 1>, grads: &_| t.grad(grads).unwrap().into_data();
+        compare(
+            "grad input",
+            x.grad(&grads).unwrap().into_data(),
+            x.grad(&expected_grads).unwrap().into_data(),
+        );
+        compare(
+            "grad conv weight",
+            layer.conv.weight.grad(&grads).unwrap().into_data(),
+            weight.grad(&expected_grads).unwrap().into_data(),
+        );
+        compare(
+            "grad conv bias",
+            layer
+                .conv
+                .bias
+                .as_ref()
+                .unwrap()
+                .grad(&grads)
+                .unwrap()
+                .into_data(),
+            grad(&bias, &expected_grads),
+        );
+        compare(
+            "grad gamma",
+            layer
+                .norm
+                .gamma
+                .as_ref()
+                .unwrap()
+                .grad(&grads)
+                .unwrap()
+                .into_data(),
+            grad(&gamma, &expected_grads),
+        );
+        compare(
+            "grad beta",
+            layer
+                .norm
+                .beta
+                .as_ref()
+                .unwrap()
+                .grad(&grads)
+                .unwrap()
+                .into_data(),
+            grad(&beta, &expected_grads),
+        );
+    }
+}
+
+#[rstest]
+#[case::ndarray(TestDevice::NdArray)]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+fn cbn_window_step_is_the_formulas(#[case] dev: TestDevice) {
+    on_device!(dev, window_formulas);
 }
 
 /// A batch of one — one value per channel — never produces NaN, with
