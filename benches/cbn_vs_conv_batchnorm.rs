@@ -11,18 +11,22 @@
 //! `BNORM_BENCH_WINDOW_PARTS=1` also measures window 8 without the
 //! compensation and without the backward pass through the history, and
 //! the Jacobians alone on the inner backend and through autodiff, and with
-//! `Q` in 4 and 16 bands of output rows (alone, and 16 in the layer);
-//! `BNORM_BENCH_SHAPES` picks shapes; `BNORM_BENCH_BACKENDS` backends.
+//! `Q` in 4 and 16 bands of output rows (alone, and 16 in the layer), and
+//! one weight-gradient convolution with `C` output channels against one
+//! with `2C` (what `Q` would cost stacked onto the conv's own weight
+//! gradient in the backward pass); `BNORM_BENCH_SHAPES` picks shapes;
+//! `BNORM_BENCH_BACKENDS` backends.
 
 mod common;
 
+use bnorm::core::jacobian::conv2d_weight_gradient;
 use bnorm::core::{conv2d_moment_jacobians_in_bands, Conv2dGeometry};
 use bnorm::{Conv2dCbnConfig, CrossIterBatchNormConfig};
 use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
 use burn::backend::{Autodiff, NdArray};
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::{BatchNormConfig, PaddingConfig2d};
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Distribution, Tensor};
 use common::{print_ratios, settle, shape_name, shapes, train_step};
 use criterion::{BenchmarkId, Criterion};
@@ -128,6 +132,27 @@ fn bench_backend<B: AutodiffBackend>(
                 settle(&format!("{name}/{label}"), work);
                 group.bench_function(BenchmarkId::from_parameter(label), |b| b.iter(work));
             }
+            // `Q` in the backward pass, the alternative to bands: burn's
+            // Conv2d backward already runs one weight-gradient convolution
+            // of `x` with `dL/dy` (`C` output channels); with `2y/M`
+            // stacked onto `dL/dy` it would give `Q` too (`2C` channels,
+            // the same reduction). The stacked one's extra time over the
+            // plain one is what `Q` would cost there; the plain one is
+            // about what `Q` costs now.
+            let (x_values, y_values) = values;
+            let output_grad = y_values.random_like(Distribution::Normal(0.0, 1.0));
+            let plain = || weight_gradient(&x_values, output_grad.clone());
+            let stacked = || {
+                let both = Tensor::cat(vec![output_grad.clone(), y_values.clone()], 1);
+                weight_gradient(&x_values, both)
+            };
+            for (label, work) in [
+                ("Weight-gradient-C", &plain as &dyn Fn()),
+                ("Weight-gradient-2C-stacked", &stacked),
+            ] {
+                settle(&format!("{name}/{label}"), work);
+                group.bench_function(BenchmarkId::from_parameter(label), |b| b.iter(work));
+            }
         }
         group.finish();
         groups.push(name);
@@ -155,6 +180,21 @@ fn jacobians_step<E: AutodiffBackend>(
     let jacobians =
         conv2d_moment_jacobians_in_bands(x, y, [channels, channels, 3, 3], geometry, bands);
     let _ = jacobians.mean_sq.into_data();
+}
+
+/// One weight-gradient convolution of the bench's conv (3x3, padding 1),
+/// input `x`, output gradient `grad` (any number of channels), read back.
+fn weight_gradient<I: Backend>(x: &Tensor<I, 4>, grad: Tensor<I, 4>) {
+    let [_, c_in, _, _] = x.dims();
+    let c_out = grad.dims()[1];
+    let geometry = Conv2dGeometry {
+        stride: [1, 1],
+        padding: [[1, 1], [1, 1]],
+        dilation: [1, 1],
+        groups: 1,
+    };
+    let gradient = conv2d_weight_gradient(x.clone(), grad, [c_out, c_in, 3, 3], geometry);
+    let _ = gradient.into_data();
 }
 
 fn main() {
@@ -236,6 +276,11 @@ fn print_breakdown(backend: &str, groups: &[String]) {
                 "Jacobians alone, Q in 16 bands / in one piece",
                 "Jacobians-inner",
                 "Jacobians-inner-16-bands",
+            ),
+            (
+                "Q stacked onto the conv's weight gradient: 2C channels / C channels",
+                "Weight-gradient-C",
+                "Weight-gradient-2C-stacked",
             ),
         ]);
     }

@@ -177,15 +177,18 @@ impl JacobianWork<4> for ConvJacobians {
         let mean_sq = if bands > 1 && geometry.groups == 1 {
             banded_weight_backward(x, grad, weight_dims, geometry, bands)
         } else {
-            whole_weight_backward(x, grad, weight_dims, geometry)
+            conv2d_weight_gradient(x, grad, weight_dims, geometry)
         };
         MomentJacobians { mean, mean_sq }
     }
 }
 
-/// The weight gradient `[C, F]` of a conv with output gradient `grad`
-/// `[N, C, Ho, Wo]`, in one weight-gradient convolution.
-fn whole_weight_backward<E: Backend>(
+/// The weight gradient `[C, F]` (`F = C_in/G * kh * kw`) of a conv with
+/// input `x` `[N, C_in, H, W]`, weight shape `weight_dims`
+/// `[C, C_in/G, kh, kw]` and output gradient `grad` `[N, C, Ho, Wo]`, in
+/// one weight-gradient convolution of the backend (`Q` is this with
+/// `grad = 2y/M`). Public for the benchmarks, which time it alone.
+pub fn conv2d_weight_gradient<E: Backend>(
     x: Tensor<E, 4>,
     grad: Tensor<E, 4>,
     weight_dims: [usize; 4],
