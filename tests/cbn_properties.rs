@@ -510,17 +510,22 @@ fn cbn_drops_negative_variance_per_channel(#[case] dev: TestDevice) {
 /// A window step against the formulas written out entry by entry, with
 /// burn autodiff's gradients of them: after two SGD steps, which move the
 /// weight away from the entries' (window 4: two of three entries filled),
-/// a third step's output and gradients (input, conv weight and bias,
-/// gamma, beta), with the gradient through the compensated history (the
-/// default; the reference fixtures run without it) and without it.
+/// a third step's output, gradients (input, conv weight and bias, gamma,
+/// beta) and running statistics, with the gradient through the compensated
+/// history (the default; the reference fixtures run without it) and the
+/// window's running statistics, and without either.
 fn window_formulas<B: AutodiffBackend>(device: &B::Device) {
     let (c_in, c, rho) = (2, 3, 0.8);
-    for history_gradient in [true, false] {
+    for (history_gradient, running_statistics) in [
+        (true, RunningStatistics::Window),
+        (false, RunningStatistics::CurrentBatch),
+    ] {
         B::seed(device, 21);
         let norm = CrossIterBatchNormConfig::new(0)
             .with_window(4)
             .with_rho(rho)
-            .with_history_gradient(history_gradient);
+            .with_history_gradient(history_gradient)
+            .with_running_statistics(running_statistics);
         let mut layer = materialize(
             Conv2dCbnConfig::new([c_in, c], [3, 3])
                 .with_padding(PaddingConfig2d::Same)
@@ -549,6 +554,13 @@ fn window_formulas<B: AutodiffBackend>(device: &B::Device) {
         );
         let x = uniform::<B, 4>([2, c_in, 5, 5], 62, -1.0, 1.0, device).require_grad();
         let g = uniform::<B, 4>([2, c, 5, 5], 72, -1.0, 1.0, device);
+        let running = |layer: &Conv2dCbn<B>| {
+            (
+                layer.norm.running_mean.value_sync(),
+                layer.norm.running_var.value_sync(),
+            )
+        };
+        let (old_mean, old_var) = running(&layer);
 
         // The formulas: y = conv(x), mu_t, nu_t; entry i compensated,
         // mu_i(W) = mu_i + rho (<P_i, W_c> + b_c - lin_mu_i),
@@ -602,17 +614,39 @@ fn window_formulas<B: AutodiffBackend>(device: &B::Device) {
         }
         let mu = mu_sum.div(count.clone());
         let var = nu_sum.div(count).sub(mu.clone().square());
-        let std = var.add_scalar(layer.norm.epsilon).sqrt();
+        let std = var.clone().add_scalar(layer.norm.epsilon).sqrt();
         let expected = y
-            .sub(mu.reshape([1, c, 1, 1]))
+            .clone()
+            .sub(mu.clone().reshape([1, c, 1, 1]))
             .div(std.reshape([1, c, 1, 1]))
             .mul(gamma.clone().reshape([1, c, 1, 1]))
             .add(beta.clone().reshape([1, c, 1, 1]));
         let expected_grads = expected.clone().mul(g.clone()).sum().backward();
+        // Running statistics: `(1 - m) old + m s`, with `s` the window's
+        // mean and biased variance, or the current batch's mean and
+        // unbiased variance.
+        let (stat_mean, stat_var) = match running_statistics {
+            RunningStatistics::Window => (mu.detach(), var.detach()),
+            RunningStatistics::CurrentBatch => {
+                let y = y.detach();
+                let mean = channel_mean(y.clone());
+                let centered = y.sub(mean.clone().reshape([1, c, 1, 1]));
+                let m = 2.0 * 5.0 * 5.0;
+                (
+                    mean,
+                    channel_mean(centered.square()).mul_scalar(m / (m - 1.0)),
+                )
+            }
+        };
+        let blend = |old: Tensor<B, 1>, new: Tensor<B, 1>| {
+            let m = layer.norm.momentum;
+            old.mul_scalar(1.0 - m).add(new.mul_scalar(m))
+        };
+        let (expected_mean, expected_var) = (blend(old_mean, stat_mean), blend(old_var, stat_var));
 
         let out = layer.forward(x.clone());
         let grads = out.clone().mul(g).sum().backward();
-        let case = format!("history_gradient {history_gradient}");
+        let case = format!("history_gradient {history_gradient}, {running_statistics:?}");
         let compare = |what: &str, actual: TensorData, expected: TensorData| {
             let values: Vec<f32> = expected.to_vec().unwrap();
             check_matmul::<B>(
@@ -670,6 +704,17 @@ fn window_formulas<B: AutodiffBackend>(device: &B::Device) {
                 .unwrap()
                 .into_data(),
             grad(&beta, &expected_grads),
+        );
+        let (running_mean, running_var) = running(&layer);
+        compare(
+            "running mean",
+            running_mean.into_data(),
+            expected_mean.into_data(),
+        );
+        compare(
+            "running var",
+            running_var.into_data(),
+            expected_var.into_data(),
         );
     }
 }
