@@ -138,7 +138,8 @@ fn bench_backend<B: AutodiffBackend>(
             // stacked onto `dL/dy` it would give `Q` too (`2C` channels,
             // the same reduction). The stacked one's extra time over the
             // plain one is what `Q` would cost there; the plain one is
-            // about what `Q` costs now.
+            // about what `Q` costs now. (`y` is stacked unscaled: the
+            // scale by `2/M` is one elementwise kernel either way.)
             let (x_values, y_values) = values;
             let output_grad = y_values.random_like(Distribution::Normal(0.0, 1.0));
             let plain = || weight_gradient(&x_values, output_grad.clone());
