@@ -592,26 +592,32 @@ fn window_formulas<B: AutodiffBackend>(device: &B::Device) {
             let mu_i = row(entries.mean.clone());
             let p_w = w.clone().mul(p).sum_dim(1).reshape([c]);
             let q_w = w.clone().mul(q).sum_dim(1).reshape([c]);
-            let mu = p_w
+            let mu_comp = p_w
                 .add(b.clone())
                 .sub(row(entries.lin_mean.clone()))
                 .mul_scalar(rho)
                 .add(mu_i.clone());
-            let nu = q_w
+            let nu_comp = q_w
                 .add(mu_i.mul(b.clone()).mul_scalar(2.0))
                 .sub(row(entries.lin_mean_sq.clone()))
                 .mul_scalar(rho)
                 .add(row(entries.mean_sq.clone()));
-            let keep = nu
+            let keep = nu_comp
                 .clone()
-                .sub(mu.clone().square())
+                .sub(mu_comp.clone().square())
                 .detach()
                 .greater_equal_elem(0.0)
                 .float();
-            mu_sum = mu_sum.add(mu.mul(keep.clone()));
-            nu_sum = nu_sum.add(nu.mul(keep.clone()));
+            mu_sum = mu_sum.add(mu_comp.mul(keep.clone()));
+            nu_sum = nu_sum.add(nu_comp.mul(keep.clone()));
             count = count.add(keep);
         }
+        // Both entries kept in every channel: the compensation is in play.
+        assert_eq!(
+            count.clone().into_data().to_vec::<f32>().unwrap(),
+            vec![3.0; c],
+            "{history_gradient}: entries kept per channel (current included)"
+        );
         let mu = mu_sum.div(count.clone());
         let var = nu_sum.div(count).sub(mu.clone().square());
         let std = var.clone().add_scalar(layer.norm.epsilon).sqrt();
@@ -631,7 +637,7 @@ fn window_formulas<B: AutodiffBackend>(device: &B::Device) {
                 let y = y.detach();
                 let mean = channel_mean(y.clone());
                 let centered = y.sub(mean.clone().reshape([1, c, 1, 1]));
-                let m = 2.0 * 5.0 * 5.0;
+                let m = (2 * 5 * 5) as f64; // values per channel
                 (
                     mean,
                     channel_mean(centered.square()).mul_scalar(m / (m - 1.0)),
