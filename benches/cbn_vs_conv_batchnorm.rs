@@ -161,6 +161,14 @@ fn bench_backend<B: AutodiffBackend>(
     groups
 }
 
+/// The bench's conv: 3x3, stride 1, padding 1.
+const CONV_GEOMETRY: Conv2dGeometry = Conv2dGeometry {
+    stride: [1, 1],
+    padding: [[1, 1], [1, 1]],
+    dilation: [1, 1],
+    groups: 1,
+};
+
 /// The Jacobians of the bench's conv (3x3, padding 1, `C -> C`) on `E`,
 /// from the conv's input and output values, `Q` in `bands` bands.
 fn jacobians_step<E: AutodiffBackend>(
@@ -168,18 +176,12 @@ fn jacobians_step<E: AutodiffBackend>(
     bands: usize,
 ) {
     let channels = x.dims()[1];
-    let geometry = Conv2dGeometry {
-        stride: [1, 1],
-        padding: [[1, 1], [1, 1]],
-        dilation: [1, 1],
-        groups: 1,
-    };
     let (x, y) = (
         Tensor::<E, 4>::from_inner(x.clone()),
         Tensor::<E, 4>::from_inner(y.clone()),
     );
     let jacobians =
-        conv2d_moment_jacobians_in_bands(x, y, [channels, channels, 3, 3], geometry, bands);
+        conv2d_moment_jacobians_in_bands(x, y, [channels, channels, 3, 3], CONV_GEOMETRY, bands);
     let _ = jacobians.mean_sq.into_data();
 }
 
@@ -188,13 +190,7 @@ fn jacobians_step<E: AutodiffBackend>(
 fn weight_gradient<I: Backend>(x: &Tensor<I, 4>, grad: Tensor<I, 4>) {
     let [_, c_in, _, _] = x.dims();
     let c_out = grad.dims()[1];
-    let geometry = Conv2dGeometry {
-        stride: [1, 1],
-        padding: [[1, 1], [1, 1]],
-        dilation: [1, 1],
-        groups: 1,
-    };
-    let gradient = conv2d_weight_gradient(x.clone(), grad, [c_out, c_in, 3, 3], geometry);
+    let gradient = conv2d_weight_gradient(x.clone(), grad, [c_out, c_in, 3, 3], CONV_GEOMETRY);
     let _ = gradient.into_data();
 }
 
