@@ -15,7 +15,7 @@
 //! inference: in training the statistics come from the batch.
 
 use burn::module::Param;
-use burn::nn::conv::Conv2d;
+use burn::nn::conv::{Conv2d, Conv3d};
 use burn::nn::Linear;
 use burn::tensor::{backend::Backend, Tensor};
 
@@ -69,29 +69,39 @@ impl<B: Backend> InferenceAffine<B> {
 
     /// A copy of `conv` with this map folded in (weight `[C, ...]`).
     pub fn fold_into_conv2d(&self, conv: &Conv2d<B>) -> Conv2d<B> {
-        let (weight, bias) = self.fold(
-            conv.weight.val().detach(),
-            conv.bias.as_ref().map(|b| b.val().detach()),
-            0,
-        );
         let mut folded = conv.clone();
-        folded.weight = Param::from_tensor(weight);
-        folded.bias = Some(Param::from_tensor(bias));
+        (folded.weight, folded.bias) = self.fold_params(&conv.weight, &conv.bias, 0);
+        folded
+    }
+
+    /// A copy of `conv` with this map folded in (weight `[C, ...]`).
+    pub fn fold_into_conv3d(&self, conv: &Conv3d<B>) -> Conv3d<B> {
+        let mut folded = conv.clone();
+        (folded.weight, folded.bias) = self.fold_params(&conv.weight, &conv.bias, 0);
         folded
     }
 
     /// A copy of `linear` with this map folded in (burn's weight layout
     /// `[d_in, C]`).
     pub fn fold_into_linear(&self, linear: &Linear<B>) -> Linear<B> {
-        let (weight, bias) = self.fold(
-            linear.weight.val().detach(),
-            linear.bias.as_ref().map(|b| b.val().detach()),
-            1,
-        );
         let mut folded = linear.clone();
-        folded.weight = Param::from_tensor(weight);
-        folded.bias = Some(Param::from_tensor(bias));
+        (folded.weight, folded.bias) = self.fold_params(&linear.weight, &linear.bias, 1);
         folded
+    }
+
+    /// [`fold`](Self::fold) on a layer's parameters, as new parameters.
+    fn fold_params<const D: usize>(
+        &self,
+        weight: &Param<Tensor<B, D>>,
+        bias: &Option<Param<Tensor<B, 1>>>,
+        out_axis: usize,
+    ) -> (Param<Tensor<B, D>>, Option<Param<Tensor<B, 1>>>) {
+        let (weight, bias) = self.fold(
+            weight.val().detach(),
+            bias.as_ref().map(|b| b.val().detach()),
+            out_axis,
+        );
+        (Param::from_tensor(weight), Some(Param::from_tensor(bias)))
     }
 }
 

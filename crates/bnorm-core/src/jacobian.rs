@@ -50,7 +50,7 @@
 //! for a linear layer).
 
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::{ConvOptions, PadMode};
+use burn::tensor::ops::{ConvOptions, FloatTensor, PadMode};
 use burn::tensor::{Slice, Tensor, TensorData, TensorPrimitive};
 
 use crate::inner::JacobianWork;
@@ -75,20 +75,21 @@ pub struct Conv2dGeometry {
     pub groups: usize,
 }
 
-fn weight_backward<B: Backend>(
-    x: Tensor<B, 4>,
-    weight_shape: [usize; 4],
-    output_grad: Tensor<B, 4>,
-    options: ConvOptions<2>,
-) -> Tensor<B, 4> {
+/// A weight gradient `[C, C_in/G, k...]` from the backend's
+/// `conv{2,3}d_weight_backward` (`op`), given as `(x, weight, grad)`.
+pub(crate) fn weight_backward<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    weight_shape: [usize; D],
+    output_grad: Tensor<B, D>,
+    op: impl FnOnce(FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
+) -> Tensor<B, D> {
     // Only its shape is read (burn's default, cubecl and fusion kernels
     // alike): `empty` allocates without a fill kernel.
-    let weight = Tensor::<B, 4>::empty(weight_shape, &x.device());
-    Tensor::from_primitive(TensorPrimitive::Float(B::conv2d_weight_backward(
+    let weight = Tensor::<B, D>::empty(weight_shape, &x.device());
+    Tensor::from_primitive(TensorPrimitive::Float(op(
         x.into_primitive().tensor(),
         weight.into_primitive().tensor(),
         output_grad.into_primitive().tensor(),
-        options,
     )))
 }
 
@@ -208,7 +209,10 @@ pub fn conv2d_weight_gradient<E: Backend>(
         )
     };
     let options = ConvOptions::new(geometry.stride, padding, geometry.dilation, geometry.groups);
-    weight_backward(x, weight_dims, grad, options).reshape([c, cin_g * kh * kw])
+    weight_backward(x, weight_dims, grad, |x, w, g| {
+        E::conv2d_weight_backward(x, w, g, options)
+    })
+    .reshape([c, cin_g * kh * kw])
 }
 
 /// The weight gradient `[C, F]` of a conv without groups with output
@@ -295,7 +299,7 @@ fn banded_weight_backward<E: Backend>(
         x_bands,
         [bands * c, bands * c_in, kh, kw],
         grad_bands,
-        options,
+        |x, w, g| E::conv2d_weight_backward(x, w, g, options),
     );
     // The diagonal blocks without a mask: flattened, block (s, s) starts
     // at s * (L + F) with L = C * bands * F, the floats of one band's rows;
@@ -341,35 +345,77 @@ fn patch_sum<B: Backend>(
     geometry: Conv2dGeometry,
 ) -> Tensor<B, 3> {
     let [_, c_in, height, width] = x.dims();
-    let device = x.device();
-    // (tap, input row) pairs read along `axis`, for an input `size` long.
-    let reads = |axis: usize, size: usize| {
-        (0..kernel[axis]).flat_map(move |tap| {
-            let rows = tap_rows(
-                size,
-                output[axis],
-                tap * geometry.dilation[axis],
-                geometry.stride[axis],
-                geometry.padding[axis][0],
-            );
-            rows.into_iter()
-                .flatten()
-                .map(move |row| (tap, row as usize))
-        })
-    };
-    let [kh, kw] = kernel;
-    let mut rows = vec![0.0f32; kh * height]; // S_h, [kh, H]
-    for (tap, row) in reads(0, height) {
-        rows[tap * height + row] = 1.0;
+    let size = [height, width];
+    let axes = [0, 1].map(|axis| AxisTaps {
+        kernel: kernel[axis],
+        size: size[axis],
+        output: output[axis],
+        dilation: geometry.dilation[axis],
+        stride: geometry.stride[axis],
+        pad_before: geometry.padding[axis][0],
+    });
+    plane_patch_sums(batch_sum(x).reshape([c_in, height, width]), axes)
+}
+
+/// `x` `[N, ...]` summed over the batch, `[1, ...]`: a reshape, not a
+/// reduction, for a batch of one (the case this library is for).
+pub(crate) fn batch_sum<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    if x.dims()[0] == 1 {
+        x
+    } else {
+        x.sum_dim(0)
     }
-    let mut columns = vec![0.0f32; width * kw]; // S_w transposed, [W, kw]
-    for (tap, column) in reads(1, width) {
-        columns[column * kw + tap] = 1.0;
+}
+
+/// One spatial axis of a convolution, as its tap selection sees it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AxisTaps {
+    pub kernel: usize,
+    pub size: usize,
+    pub output: usize,
+    pub dilation: usize,
+    pub stride: usize,
+    pub pad_before: usize,
+}
+
+impl AxisTaps {
+    /// `S[tap, r]`, `[kernel, size]` row-major: 1 where kernel tap `tap`
+    /// reads input row `r` for some output position, 0 elsewhere (padding
+    /// adds zero, so it needs no entry).
+    pub(crate) fn selection(self) -> Vec<f32> {
+        let mut selection = vec![0.0f32; self.kernel * self.size];
+        for tap in 0..self.kernel {
+            let offset = tap * self.dilation;
+            let rows = tap_rows(self.size, self.output, offset, self.stride, self.pad_before);
+            for row in rows.into_iter().flatten() {
+                selection[tap * self.size + row as usize] = 1.0;
+            }
+        }
+        selection
     }
-    let rows = Tensor::<B, 3>::from_data(TensorData::new(rows, [1, kh, height]), &device);
-    let columns = Tensor::<B, 3>::from_data(TensorData::new(columns, [1, width, kw]), &device);
-    let summed = x.sum_dim(0).reshape([c_in, height, width]);
-    rows.matmul(summed).matmul(columns)
+}
+
+/// `S_h X_p S_w^T` for every plane `X_p` of `planes` `[P, H, W]`: the
+/// patch sums `[P, kh, kw]` of a 2D convolution with row taps `rows` and
+/// column taps `columns` (see [`patch_sum`]). Two small matrix products.
+pub(crate) fn plane_patch_sums<B: Backend>(
+    planes: Tensor<B, 3>,
+    [rows, columns]: [AxisTaps; 2],
+) -> Tensor<B, 3> {
+    let device = planes.device();
+    let (kh, height) = (rows.kernel, rows.size);
+    let (kw, width) = (columns.kernel, columns.size);
+    let column_selection = columns.selection();
+    // S_w transposed, [W, kw].
+    let transposed: Vec<f32> = (0..width * kw)
+        .map(|i| column_selection[(i % kw) * width + i / kw])
+        .collect();
+    let rows = Tensor::<B, 3>::from_data(
+        TensorData::new(rows.selection(), [1, kh, height]),
+        &device,
+    );
+    let columns = Tensor::<B, 3>::from_data(TensorData::new(transposed, [1, width, kw]), &device);
+    rows.matmul(planes).matmul(columns)
 }
 
 /// The input rows (along one axis) that kernel tap offset `offset`

@@ -19,6 +19,7 @@
 //!   or linear weight, and the Taylor compensation of history entries
 //!   (computed on an autodiff backend's inner backend where this build can
 //!   name it: `inner`, private).
+//! - [`conv3d_jacobian`]: the same Jacobians for a 3D convolution.
 //! - [`window`]: Cross-Iteration BN window statistics and burn-in.
 //! - [`inference`]: inference-mode normalization as one affine map, and
 //!   folding it into the preceding layer.
@@ -41,8 +42,10 @@ pub use record_check::{
 };
 pub mod inference;
 mod inner;
+pub mod conv3d_jacobian;
 pub mod jacobian;
 pub mod window;
+pub use conv3d_jacobian::{conv3d_moment_jacobians, Conv3dGeometry};
 pub use inference::{compose_affine, InferenceAffine};
 pub use jacobian::{
     conv2d_moment_jacobians, conv2d_moment_jacobians_in_bands, linear_moment_jacobians, linearize,

@@ -10,9 +10,10 @@ use bnorm_core::{
 };
 
 use crate::conv2d_cbn::Conv2dCbnRecord;
+use crate::conv3d_cbn::Conv3dCbnRecord;
 use crate::cross_iter_batch_norm::CrossIterBatchNormRecord;
 use crate::linear_cbn::LinearCbnRecord;
-use crate::{Conv2dCbn, CrossIterBatchNorm, LinearCbn};
+use crate::{Conv2dCbn, Conv3dCbn, CrossIterBatchNorm, LinearCbn};
 
 const LAYER: &str = "CrossIterBatchNorm";
 
@@ -115,58 +116,42 @@ fn check_layer<B: Backend, const D: usize>(
     )
 }
 
-impl<B: Backend> Conv2dCbn<B> {
-    /// Checks the conv weight and bias and the whole CBN state of `record`
-    /// against this module, then loads it.
-    pub fn try_load_record(self, record: Conv2dCbnRecord<B>) -> Result<Self, RecordShapeError> {
-        check_layer(
-            "Conv2dCbn",
-            "conv",
-            (&self.conv.weight, &record.conv.weight),
-            (&self.conv.bias, &record.conv.bias),
-        )?;
-        self.norm.check_record(&record.norm)?;
-        Ok(self.load_record(record))
-    }
+/// `try_load_record` and `load_checkpoint` for a fused block: its layer
+/// (field `$layer`) and its CBN (field `norm`).
+macro_rules! block_checkpoint {
+    ($block:ident, $record:ident, $layer:ident) => {
+        impl<B: Backend> $block<B> {
+            #[doc = concat!(
+                "Checks the `", stringify!($layer), "` weight and bias and the whole CBN ",
+                "state of `record` against this module, then loads it."
+            )]
+            pub fn try_load_record(self, record: $record<B>) -> Result<Self, RecordShapeError> {
+                check_layer(
+                    stringify!($block),
+                    stringify!($layer),
+                    (&self.$layer.weight, &record.$layer.weight),
+                    (&self.$layer.bias, &record.$layer.bias),
+                )?;
+                self.norm.check_record(&record.norm)?;
+                Ok(self.load_record(record))
+            }
 
-    /// Reads a checkpoint written with `Module::save_file` and loads it with
-    /// [`try_load_record`](Self::try_load_record).
-    pub fn load_checkpoint<R: FileRecorder<B>>(
-        self,
-        path: impl Into<PathBuf>,
-        recorder: &R,
-        device: &B::Device,
-    ) -> Result<Self, CheckpointError> {
-        load_checkpoint_with(path.into(), recorder, device, |record| {
-            self.try_load_record(record)
-        })
-    }
+            /// Reads a checkpoint written with `Module::save_file` and loads
+            /// it with [`try_load_record`](Self::try_load_record).
+            pub fn load_checkpoint<R: FileRecorder<B>>(
+                self,
+                path: impl Into<PathBuf>,
+                recorder: &R,
+                device: &B::Device,
+            ) -> Result<Self, CheckpointError> {
+                load_checkpoint_with(path.into(), recorder, device, |record| {
+                    self.try_load_record(record)
+                })
+            }
+        }
+    };
 }
 
-impl<B: Backend> LinearCbn<B> {
-    /// Checks the linear weight and bias and the whole CBN state of `record`
-    /// against this module, then loads it.
-    pub fn try_load_record(self, record: LinearCbnRecord<B>) -> Result<Self, RecordShapeError> {
-        check_layer(
-            "LinearCbn",
-            "linear",
-            (&self.linear.weight, &record.linear.weight),
-            (&self.linear.bias, &record.linear.bias),
-        )?;
-        self.norm.check_record(&record.norm)?;
-        Ok(self.load_record(record))
-    }
-
-    /// Reads a checkpoint written with `Module::save_file` and loads it with
-    /// [`try_load_record`](Self::try_load_record).
-    pub fn load_checkpoint<R: FileRecorder<B>>(
-        self,
-        path: impl Into<PathBuf>,
-        recorder: &R,
-        device: &B::Device,
-    ) -> Result<Self, CheckpointError> {
-        load_checkpoint_with(path.into(), recorder, device, |record| {
-            self.try_load_record(record)
-        })
-    }
-}
+block_checkpoint!(Conv2dCbn, Conv2dCbnRecord, conv);
+block_checkpoint!(Conv3dCbn, Conv3dCbnRecord, conv);
+block_checkpoint!(LinearCbn, LinearCbnRecord, linear);

@@ -6,6 +6,7 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use bnorm_core::{conv2d_moment_jacobians_in_bands, Conv2dGeometry};
 
+use crate::conv_block::same_padding;
 use crate::{CrossIterBatchNorm, CrossIterBatchNormConfig, WeightLayout};
 
 /// Configuration of a [`Conv2dCbn`]: burn's `Conv2dConfig` fields with the
@@ -195,48 +196,26 @@ impl<B: Backend> Conv2dCbn<B> {
         y: Tensor<B, 4>,
         geometry: Conv2dGeometry,
     ) -> Tensor<B, 4> {
-        if !B::ad_enabled(&y.device()) {
-            return self.norm.forward_frozen(y);
-        }
-        let [c_out, c_in_g, kh, kw] = self.conv.weight.dims();
-        let g = self.conv.groups;
-        let weight = self
-            .conv
-            .weight
-            .val()
-            .reshape([g, c_out / g, c_in_g * kh * kw]);
-        let bias = self.conv.bias.as_ref().map(|b| b.val());
-        let (x_values, y_values) = (input.detach(), y.clone().detach());
-        self.norm.forward_with(y, weight, bias, || {
-            conv2d_moment_jacobians_in_bands(
-                x_values,
-                y_values,
-                [c_out, c_in_g, kh, kw],
-                geometry,
-                self.jacobian_bands,
-            )
-        })
+        self.norm.forward_conv(
+            input,
+            y,
+            (&self.conv.weight, &self.conv.bias, self.conv.groups),
+            |x, y, weight_dims| {
+                conv2d_moment_jacobians_in_bands(x, y, weight_dims, geometry, self.jacobian_bands)
+            },
+        )
     }
 
     /// The conv's geometry with its padding resolved for an input of
     /// `height x width` (burn's rule for `Same`: the extra pixel of an odd
     /// total goes to the end).
     fn geometry(&self, height: usize, width: usize) -> Conv2dGeometry {
-        let same = |kernel: usize, stride: usize, size: usize| {
-            let out = size.div_ceil(stride);
-            let total = if out > 0 {
-                ((out - 1) * stride + kernel).saturating_sub(size)
-            } else {
-                0
-            };
-            [total / 2, total - total / 2]
-        };
         let [kh, kw] = self.conv.kernel_size;
         let padding = match &self.conv.padding {
             PaddingConfig2d::Valid => [[0, 0], [0, 0]],
             PaddingConfig2d::Same => [
-                same(kh, self.conv.stride[0], height),
-                same(kw, self.conv.stride[1], width),
+                same_padding(kh, self.conv.stride[0], height),
+                same_padding(kw, self.conv.stride[1], width),
             ],
             PaddingConfig2d::Explicit(top, left, bottom, right) => {
                 [[*top, *bottom], [*left, *right]]

@@ -1,11 +1,13 @@
 use burn::module::{Param, RunningState};
-use burn::nn::conv::Conv2d;
+use burn::nn::conv::{Conv2d, Conv3d};
 use burn::nn::{BatchNorm, Linear};
 use burn::tensor::backend::Backend;
 
 use bnorm_core::{check_record_shape, InferenceAffine, RecordShapeError};
 
-use crate::{Conv2dCbn, CrossIterBatchNorm, CrossIterBatchNormConfig, LinearCbn, WeightLayout};
+use crate::{
+    Conv2dCbn, Conv3dCbn, CrossIterBatchNorm, CrossIterBatchNormConfig, LinearCbn, WeightLayout,
+};
 
 impl<B: Backend> CrossIterBatchNorm<B> {
     /// The inference-mode transform as `x * scale + shift` per channel.
@@ -54,25 +56,12 @@ impl<B: Backend> Conv2dCbn<B> {
         bn: &BatchNorm<B>,
         norm: CrossIterBatchNormConfig,
     ) -> Result<Self, RecordShapeError> {
-        let [c_out, c_in_g, kh, kw] = conv.weight.dims();
-        check_record_shape(
+        let norm = CrossIterBatchNorm::after_conv(
             "Conv2dCbn::from_conv_batch_norm",
-            "BatchNorm channels",
-            &[c_out],
-            &bn.gamma.dims(),
-        )?;
-        let layout = WeightLayout {
-            groups: conv.groups,
-            patch_len: c_in_g * kh * kw,
-        };
-        let norm = CrossIterBatchNorm::from_batch_norm(
+            (&conv.weight.dims(), conv.groups),
             bn,
-            CrossIterBatchNormConfig {
-                num_features: c_out,
-                ..norm
-            },
-            layout,
-        );
+            norm,
+        )?;
         Ok(Conv2dCbn {
             conv,
             norm,
@@ -86,6 +75,59 @@ impl<B: Backend> Conv2dCbn<B> {
     /// must not be trained as if it did.
     pub fn fold(&self) -> Conv2d<B> {
         self.norm.inference_affine().fold_into_conv2d(&self.conv)
+    }
+}
+
+impl<B: Backend> Conv3dCbn<B> {
+    /// Continues a model trained with `conv` followed by burn's `BatchNorm`
+    /// (see [`Conv2dCbn::from_conv_batch_norm`]). Eval-mode outputs are
+    /// unchanged.
+    ///
+    /// # Errors
+    ///
+    /// If the BatchNorm's channels are not the conv's output channels.
+    pub fn from_conv_batch_norm(
+        conv: Conv3d<B>,
+        bn: &BatchNorm<B>,
+        norm: CrossIterBatchNormConfig,
+    ) -> Result<Self, RecordShapeError> {
+        let norm = CrossIterBatchNorm::after_conv(
+            "Conv3dCbn::from_conv_batch_norm",
+            (&conv.weight.dims(), conv.groups),
+            bn,
+            norm,
+        )?;
+        Ok(Conv3dCbn { conv, norm })
+    }
+
+    /// Folds the CBN, **in inference mode**, into the conv (see
+    /// [`Conv2dCbn::fold`]).
+    pub fn fold(&self) -> Conv3d<B> {
+        self.norm.inference_affine().fold_into_conv3d(&self.conv)
+    }
+}
+
+impl<B: Backend> CrossIterBatchNorm<B> {
+    /// [`from_batch_norm`](Self::from_batch_norm) after a conv with weight
+    /// shape `weight_dims` `[C, C_in/G, k...]` and `groups`, the channels
+    /// checked (`caller` names the conversion in the error).
+    fn after_conv(
+        caller: &'static str,
+        (weight_dims, groups): (&[usize], usize),
+        bn: &BatchNorm<B>,
+        norm: CrossIterBatchNormConfig,
+    ) -> Result<Self, RecordShapeError> {
+        let c_out = weight_dims[0];
+        check_record_shape(caller, "BatchNorm channels", &[c_out], &bn.gamma.dims())?;
+        let layout = WeightLayout {
+            groups,
+            patch_len: weight_dims[1..].iter().product(),
+        };
+        let config = CrossIterBatchNormConfig {
+            num_features: c_out,
+            ..norm
+        };
+        Ok(Self::from_batch_norm(bn, config, layout))
     }
 }
 

@@ -12,6 +12,7 @@
 //!
 //! - [`Conv2dCbn`]: a burn `Conv2d` (any stride, padding, dilation, groups,
 //!   bias) followed by CBN;
+//! - [`Conv3dCbn`]: the same after a burn `Conv3d`, for volumes;
 //! - [`LinearCbn`]: a burn `Linear` followed by CBN, over `[N, C]` or
 //!   `[N, L, C]`;
 //! - [`CrossIterBatchNorm`]: the normalization alone, for a custom layer that
@@ -24,6 +25,8 @@
 mod checkpoint;
 mod config;
 mod conv2d_cbn;
+mod conv3d_cbn;
+mod conv_block;
 mod convert;
 mod cross_iter_batch_norm;
 mod history;
@@ -34,6 +37,7 @@ pub use bnorm_core::{
 };
 pub use config::{CrossIterBatchNormConfig, PlainVariance, RunningStatistics, WeightLayout};
 pub use conv2d_cbn::{Conv2dCbn, Conv2dCbnConfig};
+pub use conv3d_cbn::{Conv3dCbn, Conv3dCbnConfig};
 pub use cross_iter_batch_norm::CrossIterBatchNorm;
 pub use history::CbnHistory;
 pub use linear_cbn::{LinearCbn, LinearCbnConfig};

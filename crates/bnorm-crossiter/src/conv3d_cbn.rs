@@ -1,0 +1,163 @@
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::conv::{Conv3d, Conv3dConfig};
+use burn::nn::{Initializer, PaddingConfig3d};
+use burn::tensor::{backend::Backend, Tensor};
+
+use bnorm_core::{conv3d_moment_jacobians, Conv3dGeometry};
+
+use crate::conv_block::same_padding;
+use crate::{CrossIterBatchNorm, CrossIterBatchNormConfig, WeightLayout};
+
+/// Configuration of a [`Conv3dCbn`]: burn's `Conv3dConfig` fields with the
+/// same defaults, plus the CBN options in `norm` (its `num_features` is
+/// taken from the conv's output channels).
+///
+/// ```
+/// # use bnorm_crossiter::Conv3dCbnConfig;
+/// # use burn::nn::PaddingConfig3d;
+/// let config = Conv3dCbnConfig::new([16, 32], [3, 3, 3])
+///     .with_padding(PaddingConfig3d::Same)
+///     .with_bias(false)
+///     .with_window(8);
+/// assert_eq!(config.norm.window, 8);
+/// ```
+#[derive(Config, Debug)]
+pub struct Conv3dCbnConfig {
+    /// `[in, out]` channels.
+    pub channels: [usize; 2],
+    /// `[kd, kh, kw]`.
+    pub kernel_size: [usize; 3],
+    /// Default: `[1, 1, 1]`.
+    #[config(default = "[1, 1, 1]")]
+    pub stride: [usize; 3],
+    /// Default: `[1, 1, 1]`.
+    #[config(default = "[1, 1, 1]")]
+    pub dilation: [usize; 3],
+    /// Default: 1.
+    #[config(default = "1")]
+    pub groups: usize,
+    /// Default: valid (no padding), as burn's `Conv3dConfig`. burn's `Same`
+    /// takes odd kernels only, and panics when the padding it needs for an
+    /// input is not the same on both sides.
+    #[config(default = "PaddingConfig3d::Valid")]
+    pub padding: PaddingConfig3d,
+    /// Conv bias. Default: true, as burn's `Conv3dConfig` (compensated in
+    /// the window too; `with_bias(false)` saves a little).
+    #[config(default = true)]
+    pub bias: bool,
+    /// Conv weight initializer. Default: burn's.
+    #[config(
+        default = "Initializer::KaimingUniform{gain:0.577_350_269_189_625_8,fan_out_only:false}"
+    )]
+    pub initializer: Initializer,
+    /// CBN options (`num_features` is overridden by `channels[1]`).
+    #[config(default = "CrossIterBatchNormConfig::new(0)")]
+    pub norm: CrossIterBatchNormConfig,
+}
+
+impl Conv3dCbnConfig {
+    /// Sets the CBN window `k` (current iteration + `k - 1` history entries).
+    pub fn with_window(mut self, window: usize) -> Self {
+        self.norm.window = window;
+        self
+    }
+
+    /// Initializes the conv (as burn's `Conv3dConfig::init`) and its CBN.
+    ///
+    /// # Panics
+    ///
+    /// As burn's `Conv3dConfig::init` (channels not divisible by groups,
+    /// `Same` padding with an even kernel) and
+    /// [`CrossIterBatchNormConfig::init`].
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Conv3dCbn<B> {
+        let conv = Conv3dConfig::new(self.channels, self.kernel_size)
+            .with_stride(self.stride)
+            .with_dilation(self.dilation)
+            .with_groups(self.groups)
+            .with_padding(self.padding.clone())
+            .with_bias(self.bias)
+            .with_initializer(self.initializer.clone())
+            .init(device);
+        let [kd, kh, kw] = self.kernel_size;
+        let layout = WeightLayout {
+            groups: self.groups,
+            patch_len: self.channels[0] / self.groups * kd * kh * kw,
+        };
+        let mut norm = self.norm.clone();
+        norm.num_features = self.channels[1];
+        Conv3dCbn {
+            conv,
+            norm: norm.init(layout, device),
+        }
+    }
+}
+
+/// A burn `Conv3d` followed by [`CrossIterBatchNorm`]: CBN for volumes
+/// (CT, MRI, microscopy stacks), where one sample may be all that fits.
+///
+/// As [`Conv2dCbn`](crate::Conv2dCbn): the Jacobians of the output moments
+/// with respect to the conv weight are computed in closed form from the
+/// conv input and output (one extra weight-gradient convolution per
+/// training step, see [`bnorm_core::conv3d_jacobian`]), and the history,
+/// with everything a resumed run needs, is in the record.
+#[derive(Module, Debug)]
+pub struct Conv3dCbn<B: Backend> {
+    /// The convolution.
+    pub conv: Conv3d<B>,
+    /// The normalization of its output.
+    pub norm: CrossIterBatchNorm<B>,
+}
+
+impl<B: Backend> Conv3dCbn<B> {
+    /// `norm(conv(x))`: training or inference as burn's `BatchNorm`.
+    ///
+    /// # Shapes
+    ///
+    /// - `input`: `[batch_size, channels_in, depth, height, width]`
+    /// - output: `[batch_size, channels_out, depth_out, height_out, width_out]`
+    ///
+    /// # Panics
+    ///
+    /// If `input` does not have `channels_in` channels, or (burn's `Conv3d`)
+    /// `Same` padding would need more on one side than the other for this
+    /// input size. The state is untouched then.
+    pub fn forward(&self, input: Tensor<B, 5>) -> Tensor<B, 5> {
+        let dims = input.dims();
+        let c_in = self.conv.weight.dims()[1] * self.conv.groups;
+        if dims[1] != c_in {
+            panic!(
+                "Conv3dCbn expects an input of shape [batch_size, {c_in}, depth, height, width], \
+                 received {dims:?}"
+            );
+        }
+        let y = self.conv.forward(input.clone());
+        let geometry = self.geometry([dims[2], dims[3], dims[4]]);
+        self.norm.forward_conv(
+            input,
+            y,
+            (&self.conv.weight, &self.conv.bias, self.conv.groups),
+            |x, y, weight_dims| conv3d_moment_jacobians(x, y, weight_dims, geometry),
+        )
+    }
+
+    /// The conv's geometry with its padding resolved for an input of
+    /// `size` (depth, height, width) as burn's `Conv3d` resolves it.
+    fn geometry(&self, size: [usize; 3]) -> Conv3dGeometry {
+        let conv = &self.conv;
+        let padding = match &conv.padding {
+            PaddingConfig3d::Valid => [0; 3],
+            // Symmetric: burn's `Conv3d` has panicked otherwise.
+            PaddingConfig3d::Same => {
+                [0, 1, 2].map(|a| same_padding(conv.kernel_size[a], conv.stride[a], size[a])[0])
+            }
+            PaddingConfig3d::Explicit(depth, height, width) => [*depth, *height, *width],
+        };
+        Conv3dGeometry {
+            stride: conv.stride,
+            padding,
+            dilation: conv.dilation,
+            groups: conv.groups,
+        }
+    }
+}

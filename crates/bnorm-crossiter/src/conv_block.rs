@@ -1,0 +1,48 @@
+//! What the conv blocks ([`Conv2dCbn`](crate::Conv2dCbn),
+//! [`Conv3dCbn`](crate::Conv3dCbn)) share: burn's `Same` padding rule, and
+//! the CBN of a convolution's output.
+
+use burn::module::Param;
+use burn::tensor::{backend::Backend, Tensor};
+
+use bnorm_core::MomentJacobians;
+
+use crate::CrossIterBatchNorm;
+
+/// burn's `Same` padding along one axis, `[before, after]`: the output is
+/// `ceil(size / stride)` long, and the extra pixel of an odd total goes to
+/// the end.
+pub(crate) fn same_padding(kernel: usize, stride: usize, size: usize) -> [usize; 2] {
+    let out = size.div_ceil(stride);
+    let total = if out > 0 {
+        ((out - 1) * stride + kernel).saturating_sub(size)
+    } else {
+        0
+    };
+    [total / 2, total - total / 2]
+}
+
+impl<B: Backend> CrossIterBatchNorm<B> {
+    /// The normalization of `y`, the output of a convolution of `input`
+    /// with `weight` `[C, C_in/G, k...]`, `groups` `G` and `bias`: in
+    /// training, the weight viewed as `[G, C/G, F]` and the Jacobians from
+    /// the detached input and output (`jacobians(x, y, weight shape)`); in
+    /// inference, the running statistics.
+    pub(crate) fn forward_conv<const D: usize>(
+        &self,
+        input: Tensor<B, D>,
+        y: Tensor<B, D>,
+        (weight, bias, groups): (&Param<Tensor<B, D>>, &Option<Param<Tensor<B, 1>>>, usize),
+        jacobians: impl FnOnce(Tensor<B, D>, Tensor<B, D>, [usize; D]) -> MomentJacobians<B>,
+    ) -> Tensor<B, D> {
+        if !B::ad_enabled(&y.device()) {
+            return self.forward_frozen(y);
+        }
+        let dims = weight.dims();
+        let patch_len = dims[1..].iter().product();
+        let weight = weight.val().reshape([groups, dims[0] / groups, patch_len]);
+        let bias = bias.as_ref().map(|b| b.val());
+        let (x_values, y_values) = (input.detach(), y.clone().detach());
+        self.forward_with(y, weight, bias, || jacobians(x_values, y_values, dims))
+    }
+}
