@@ -148,7 +148,8 @@ mod tests {
                 Distribution::Normal(0.0, 1.0),
                 &device,
             );
-            let w = Tensor::<Ad, 5>::random([6, 2, 3, 2, 3], Distribution::Normal(0.0, 1.0), &device);
+            let w =
+                Tensor::<Ad, 5>::random([6, 2, 3, 2, 3], Distribution::Normal(0.0, 1.0), &device);
             let options = ConvOptions::new([2, 1, 1], [1, 0, 2], [1, 2, 1], 2);
             let y = conv3d(x.clone(), w, None, options);
             let dims = [6, 2, 3, 2, 3];

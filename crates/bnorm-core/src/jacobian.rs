@@ -410,10 +410,8 @@ pub(crate) fn plane_patch_sums<B: Backend>(
     let transposed: Vec<f32> = (0..width * kw)
         .map(|i| column_selection[(i % kw) * width + i / kw])
         .collect();
-    let rows = Tensor::<B, 3>::from_data(
-        TensorData::new(rows.selection(), [1, kh, height]),
-        &device,
-    );
+    let rows =
+        Tensor::<B, 3>::from_data(TensorData::new(rows.selection(), [1, kh, height]), &device);
     let columns = Tensor::<B, 3>::from_data(TensorData::new(transposed, [1, width, kw]), &device);
     rows.matmul(planes).matmul(columns)
 }

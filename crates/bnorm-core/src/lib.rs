@@ -40,9 +40,9 @@ pub mod record_check;
 pub use record_check::{
     check_record_shape, load_checkpoint_with, optional_dims, CheckpointError, RecordShapeError,
 };
+pub mod conv3d_jacobian;
 pub mod inference;
 mod inner;
-pub mod conv3d_jacobian;
 pub mod jacobian;
 pub mod window;
 pub use conv3d_jacobian::{conv3d_moment_jacobians, Conv3dGeometry};

@@ -122,9 +122,9 @@ macro_rules! block_checkpoint {
     ($block:ident, $record:ident, $layer:ident) => {
         impl<B: Backend> $block<B> {
             #[doc = concat!(
-                "Checks the `", stringify!($layer), "` weight and bias and the whole CBN ",
-                "state of `record` against this module, then loads it."
-            )]
+                        "Checks the `", stringify!($layer), "` weight and bias and the whole CBN ",
+                        "state of `record` against this module, then loads it."
+                    )]
             pub fn try_load_record(self, record: $record<B>) -> Result<Self, RecordShapeError> {
                 check_layer(
                     stringify!($block),

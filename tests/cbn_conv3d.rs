@@ -1,0 +1,609 @@
+//! `Conv3dCbn`: CBN after a burn `Conv3d` (volumes). The closed-form 3D
+//! Jacobians against burn autodiff, window 1 against burn's `Conv3d` +
+//! `BatchNorm`, training through a full window and resuming from a
+//! checkpoint bit for bit, record mismatches, bad input, a batch of one,
+//! and the conversions to and from burn's layers.
+
+use crate::common;
+
+use bnorm::core::moments::channel_mean;
+use bnorm::core::{conv3d_moment_jacobians, Conv3dGeometry};
+use bnorm::{BurnInMode, Conv3dCbn, Conv3dCbnConfig, CrossIterBatchNormConfig, EpsPlacement};
+use bnorm_crossiter::{PlainVariance, RunningStatistics};
+use burn::module::{AutodiffModule, Module, Param, RunningState};
+use burn::nn::conv::Conv3dConfig;
+use burn::nn::{BatchNormConfig, PaddingConfig3d};
+use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+use burn::record::{BinBytesRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::module::conv3d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Tensor, TensorData};
+use common::random::uniform;
+use common::*;
+use rstest::rstest;
+
+fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().to_vec().unwrap()
+}
+
+/// A 3D conv case: input shape, weight shape `[C, C_in/G, kd, kh, kw]`,
+/// geometry, bias.
+type Conv3dCase = ([usize; 5], [usize; 5], Conv3dGeometry, bool);
+
+const fn geometry(
+    stride: [usize; 3],
+    padding: [usize; 3],
+    dilation: [usize; 3],
+    groups: usize,
+) -> Conv3dGeometry {
+    Conv3dGeometry {
+        stride,
+        padding,
+        dilation,
+        groups,
+    }
+}
+
+const CONV3D_CASES: [Conv3dCase; 5] = [
+    (
+        [2, 3, 4, 5, 5],
+        [4, 3, 3, 3, 3],
+        geometry([1, 1, 1], [1, 1, 1], [1, 1, 1], 1),
+        false,
+    ),
+    // A batch of one (its batch sum is a reshape), stride and bias.
+    (
+        [1, 2, 5, 6, 4],
+        [3, 2, 3, 2, 3],
+        geometry([2, 1, 2], [1, 0, 1], [1, 1, 1], 1),
+        true,
+    ),
+    // Groups, dilation along one axis.
+    (
+        [2, 4, 5, 5, 6],
+        [6, 2, 2, 3, 3],
+        geometry([1, 2, 1], [0, 2, 1], [2, 1, 2], 2),
+        true,
+    ),
+    // Depthwise, a 1 x 3 x 3 kernel (per-slice convolution of a volume).
+    (
+        [1, 3, 3, 5, 5],
+        [3, 1, 1, 3, 3],
+        geometry([1, 1, 1], [0, 1, 1], [1, 1, 1], 3),
+        false,
+    ),
+    // Stride 6 over 4 planes padded by 2: one output plane, whose depth
+    // taps 0 and 1 read only padding (planes -2 and -1), so part of the
+    // patch sum is zero.
+    (
+        [2, 2, 4, 4, 4],
+        [3, 2, 3, 3, 3],
+        geometry([6, 1, 1], [2, 1, 1], [1, 1, 1], 1),
+        true,
+    ),
+];
+
+/// Case `i`'s input, weight, bias and channel weights `a`, the same on
+/// every backend (host data).
+fn case_inputs<B: Backend>(
+    i: usize,
+    (x_dims, w_dims, _, _): &Conv3dCase,
+    device: &B::Device,
+) -> (Tensor<B, 5>, Tensor<B, 5>, Tensor<B, 1>, Tensor<B, 1>) {
+    let seed = i as u64;
+    (
+        uniform(*x_dims, 10 + seed, -1.0, 1.5, device),
+        uniform(*w_dims, 20 + seed, -0.5, 0.5, device),
+        uniform([w_dims[0]], 30 + seed, -0.5, 0.5, device),
+        uniform([w_dims[0]], 40 + seed, 0.5, 1.5, device),
+    )
+}
+
+fn case_conv<B: Backend>(
+    x: Tensor<B, 5>,
+    w: Tensor<B, 5>,
+    b: Option<Tensor<B, 1>>,
+    g: &Conv3dGeometry,
+) -> Tensor<B, 5> {
+    conv3d(
+        x,
+        w,
+        b,
+        ConvOptions::new(g.stride, g.padding, g.dilation, g.groups),
+    )
+}
+
+/// `d mean_c / dW` and `d meansq_c / dW` of a 3D conv in closed form, on
+/// the device under test, equal burn autodiff's on ndarray for strides,
+/// padding, dilation, groups (depthwise too), bias and a batch of one.
+/// `check_matmul`: `P` is three products of 0/1 tap selections with the
+/// batch-summed input, `Q` a weight-gradient convolution (TF32 on CUDA).
+fn conv3d_jacobians<B: AutodiffBackend>(device: &B::Device) {
+    for (i, case) in CONV3D_CASES.iter().enumerate() {
+        let (_, w_dims, geometry, bias) = case;
+        let [cout, cin_g, kd, kh, kw] = *w_dims;
+        let f = cin_g * kd * kh * kw;
+        let groups = geometry.groups;
+        // Autodiff on ndarray: gradients of sum_c a_c mean_c and of
+        // sum_c a_c meansq_c with respect to W, [C, F] each.
+        let cpu = Default::default();
+        let (x, w0, b0, a) = case_inputs::<NdArrayAd>(i, case, &cpu);
+        let autodiff = |square: bool| {
+            let w = w0.clone().require_grad();
+            let y = case_conv(x.clone(), w.clone(), bias.then(|| b0.clone()), geometry);
+            let y = if square { y.square() } else { y };
+            let grads = channel_mean(y).mul(a.clone()).sum().backward();
+            to_vec(w.grad(&grads).unwrap().reshape([cout, f]))
+        };
+        let (auto_dmu, auto_dnu) = (autodiff(false), autodiff(true));
+
+        let (x, w, b, a) = case_inputs::<B::InnerBackend>(i, case, device);
+        let y = case_conv(x.clone(), w, bias.then_some(b), geometry);
+        let jac = conv3d_moment_jacobians(x, y, *w_dims, *geometry);
+        let closed_dmu = jac
+            .mean
+            .reshape([groups, 1, f])
+            .expand([groups, cout / groups, f])
+            .reshape([cout, f])
+            .mul(a.clone().reshape([cout, 1]));
+        let closed_dnu = jac.mean_sq.mul(a.reshape([cout, 1]));
+        let what = format!("conv3d case {i}");
+        check_matmul::<B>(
+            &format!("{what} d mean/dW"),
+            &closed_dmu.into_data(),
+            &[cout, f],
+            &auto_dmu,
+        )
+        .unwrap();
+        check_matmul::<B>(
+            &format!("{what} d meansq/dW"),
+            &closed_dnu.into_data(),
+            &[cout, f],
+            &auto_dnu,
+        )
+        .unwrap();
+    }
+}
+
+#[rstest]
+#[case::ndarray(TestDevice::NdArray)]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+fn conv3d_jacobians_equal_autodiff(#[case] dev: TestDevice) {
+    on_device!(dev, conv3d_jacobians);
+}
+
+/// With window 1, BatchNorm's biased variance and the window's running
+/// statistics, `Conv3dCbn` is burn's `Conv3d` + `BatchNorm`: outputs,
+/// every gradient and the running statistics over three steps, and eval.
+fn window_one<B: AutodiffBackend>(device: &B::Device) {
+    let norm = CrossIterBatchNormConfig::new(0)
+        .with_window(1)
+        .with_plain_variance(PlainVariance::Biased)
+        .with_running_statistics(RunningStatistics::Window)
+        .with_eps_placement(EpsPlacement::InsideSqrt);
+    let cbn = Conv3dCbnConfig::new([2, 3], [3, 3, 3])
+        .with_padding(PaddingConfig3d::Same)
+        .with_norm(norm)
+        .init::<B>(device);
+    let mut conv = Conv3dConfig::new([2, 3], [3, 3, 3])
+        .with_padding(PaddingConfig3d::Same)
+        .init::<B>(device);
+    conv.weight = Param::from_tensor(cbn.conv.weight.val().detach());
+    conv.bias = cbn
+        .conv
+        .bias
+        .as_ref()
+        .map(|b| Param::from_tensor(b.val().detach()));
+    let bn = BatchNormConfig::new(3).init::<B>(device);
+    let shape = [2, 2, 3, 4, 4];
+    for step in 0..3 {
+        let x1 = uniform::<B, 5>(shape, step, -1.0, 2.0, device).require_grad();
+        let x2 = uniform::<B, 5>(shape, step, -1.0, 2.0, device).require_grad();
+        let g = uniform::<B, 5>([2, 3, 3, 4, 4], 50 + step, -1.0, 1.0, device);
+        let y1 = cbn.forward(x1.clone());
+        let y2 = bn.forward(conv.forward(x2.clone()));
+        let what = format!("step {step}");
+        check_close(
+            &format!("{what} output"),
+            &y1.clone().into_data(),
+            &[2, 3, 3, 4, 4],
+            &to_vec(y2.clone()),
+            1e-5,
+            1e-5,
+        )
+        .unwrap();
+        let g1 = y1.mul(g.clone()).sum().backward();
+        let g2 = y2.mul(g).sum().backward();
+        // Through each side's convolution backward (TF32 on CUDA).
+        let through_conv = [
+            (
+                "grad x",
+                to_vec(x1.grad(&g1).unwrap()),
+                to_vec(x2.grad(&g2).unwrap()),
+            ),
+            (
+                "grad W",
+                to_vec(cbn.conv.weight.grad(&g1).unwrap()),
+                to_vec(conv.weight.grad(&g2).unwrap()),
+            ),
+        ];
+        for (name, a, b) in through_conv {
+            let data = TensorData::new(a.clone(), [a.len()]);
+            check_matmul::<B>(&format!("{what} {name}"), &data, &[b.len()], &b).unwrap();
+        }
+        let norm_side = [
+            (
+                "grad gamma",
+                to_vec(cbn.norm.gamma.as_ref().unwrap().grad(&g1).unwrap()),
+                to_vec(bn.gamma.grad(&g2).unwrap()),
+            ),
+            (
+                "grad beta",
+                to_vec(cbn.norm.beta.as_ref().unwrap().grad(&g1).unwrap()),
+                to_vec(bn.beta.grad(&g2).unwrap()),
+            ),
+            (
+                "running mean",
+                to_vec(cbn.norm.running_mean.value_sync()),
+                to_vec(bn.running_mean.value_sync()),
+            ),
+            (
+                "running var",
+                to_vec(cbn.norm.running_var.value_sync()),
+                to_vec(bn.running_var.value_sync()),
+            ),
+        ];
+        for (name, a, b) in norm_side {
+            let data = TensorData::new(a.clone(), [a.len()]);
+            check_close(&format!("{what} {name}"), &data, &[b.len()], &b, 1e-4, 1e-5).unwrap();
+        }
+    }
+    let x = || uniform::<B, 5>(shape, 9, -1.0, 1.0, device);
+    let eval_cbn = cbn.valid().forward(x().inner());
+    let eval_bn = bn.valid().forward(conv.valid().forward(x().inner()));
+    check_close(
+        "eval output",
+        &eval_cbn.into_data(),
+        &[2, 3, 3, 4, 4],
+        &to_vec(eval_bn),
+        1e-5,
+        1e-5,
+    )
+    .unwrap();
+}
+
+#[rstest]
+#[case::ndarray(TestDevice::NdArray)]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+fn conv3d_cbn_window_one_is_batch_norm(#[case] dev: TestDevice) {
+    on_device!(dev, window_one);
+}
+
+/// The history entry a `Conv3dCbn` training step records holds the
+/// Jacobians of that step's moments: per channel, autodiff's gradients of
+/// `mean_c` and `meansq_c` of the block's own conv output with respect to
+/// its weight. Checks that the block hands its padding (`Same`, explicit),
+/// stride, dilation and groups to the Jacobians as burn's `Conv3d` applies
+/// them.
+fn recorded_jacobians<B: AutodiffBackend>(device: &B::Device) {
+    let configs = [
+        Conv3dCbnConfig::new([2, 3], [3, 3, 3]).with_padding(PaddingConfig3d::Same),
+        Conv3dCbnConfig::new([4, 6], [3, 1, 3])
+            .with_padding(PaddingConfig3d::Explicit(2, 0, 1))
+            .with_stride([2, 1, 1])
+            .with_dilation([1, 1, 2])
+            .with_groups(2),
+    ];
+    for (i, config) in configs.into_iter().enumerate() {
+        let config = config.with_window(3);
+        let [c_in, c] = config.channels;
+        let mut layer = config.init::<B>(device);
+        let w_dims = layer.conv.weight.dims();
+        let f: usize = w_dims[1..].iter().product();
+        let groups = layer.conv.groups;
+        layer.conv.weight = Param::from_tensor(uniform(w_dims, 60 + i as u64, -0.4, 0.4, device));
+        let x = uniform::<B, 5>([1, c_in, 4, 5, 5], 70 + i as u64, -1.0, 1.5, device);
+        let _ = layer.forward(x.clone());
+        let history = layer.norm.history.as_ref().unwrap();
+        let recorded_p = history.jac_mean.value_sync().narrow(0, 0, 1);
+        let recorded_q = history.jac_mean_sq.value_sync().narrow(0, 0, 1);
+        let autodiff = |square: bool| {
+            let y = layer.conv.forward(x.clone());
+            let y = if square { y.square() } else { y };
+            let grads = channel_mean(y).sum().backward();
+            let grad = layer.conv.weight.grad(&grads).unwrap();
+            to_vec(grad.reshape([c, f]))
+        };
+        let what = format!("config {i}");
+        let p = recorded_p
+            .reshape([groups, 1, f])
+            .expand([groups, c / groups, f])
+            .reshape([c, f]);
+        check_matmul::<B>(
+            &format!("{what} recorded d mean/dW"),
+            &p.into_data(),
+            &[c, f],
+            &autodiff(false),
+        )
+        .unwrap();
+        check_matmul::<B>(
+            &format!("{what} recorded d meansq/dW"),
+            &recorded_q.reshape([c, f]).into_data(),
+            &[c, f],
+            &autodiff(true),
+        )
+        .unwrap();
+    }
+}
+
+#[rstest]
+#[case::ndarray(TestDevice::NdArray)]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+fn conv3d_cbn_records_its_conv_jacobians(#[case] dev: TestDevice) {
+    on_device!(dev, recorded_jacobians);
+}
+
+fn cbn_config() -> Conv3dCbnConfig {
+    Conv3dCbnConfig::new([2, 3], [3, 3, 3])
+        .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
+        .with_norm(
+            CrossIterBatchNormConfig::new(0)
+                .with_window(4)
+                .with_burn_in(2)
+                .with_burn_in_mode(BurnInMode::Ramp),
+        )
+}
+
+/// Every state tensor of `module` (parameters, running statistics, counter,
+/// the whole history), as the bytes of its record.
+fn state_bytes<B: Backend, M: Module<B>>(module: &M) -> Vec<u8> {
+    BinBytesRecorder::<FullPrecisionSettings>::default()
+        .record(module.clone().into_record(), ())
+        .unwrap()
+}
+
+/// SGD steps at batch size 1 on the deterministic stream from `first`;
+/// returns the layer, the outputs and the conv weight gradients.
+fn train<B: AutodiffBackend>(
+    mut layer: Conv3dCbn<B>,
+    first: u64,
+    steps: u64,
+    device: &B::Device,
+) -> (Conv3dCbn<B>, Vec<TensorData>, Vec<TensorData>) {
+    let mut optim = SgdConfig::new().init::<B, Conv3dCbn<B>>();
+    let (mut outputs, mut grads_w) = (Vec::new(), Vec::new());
+    for step in first..first + steps {
+        let y = layer.forward(uniform::<B, 5>([1, 2, 3, 4, 4], step, -1.0, 1.0, device));
+        outputs.push(y.clone().into_data());
+        let grads = y
+            .mul(uniform::<B, 5>(
+                [1, 3, 3, 4, 4],
+                500 + step,
+                -1.0,
+                1.0,
+                device,
+            ))
+            .sum()
+            .backward();
+        grads_w.push(layer.conv.weight.grad(&grads).unwrap().into_data());
+        let grads = GradientsParams::from_grads(grads, &layer);
+        layer = optim.step(0.05, layer, grads);
+    }
+    (layer, outputs, grads_w)
+}
+
+/// Train n steps at batch size 1 (ramp burn-in into a full window), save,
+/// load into a fresh module, train m more: outputs, gradients and every
+/// state tensor (history included) bit-identical to n + m uninterrupted
+/// steps; the outputs stay finite and the window fills.
+fn resume<B: AutodiffBackend>(device: &B::Device) {
+    let (n, m) = (5, 3);
+    // Host-data weight and bias: the same layer on every backend, and
+    // nothing left to burn's lazy initialization (a clone of a module with
+    // an uninitialized parameter draws its own values).
+    let mut start = cbn_config().init::<B>(device);
+    start.conv.weight = Param::from_tensor(uniform([3, 2, 3, 3, 3], 77, -0.3, 0.3, device));
+    start.conv.bias = Some(Param::from_tensor(uniform([3], 78, -0.2, 0.2, device)));
+    let record = || start.clone().into_record();
+    let (straight, out_straight, grad_straight) = train(
+        cbn_config().init::<B>(device).load_record(record()),
+        0,
+        n + m,
+        device,
+    );
+    for (i, out) in out_straight.iter().enumerate() {
+        assert_finite(&format!("output of step {i}"), out);
+    }
+    let (first, _, _) = train(
+        cbn_config().init::<B>(device).load_record(record()),
+        0,
+        n,
+        device,
+    );
+    assert_eq!(first.norm.history_len(), 3, "the window is full");
+    let dir = std::env::temp_dir().join(format!(
+        "bnorm-cbn3d-resume-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+    first.save_file(dir.join("cbn3d"), &recorder).unwrap();
+    let fresh = cbn_config()
+        .init::<B>(device)
+        .load_checkpoint(dir.join("cbn3d.mpk"), &recorder, device)
+        .unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+    let (resumed, out_resumed, grad_resumed) = train(fresh, n, m, device);
+    for i in 0..m as usize {
+        let step = n as usize + i;
+        let what = |name: &str| format!("{name} of step {step}");
+        assert_bits_eq(&what("output"), &out_straight[step], &out_resumed[i]);
+        assert_bits_eq(
+            &what("conv weight gradient"),
+            &grad_straight[step],
+            &grad_resumed[i],
+        );
+    }
+    assert!(
+        state_bytes(&straight) == state_bytes(&resumed),
+        "state after resuming differs from the uninterrupted run's"
+    );
+}
+
+#[rstest]
+#[case::ndarray(TestDevice::NdArray)]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+fn conv3d_cbn_resume_is_bit_identical(#[case] dev: TestDevice) {
+    on_device!(dev, resume);
+}
+
+/// A checkpoint of another window or conv shape is an error naming the
+/// field; bad input panics naming expected and received shapes, and
+/// leaves the state untouched.
+fn mismatches<B: AutodiffBackend>(device: &B::Device) {
+    let record = cbn_config().init::<B>(device).into_record();
+    let err = cbn_config()
+        .with_window(6)
+        .init::<B>(device)
+        .try_load_record(record)
+        .unwrap_err();
+    assert_eq!(err.field, "history.mean");
+    assert_eq!((err.expected, err.found), (vec![5, 3], vec![3, 3]));
+    let record = cbn_config().init::<B>(device).into_record();
+    let err = Conv3dCbnConfig::new([2, 3], [1, 3, 3])
+        .init::<B>(device)
+        .try_load_record(record)
+        .unwrap_err();
+    assert_eq!(err.field, "conv.weight");
+    assert!(err.to_string().contains("Conv3dCbn"), "{err}");
+
+    let layer = cbn_config().init::<B>(device);
+    layer.forward(uniform([1, 2, 3, 4, 4], 0, -1.0, 1.0, device));
+    let before = state_bytes(&layer);
+    let m = panic_message(|| {
+        layer.forward(uniform::<B, 5>([1, 3, 3, 4, 4], 0, -1.0, 1.0, device));
+    });
+    assert!(
+        m.contains("[batch_size, 2, depth, height, width]") && m.contains("[1, 3, 3, 4, 4]"),
+        "{m}"
+    );
+    assert!(
+        before == state_bytes(&layer),
+        "state changed by a rejected input"
+    );
+}
+
+#[rstest]
+#[case::ndarray(TestDevice::NdArray)]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+fn conv3d_cbn_mismatches_are_clear(#[case] dev: TestDevice) {
+    on_device!(dev, mismatches);
+}
+
+/// A batch of one with one voxel per channel (one value per channel)
+/// never produces NaN, through burn-in and a full window, and eval.
+fn single_voxel<B: AutodiffBackend>(device: &B::Device) {
+    let norm = CrossIterBatchNormConfig::new(0)
+        .with_window(3)
+        .with_burn_in(1);
+    let layer = Conv3dCbnConfig::new([2, 3], [1, 1, 1])
+        .with_norm(norm)
+        .init::<B>(device);
+    for step in 0..5 {
+        let x = uniform::<B, 5>([1, 2, 1, 1, 1], step, -1.0, 1.0, device).require_grad();
+        let y = layer.forward(x.clone());
+        assert_finite(&format!("step {step} output"), &y.clone().into_data());
+        let grads = y.sum().backward();
+        assert_finite(
+            &format!("step {step} grad x"),
+            &x.grad(&grads).unwrap().into_data(),
+        );
+        assert_finite(
+            &format!("step {step} grad W"),
+            &layer.conv.weight.grad(&grads).unwrap().into_data(),
+        );
+    }
+    assert_eq!(layer.norm.history_len(), 2);
+    let eval = layer
+        .valid()
+        .forward(uniform([1, 2, 1, 1, 1], 9, -1.0, 1.0, device));
+    assert_finite("eval", &eval.into_data());
+}
+
+#[rstest]
+#[case::ndarray(TestDevice::NdArray)]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+fn conv3d_cbn_single_voxel_is_finite(#[case] dev: TestDevice) {
+    on_device!(dev, single_voxel);
+}
+
+/// From burn's `Conv3d` + `BatchNorm` with the eval output unchanged (and
+/// an error naming the channels when they differ); folded into one
+/// `Conv3d` equal to the block's eval output after a few training steps.
+fn conversions<B: AutodiffBackend>(device: &B::Device) {
+    type I<B> = <B as AutodiffBackend>::InnerBackend;
+    let mut bn = BatchNormConfig::new(3).init::<I<B>>(device);
+    bn.gamma = Param::from_tensor(uniform([3], 1, 0.5, 1.5, device));
+    bn.beta = Param::from_tensor(uniform([3], 2, -0.5, 0.5, device));
+    bn.running_mean = RunningState::new(uniform([3], 3, -1.0, 1.0, device));
+    bn.running_var = RunningState::new(uniform([3], 4, 0.2, 3.0, device));
+    let conv = || {
+        Conv3dConfig::new([2, 3], [3, 3, 3])
+            .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
+            .init::<I<B>>(device)
+    };
+    let (conv, other) = (conv(), conv());
+    let x = uniform::<I<B>, 5>([2, 2, 3, 4, 4], 8, -1.0, 1.0, device);
+    let expected = to_vec(bn.forward(conv.forward(x.clone())));
+    let cbn = Conv3dCbn::from_conv_batch_norm(conv, &bn, CrossIterBatchNormConfig::new(0)).unwrap();
+    check_close(
+        "Conv3dCbn from BatchNorm",
+        &cbn.forward(x).into_data(),
+        &[2, 3, 3, 4, 4],
+        &expected,
+        1e-5,
+        1e-5,
+    )
+    .unwrap();
+    let err = Conv3dCbn::from_conv_batch_norm(
+        other,
+        &BatchNormConfig::new(5).init(device),
+        CrossIterBatchNormConfig::new(0),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("[3]") && err.to_string().contains("[5]"),
+        "{err}"
+    );
+
+    let block = cbn_config().init::<B>(device);
+    for step in 0..5 {
+        let _ = block.forward(uniform([2, 2, 3, 4, 4], step, -1.0, 2.0, device));
+    }
+    assert_eq!(block.norm.history_len(), 3);
+    let block = block.valid();
+    let x = uniform::<I<B>, 5>([2, 2, 3, 4, 4], 10, -1.0, 2.0, device);
+    check_matmul::<B>(
+        "Conv3dCbn folded",
+        &block.fold().forward(x.clone()).into_data(),
+        &[2, 3, 3, 4, 4],
+        &to_vec(block.forward(x)),
+    )
+    .unwrap();
+}
+
+#[rstest]
+#[case::ndarray(TestDevice::NdArray)]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+fn conv3d_cbn_conversions_keep_eval_output(#[case] dev: TestDevice) {
+    on_device!(dev, conversions);
+}
