@@ -8,7 +8,10 @@ use crate::common;
 
 use bnorm::core::moments::channel_mean;
 use bnorm::core::{conv3d_moment_jacobians, Conv3dGeometry};
-use bnorm::{BurnInMode, Conv3dCbn, Conv3dCbnConfig, CrossIterBatchNormConfig, EpsPlacement};
+use bnorm::{
+    BatchRenorm, BatchRenormConfig, BurnInMode, Conv3dCbn, Conv3dCbnConfig,
+    CrossIterBatchNormConfig, EpsPlacement,
+};
 use bnorm_crossiter::{PlainVariance, RunningStatistics};
 use burn::module::{AutodiffModule, Module, Param, RunningState};
 use burn::nn::conv::Conv3dConfig;
@@ -546,8 +549,9 @@ fn conv3d_cbn_single_voxel_is_finite(#[case] dev: TestDevice) {
 }
 
 /// From burn's `Conv3d` + `BatchNorm` with the eval output unchanged (and
-/// an error naming the channels when they differ); folded into one
-/// `Conv3d` equal to the block's eval output after a few training steps.
+/// an error naming the channels when they differ); `Conv3d` + BRN and
+/// `Conv3dCbn` folded into one `Conv3d` equal to their eval output after a
+/// few training steps.
 fn conversions<B: AutodiffBackend>(device: &B::Device) {
     type I<B> = <B as AutodiffBackend>::InnerBackend;
     let mut bn = BatchNormConfig::new(3).init::<I<B>>(device);
@@ -583,6 +587,34 @@ fn conversions<B: AutodiffBackend>(device: &B::Device) {
         err.to_string().contains("[3]") && err.to_string().contains("[5]"),
         "{err}"
     );
+
+    // BRN after a Conv3d (rank 5) folds into it too.
+    let conv = Conv3dConfig::new([2, 3], [3, 3, 3])
+        .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
+        .init::<B>(device);
+    let brn: BatchRenorm<B> = BatchRenormConfig::new(3)
+        .with_steps_compressed_to(3)
+        .init(device);
+    for step in 0..4 {
+        let _ = brn.forward(conv.forward(uniform([2, 2, 3, 4, 4], step, -1.0, 2.0, device)));
+    }
+    let (conv, brn) = (conv.valid(), brn.valid());
+    let x = uniform::<I<B>, 5>([2, 2, 3, 4, 4], 9, -1.0, 2.0, device);
+    check_matmul::<B>(
+        "Conv3d + BRN folded",
+        &brn.fold_into_conv3d(&conv)
+            .unwrap()
+            .forward(x.clone())
+            .into_data(),
+        &[2, 3, 3, 4, 4],
+        &to_vec(brn.forward(conv.forward(x))),
+    )
+    .unwrap();
+    let err = BatchRenormConfig::new(4)
+        .init::<I<B>>(device)
+        .fold_into_conv3d(&conv)
+        .unwrap_err();
+    assert!(err.to_string().contains("fold_into_conv3d"), "{err}");
 
     let block = cbn_config().init::<B>(device);
     for step in 0..5 {

@@ -1,5 +1,5 @@
 use burn::module::{Param, RunningState};
-use burn::nn::conv::Conv2d;
+use burn::nn::conv::{Conv2d, Conv3d};
 use burn::nn::{BatchNorm, Linear};
 use burn::tensor::backend::Backend;
 
@@ -64,14 +64,27 @@ impl<B: Backend> BatchRenorm<B> {
     ///
     /// If the conv's output channels are not this layer's channels.
     pub fn fold_into_conv2d(&self, conv: &Conv2d<B>) -> Result<Conv2d<B>, RecordShapeError> {
-        let [c_out, _, _, _] = conv.weight.dims();
-        check_record_shape(
+        self.checked_fold(
             "BatchRenorm::fold_into_conv2d",
             "conv output channels",
-            &[self.num_features],
-            &[c_out],
-        )?;
-        Ok(self.inference_affine().fold_into_conv2d(conv))
+            conv.weight.dims()[0],
+        )
+        .map(|affine| affine.fold_into_conv2d(conv))
+    }
+
+    /// Folds this layer, in inference mode, into the 3D `conv` before it
+    /// (see [`fold_into_conv2d`](Self::fold_into_conv2d)).
+    ///
+    /// # Errors
+    ///
+    /// If the conv's output channels are not this layer's channels.
+    pub fn fold_into_conv3d(&self, conv: &Conv3d<B>) -> Result<Conv3d<B>, RecordShapeError> {
+        self.checked_fold(
+            "BatchRenorm::fold_into_conv3d",
+            "conv output channels",
+            conv.weight.dims()[0],
+        )
+        .map(|affine| affine.fold_into_conv3d(conv))
     }
 
     /// Folds this layer, in inference mode, into the `linear` layer before
@@ -81,13 +94,24 @@ impl<B: Backend> BatchRenorm<B> {
     ///
     /// If the linear layer's output features are not this layer's channels.
     pub fn fold_into_linear(&self, linear: &Linear<B>) -> Result<Linear<B>, RecordShapeError> {
-        let [_, d_out] = linear.weight.dims();
-        check_record_shape(
+        self.checked_fold(
             "BatchRenorm::fold_into_linear",
             "linear output features",
-            &[self.num_features],
-            &[d_out],
-        )?;
-        Ok(self.inference_affine().fold_into_linear(linear))
+            linear.weight.dims()[1],
+        )
+        .map(|affine| affine.fold_into_linear(linear))
+    }
+
+    /// The inference map, once the preceding layer's `outputs` (named
+    /// `what`) are checked against this layer's channels (`method` names
+    /// the caller in the error).
+    fn checked_fold(
+        &self,
+        method: &'static str,
+        what: &str,
+        outputs: usize,
+    ) -> Result<InferenceAffine<B>, RecordShapeError> {
+        check_record_shape(method, what, &[self.num_features], &[outputs])?;
+        Ok(self.inference_affine())
     }
 }
