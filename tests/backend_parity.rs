@@ -24,11 +24,11 @@ use crate::common;
 
 use bnorm::core::moments::channel_sum;
 use bnorm::{
-    BatchRenorm, BatchRenormConfig, BurnInMode, Conv2dCbn, Conv2dCbnConfig,
-    CrossIterBatchNormConfig, LinearCbn, LinearCbnConfig,
+    BatchRenorm, BatchRenormConfig, BurnInMode, Conv2dCbn, Conv2dCbnConfig, Conv3dCbn,
+    Conv3dCbnConfig, CrossIterBatchNormConfig, LinearCbn, LinearCbnConfig,
 };
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
-use burn::nn::PaddingConfig2d;
+use burn::nn::{PaddingConfig2d, PaddingConfig3d};
 use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -463,37 +463,116 @@ fn cbn_linear_parity(#[case] device: TestDevice) {
     on_device!(device, linear_case);
 }
 
-fn linear_case<G: AutodiffBackend>(gpu_dev: &G::Device) {
+/// `steps` training steps of a block on ndarray and on `G` from the same
+/// state, comparing output, input gradient and every state tensor after
+/// each (then resynchronized, see [`resync`]) at tolerance `r`: inputs
+/// `input` and upstream gradients of shape `output`, SGD at `lr`.
+#[allow(clippy::too_many_arguments)]
+fn block_parity<G, M1, M2, const D: usize>(
+    gpu_dev: &G::Device,
+    (mut cpu, mut gpu): (M1, M2),
+    [input, output]: [[usize; D]; 2],
+    (steps, lr, r): (u64, f64, f32),
+    name: &str,
+    fwd_cpu: impl Fn(&M1, Tensor<NdArrayAd, D>) -> Tensor<NdArrayAd, D>,
+    fwd_gpu: impl Fn(&M2, Tensor<G, D>) -> Tensor<G, D>,
+) -> (M1, M2)
+where
+    G: AutodiffBackend,
+    M1: AutodiffModule<NdArrayAd>,
+    M2: AutodiffModule<G>,
+{
     let cpu_dev = Default::default();
-    let r = matmul_parity::<G>();
-    let config = LinearCbnConfig::new(5, 4).with_window(3);
-    let (mut cpu, mut gpu): (LinearCbn<NdArrayAd>, LinearCbn<G>) =
-        transfer(config.init(&cpu_dev), config.init(gpu_dev), gpu_dev);
-    for step in 0..6u64 {
-        let what = format!("linear step {step}");
-        let fwd_cpu = |m: &LinearCbn<NdArrayAd>, x: Tensor<NdArrayAd, 3>| m.forward(x);
-        let fwd_gpu = |m: &LinearCbn<G>, x: Tensor<G, 3>| m.forward(x);
+    for step in 0..steps {
+        let what = format!("{name} step {step}");
         let (y1, g1, next_cpu) = step!(
             NdArrayAd,
             cpu,
-            uniform::<NdArrayAd, 3>([2, 3, 5], step, -1.0, 1.0, &cpu_dev),
-            uniform::<NdArrayAd, 3>([2, 3, 4], 40 + step, -1.0, 1.0, &cpu_dev),
+            uniform::<NdArrayAd, D>(input, step, -1.0, 1.0, &cpu_dev),
+            uniform::<NdArrayAd, D>(output, 40 + step, -1.0, 1.0, &cpu_dev),
             fwd_cpu,
-            0.05
+            lr
         );
         let (y2, g2, next_gpu) = step!(
             G,
             gpu,
-            uniform::<G, 3>([2, 3, 5], step, -1.0, 1.0, gpu_dev),
-            uniform::<G, 3>([2, 3, 4], 40 + step, -1.0, 1.0, gpu_dev),
+            uniform::<G, D>(input, step, -1.0, 1.0, gpu_dev),
+            uniform::<G, D>(output, 40 + step, -1.0, 1.0, gpu_dev),
             fwd_gpu,
-            0.05
+            lr
         );
         check_parity_at(r, &format!("{what} output"), &y2, &y1);
         check_parity_at(r, &format!("{what} grad input"), &g2, &g1);
         compare_state(r, &what, &state(&next_gpu), &state(&next_cpu));
         (cpu, gpu) = resync(next_cpu, next_gpu, gpu_dev);
     }
+    (cpu, gpu)
+}
+
+fn linear_case<G: AutodiffBackend>(gpu_dev: &G::Device) {
+    let config = LinearCbnConfig::new(5, 4).with_window(3);
+    block_parity(
+        gpu_dev,
+        transfer(
+            config.init(&Default::default()),
+            config.init(gpu_dev),
+            gpu_dev,
+        ),
+        [[2, 3, 5], [2, 3, 4]],
+        (6, 0.05, matmul_parity::<G>()),
+        "linear",
+        |m: &LinearCbn<NdArrayAd>, x| m.forward(x),
+        |m: &LinearCbn<G>, x| m.forward(x),
+    );
+}
+
+/// `Conv3dCbn`: two-stage burn-in into a full window at batch size 1,
+/// stride and dilation (no conv bias: its gradient is a sum that cancels,
+/// see `conv_output_grad_norm`), then eval.
+fn conv3d_case<G: AutodiffBackend>(gpu_dev: &G::Device) {
+    let config = Conv3dCbnConfig::new([2, 3], [3, 3, 3])
+        .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
+        .with_stride([1, 2, 1])
+        .with_dilation([1, 1, 2])
+        .with_bias(false)
+        .with_norm(
+            CrossIterBatchNormConfig::new(0)
+                .with_window(3)
+                .with_burn_in(2),
+        );
+    let r = matmul_parity::<G>();
+    let (cpu, gpu) = block_parity(
+        gpu_dev,
+        transfer(
+            config.init(&Default::default()),
+            config.init(gpu_dev),
+            gpu_dev,
+        ),
+        [[1, 2, 3, 5, 6], [1, 3, 3, 3, 4]],
+        (6, 0.05, r),
+        "conv3d",
+        |m: &Conv3dCbn<NdArrayAd>, x| m.forward(x),
+        |m: &Conv3dCbn<G>, x| m.forward(x),
+    );
+    assert_eq!(gpu.norm.history_len(), 2, "conv3d history fill");
+    let x = [1, 2, 3, 5, 6];
+    check_parity_at(
+        r,
+        "conv3d eval",
+        &gpu.valid()
+            .forward(uniform(x, 99, -1.0, 2.0, gpu_dev))
+            .into_data(),
+        &cpu.valid()
+            .forward(uniform(x, 99, -1.0, 2.0, &Default::default()))
+            .into_data(),
+    );
+}
+
+#[rstest]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+fn cbn_conv3d_parity(#[case] device: TestDevice) {
+    on_device!(device, conv3d_case);
 }
 
 /// A checkpoint written on ndarray continues on the GPU backend (and back)
