@@ -16,13 +16,13 @@ use bnorm_crossiter::{PlainVariance, RunningStatistics};
 use burn::module::{AutodiffModule, Module, Param, RunningState};
 use burn::nn::conv::Conv3dConfig;
 use burn::nn::{BatchNormConfig, PaddingConfig3d};
-use burn::optim::{GradientsParams, Optimizer, SgdConfig};
-use burn::record::{BinBytesRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::module::conv3d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorData};
 use common::random::uniform;
+use common::training::{assert_resumes_bit_identically, through_checkpoint};
 use common::*;
 use rstest::rstest;
 
@@ -127,7 +127,6 @@ fn conv3d_jacobians<B: AutodiffBackend>(device: &B::Device) {
         let (_, w_dims, geometry, bias) = case;
         let [cout, cin_g, kd, kh, kw] = *w_dims;
         let f = cin_g * kd * kh * kw;
-        let groups = geometry.groups;
         // Autodiff on ndarray: gradients of sum_c a_c mean_c and of
         // sum_c a_c meansq_c with respect to W, [C, F] each.
         let cpu = Default::default();
@@ -144,28 +143,12 @@ fn conv3d_jacobians<B: AutodiffBackend>(device: &B::Device) {
         let (x, w, b, a) = case_inputs::<B::InnerBackend>(i, case, device);
         let y = case_conv(x.clone(), w, bias.then_some(b), geometry);
         let jac = conv3d_moment_jacobians(x, y, *w_dims, *geometry);
-        let closed_dmu = jac
-            .mean
-            .reshape([groups, 1, f])
-            .expand([groups, cout / groups, f])
-            .reshape([cout, f])
-            .mul(a.clone().reshape([cout, 1]));
-        let closed_dnu = jac.mean_sq.mul(a.reshape([cout, 1]));
-        let what = format!("conv3d case {i}");
-        check_matmul::<B>(
-            &format!("{what} d mean/dW"),
-            &closed_dmu.into_data(),
-            &[cout, f],
-            &auto_dmu,
-        )
-        .unwrap();
-        check_matmul::<B>(
-            &format!("{what} d meansq/dW"),
-            &closed_dnu.into_data(),
-            &[cout, f],
-            &auto_dnu,
-        )
-        .unwrap();
+        check_moment_jacobians(
+            &format!("conv3d case {i}"),
+            (jac.mean, jac.mean_sq),
+            a,
+            (&auto_dmu, &auto_dnu),
+        );
     }
 }
 
@@ -320,25 +303,12 @@ fn recorded_jacobians<B: AutodiffBackend>(device: &B::Device) {
             let grad = layer.conv.weight.grad(&grads).unwrap();
             to_vec(grad.reshape([c, f]))
         };
-        let what = format!("config {i}");
-        let p = recorded_p
-            .reshape([groups, 1, f])
-            .expand([groups, c / groups, f])
-            .reshape([c, f]);
-        check_matmul::<B>(
-            &format!("{what} recorded d mean/dW"),
-            &p.into_data(),
-            &[c, f],
-            &autodiff(false),
-        )
-        .unwrap();
-        check_matmul::<B>(
-            &format!("{what} recorded d meansq/dW"),
-            &recorded_q.reshape([c, f]).into_data(),
-            &[c, f],
-            &autodiff(true),
-        )
-        .unwrap();
+        check_moment_jacobians(
+            &format!("config {i} recorded"),
+            (recorded_p.reshape([groups, f]), recorded_q.reshape([c, f])),
+            Tensor::ones([c], device),
+            (&autodiff(false), &autodiff(true)),
+        );
     }
 }
 
@@ -369,89 +339,47 @@ fn state_bytes<B: Backend, M: Module<B>>(module: &M) -> Vec<u8> {
         .unwrap()
 }
 
-/// SGD steps at batch size 1 on the deterministic stream from `first`;
-/// returns the layer, the outputs and the conv weight gradients.
-fn train<B: AutodiffBackend>(
-    mut layer: Conv3dCbn<B>,
-    first: u64,
-    steps: u64,
-    device: &B::Device,
-) -> (Conv3dCbn<B>, Vec<TensorData>, Vec<TensorData>) {
-    let mut optim = SgdConfig::new().init::<B, Conv3dCbn<B>>();
-    let (mut outputs, mut grads_w) = (Vec::new(), Vec::new());
-    for step in first..first + steps {
-        let y = layer.forward(uniform::<B, 5>([1, 2, 3, 4, 4], step, -1.0, 1.0, device));
-        outputs.push(y.clone().into_data());
-        let grads = y
-            .mul(uniform::<B, 5>(
-                [1, 3, 3, 4, 4],
-                500 + step,
-                -1.0,
-                1.0,
-                device,
-            ))
-            .sum()
-            .backward();
-        grads_w.push(layer.conv.weight.grad(&grads).unwrap().into_data());
-        let grads = GradientsParams::from_grads(grads, &layer);
-        layer = optim.step(0.05, layer, grads);
-    }
-    (layer, outputs, grads_w)
-}
-
 /// Train n steps at batch size 1 (ramp burn-in into a full window), save,
 /// load into a fresh module, train m more: outputs, gradients and every
 /// state tensor (history included) bit-identical to n + m uninterrupted
 /// steps; the outputs stay finite and the window fills.
 fn resume<B: AutodiffBackend>(device: &B::Device) {
-    let (n, m) = (5, 3);
     // Host-data weight and bias: the same layer on every backend, and
     // nothing left to burn's lazy initialization (a clone of a module with
     // an uninitialized parameter draws its own values).
     let mut start = cbn_config().init::<B>(device);
     start.conv.weight = Param::from_tensor(uniform([3, 2, 3, 3, 3], 77, -0.3, 0.3, device));
     start.conv.bias = Some(Param::from_tensor(uniform([3], 78, -0.2, 0.2, device)));
-    let record = || start.clone().into_record();
-    let (straight, out_straight, grad_straight) = train(
-        cbn_config().init::<B>(device).load_record(record()),
-        0,
-        n + m,
+    let outputs_finite = |layer: &Conv3dCbn<B>, x| {
+        let y = layer.forward(x);
+        assert_finite("output", &y.clone().into_data());
+        y
+    };
+    let (straight, resumed) = assert_resumes_bit_identically(
+        || {
+            cbn_config()
+                .init::<B>(device)
+                .load_record(start.clone().into_record())
+        },
+        (5, 3),
+        [[1, 2, 3, 4, 4], [1, 3, 3, 4, 4]],
+        outputs_finite,
+        |layer, grads| layer.conv.weight.grad(grads).unwrap().into_data(),
+        |first| {
+            assert_eq!(first.norm.history_len(), 3, "the window is full");
+            through_checkpoint(
+                "cbn3d-resume",
+                |path, recorder| first.clone().save_file(path, recorder).unwrap(),
+                |file, recorder| {
+                    cbn_config()
+                        .init::<B>(device)
+                        .load_checkpoint(file, recorder, device)
+                        .unwrap()
+                },
+            )
+        },
         device,
     );
-    for (i, out) in out_straight.iter().enumerate() {
-        assert_finite(&format!("output of step {i}"), out);
-    }
-    let (first, _, _) = train(
-        cbn_config().init::<B>(device).load_record(record()),
-        0,
-        n,
-        device,
-    );
-    assert_eq!(first.norm.history_len(), 3, "the window is full");
-    let dir = std::env::temp_dir().join(format!(
-        "bnorm-cbn3d-resume-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
-    first.save_file(dir.join("cbn3d"), &recorder).unwrap();
-    let fresh = cbn_config()
-        .init::<B>(device)
-        .load_checkpoint(dir.join("cbn3d.mpk"), &recorder, device)
-        .unwrap();
-    std::fs::remove_dir_all(&dir).ok();
-    let (resumed, out_resumed, grad_resumed) = train(fresh, n, m, device);
-    for i in 0..m as usize {
-        let step = n as usize + i;
-        let what = |name: &str| format!("{name} of step {step}");
-        assert_bits_eq(&what("output"), &out_straight[step], &out_resumed[i]);
-        assert_bits_eq(
-            &what("conv weight gradient"),
-            &grad_straight[step],
-            &grad_resumed[i],
-        );
-    }
     assert!(
         state_bytes(&straight) == state_bytes(&resumed),
         "state after resuming differs from the uninterrupted run's"

@@ -26,6 +26,7 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::PaddedConvOptions;
 use burn::tensor::{Tensor, TensorData};
 use common::random::uniform;
+use common::training::{assert_resumes_bit_identically, through_checkpoint};
 use common::*;
 use rstest::rstest;
 
@@ -148,16 +149,8 @@ fn conv_jacobians<B: AutodiffBackend>(device: &B::Device) {
         let banded = conv2d_moment_jacobians_in_bands(x.clone(), y.clone(), w_shape, geometry, 3);
         let jac = conv2d_moment_jacobians(x, y, w_shape, geometry);
         let f = w_shape[1] * k[0] * k[1];
-        // Expand P [G, F] to every channel of its group, weight by a.
-        let closed_dmu = jac
-            .mean
-            .reshape([groups, 1, f])
-            .expand([groups, cout / groups, f])
-            .reshape([cout, f])
-            .mul(a.clone().reshape([cout, 1]));
-        let closed_dnu = jac.mean_sq.mul(a.clone().reshape([cout, 1]));
-        let banded_dnu = banded.mean_sq.mul(a.reshape([cout, 1]));
         let what = format!("conv case {i}");
+        let banded_dnu = banded.mean_sq.mul(a.clone().reshape([cout, 1]));
         check_matmul::<B>(
             &format!("{what} d meansq/dW in 3 bands"),
             &banded_dnu.into_data(),
@@ -165,20 +158,7 @@ fn conv_jacobians<B: AutodiffBackend>(device: &B::Device) {
             &auto_dnu,
         )
         .unwrap();
-        check_matmul::<B>(
-            &format!("{what} d mean/dW"),
-            &closed_dmu.into_data(),
-            &[cout, f],
-            &auto_dmu,
-        )
-        .unwrap();
-        check_matmul::<B>(
-            &format!("{what} d meansq/dW"),
-            &closed_dnu.into_data(),
-            &[cout, f],
-            &auto_dnu,
-        )
-        .unwrap();
+        check_moment_jacobians(&what, (jac.mean, jac.mean_sq), a, (&auto_dmu, &auto_dnu));
     }
 }
 
@@ -867,30 +847,6 @@ fn snapshot<B: Backend>(layer: &Conv2dCbn<B>) -> Snapshot {
     ]
 }
 
-/// SGD steps on the deterministic stream from `first`; returns the layer,
-/// the outputs and the conv weight gradients.
-fn train<B: AutodiffBackend>(
-    mut layer: Conv2dCbn<B>,
-    first: u64,
-    steps: u64,
-    device: &B::Device,
-) -> (Conv2dCbn<B>, Vec<TensorData>, Vec<TensorData>) {
-    let mut optim = SgdConfig::new().init::<B, Conv2dCbn<B>>();
-    let (mut outputs, mut grads_w) = (Vec::new(), Vec::new());
-    for step in first..first + steps {
-        let y = layer.forward(uniform::<B, 4>([1, 2, 5, 5], step, -1.0, 1.0, device));
-        outputs.push(y.clone().into_data());
-        let grads = y
-            .mul(uniform::<B, 4>([1, 3, 5, 5], 500 + step, -1.0, 1.0, device))
-            .sum()
-            .backward();
-        grads_w.push(layer.conv.weight.grad(&grads).unwrap().into_data());
-        let grads = GradientsParams::from_grads(grads, &layer);
-        layer = optim.step(0.05, layer, grads);
-    }
-    (layer, outputs, grads_w)
-}
-
 fn cbn_config() -> Conv2dCbnConfig {
     Conv2dCbnConfig::new([2, 3], [3, 3])
         .with_padding(PaddingConfig2d::Same)
@@ -906,50 +862,37 @@ fn cbn_config() -> Conv2dCbnConfig {
 /// gradients and state (history included) are bit-identical to n + m
 /// uninterrupted steps.
 fn resume<B: AutodiffBackend>(device: &B::Device) {
-    let (n, m) = (5, 4);
     B::seed(device, 7);
     let start = materialize(cbn_config().init::<B>(device));
-    let record = start.clone().into_record();
-    let (straight, out_straight, grad_straight) = train(start, 0, n + m, device);
-
-    let (first, _, _) = train(
-        cbn_config().init::<B>(device).load_record(record),
-        0,
-        n,
+    let (straight, resumed) = assert_resumes_bit_identically(
+        || {
+            cbn_config()
+                .init::<B>(device)
+                .load_record(start.clone().into_record())
+        },
+        (5, 4),
+        [[1, 2, 5, 5], [1, 3, 5, 5]],
+        |layer: &Conv2dCbn<B>, x| layer.forward(x),
+        |layer, grads| layer.conv.weight.grad(grads).unwrap().into_data(),
+        |first| {
+            assert_eq!(
+                first.norm.history_len(),
+                3,
+                "the window is full before saving"
+            );
+            through_checkpoint(
+                "cbn-resume",
+                |path, recorder| first.clone().save_file(path, recorder).unwrap(),
+                |file, recorder| {
+                    cbn_config()
+                        .init::<B>(device)
+                        .load_checkpoint(file, recorder, device)
+                        .unwrap()
+                },
+            )
+        },
         device,
     );
-    assert_eq!(
-        first.norm.history_len(),
-        3,
-        "the window is full before saving"
-    );
-    let dir = std::env::temp_dir().join(format!(
-        "bnorm-cbn-resume-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
-    first.save_file(dir.join("cbn"), &recorder).unwrap();
-    let fresh = cbn_config()
-        .init::<B>(device)
-        .load_checkpoint(dir.join("cbn.mpk"), &recorder, device)
-        .unwrap();
-    std::fs::remove_dir_all(&dir).ok();
-    let (resumed, out_resumed, grad_resumed) = train(fresh, n, m, device);
-
-    for i in 0..m as usize {
-        assert_bits_eq(
-            &format!("output of step {}", n as usize + i),
-            &out_straight[n as usize + i],
-            &out_resumed[i],
-        );
-        assert_bits_eq(
-            &format!("conv weight gradient of step {}", n as usize + i),
-            &grad_straight[n as usize + i],
-            &grad_resumed[i],
-        );
-    }
     for ((name, a), (_, b)) in snapshot(&straight).iter().zip(snapshot(&resumed).iter()) {
         assert_bits_eq(name, a, b);
     }

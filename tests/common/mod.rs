@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 pub mod device;
 pub mod random;
+pub mod training;
 pub use device::*;
 
 /// A tensor as the reference fixtures store it.
@@ -303,4 +304,38 @@ pub fn assert_state_depth_bounded(
 pub fn panic_message(f: impl FnOnce()) -> String {
     let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).expect_err("should panic");
     err.downcast_ref::<String>().cloned().unwrap_or_default()
+}
+
+/// Checks closed-form moment Jacobians against autodiff with
+/// [`check_matmul`]: `p` `[G, F]` (`d mean / dW`, one row per weight
+/// group) and `q` `[C, F]` (`d meansq / dW`) against autodiff's weight
+/// gradients of `sum_c a_c mean_c` and `sum_c a_c meansq_c` (`[C, F]`,
+/// row `c` being `a_c` times channel `c`'s derivative), `a` `[C]`.
+pub fn check_moment_jacobians<B: Backend>(
+    what: &str,
+    (p, q): (Tensor<B, 2>, Tensor<B, 2>),
+    a: Tensor<B, 1>,
+    (auto_dmu, auto_dnu): (&[f32], &[f32]),
+) {
+    let [groups, f] = p.dims();
+    let [c] = a.dims();
+    let a = a.reshape([c, 1]);
+    let p = p
+        .reshape([groups, 1, f])
+        .expand([groups, c / groups, f])
+        .reshape([c, f])
+        .mul(a.clone());
+    let checks = [
+        ("d mean/dW", p, auto_dmu),
+        ("d meansq/dW", q.mul(a), auto_dnu),
+    ];
+    for (name, closed, auto) in checks {
+        check_matmul::<B>(
+            &format!("{what} {name}"),
+            &closed.into_data(),
+            &[c, f],
+            auto,
+        )
+        .unwrap();
+    }
 }

@@ -1,0 +1,98 @@
+//! Training loops and checkpoint round trips the resume tests share.
+
+use std::path::PathBuf;
+
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
+use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::{Tensor, TensorData};
+
+use super::assert_bits_eq;
+use super::random::uniform;
+
+/// Shapes of a step's input and of its output (the upstream gradient).
+pub type StepShapes<const D: usize> = [[usize; D]; 2];
+
+/// SGD steps (learning rate 0.05) of `module` on the deterministic stream
+/// from `first`: step `s` feeds `uniform(input, s, -1, 1)` and
+/// backpropagates `sum(y * uniform(output, 500 + s, -1, 1))`. Returns the
+/// module, each step's output, and each step's `grad_of(module, grads)`.
+pub fn sgd_steps<B: AutodiffBackend, M: AutodiffModule<B>, const D: usize>(
+    mut module: M,
+    (first, steps): (u64, u64),
+    [input, output]: StepShapes<D>,
+    forward: &impl Fn(&M, Tensor<B, D>) -> Tensor<B, D>,
+    grad_of: &impl Fn(&M, &B::Gradients) -> TensorData,
+    device: &B::Device,
+) -> (M, Vec<TensorData>, Vec<TensorData>) {
+    let mut optim = SgdConfig::new().init::<B, M>();
+    let (mut outputs, mut grads_of) = (Vec::new(), Vec::new());
+    for step in first..first + steps {
+        let y = forward(&module, uniform::<B, D>(input, step, -1.0, 1.0, device));
+        outputs.push(y.clone().into_data());
+        let grads = y
+            .mul(uniform::<B, D>(output, 500 + step, -1.0, 1.0, device))
+            .sum()
+            .backward();
+        grads_of.push(grad_of(&module, &grads));
+        let grads = GradientsParams::from_grads(grads, &module);
+        module = optim.step(0.05, module, grads);
+    }
+    (module, outputs, grads_of)
+}
+
+/// `n + m` [`sgd_steps`] from `start()`, against `n` steps, `save_load`
+/// (a checkpoint round trip, [`through_checkpoint`]) and `m` more from
+/// another `start()`: every one of the `m` steps' outputs and gradients
+/// must be bit-identical. Returns the two final modules (uninterrupted,
+/// resumed) for the caller to compare their state.
+pub fn assert_resumes_bit_identically<B: AutodiffBackend, M: AutodiffModule<B>, const D: usize>(
+    start: impl Fn() -> M,
+    (n, m): (u64, u64),
+    shapes: StepShapes<D>,
+    forward: impl Fn(&M, Tensor<B, D>) -> Tensor<B, D>,
+    grad_of: impl Fn(&M, &B::Gradients) -> TensorData,
+    save_load: impl FnOnce(&M) -> M,
+    device: &B::Device,
+) -> (M, M) {
+    let run = |module, steps| sgd_steps(module, steps, shapes, &forward, &grad_of, device);
+    let (straight, out_straight, grad_straight) = run(start(), (0, n + m));
+    let (first, _, _) = run(start(), (0, n));
+    let (resumed, out_resumed, grad_resumed) = run(save_load(&first), (n, m));
+    for i in 0..m as usize {
+        let step = n as usize + i;
+        assert_bits_eq(
+            &format!("output of step {step}"),
+            &out_straight[step],
+            &out_resumed[i],
+        );
+        assert_bits_eq(
+            &format!("gradient of step {step}"),
+            &grad_straight[step],
+            &grad_resumed[i],
+        );
+    }
+    (straight, resumed)
+}
+
+/// Saves through `save(path, recorder)` (burn's `NamedMpkFileRecorder`,
+/// full precision, into a fresh temporary folder for `name`) and returns
+/// `load(file, recorder)`: a checkpoint round trip through the file system.
+pub fn through_checkpoint<R>(
+    name: &str,
+    save: impl FnOnce(PathBuf, &NamedMpkFileRecorder<FullPrecisionSettings>),
+    load: impl FnOnce(PathBuf, &NamedMpkFileRecorder<FullPrecisionSettings>) -> R,
+) -> R {
+    let dir = std::env::temp_dir().join(format!(
+        "bnorm-{name}-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
+    save(dir.join(name), &recorder);
+    let loaded = load(dir.join(format!("{name}.mpk")), &recorder);
+    std::fs::remove_dir_all(&dir).ok();
+    loaded
+}
