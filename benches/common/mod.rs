@@ -21,8 +21,9 @@ pub const SHAPES: [[usize; 4]; 4] = [
     [1, 8, 8, 8],
 ];
 
-pub fn shape_name(s: [usize; 4]) -> String {
-    format!("{}x{}x{}x{}", s[0], s[1], s[2], s[3])
+/// `NxCxHxW` (or `NxCxDxHxW`): a shape's name in groups and filters.
+pub fn shape_name<const D: usize>(s: [usize; D]) -> String {
+    s.map(|d| d.to_string()).join("x")
 }
 
 /// [`SHAPES`], or those named in `BNORM_BENCH_SHAPES` (comma-separated,
@@ -30,15 +31,20 @@ pub fn shape_name(s: [usize; 4]) -> String {
 /// shapes not measured are not compiled, tuned and settled either (a
 /// criterion filter would only skip their measurement).
 pub fn shapes() -> Vec<[usize; 4]> {
+    selected(&SHAPES)
+}
+
+/// The shapes of `all` that `BNORM_BENCH_SHAPES` names (all without it).
+pub fn selected<const D: usize>(all: &[[usize; D]]) -> Vec<[usize; D]> {
     match std::env::var("BNORM_BENCH_SHAPES") {
         Ok(list) => {
             let names: Vec<&str> = list.split(',').map(str::trim).collect();
-            SHAPES
-                .into_iter()
+            all.iter()
+                .copied()
                 .filter(|s| names.contains(&shape_name(*s).as_str()))
                 .collect()
         }
-        Err(_) => SHAPES.to_vec(),
+        Err(_) => all.to_vec(),
     }
 }
 
@@ -68,9 +74,9 @@ pub fn criterion(sample_size: usize, measurement_secs: u64) -> criterion::Criter
 
 /// One training step as the benches time it: `forward` on `x`, backward,
 /// and a read of the input gradient's sum, which waits for the device.
-pub fn train_step<B: AutodiffBackend>(
-    x: &Tensor<B, 4>,
-    forward: impl FnOnce(Tensor<B, 4>) -> Tensor<B, 4>,
+pub fn train_step<B: AutodiffBackend, const D: usize>(
+    x: &Tensor<B, D>,
+    forward: impl FnOnce(Tensor<B, D>) -> Tensor<B, D>,
 ) {
     let x = x.clone().require_grad();
     let grads = forward(x.clone()).sum().backward();
