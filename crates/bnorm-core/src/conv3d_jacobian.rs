@@ -96,11 +96,11 @@ impl JacobianWork<5> for Conv3dJacobians {
 }
 
 /// Whether `E` is burn-ndarray (itself or under autodiff), whose 3D weight
-/// gradient is a direct loop vectorized along the kernel's width — three
-/// values for a `3 x 3 x 3` kernel — and there took 1.6 times a whole
-/// Conv3d + BatchNorm step's other work (`benches/cbn3d_vs_conv3d_batchnorm`:
-/// a window-8 step cost 1.55x Conv3d + BatchNorm with `Q` computed so).
-/// Matrix products run at full speed there instead.
+/// gradient is the default decomposition into a `conv3d` whose inner loop
+/// runs along the kernel's width — three values for a `3 x 3 x 3` kernel.
+/// With `Q` computed by it, a window-8 `Conv3dCbn` step cost 1.51–1.56x
+/// Conv3d + BatchNorm (`benches/cbn3d_vs_conv3d_batchnorm`, 2026-11-27);
+/// with [`weight_gradient_per_tap`]'s matrix products, 0.99–1.04x.
 fn on_ndarray<E: Backend>() -> bool {
     let id = TypeId::of::<E>();
     id == TypeId::of::<NdArray>() || id == TypeId::of::<Autodiff<NdArray>>()
