@@ -13,15 +13,13 @@
 //! matrix products over all planes at once), then the depth tap selection
 //! (one more), so a `3 x 3 x 3` kernel costs three products, not 27 slices.
 
-use core::any::TypeId;
-
-use burn::backend::{Autodiff, NdArray};
 use burn::tensor::backend::Backend;
-use burn::tensor::ops::{ConvOptions, PadMode};
-use burn::tensor::{Slice, Tensor, TensorData};
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Tensor, TensorData};
 
-use crate::inner::JacobianWork;
+use crate::inner::{burn_ndarray, JacobianWork};
 use crate::jacobian::{batch_sum, plane_patch_sums, weight_backward, AxisTaps};
+use crate::tap_products::{weight_gradient_per_tap, TapGeometry};
 use crate::MomentJacobians;
 
 /// Geometry of a 3D convolution (axes depth, height, width), with burn's
@@ -77,8 +75,14 @@ impl JacobianWork<5> for Conv3dJacobians {
             .reshape([geometry.groups, f]);
         // Q: the weight gradient of grad_out = 2y/M.
         let grad = y.mul_scalar(2.0 / m);
-        let mean_sq = if on_ndarray::<E>() {
-            weight_gradient_per_tap(x, grad, weight_dims, geometry).reshape([c, f])
+        let mean_sq = if burn_ndarray::<E>() {
+            let taps = TapGeometry {
+                stride: geometry.stride,
+                padding: geometry.padding.map(|p| [p, p]),
+                dilation: geometry.dilation,
+                groups: geometry.groups,
+            };
+            weight_gradient_per_tap(x, grad, weight_dims, taps).reshape([c, f])
         } else {
             let options = ConvOptions::new(
                 geometry.stride,
@@ -93,68 +97,6 @@ impl JacobianWork<5> for Conv3dJacobians {
         };
         MomentJacobians { mean, mean_sq }
     }
-}
-
-/// Whether `E` is burn-ndarray (itself or under autodiff), whose 3D weight
-/// gradient is the default decomposition into a `conv3d` whose inner loop
-/// runs along the kernel's width — three values for a `3 x 3 x 3` kernel.
-/// With `Q` computed by it, a window-8 `Conv3dCbn` step cost 1.51–1.56x
-/// Conv3d + BatchNorm (`benches/cbn3d_vs_conv3d_batchnorm`, 2026-11-27);
-/// with [`weight_gradient_per_tap`]'s matrix products, 0.99–1.04x.
-fn on_ndarray<E: Backend>() -> bool {
-    let id = TypeId::of::<E>();
-    id == TypeId::of::<NdArray>() || id == TypeId::of::<Autodiff<NdArray>>()
-}
-
-/// The weight gradient `[C, C_in/G, kd * kh * kw]` of a 3D conv with
-/// input `x`, output gradient `grad` and weight shape `weight_dims`, as one
-/// matrix product per kernel tap: tap `t` reads the (padded) input at the
-/// output positions shifted by `t * dilation` (a strided slice, one input's
-/// size), and its column of the gradient is `grad [C/G, P] x slice [P,
-/// C_in/G]` per group, summed over the batch. The same sum as the
-/// backend's weight gradient, in another order.
-fn weight_gradient_per_tap<E: Backend>(
-    x: Tensor<E, 5>,
-    grad: Tensor<E, 5>,
-    [c, cin_g, kd, kh, kw]: [usize; 5],
-    geometry: Conv3dGeometry,
-) -> Tensor<E, 3> {
-    let Conv3dGeometry {
-        stride,
-        padding,
-        dilation,
-        groups,
-    } = geometry;
-    let [n, _, d_out, h_out, w_out] = grad.dims();
-    let positions = d_out * h_out * w_out;
-    let x = x.pad(padding.map(|p| (p, p)), PadMode::Constant(0.0));
-    let grad = grad.reshape([n, groups, c / groups, positions]);
-    let output = [d_out, h_out, w_out];
-    let taps = (0..kd).flat_map(|i| (0..kh).flat_map(move |j| (0..kw).map(move |k| [i, j, k])));
-    let columns = taps
-        .map(|tap| {
-            let [depth, rows, columns] = [0, 1, 2].map(|axis| {
-                let first = tap[axis] * dilation[axis];
-                let last = first + (output[axis] - 1) * stride[axis];
-                Slice::new(
-                    first as isize,
-                    Some(last as isize + 1),
-                    stride[axis] as isize,
-                )
-            });
-            let full = Slice::new(0, None, 1);
-            let window = x
-                .clone()
-                .slice([full, full, depth, rows, columns])
-                .reshape([n, groups, cin_g, positions])
-                .swap_dims(2, 3);
-            // [N, G, C/G, C_in/G], summed over the batch.
-            let column = grad.clone().matmul(window);
-            let column = if n == 1 { column } else { column.sum_dim(0) };
-            column.reshape([c, cin_g, 1])
-        })
-        .collect();
-    Tensor::cat(columns, 2)
 }
 
 /// `sum_p patch(p)` over every output position of the conv, per input

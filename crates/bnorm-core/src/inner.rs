@@ -23,7 +23,7 @@
 //! same math on `B` otherwise (other backends, other element types:
 //! correct, without these two savings).
 
-use core::any::Any;
+use core::any::{Any, TypeId};
 
 use burn::backend::Autodiff;
 use burn::tensor::{backend::Backend, Tensor};
@@ -82,6 +82,14 @@ fn on_inner<B: Backend, I: Backend, const D: usize>(
         mean: back(mean),
         mean_sq: back(mean_sq),
     })
+}
+
+/// Whether `E` is burn-ndarray, itself or under autodiff (for the work
+/// that takes another route there, see `tap_products`).
+pub(crate) fn burn_ndarray<E: Backend>() -> bool {
+    let id = TypeId::of::<E>();
+    id == TypeId::of::<burn::backend::NdArray>()
+        || id == TypeId::of::<Autodiff<burn::backend::NdArray>>()
 }
 
 /// `tensor` as a `Tensor<A, D>` when `A` is `B`, else `tensor` back.

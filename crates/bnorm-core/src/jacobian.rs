@@ -53,7 +53,8 @@ use burn::tensor::backend::Backend;
 use burn::tensor::ops::{ConvOptions, FloatTensor, PadMode};
 use burn::tensor::{Slice, Tensor, TensorData, TensorPrimitive};
 
-use crate::inner::JacobianWork;
+use crate::inner::{burn_ndarray, JacobianWork};
+use crate::tap_products::{weight_gradient_per_tap, TapGeometry};
 
 /// What one training step contributes to the history: the derivatives of
 /// the current per-channel moments with respect to the layer's weight.
@@ -166,7 +167,7 @@ impl JacobianWork<4> for ConvJacobians {
             geometry,
             bands,
         } = self;
-        let [_, cin_g, kh, kw] = weight_dims;
+        let [c, cin_g, kh, kw] = weight_dims;
         let [n, _, ho, wo] = y.dims();
         let m = (n * ho * wo) as f64;
         let f = cin_g * kh * kw;
@@ -177,6 +178,19 @@ impl JacobianWork<4> for ConvJacobians {
         let grad = y.mul_scalar(2.0 / m);
         let mean_sq = if bands > 1 && geometry.groups == 1 {
             banded_weight_backward(x, grad, weight_dims, geometry, bands)
+        } else if burn_ndarray::<E>() {
+            // One matrix product per tap (`tap_products`): a 3D conv with a
+            // depth of one.
+            let [[top, bottom], [left, right]] = geometry.padding;
+            let taps = TapGeometry {
+                stride: [1, geometry.stride[0], geometry.stride[1]],
+                padding: [[0, 0], [top, bottom], [left, right]],
+                dilation: [1, geometry.dilation[0], geometry.dilation[1]],
+                groups: geometry.groups,
+            };
+            let volume = |t: Tensor<E, 4>| t.unsqueeze_dim::<5>(2);
+            weight_gradient_per_tap(volume(x), volume(grad), [c, cin_g, 1, kh, kw], taps)
+                .reshape([c, f])
         } else {
             conv2d_weight_gradient(x, grad, weight_dims, geometry)
         };

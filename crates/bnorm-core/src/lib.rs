@@ -44,6 +44,7 @@ pub mod conv3d_jacobian;
 pub mod inference;
 mod inner;
 pub mod jacobian;
+mod tap_products;
 pub mod window;
 pub use conv3d_jacobian::{conv3d_moment_jacobians, Conv3dGeometry};
 pub use inference::{compose_affine, InferenceAffine};
