@@ -7,7 +7,8 @@
 //! ```
 //!
 //! with `patch(p)` the `C_in/G x kd x kh x kw` input values output position
-//! `p` reads. `Q` is one `conv3d_weight_backward` with `grad_out = 2y/M`.
+//! `p` reads. `Q` is one `conv3d_weight_backward` with `grad_out = 2y/M`
+//! (on burn-ndarray, one matrix product per kernel tap: `tap_products`).
 //! `P` separates along the three axes as in 2D: with the input summed over
 //! the batch, each depth plane's row and column tap selections (two small
 //! matrix products over all planes at once), then the depth tap selection

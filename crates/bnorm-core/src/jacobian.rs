@@ -16,8 +16,9 @@
 //!
 //! computed here without a second backward pass: for a conv, `P` from the
 //! batch-summed input with two small 0/1 tap-selection products and `Q`
-//! with one `conv2d_weight_backward`; for a linear layer, a mean and one
-//! matmul.
+//! with one `conv2d_weight_backward` (on burn-ndarray, one matrix product
+//! per kernel tap instead: `tap_products`); for a linear layer, a mean
+//! and one matmul. [`crate::conv3d_jacobian`] does the same for volumes.
 //!
 //! ## Memory: no weight copies
 //!
@@ -101,7 +102,8 @@ pub(crate) fn weight_backward<B: Backend, const D: usize>(
 /// `[C, C_in/G, kh, kw]`. On
 /// `Autodiff<NdArray>` and `Autodiff<Cuda>` the work runs on the inner
 /// backend (see `inner`): no autodiff bookkeeping, and `Q` through the
-/// backend's own weight-gradient kernel.
+/// backend's own weight-gradient kernel (on burn-ndarray, which has none,
+/// as one matrix product per kernel tap).
 pub fn conv2d_moment_jacobians<B: Backend>(
     x: Tensor<B, 4>,
     y: Tensor<B, 4>,
