@@ -9,7 +9,6 @@
 mod common;
 
 use bnorm::BatchRenormConfig;
-use burn::backend::{Autodiff, NdArray};
 use burn::nn::BatchNormConfig;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Tensor};
@@ -47,34 +46,12 @@ fn bench_backend<B: AutodiffBackend>(
     groups
 }
 
-fn main() {
-    let mut c = common::criterion(20, 3);
-    let groups = if common::wants("ndarray") {
-        bench_backend::<Autodiff<NdArray>>(&mut c, "ndarray", &Default::default())
-    } else {
-        Vec::new()
-    };
-    #[cfg(feature = "cuda")]
-    let cuda_groups = if common::wants("cuda") {
-        bench_backend::<Autodiff<burn::backend::Cuda>>(
-            &mut c,
-            "cuda",
-            &bnorm::cuda::device_or_explain(0),
-        )
-    } else {
-        Vec::new()
-    };
-    c.final_summary();
+common::comparison_main!(20, 3, bench_backend, print_summary);
+
+fn print_summary(backend: &str, groups: &[String]) {
     print_ratios(
-        "BatchRenorm / BatchNorm, forward + backward, ndarray",
-        &groups,
-        "BatchNorm",
-        "BatchRenorm",
-    );
-    #[cfg(feature = "cuda")]
-    print_ratios(
-        "BatchRenorm / BatchNorm, forward + backward, CUDA",
-        &cuda_groups,
+        &format!("BatchRenorm / BatchNorm, forward + backward, {backend}"),
+        groups,
         "BatchNorm",
         "BatchRenorm",
     );

@@ -15,7 +15,6 @@
 mod common;
 
 use bnorm::{Conv3dCbnConfig, CrossIterBatchNormConfig};
-use burn::backend::{Autodiff, NdArray};
 use burn::nn::conv::Conv3dConfig;
 use burn::nn::{BatchNormConfig, PaddingConfig3d};
 use burn::tensor::backend::AutodiffBackend;
@@ -77,28 +76,7 @@ fn bench_backend<B: AutodiffBackend>(
     groups
 }
 
-fn main() {
-    let mut c = common::criterion(10, 4);
-    let groups = if common::wants("ndarray") {
-        bench_backend::<Autodiff<NdArray>>(&mut c, "ndarray", &Default::default())
-    } else {
-        Vec::new()
-    };
-    #[cfg(feature = "cuda")]
-    let cuda_groups = if common::wants("cuda") {
-        bench_backend::<Autodiff<burn::backend::Cuda>>(
-            &mut c,
-            "cuda",
-            &bnorm::cuda::device_or_explain(0),
-        )
-    } else {
-        Vec::new()
-    };
-    c.final_summary();
-    print_breakdown("ndarray", &groups);
-    #[cfg(feature = "cuda")]
-    print_breakdown("CUDA", &cuda_groups);
-}
+common::comparison_main!(10, 4, bench_backend, print_breakdown);
 
 /// The window-8 ratio against burn's layers, then its two parts.
 fn print_breakdown(backend: &str, groups: &[String]) {

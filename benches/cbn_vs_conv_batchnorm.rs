@@ -23,7 +23,7 @@ use bnorm::core::jacobian::conv2d_weight_gradient;
 use bnorm::core::{conv2d_moment_jacobians_in_bands, Conv2dGeometry};
 use bnorm::{Conv2dCbnConfig, CrossIterBatchNormConfig};
 use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
-use burn::backend::{Autodiff, NdArray};
+use burn::backend::Autodiff;
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::{BatchNormConfig, PaddingConfig2d};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -194,28 +194,7 @@ fn weight_gradient<I: Backend>(x: &Tensor<I, 4>, grad: Tensor<I, 4>) {
     let _ = gradient.into_data();
 }
 
-fn main() {
-    let mut c = common::criterion(10, 4);
-    let groups = if common::wants("ndarray") {
-        bench_backend::<Autodiff<NdArray>>(&mut c, "ndarray", &Default::default())
-    } else {
-        Vec::new()
-    };
-    #[cfg(feature = "cuda")]
-    let cuda_groups = if common::wants("cuda") {
-        bench_backend::<Autodiff<burn::backend::Cuda>>(
-            &mut c,
-            "cuda",
-            &bnorm::cuda::device_or_explain(0),
-        )
-    } else {
-        Vec::new()
-    };
-    c.final_summary();
-    print_breakdown("ndarray", &groups);
-    #[cfg(feature = "cuda")]
-    print_breakdown("CUDA", &cuda_groups);
-}
+common::comparison_main!(10, 4, bench_backend, print_breakdown);
 
 /// The target ratio (window 8 against burn's layers), then its two parts,
 /// then (opt-in) the window's parts.

@@ -156,3 +156,41 @@ pub fn print_ratios(title: &str, groups: &[String], baseline: &str, candidate: &
         }
     }
 }
+
+/// A comparison bench's `main`: `$bench::<B>(&mut criterion, backend,
+/// &device) -> Vec<String>` (its criterion groups) on ndarray and, with the
+/// `cuda` feature, on CUDA (each as [`wants`] allows), then
+/// `$summary(backend_title, &groups)` for each.
+#[allow(unused_macros)] // kernel_count shares this file and has its own main
+macro_rules! comparison_main {
+    ($samples:expr, $seconds:expr, $bench:ident, $summary:ident) => {
+        fn main() {
+            let mut c = common::criterion($samples, $seconds);
+            let groups = if common::wants("ndarray") {
+                $bench::<burn::backend::Autodiff<burn::backend::NdArray>>(
+                    &mut c,
+                    "ndarray",
+                    &Default::default(),
+                )
+            } else {
+                Vec::new()
+            };
+            #[cfg(feature = "cuda")]
+            let cuda_groups = if common::wants("cuda") {
+                $bench::<burn::backend::Autodiff<burn::backend::Cuda>>(
+                    &mut c,
+                    "cuda",
+                    &bnorm::cuda::device_or_explain(0),
+                )
+            } else {
+                Vec::new()
+            };
+            c.final_summary();
+            $summary("ndarray", &groups);
+            #[cfg(feature = "cuda")]
+            $summary("CUDA", &cuda_groups);
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use comparison_main;
