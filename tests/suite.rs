@@ -20,8 +20,6 @@ mod conversions;
 mod exactness;
 #[path = "host_counter.rs"]
 mod host_counter;
-#[path = "small_batch_demo.rs"]
-mod small_batch_demo;
 
 #[cfg(any(feature = "cuda", feature = "wgpu"))]
 #[path = "backend_parity.rs"]
