@@ -26,10 +26,6 @@ use common::training::{assert_resumes_bit_identically, through_checkpoint};
 use common::*;
 use rstest::rstest;
 
-fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data().to_vec().unwrap()
-}
-
 /// A 3D conv case: input shape, weight shape `[C, C_in/G, kd, kh, kw]`,
 /// geometry, bias.
 type Conv3dCase = ([usize; 5], [usize; 5], Conv3dGeometry, bool);

@@ -30,10 +30,6 @@ use common::training::{assert_resumes_bit_identically, through_checkpoint};
 use common::*;
 use rstest::rstest;
 
-fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data().to_vec().unwrap()
-}
-
 /// A conv case: (C_in, C_out, kernel, stride, padding [[t,b],[l,r]], dilation, groups, bias).
 type ConvCase = (
     usize,

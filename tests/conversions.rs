@@ -13,17 +13,12 @@ use burn::module::{AutodiffModule, Param, RunningState};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::Tensor;
 use common::random::uniform;
 use common::*;
 use rstest::rstest;
 use serde::Deserialize;
 
 type Inner<B> = <B as AutodiffBackend>::InnerBackend;
-
-fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data().to_vec().unwrap()
-}
 
 /// A BatchNorm with non-trivial learned and running state.
 fn trained_batch_norm<B: Backend>(c: usize, eps: f64, device: &B::Device) -> BatchNorm<B> {

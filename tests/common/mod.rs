@@ -300,6 +300,11 @@ pub fn assert_state_depth_bounded(
     );
 }
 
+/// A float tensor's values on the host.
+pub fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
+    t.into_data().to_vec().unwrap()
+}
+
 /// Runs `f`, which must panic, and returns the panic's message.
 pub fn panic_message(f: impl FnOnce()) -> String {
     let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).expect_err("should panic");
