@@ -10,7 +10,7 @@
 //! - [`crossiter`] (`bnorm-crossiter`): **Cross-Iteration Batch
 //!   Normalization** (Yao et al. 2020), statistics averaged over the last
 //!   `k` iterations, each compensated to the current weights; fused with its
-//!   conv (2D or 3D) or linear layer.
+//!   conv (1D, 2D or 3D) or linear layer.
 //! - [`core`] (`bnorm-core`): the backend-generic statistic math the layers
 //!   share.
 //!
@@ -32,8 +32,8 @@ pub use bnorm_core::{
     Schedule,
 };
 pub use bnorm_crossiter::{
-    Conv2dCbn, Conv2dCbnConfig, Conv3dCbn, Conv3dCbnConfig, CrossIterBatchNorm,
-    CrossIterBatchNormConfig, LinearCbn, LinearCbnConfig,
+    Conv1dCbn, Conv1dCbnConfig, Conv2dCbn, Conv2dCbnConfig, Conv3dCbn, Conv3dCbnConfig,
+    CrossIterBatchNorm, CrossIterBatchNormConfig, LinearCbn, LinearCbnConfig,
 };
 pub use bnorm_renorm::{BatchRenorm, BatchRenormConfig};
 

@@ -24,15 +24,16 @@ use crate::common;
 
 use bnorm::core::moments::channel_sum;
 use bnorm::{
-    BatchRenorm, BatchRenormConfig, BurnInMode, Conv2dCbn, Conv2dCbnConfig, Conv3dCbn,
+    BatchRenorm, BatchRenormConfig, BurnInMode, Conv1dCbnConfig, Conv2dCbn, Conv2dCbnConfig,
     Conv3dCbnConfig, CrossIterBatchNormConfig, LinearCbn, LinearCbnConfig,
 };
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
-use burn::nn::{PaddingConfig2d, PaddingConfig3d};
+use burn::nn::{PaddingConfig1d, PaddingConfig2d, PaddingConfig3d};
 use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, Tensor, TensorData};
+use common::blocks::{CbnBlock, ConvLayer};
 use common::random::uniform;
 use common::*;
 use rstest::rstest;
@@ -526,6 +527,52 @@ fn linear_case<G: AutodiffBackend>(gpu_dev: &G::Device) {
     );
 }
 
+/// A CBN conv block of any rank through [`block_parity`] (six steps, SGD
+/// at 0.05), its window then holding `fill` entries, and eval.
+fn conv_block_case<G, M1, M2, const D: usize>(
+    gpu_dev: &G::Device,
+    (cpu, gpu): (M1, M2),
+    shapes: [[usize; D]; 2],
+    name: &str,
+    fill: usize,
+) where
+    G: AutodiffBackend,
+    M1: CbnBlock<NdArrayAd, D> + AutodiffModule<NdArrayAd>,
+    M1::InnerModule: ConvLayer<burn::backend::NdArray, D>,
+    M2: CbnBlock<G, D> + AutodiffModule<G>,
+    M2::InnerModule: ConvLayer<G::InnerBackend, D>,
+{
+    let r = matmul_parity::<G>();
+    let (cpu, gpu) = block_parity(
+        gpu_dev,
+        (cpu, gpu),
+        shapes,
+        (6, 0.05, r),
+        name,
+        |m: &M1, x| m.run(x),
+        |m: &M2, x| m.run(x),
+    );
+    assert_eq!(gpu.norm().history_len(), fill, "{name} history fill");
+    check_parity_at(
+        r,
+        &format!("{name} eval"),
+        &gpu.valid()
+            .run(uniform(shapes[0], 99, -1.0, 2.0, gpu_dev))
+            .into_data(),
+        &cpu.valid()
+            .run(uniform(shapes[0], 99, -1.0, 2.0, &Default::default()))
+            .into_data(),
+    );
+}
+
+/// The CBN options of the rank-1 and rank-3 conv cases: two-stage burn-in
+/// into a full window of 3.
+fn burn_in_into_window_of_three() -> CrossIterBatchNormConfig {
+    CrossIterBatchNormConfig::new(0)
+        .with_window(3)
+        .with_burn_in(2)
+}
+
 /// `Conv3dCbn`: two-stage burn-in into a full window at batch size 1,
 /// stride and dilation (no conv bias: its gradient is a sum that cancels,
 /// see `conv_output_grad_norm`), then eval.
@@ -535,36 +582,17 @@ fn conv3d_case<G: AutodiffBackend>(gpu_dev: &G::Device) {
         .with_stride([1, 2, 1])
         .with_dilation([1, 1, 2])
         .with_bias(false)
-        .with_norm(
-            CrossIterBatchNormConfig::new(0)
-                .with_window(3)
-                .with_burn_in(2),
-        );
-    let r = matmul_parity::<G>();
-    let (cpu, gpu) = block_parity(
+        .with_norm(burn_in_into_window_of_three());
+    conv_block_case(
         gpu_dev,
         transfer(
-            config.init(&Default::default()),
-            config.init(gpu_dev),
+            config.init::<NdArrayAd>(&Default::default()),
+            config.init::<G>(gpu_dev),
             gpu_dev,
         ),
         [[1, 2, 3, 5, 6], [1, 3, 3, 3, 4]],
-        (6, 0.05, r),
         "conv3d",
-        |m: &Conv3dCbn<NdArrayAd>, x| m.forward(x),
-        |m: &Conv3dCbn<G>, x| m.forward(x),
-    );
-    assert_eq!(gpu.norm.history_len(), 2, "conv3d history fill");
-    let x = [1, 2, 3, 5, 6];
-    check_parity_at(
-        r,
-        "conv3d eval",
-        &gpu.valid()
-            .forward(uniform(x, 99, -1.0, 2.0, gpu_dev))
-            .into_data(),
-        &cpu.valid()
-            .forward(uniform(x, 99, -1.0, 2.0, &Default::default()))
-            .into_data(),
+        2,
     );
 }
 
@@ -573,6 +601,36 @@ fn conv3d_case<G: AutodiffBackend>(gpu_dev: &G::Device) {
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn cbn_conv3d_parity(#[case] device: TestDevice) {
     on_device!(device, conv3d_case);
+}
+
+/// `Conv1dCbn`: the same at batch size 1 with stride, dilation, groups and
+/// padding on one side only, then eval.
+fn conv1d_case<G: AutodiffBackend>(gpu_dev: &G::Device) {
+    let config = Conv1dCbnConfig::new(4, 6, 3)
+        .with_padding(PaddingConfig1d::Explicit(2, 0))
+        .with_stride(2)
+        .with_dilation(2)
+        .with_groups(2)
+        .with_bias(false)
+        .with_norm(burn_in_into_window_of_three());
+    conv_block_case(
+        gpu_dev,
+        transfer(
+            config.init::<NdArrayAd>(&Default::default()),
+            config.init::<G>(gpu_dev),
+            gpu_dev,
+        ),
+        [[1, 4, 13], [1, 6, 6]],
+        "conv1d",
+        2,
+    );
+}
+
+#[rstest]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+fn cbn_conv1d_parity(#[case] device: TestDevice) {
+    on_device!(device, conv1d_case);
 }
 
 /// A checkpoint written on ndarray continues on the GPU backend (and back)

@@ -10,9 +10,8 @@ use bnorm::core::moments::channel_mean;
 use bnorm::core::{conv3d_moment_jacobians, Conv3dGeometry};
 use bnorm::{
     BatchRenorm, BatchRenormConfig, BurnInMode, Conv3dCbn, Conv3dCbnConfig,
-    CrossIterBatchNormConfig, EpsPlacement,
+    CrossIterBatchNormConfig,
 };
-use bnorm_crossiter::{PlainVariance, RunningStatistics};
 use burn::module::{AutodiffModule, Module, Param, RunningState};
 use burn::nn::conv::Conv3dConfig;
 use burn::nn::{BatchNormConfig, PaddingConfig3d};
@@ -20,7 +19,8 @@ use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::module::conv3d;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
+use common::blocks::{assert_window_one_is_conv_batch_norm, window_one_norm};
 use common::random::uniform;
 use common::training::{assert_resumes_bit_identically, through_checkpoint};
 use common::*;
@@ -160,100 +160,14 @@ fn conv3d_jacobians_equal_autodiff(#[case] dev: TestDevice) {
 /// statistics, `Conv3dCbn` is burn's `Conv3d` + `BatchNorm`: outputs,
 /// every gradient and the running statistics over three steps, and eval.
 fn window_one<B: AutodiffBackend>(device: &B::Device) {
-    let norm = CrossIterBatchNormConfig::new(0)
-        .with_window(1)
-        .with_plain_variance(PlainVariance::Biased)
-        .with_running_statistics(RunningStatistics::Window)
-        .with_eps_placement(EpsPlacement::InsideSqrt);
     let cbn = Conv3dCbnConfig::new([2, 3], [3, 3, 3])
         .with_padding(PaddingConfig3d::Same)
-        .with_norm(norm)
+        .with_norm(window_one_norm())
         .init::<B>(device);
-    let mut conv = Conv3dConfig::new([2, 3], [3, 3, 3])
+    let conv = Conv3dConfig::new([2, 3], [3, 3, 3])
         .with_padding(PaddingConfig3d::Same)
         .init::<B>(device);
-    conv.weight = Param::from_tensor(cbn.conv.weight.val().detach());
-    conv.bias = cbn
-        .conv
-        .bias
-        .as_ref()
-        .map(|b| Param::from_tensor(b.val().detach()));
-    let bn = BatchNormConfig::new(3).init::<B>(device);
-    let shape = [2, 2, 3, 4, 4];
-    for step in 0..3 {
-        let x1 = uniform::<B, 5>(shape, step, -1.0, 2.0, device).require_grad();
-        let x2 = uniform::<B, 5>(shape, step, -1.0, 2.0, device).require_grad();
-        let g = uniform::<B, 5>([2, 3, 3, 4, 4], 50 + step, -1.0, 1.0, device);
-        let y1 = cbn.forward(x1.clone());
-        let y2 = bn.forward(conv.forward(x2.clone()));
-        let what = format!("step {step}");
-        check_close(
-            &format!("{what} output"),
-            &y1.clone().into_data(),
-            &[2, 3, 3, 4, 4],
-            &to_vec(y2.clone()),
-            1e-5,
-            1e-5,
-        )
-        .unwrap();
-        let g1 = y1.mul(g.clone()).sum().backward();
-        let g2 = y2.mul(g).sum().backward();
-        // Through each side's convolution backward (TF32 on CUDA).
-        let through_conv = [
-            (
-                "grad x",
-                to_vec(x1.grad(&g1).unwrap()),
-                to_vec(x2.grad(&g2).unwrap()),
-            ),
-            (
-                "grad W",
-                to_vec(cbn.conv.weight.grad(&g1).unwrap()),
-                to_vec(conv.weight.grad(&g2).unwrap()),
-            ),
-        ];
-        for (name, a, b) in through_conv {
-            let data = TensorData::new(a.clone(), [a.len()]);
-            check_matmul::<B>(&format!("{what} {name}"), &data, &[b.len()], &b).unwrap();
-        }
-        let norm_side = [
-            (
-                "grad gamma",
-                to_vec(cbn.norm.gamma.as_ref().unwrap().grad(&g1).unwrap()),
-                to_vec(bn.gamma.grad(&g2).unwrap()),
-            ),
-            (
-                "grad beta",
-                to_vec(cbn.norm.beta.as_ref().unwrap().grad(&g1).unwrap()),
-                to_vec(bn.beta.grad(&g2).unwrap()),
-            ),
-            (
-                "running mean",
-                to_vec(cbn.norm.running_mean.value_sync()),
-                to_vec(bn.running_mean.value_sync()),
-            ),
-            (
-                "running var",
-                to_vec(cbn.norm.running_var.value_sync()),
-                to_vec(bn.running_var.value_sync()),
-            ),
-        ];
-        for (name, a, b) in norm_side {
-            let data = TensorData::new(a.clone(), [a.len()]);
-            check_close(&format!("{what} {name}"), &data, &[b.len()], &b, 1e-4, 1e-5).unwrap();
-        }
-    }
-    let x = || uniform::<B, 5>(shape, 9, -1.0, 1.0, device);
-    let eval_cbn = cbn.valid().forward(x().inner());
-    let eval_bn = bn.valid().forward(conv.valid().forward(x().inner()));
-    check_close(
-        "eval output",
-        &eval_cbn.into_data(),
-        &[2, 3, 3, 4, 4],
-        &to_vec(eval_bn),
-        1e-5,
-        1e-5,
-    )
-    .unwrap();
+    assert_window_one_is_conv_batch_norm(cbn, conv, [[2, 2, 3, 4, 4], [2, 3, 3, 4, 4]], device);
 }
 
 #[rstest]

@@ -15,16 +15,17 @@ use bnorm::{
     BurnInMode, CheckpointError, Conv2dCbn, Conv2dCbnConfig, CrossIterBatchNormConfig,
     EpsPlacement, LinearCbn, LinearCbnConfig,
 };
-use bnorm_crossiter::{PlainVariance, RunningStatistics};
+use bnorm_crossiter::RunningStatistics;
 use burn::module::{AutodiffModule, Module, Param};
 use burn::nn::conv::Conv2dConfig;
-use burn::nn::{BatchNormConfig, PaddingConfig2d};
+use burn::nn::PaddingConfig2d;
 use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::PaddedConvOptions;
 use burn::tensor::{Tensor, TensorData};
+use common::blocks::{assert_window_one_is_conv_batch_norm, window_one_norm};
 use common::random::uniform;
 use common::training::{assert_resumes_bit_identically, through_checkpoint};
 use common::*;
@@ -306,114 +307,14 @@ fn compensation_is_first_order_exact(#[case] dev: TestDevice) {
 /// statistics, `Conv2dCbn` is burn's `Conv2d` + `BatchNorm`: outputs, every
 /// gradient and the running statistics.
 fn window_one<B: AutodiffBackend>(device: &B::Device) {
-    let norm = CrossIterBatchNormConfig::new(0)
-        .with_window(1)
-        .with_plain_variance(PlainVariance::Biased)
-        .with_running_statistics(RunningStatistics::Window)
-        .with_eps_placement(EpsPlacement::InsideSqrt);
     let cbn = Conv2dCbnConfig::new([3, 4], [3, 3])
         .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-        .with_norm(norm)
+        .with_norm(window_one_norm())
         .init::<B>(device);
-    let mut conv = Conv2dConfig::new([3, 4], [3, 3])
+    let conv = Conv2dConfig::new([3, 4], [3, 3])
         .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
         .init::<B>(device);
-    conv.weight = Param::from_tensor(cbn.conv.weight.val().detach());
-    conv.bias = cbn
-        .conv
-        .bias
-        .as_ref()
-        .map(|b| Param::from_tensor(b.val().detach()));
-    let bn = BatchNormConfig::new(4).init::<B>(device);
-    for step in 0..3 {
-        let x1 = uniform::<B, 4>([2, 3, 5, 5], step, -1.0, 2.0, device).require_grad();
-        let x2 = uniform::<B, 4>([2, 3, 5, 5], step, -1.0, 2.0, device).require_grad();
-        let g = uniform::<B, 4>([2, 4, 5, 5], 50 + step, -1.0, 1.0, device);
-        let y1 = cbn.forward(x1.clone());
-        let y2 = bn.forward(conv.forward(x2.clone()));
-        let what = format!("step {step}");
-        check_close(
-            &format!("{what} output"),
-            &y1.clone().into_data(),
-            &[2, 4, 5, 5],
-            &to_vec(y2.clone()),
-            1e-5,
-            1e-5,
-        )
-        .unwrap();
-        let g1 = y1.mul(g.clone()).sum().backward();
-        let g2 = y2.mul(g).sum().backward();
-        // (name, CBN's, burn's, whether it comes through each side's
-        // convolution backward).
-        let pairs: Vec<(&str, Vec<f32>, Vec<f32>, bool)> = vec![
-            (
-                "grad x",
-                to_vec(x1.grad(&g1).unwrap()),
-                to_vec(x2.grad(&g2).unwrap()),
-                true,
-            ),
-            (
-                "grad W",
-                to_vec(cbn.conv.weight.grad(&g1).unwrap()),
-                to_vec(conv.weight.grad(&g2).unwrap()),
-                true,
-            ),
-            (
-                "grad gamma",
-                to_vec(cbn.norm.gamma.as_ref().unwrap().grad(&g1).unwrap()),
-                to_vec(bn.gamma.grad(&g2).unwrap()),
-                false,
-            ),
-            (
-                "grad beta",
-                to_vec(cbn.norm.beta.as_ref().unwrap().grad(&g1).unwrap()),
-                to_vec(bn.beta.grad(&g2).unwrap()),
-                false,
-            ),
-            (
-                "running mean",
-                to_vec(cbn.norm.running_mean.value_sync()),
-                to_vec(bn.running_mean.value_sync()),
-                false,
-            ),
-            (
-                "running var",
-                to_vec(cbn.norm.running_var.value_sync()),
-                to_vec(bn.running_var.value_sync()),
-                false,
-            ),
-        ];
-        for (name, a, b, through_conv) in pairs {
-            let data = TensorData::new(a.clone(), [a.len()]);
-            let what = format!("{what} {name}");
-            if through_conv {
-                // Through each side's convolution backward: on CUDA, TF32
-                // kernels whose inputs (the two normalizations' gradients)
-                // differ in the last float32 bits, rounded to 10 mantissa
-                // bits (an H100 run: 2 of 150 grad-x elements 4.6e-5 apart).
-                check_matmul::<B>(&what, &data, &[b.len()], &b).unwrap();
-            } else {
-                check_close(&what, &data, &[b.len()], &b, 1e-4, 1e-5).unwrap();
-            }
-        }
-    }
-    let eval_cbn = cbn
-        .valid()
-        .forward(uniform([2, 3, 5, 5], 9, -1.0, 1.0, device));
-    let eval_bn =
-        bn.valid().forward(
-            conv.valid()
-                .forward(uniform([2, 3, 5, 5], 9, -1.0, 1.0, device)),
-        );
-    check_close(
-        "eval output",
-        &eval_cbn.into_data(),
-        &[2, 4, 5, 5],
-        &to_vec(eval_bn),
-        1e-5,
-        1e-5,
-    )
-    .unwrap();
+    assert_window_one_is_conv_batch_norm(cbn, conv, [[2, 3, 5, 5], [2, 4, 5, 5]], device);
 }
 
 #[rstest]

@@ -8,6 +8,8 @@ mod common;
 mod brn_properties;
 #[path = "brn_reference.rs"]
 mod brn_reference;
+#[path = "cbn_conv1d.rs"]
+mod cbn_conv1d;
 #[path = "cbn_conv3d.rs"]
 mod cbn_conv3d;
 #[path = "cbn_properties.rs"]

@@ -8,6 +8,7 @@ use burn::backend::{Autodiff, NdArray};
 use burn::tensor::{backend::Backend, Bool, Tensor, TensorData, TensorPrimitive};
 use serde::Deserialize;
 
+pub mod blocks;
 pub mod device;
 pub mod random;
 pub mod training;

@@ -15,7 +15,7 @@
 //! inference: in training the statistics come from the batch.
 
 use burn::module::Param;
-use burn::nn::conv::{Conv2d, Conv3d};
+use burn::nn::conv::{Conv1d, Conv2d, Conv3d};
 use burn::nn::Linear;
 use burn::tensor::{backend::Backend, Tensor};
 
@@ -65,6 +65,13 @@ impl<B: Backend> InferenceAffine<B> {
             None => self.shift.clone(),
         };
         (weight, bias)
+    }
+
+    /// A copy of `conv` with this map folded in (weight `[C, ...]`).
+    pub fn fold_into_conv1d(&self, conv: &Conv1d<B>) -> Conv1d<B> {
+        let mut folded = conv.clone();
+        (folded.weight, folded.bias) = self.fold_params(&conv.weight, &conv.bias, 0);
+        folded
     }
 
     /// A copy of `conv` with this map folded in (weight `[C, ...]`).

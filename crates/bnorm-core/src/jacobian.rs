@@ -409,6 +409,14 @@ impl AxisTaps {
         }
         selection
     }
+
+    /// `S` transposed, `[size, kernel]` row-major.
+    pub(crate) fn selection_transposed(self) -> Vec<f32> {
+        let selection = self.selection();
+        (0..self.size * self.kernel)
+            .map(|i| selection[(i % self.kernel) * self.size + i / self.kernel])
+            .collect()
+    }
 }
 
 /// `S_h X_p S_w^T` for every plane `X_p` of `planes` `[P, H, W]`: the
@@ -421,14 +429,12 @@ pub(crate) fn plane_patch_sums<B: Backend>(
     let device = planes.device();
     let (kh, height) = (rows.kernel, rows.size);
     let (kw, width) = (columns.kernel, columns.size);
-    let column_selection = columns.selection();
-    // S_w transposed, [W, kw].
-    let transposed: Vec<f32> = (0..width * kw)
-        .map(|i| column_selection[(i % kw) * width + i / kw])
-        .collect();
     let rows =
         Tensor::<B, 3>::from_data(TensorData::new(rows.selection(), [1, kh, height]), &device);
-    let columns = Tensor::<B, 3>::from_data(TensorData::new(transposed, [1, width, kw]), &device);
+    let columns = Tensor::<B, 3>::from_data(
+        TensorData::new(columns.selection_transposed(), [1, width, kw]),
+        &device,
+    );
     rows.matmul(planes).matmul(columns)
 }
 

@@ -19,7 +19,8 @@
 //!   or linear weight, and the Taylor compensation of history entries
 //!   (computed on an autodiff backend's inner backend where this build can
 //!   name it: `inner`, private).
-//! - [`conv3d_jacobian`]: the same Jacobians for a 3D convolution.
+//! - [`conv1d_jacobian`], [`conv3d_jacobian`]: the same Jacobians for a
+//!   1D and a 3D convolution.
 //! - [`window`]: Cross-Iteration BN window statistics and burn-in.
 //! - [`inference`]: inference-mode normalization as one affine map, and
 //!   folding it into the preceding layer.
@@ -40,12 +41,14 @@ pub mod record_check;
 pub use record_check::{
     check_record_shape, load_checkpoint_with, optional_dims, CheckpointError, RecordShapeError,
 };
+pub mod conv1d_jacobian;
 pub mod conv3d_jacobian;
 pub mod inference;
 mod inner;
 pub mod jacobian;
 mod tap_products;
 pub mod window;
+pub use conv1d_jacobian::{conv1d_moment_jacobians, Conv1dGeometry};
 pub use conv3d_jacobian::{conv3d_moment_jacobians, Conv3dGeometry};
 pub use inference::{compose_affine, InferenceAffine};
 pub use jacobian::{

@@ -9,11 +9,12 @@ use bnorm_core::{
     check_record_shape, load_checkpoint_with, optional_dims, CheckpointError, RecordShapeError,
 };
 
+use crate::conv1d_cbn::Conv1dCbnRecord;
 use crate::conv2d_cbn::Conv2dCbnRecord;
 use crate::conv3d_cbn::Conv3dCbnRecord;
 use crate::cross_iter_batch_norm::CrossIterBatchNormRecord;
 use crate::linear_cbn::LinearCbnRecord;
-use crate::{Conv2dCbn, Conv3dCbn, CrossIterBatchNorm, LinearCbn};
+use crate::{Conv1dCbn, Conv2dCbn, Conv3dCbn, CrossIterBatchNorm, LinearCbn};
 
 const LAYER: &str = "CrossIterBatchNorm";
 
@@ -152,6 +153,7 @@ macro_rules! block_checkpoint {
     };
 }
 
+block_checkpoint!(Conv1dCbn, Conv1dCbnRecord, conv);
 block_checkpoint!(Conv2dCbn, Conv2dCbnRecord, conv);
 block_checkpoint!(Conv3dCbn, Conv3dCbnRecord, conv);
 block_checkpoint!(LinearCbn, LinearCbnRecord, linear);

@@ -1,5 +1,5 @@
-//! What the conv blocks ([`Conv2dCbn`](crate::Conv2dCbn),
-//! [`Conv3dCbn`](crate::Conv3dCbn)) share: burn's `Same` padding rule, and
+//! What the conv blocks ([`Conv1dCbn`](crate::Conv1dCbn),
+//! [`Conv2dCbn`](crate::Conv2dCbn), [`Conv3dCbn`](crate::Conv3dCbn)) share: burn's `Same` padding rule, and
 //! the CBN of a convolution's output.
 
 use burn::module::Param;

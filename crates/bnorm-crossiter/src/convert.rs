@@ -1,12 +1,13 @@
 use burn::module::{Param, RunningState};
-use burn::nn::conv::{Conv2d, Conv3d};
+use burn::nn::conv::{Conv1d, Conv2d, Conv3d};
 use burn::nn::{BatchNorm, Linear};
 use burn::tensor::backend::Backend;
 
 use bnorm_core::{check_record_shape, InferenceAffine, RecordShapeError};
 
 use crate::{
-    Conv2dCbn, Conv3dCbn, CrossIterBatchNorm, CrossIterBatchNormConfig, LinearCbn, WeightLayout,
+    Conv1dCbn, Conv2dCbn, Conv3dCbn, CrossIterBatchNorm, CrossIterBatchNormConfig, LinearCbn,
+    WeightLayout,
 };
 
 impl<B: Backend> CrossIterBatchNorm<B> {
@@ -104,6 +105,35 @@ impl<B: Backend> Conv3dCbn<B> {
     /// [`Conv2dCbn::fold`]).
     pub fn fold(&self) -> Conv3d<B> {
         self.norm.inference_affine().fold_into_conv3d(&self.conv)
+    }
+}
+
+impl<B: Backend> Conv1dCbn<B> {
+    /// Continues a model trained with `conv` followed by burn's `BatchNorm`
+    /// (see [`Conv2dCbn::from_conv_batch_norm`]). Eval-mode outputs are
+    /// unchanged.
+    ///
+    /// # Errors
+    ///
+    /// If the BatchNorm's channels are not the conv's output channels.
+    pub fn from_conv_batch_norm(
+        conv: Conv1d<B>,
+        bn: &BatchNorm<B>,
+        norm: CrossIterBatchNormConfig,
+    ) -> Result<Self, RecordShapeError> {
+        let norm = CrossIterBatchNorm::after_conv(
+            "Conv1dCbn::from_conv_batch_norm",
+            (&conv.weight.dims(), conv.groups),
+            bn,
+            norm,
+        )?;
+        Ok(Conv1dCbn { conv, norm })
+    }
+
+    /// Folds the CBN, **in inference mode**, into the conv (see
+    /// [`Conv2dCbn::fold`]).
+    pub fn fold(&self) -> Conv1d<B> {
+        self.norm.inference_affine().fold_into_conv1d(&self.conv)
     }
 }
 

@@ -13,6 +13,8 @@
 //! - [`Conv2dCbn`]: a burn `Conv2d` (any stride, padding, dilation, groups,
 //!   bias) followed by CBN;
 //! - [`Conv3dCbn`]: the same after a burn `Conv3d`, for volumes;
+//! - [`Conv1dCbn`]: the same after a burn `Conv1d`, for signals and
+//!   sequences `[N, C, L]`;
 //! - [`LinearCbn`]: a burn `Linear` followed by CBN, over `[N, C]` or
 //!   `[N, L, C]`;
 //! - [`CrossIterBatchNorm`]: the normalization alone, for a custom layer that
@@ -24,6 +26,7 @@
 
 mod checkpoint;
 mod config;
+mod conv1d_cbn;
 mod conv2d_cbn;
 mod conv3d_cbn;
 mod conv_block;
@@ -36,6 +39,7 @@ pub use bnorm_core::{
     BurnInMode, CheckpointError, EpsPlacement, HostCounter, MomentJacobians, RecordShapeError,
 };
 pub use config::{CrossIterBatchNormConfig, PlainVariance, RunningStatistics, WeightLayout};
+pub use conv1d_cbn::{Conv1dCbn, Conv1dCbnConfig};
 pub use conv2d_cbn::{Conv2dCbn, Conv2dCbnConfig};
 pub use conv3d_cbn::{Conv3dCbn, Conv3dCbnConfig};
 pub use cross_iter_batch_norm::CrossIterBatchNorm;

@@ -1,5 +1,5 @@
 use burn::module::{Param, RunningState};
-use burn::nn::conv::{Conv2d, Conv3d};
+use burn::nn::conv::{Conv1d, Conv2d, Conv3d};
 use burn::nn::{BatchNorm, Linear};
 use burn::tensor::backend::Backend;
 
@@ -70,6 +70,21 @@ impl<B: Backend> BatchRenorm<B> {
             conv.weight.dims()[0],
         )
         .map(|affine| affine.fold_into_conv2d(conv))
+    }
+
+    /// Folds this layer, in inference mode, into the 1D `conv` before it
+    /// (see [`fold_into_conv2d`](Self::fold_into_conv2d)).
+    ///
+    /// # Errors
+    ///
+    /// If the conv's output channels are not this layer's channels.
+    pub fn fold_into_conv1d(&self, conv: &Conv1d<B>) -> Result<Conv1d<B>, RecordShapeError> {
+        self.checked_fold(
+            "BatchRenorm::fold_into_conv1d",
+            "conv output channels",
+            conv.weight.dims()[0],
+        )
+        .map(|affine| affine.fold_into_conv1d(conv))
     }
 
     /// Folds this layer, in inference mode, into the 3D `conv` before it

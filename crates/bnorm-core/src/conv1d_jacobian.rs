@@ -1,0 +1,137 @@
+//! Closed-form Jacobians of per-channel moments with respect to a 1D
+//! convolution's weight (signals, sequences): [`crate::jacobian`]'s
+//! formulas along one axis.
+//!
+//! ```text
+//! d mu_c / d W_c = (1/M) sum_p patch(p)         = P_g
+//! d nu_c / d W_c = (2/M) sum_p y_c(p) patch(p)  = Q_c
+//! ```
+//!
+//! with `patch(p)` the `C_in/G x k` input values output position `p`
+//! reads. `P` is the batch-summed input times the 0/1 tap selection (one
+//! small matrix product), `Q` one `conv1d_weight_backward` with
+//! `grad_out = 2y/M` (on burn-ndarray, one matrix product per kernel tap:
+//! `tap_products`).
+//!
+//! `Q` takes the backend's 1D weight gradient rather than the 2D one on
+//! inputs of height 1: on burn-cubecl (wgpu over lavapipe, 2026-11-28) the
+//! 2D weight-gradient kernel, given a 1D conv's output of length 1
+//! reshaped to height 1, returned wrong values (off by up to 2.3 on
+//! values of about 1; a copy of the same output gave the right ones),
+//! while the 1D kernel reads that output as it is.
+
+use burn::tensor::backend::Backend;
+use burn::tensor::ops::{ConvOptions, PadMode};
+use burn::tensor::{Tensor, TensorData};
+
+use crate::inner::{burn_ndarray, JacobianWork};
+use crate::jacobian::{batch_sum, weight_backward, AxisTaps};
+use crate::tap_products::{weight_gradient_per_tap, TapGeometry};
+use crate::MomentJacobians;
+
+/// Geometry of a 1D convolution with possibly asymmetric padding
+/// (`[left, right]`), as burn's `Conv1d` resolves it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conv1dGeometry {
+    pub stride: usize,
+    pub padding: [usize; 2],
+    pub dilation: usize,
+    pub groups: usize,
+}
+
+/// Jacobians of the per-channel moments of `y = conv1d(x, W) (+ b)`.
+///
+/// `x` `[N, C_in, L]` and `y` `[N, C, L']` are used as values (the result
+/// carries no autodiff graph); `weight_dims` is `W`'s shape
+/// `[C, C_in/G, k]`. Runs on the inner backend of `Autodiff<NdArray>` (and
+/// of `Autodiff<Cuda>`, `Autodiff<Wgpu>` with their features), as
+/// [`crate::conv2d_moment_jacobians`]. The result's `mean` is `[G, F]` and
+/// `mean_sq` `[C, F]` with `F = C_in/G * k`.
+pub fn conv1d_moment_jacobians<B: Backend>(
+    x: Tensor<B, 3>,
+    y: Tensor<B, 3>,
+    weight_dims: [usize; 3],
+    geometry: Conv1dGeometry,
+) -> MomentJacobians<B> {
+    Conv1dJacobians {
+        weight_dims,
+        geometry,
+    }
+    .run_on_inner(x, y)
+}
+
+/// [`conv1d_moment_jacobians`]'s work, for any backend.
+#[derive(Debug, Clone, Copy)]
+struct Conv1dJacobians {
+    weight_dims: [usize; 3],
+    geometry: Conv1dGeometry,
+}
+
+impl JacobianWork<3> for Conv1dJacobians {
+    fn run<E: Backend>(self, x: Tensor<E, 3>, y: Tensor<E, 3>) -> MomentJacobians<E> {
+        let Conv1dJacobians {
+            weight_dims,
+            geometry,
+        } = self;
+        let [c, cin_g, k] = weight_dims;
+        let [_, c_in, length] = x.dims();
+        let [n, _, l_out] = y.dims();
+        let m = (n * l_out) as f64;
+        let f = cin_g * k;
+        let [left, right] = geometry.padding;
+        // P: sum_p patch(p) = X S^T, [C_in, k], X the batch-summed input.
+        let taps = AxisTaps {
+            kernel: k,
+            size: length,
+            output: l_out,
+            dilation: geometry.dilation,
+            stride: geometry.stride,
+            pad_before: left,
+        };
+        let selection = Tensor::<E, 2>::from_data(
+            TensorData::new(taps.selection_transposed(), [length, k]),
+            &x.device(),
+        );
+        let mean = batch_sum(x.clone())
+            .reshape([c_in, length])
+            .matmul(selection)
+            .div_scalar(m)
+            .reshape([geometry.groups, f]);
+        // Q: the weight gradient of grad_out = 2y/M.
+        let grad = y.mul_scalar(2.0 / m);
+        let mean_sq = if burn_ndarray::<E>() {
+            // One matrix product per tap: a 3D conv of depth and height 1.
+            let taps = TapGeometry {
+                stride: [1, 1, geometry.stride],
+                padding: [[0, 0], [0, 0], [left, right]],
+                dilation: [1, 1, geometry.dilation],
+                groups: geometry.groups,
+            };
+            let volume = |t: Tensor<E, 3>| {
+                let [n, c, l] = t.dims();
+                t.reshape([n, c, 1, 1, l])
+            };
+            weight_gradient_per_tap(volume(x), volume(grad), [c, cin_g, 1, 1, k], taps)
+                .reshape([c, f])
+        } else {
+            // The weight-gradient kernel takes symmetric padding only:
+            // asymmetric padding goes onto the input up front.
+            let (x, padding) = if left == right {
+                (x, left)
+            } else {
+                (x.pad((left, right, 0, 0), PadMode::Constant(0.0)), 0)
+            };
+            let options = ConvOptions::new(
+                [geometry.stride],
+                [padding],
+                [geometry.dilation],
+                geometry.groups,
+            );
+            weight_backward(x, weight_dims, grad, |x, w, g| {
+                E::conv1d_weight_backward(x, w, g, options)
+            })
+            .reshape([c, f])
+        };
+        MomentJacobians { mean, mean_sq }
+    }
+}

@@ -1,0 +1,181 @@
+//! burn's convolutions and the CBN blocks after them (1D, 2D, 3D) behind
+//! one trait, for the checks that read the same at every rank.
+
+use bnorm::{
+    Conv1dCbn, Conv2dCbn, Conv3dCbn, CrossIterBatchNorm, CrossIterBatchNormConfig, EpsPlacement,
+};
+use bnorm_crossiter::{PlainVariance, RunningStatistics};
+use burn::module::{AutodiffModule, Param};
+use burn::nn::conv::{Conv1d, Conv2d, Conv3d};
+use burn::nn::BatchNormConfig;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Tensor, TensorData};
+
+use super::random::uniform;
+use super::training::StepShapes;
+use super::{check_close, check_matmul, to_vec};
+
+/// A convolution of rank `D` (`[N, C, ...]`), plain or with its CBN.
+pub trait ConvLayer<B: Backend, const D: usize> {
+    fn run(&self, input: Tensor<B, D>) -> Tensor<B, D>;
+    fn weight(&self) -> &Param<Tensor<B, D>>;
+    fn bias(&self) -> &Option<Param<Tensor<B, 1>>>;
+    /// Replaces the conv's weight and bias.
+    fn set_params(&mut self, weight: Tensor<B, D>, bias: Option<Tensor<B, 1>>);
+}
+
+/// A CBN block: its convolution ([`ConvLayer`]) and its normalization.
+pub trait CbnBlock<B: Backend, const D: usize>: ConvLayer<B, D> {
+    fn norm(&self) -> &CrossIterBatchNorm<B>;
+}
+
+macro_rules! conv_layer {
+    ($layer:ident, $rank:literal $(, $conv:ident)?) => {
+        impl<B: Backend> ConvLayer<B, $rank> for $layer<B> {
+            fn run(&self, input: Tensor<B, $rank>) -> Tensor<B, $rank> {
+                self.forward(input)
+            }
+            fn weight(&self) -> &Param<Tensor<B, $rank>> {
+                &self$(.$conv)?.weight
+            }
+            fn bias(&self) -> &Option<Param<Tensor<B, 1>>> {
+                &self$(.$conv)?.bias
+            }
+            fn set_params(&mut self, weight: Tensor<B, $rank>, bias: Option<Tensor<B, 1>>) {
+                self$(.$conv)?.weight = Param::from_tensor(weight);
+                self$(.$conv)?.bias = bias.map(Param::from_tensor);
+            }
+        }
+    };
+}
+
+conv_layer!(Conv1d, 3);
+conv_layer!(Conv2d, 4);
+conv_layer!(Conv3d, 5);
+conv_layer!(Conv1dCbn, 3, conv);
+conv_layer!(Conv2dCbn, 4, conv);
+conv_layer!(Conv3dCbn, 5, conv);
+
+macro_rules! cbn_block {
+    ($($block:ident, $rank:literal);*) => {$(
+        impl<B: Backend> CbnBlock<B, $rank> for $block<B> {
+            fn norm(&self) -> &CrossIterBatchNorm<B> {
+                &self.norm
+            }
+        }
+    )*};
+}
+
+cbn_block!(Conv1dCbn, 3; Conv2dCbn, 4; Conv3dCbn, 5);
+
+/// The CBN options under which window 1 is burn's `BatchNorm`: BatchNorm's
+/// biased variance, eps inside the root, the window's running statistics.
+pub fn window_one_norm() -> CrossIterBatchNormConfig {
+    CrossIterBatchNormConfig::new(0)
+        .with_window(1)
+        .with_plain_variance(PlainVariance::Biased)
+        .with_running_statistics(RunningStatistics::Window)
+        .with_eps_placement(EpsPlacement::InsideSqrt)
+}
+
+/// `cbn`, built with [`window_one_norm`], against burn's `conv` (given
+/// `cbn`'s weight and bias here) followed by burn's `BatchNorm`: outputs,
+/// the gradients of the input, conv weight, gamma and beta, and the running
+/// statistics over three training steps, then the eval output. Input and
+/// output shapes in `shapes`.
+pub fn assert_window_one_is_conv_batch_norm<B, Cbn, Conv, const D: usize>(
+    cbn: Cbn,
+    mut conv: Conv,
+    [x_shape, y_shape]: StepShapes<D>,
+    device: &B::Device,
+) where
+    B: AutodiffBackend,
+    Cbn: CbnBlock<B, D> + AutodiffModule<B>,
+    Cbn::InnerModule: ConvLayer<B::InnerBackend, D>,
+    Conv: ConvLayer<B, D> + AutodiffModule<B>,
+    Conv::InnerModule: ConvLayer<B::InnerBackend, D>,
+{
+    conv.set_params(
+        cbn.weight().val().detach(),
+        cbn.bias().as_ref().map(|b| b.val().detach()),
+    );
+    let bn = BatchNormConfig::new(y_shape[1]).init::<B>(device);
+    for step in 0..3 {
+        let x1 = uniform::<B, D>(x_shape, step, -1.0, 2.0, device).require_grad();
+        let x2 = uniform::<B, D>(x_shape, step, -1.0, 2.0, device).require_grad();
+        let g = uniform::<B, D>(y_shape, 50 + step, -1.0, 1.0, device);
+        let y1 = cbn.run(x1.clone());
+        let y2 = bn.forward(conv.run(x2.clone()));
+        let what = format!("step {step}");
+        check_close(
+            &format!("{what} output"),
+            &y1.clone().into_data(),
+            &y_shape,
+            &to_vec(y2.clone()),
+            1e-5,
+            1e-5,
+        )
+        .unwrap();
+        let g1 = y1.mul(g.clone()).sum().backward();
+        let g2 = y2.mul(g).sum().backward();
+        // Through each side's convolution backward: on CUDA, TF32 kernels
+        // whose inputs (the two normalizations' gradients) differ in the
+        // last float32 bits, rounded to 10 mantissa bits (an H100 run: 2 of
+        // 150 grad-x elements 4.6e-5 apart).
+        let through_conv = [
+            (
+                "grad x",
+                to_vec(x1.grad(&g1).unwrap()),
+                to_vec(x2.grad(&g2).unwrap()),
+            ),
+            (
+                "grad W",
+                to_vec(cbn.weight().grad(&g1).unwrap()),
+                to_vec(conv.weight().grad(&g2).unwrap()),
+            ),
+        ];
+        for (name, a, b) in through_conv {
+            let data = TensorData::new(a.clone(), [a.len()]);
+            check_matmul::<B>(&format!("{what} {name}"), &data, &[b.len()], &b).unwrap();
+        }
+        let norm = cbn.norm();
+        let norm_side = [
+            (
+                "grad gamma",
+                to_vec(norm.gamma.as_ref().unwrap().grad(&g1).unwrap()),
+                to_vec(bn.gamma.grad(&g2).unwrap()),
+            ),
+            (
+                "grad beta",
+                to_vec(norm.beta.as_ref().unwrap().grad(&g1).unwrap()),
+                to_vec(bn.beta.grad(&g2).unwrap()),
+            ),
+            (
+                "running mean",
+                to_vec(norm.running_mean.value_sync()),
+                to_vec(bn.running_mean.value_sync()),
+            ),
+            (
+                "running var",
+                to_vec(norm.running_var.value_sync()),
+                to_vec(bn.running_var.value_sync()),
+            ),
+        ];
+        for (name, a, b) in norm_side {
+            let data = TensorData::new(a.clone(), [a.len()]);
+            check_close(&format!("{what} {name}"), &data, &[b.len()], &b, 1e-4, 1e-5).unwrap();
+        }
+    }
+    let x = || uniform::<B::InnerBackend, D>(x_shape, 9, -1.0, 1.0, device);
+    let eval_cbn = cbn.valid().run(x());
+    let eval_bn = bn.valid().forward(conv.valid().run(x()));
+    check_close(
+        "eval output",
+        &eval_cbn.into_data(),
+        &y_shape,
+        &to_vec(eval_bn),
+        1e-5,
+        1e-5,
+    )
+    .unwrap();
+}
