@@ -16,14 +16,13 @@ use bnorm::{
 use burn::module::{AutodiffModule, Module, Param, RunningState};
 use burn::nn::conv::Conv1dConfig;
 use burn::nn::{BatchNormConfig, PaddingConfig1d};
-use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::module::conv1d;
 use burn::tensor::ops::PaddedConvOptions;
 use burn::tensor::Tensor;
 use common::blocks::{assert_window_one_is_conv_batch_norm, window_one_norm};
 use common::random::uniform;
-use common::training::{assert_resumes_bit_identically, through_checkpoint};
+use common::training::{assert_resumes_bit_identically, state_bytes, through_checkpoint};
 use common::*;
 use rstest::rstest;
 
@@ -214,13 +213,6 @@ fn cbn_config() -> Conv1dCbnConfig {
                 .with_burn_in(2)
                 .with_burn_in_mode(BurnInMode::Ramp),
         )
-}
-
-/// Every state tensor of `module`, as the bytes of its record.
-fn state_bytes<B: Backend, M: Module<B>>(module: &M) -> Vec<u8> {
-    BinBytesRecorder::<FullPrecisionSettings>::default()
-        .record(module.clone().into_record(), ())
-        .unwrap()
 }
 
 /// Train n steps at batch size 1 (ramp burn-in into a full window), save,

@@ -2,10 +2,10 @@
 
 use std::path::PathBuf;
 
-use burn::module::AutodiffModule;
+use burn::module::{AutodiffModule, Module};
 use burn::optim::{GradientsParams, Optimizer, SgdConfig};
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
-use burn::tensor::backend::AutodiffBackend;
+use burn::record::{BinBytesRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 
 use super::assert_bits_eq;
@@ -95,4 +95,12 @@ pub fn through_checkpoint<R>(
     let loaded = load(dir.join(format!("{name}.mpk")), &recorder);
     std::fs::remove_dir_all(&dir).ok();
     loaded
+}
+
+/// Every state tensor of `module` (parameters, running statistics,
+/// counters, a CBN's whole history), as the bytes of its record.
+pub fn state_bytes<B: Backend, M: Module<B>>(module: &M) -> Vec<u8> {
+    BinBytesRecorder::<FullPrecisionSettings>::default()
+        .record(module.clone().into_record(), ())
+        .unwrap()
 }

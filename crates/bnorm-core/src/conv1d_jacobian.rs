@@ -13,12 +13,14 @@
 //! `grad_out = 2y/M` (on burn-ndarray, one matrix product per kernel tap:
 //! `tap_products`).
 //!
-//! `Q` takes the backend's 1D weight gradient rather than the 2D one on
-//! inputs of height 1: on burn-cubecl (wgpu over lavapipe, 2026-11-28) the
-//! 2D weight-gradient kernel, given a 1D conv's output of length 1
-//! reshaped to height 1, returned wrong values (off by up to 2.3 on
-//! values of about 1; a copy of the same output gave the right ones),
-//! while the 1D kernel reads that output as it is.
+//! `Q` takes the backend's 1D weight gradient on the 3D tensors as they
+//! are, not the 2D one on a height-1 view: with burn-fusion 0.21 (wgpu
+//! over lavapipe, 2026-11-28), a 1D conv's output of length 1 (stride 6,
+//! padding 2 and 1: burn-cubecl leaves it with strides `[9, 3, 3]` for
+//! shape `[2, 3, 1]`) reads back wrong once reshaped to 4D (two of its six
+//! values right, zeros for the rest; an elementwise operation before the
+//! reshape, or burn-cubecl without fusion, gives the right ones), and `Q`
+//! computed through that view was off by up to 2.3 on values of about 1.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::ops::{ConvOptions, PadMode};
