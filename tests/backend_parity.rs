@@ -603,14 +603,15 @@ fn cbn_conv3d_parity(#[case] device: TestDevice) {
     on_device!(device, conv3d_case);
 }
 
-/// `Conv1dCbn`: the same at batch size 1 with stride, dilation, groups and
-/// padding on one side only, then eval.
-fn conv1d_case<G: AutodiffBackend>(gpu_dev: &G::Device) {
-    let config = Conv1dCbnConfig::new(4, 6, 3)
-        .with_padding(PaddingConfig1d::Explicit(2, 0))
-        .with_stride(2)
-        .with_dilation(2)
-        .with_groups(2)
+/// A `Conv1dCbn` block (no bias, burn-in into a window of 3) through
+/// [`conv_block_case`].
+fn conv1d_case<G: AutodiffBackend>(
+    gpu_dev: &G::Device,
+    config: Conv1dCbnConfig,
+    shapes: [[usize; 3]; 2],
+    name: &str,
+) {
+    let config = config
         .with_bias(false)
         .with_norm(burn_in_into_window_of_three());
     conv_block_case(
@@ -620,17 +621,52 @@ fn conv1d_case<G: AutodiffBackend>(gpu_dev: &G::Device) {
             config.init::<G>(gpu_dev),
             gpu_dev,
         ),
-        [[1, 4, 13], [1, 6, 6]],
-        "conv1d",
+        shapes,
+        name,
         2,
     );
 }
 
+/// `Conv1dCbn` at batch size 1 with stride, dilation, groups and padding
+/// on one side only.
 #[rstest]
 #[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn cbn_conv1d_parity(#[case] device: TestDevice) {
-    on_device!(device, conv1d_case);
+    let config = Conv1dCbnConfig::new(4, 6, 3)
+        .with_padding(PaddingConfig1d::Explicit(2, 0))
+        .with_stride(2)
+        .with_dilation(2)
+        .with_groups(2);
+    on_device!(
+        device,
+        conv1d_case,
+        config,
+        [[1, 4, 13], [1, 6, 6]],
+        "conv1d"
+    );
+}
+
+/// `Conv1dCbn` with one output position per sample: burn-cubecl's `conv1d`
+/// leaves such an output strided (`[2, 3, 1]` with strides `[9, 3, 3]`
+/// after a stride-6 conv; likewise here, where the kernel spans the
+/// input), and under burn-fusion 0.21 a reshape of it to another rank
+/// reads back wrong (see `bnorm_core::conv1d_jacobian`): the block must
+/// not take one. (Not with a stride longer than the kernel: burn-cubecl
+/// 0.21's conv input gradient is wrong there on wgpu, burn's `Conv1d` and
+/// `Conv2d` alike; see docs/gpu.md.)
+#[rstest]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+fn cbn_conv1d_parity_one_output_position(#[case] device: TestDevice) {
+    let config = Conv1dCbnConfig::new(2, 3, 5);
+    on_device!(
+        device,
+        conv1d_case,
+        config,
+        [[4, 2, 5], [4, 3, 1]],
+        "conv1d one position"
+    );
 }
 
 /// A checkpoint written on ndarray continues on the GPU backend (and back)
