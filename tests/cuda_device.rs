@@ -30,3 +30,44 @@ fn kernel_caches_are_kept_under_target() {
     }
     assert_eq!(config.autotune.cache.root(), root, "autotune results");
 }
+
+/// An upstream check, not of this library: on wgpu (lavapipe), burn-cubecl
+/// 0.21 returns a wrong convolution input gradient when the stride is
+/// longer than the kernel (all zeros for a 1x1 conv with stride 2; see
+/// docs/gpu.md). Every CBN block takes its input gradient from burn's
+/// convolution, so whether CUDA shares the bug decides whether such
+/// convolutions train there. burn's `conv2d` input gradient on CUDA
+/// against ndarray's (`check_matmul`: TF32), for a 1x1 kernel with stride
+/// 2 and a 3x3 kernel with stride 4.
+#[test]
+fn burn_conv_input_gradient_with_stride_beyond_kernel() {
+    use crate::common::random::uniform;
+    use crate::common::{check_matmul, CudaAd, NdArrayAd};
+    use burn::tensor::backend::AutodiffBackend;
+    use burn::tensor::module::conv2d;
+    use burn::tensor::ops::ConvOptions;
+    fn input_gradient<B: AutodiffBackend>(
+        device: &B::Device,
+        (size, kernel, stride, padding): (usize, usize, usize, usize),
+    ) -> burn::tensor::TensorData {
+        let x = uniform::<B, 4>([2, 2, size, size], 1, -1.0, 1.0, device).require_grad();
+        let w = uniform::<B, 4>([3, 2, kernel, kernel], 2, -1.0, 1.0, device);
+        let options = ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1);
+        let y = conv2d(x.clone(), w, None, options);
+        let g = uniform::<B, 4>(y.dims(), 3, -1.0, 1.0, device);
+        let grads = y.mul(g).sum().backward();
+        x.grad(&grads).unwrap().into_data()
+    }
+    let device = bnorm::cuda::device_or_explain(0);
+    for case in [(8, 1, 2, 0), (9, 3, 4, 1)] {
+        let expected = input_gradient::<NdArrayAd>(&Default::default(), case);
+        let shape = expected.shape.to_vec();
+        check_matmul::<CudaAd>(
+            &format!("conv2d input gradient, (size, kernel, stride, padding) = {case:?}"),
+            &input_gradient::<CudaAd>(&device, case),
+            &shape,
+            &expected.to_vec::<f32>().unwrap(),
+        )
+        .unwrap();
+    }
+}
