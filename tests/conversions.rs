@@ -9,26 +9,17 @@ use bnorm::{
     BatchRenorm, BatchRenormConfig, Conv2dCbn, Conv2dCbnConfig, CrossIterBatchNormConfig,
     EpsPlacement, LinearCbn,
 };
-use burn::module::{AutodiffModule, Param, RunningState};
+use burn::module::AutodiffModule;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::backend::{AutodiffBackend, Backend};
+use common::blocks::trained_batch_norm;
 use common::random::uniform;
 use common::*;
 use rstest::rstest;
 use serde::Deserialize;
 
 type Inner<B> = <B as AutodiffBackend>::InnerBackend;
-
-/// A BatchNorm with non-trivial learned and running state.
-fn trained_batch_norm<B: Backend>(c: usize, eps: f64, device: &B::Device) -> BatchNorm<B> {
-    let mut bn = BatchNormConfig::new(c).with_epsilon(eps).init::<B>(device);
-    bn.gamma = Param::from_tensor(uniform([c], 1, 0.5, 1.5, device));
-    bn.beta = Param::from_tensor(uniform([c], 2, -0.5, 0.5, device));
-    bn.running_mean = RunningState::new(uniform([c], 3, -1.0, 1.0, device));
-    bn.running_var = RunningState::new(uniform([c], 4, 0.2, 3.0, device));
-    bn
-}
 
 fn conv<B: Backend>(device: &B::Device, bias: bool) -> Conv2d<B> {
     Conv2dConfig::new([3, 4], [3, 3])

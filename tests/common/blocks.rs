@@ -5,9 +5,9 @@ use bnorm::{
     Conv1dCbn, Conv2dCbn, Conv3dCbn, CrossIterBatchNorm, CrossIterBatchNormConfig, EpsPlacement,
 };
 use bnorm_crossiter::{PlainVariance, RunningStatistics};
-use burn::module::{AutodiffModule, Param};
+use burn::module::{AutodiffModule, Param, RunningState};
 use burn::nn::conv::{Conv1d, Conv2d, Conv3d};
-use burn::nn::BatchNormConfig;
+use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 
@@ -67,6 +67,17 @@ macro_rules! cbn_block {
 }
 
 cbn_block!(Conv1dCbn, 3; Conv2dCbn, 4; Conv3dCbn, 5);
+
+/// A BatchNorm with non-trivial learned and running state (host data:
+/// the same on every backend).
+pub fn trained_batch_norm<B: Backend>(c: usize, eps: f64, device: &B::Device) -> BatchNorm<B> {
+    let mut bn = BatchNormConfig::new(c).with_epsilon(eps).init::<B>(device);
+    bn.gamma = Param::from_tensor(uniform([c], 1, 0.5, 1.5, device));
+    bn.beta = Param::from_tensor(uniform([c], 2, -0.5, 0.5, device));
+    bn.running_mean = RunningState::new(uniform([c], 3, -1.0, 1.0, device));
+    bn.running_var = RunningState::new(uniform([c], 4, 0.2, 3.0, device));
+    bn
+}
 
 /// The CBN options under which window 1 is burn's `BatchNorm`: BatchNorm's
 /// biased variance, eps inside the root, the window's running statistics.

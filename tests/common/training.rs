@@ -45,8 +45,9 @@ pub fn sgd_steps<B: AutodiffBackend, M: AutodiffModule<B>, const D: usize>(
 /// `n + m` [`sgd_steps`] from `start()`, against `n` steps, `save_load`
 /// (a checkpoint round trip, [`through_checkpoint`]) and `m` more from
 /// another `start()`: every one of the `m` steps' outputs and gradients
-/// must be bit-identical. Returns the two final modules (uninterrupted,
-/// resumed) for the caller to compare their state.
+/// must be bit-identical, and so must the two final modules' records
+/// (every state tensor). Returns the two final modules (uninterrupted,
+/// resumed) for the caller's own checks.
 pub fn assert_resumes_bit_identically<B: AutodiffBackend, M: AutodiffModule<B>, const D: usize>(
     start: impl Fn() -> M,
     (n, m): (u64, u64),
@@ -73,6 +74,10 @@ pub fn assert_resumes_bit_identically<B: AutodiffBackend, M: AutodiffModule<B>, 
             &grad_resumed[i],
         );
     }
+    assert!(
+        state_bytes(&straight) == state_bytes(&resumed),
+        "state after resuming differs from the uninterrupted run's"
+    );
     (straight, resumed)
 }
 

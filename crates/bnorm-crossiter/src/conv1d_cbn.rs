@@ -6,7 +6,7 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use bnorm_core::{conv1d_moment_jacobians, Conv1dGeometry};
 
-use crate::conv_block::same_padding;
+use crate::conv_block::{check_conv_input, same_padding};
 use crate::{CrossIterBatchNorm, CrossIterBatchNormConfig, WeightLayout};
 
 /// Configuration of a [`Conv1dCbn`]: burn's `Conv1dConfig` fields with the
@@ -122,13 +122,12 @@ impl<B: Backend> Conv1dCbn<B> {
     /// untouched then).
     pub fn forward(&self, input: Tensor<B, 3>) -> Tensor<B, 3> {
         let dims = input.dims();
-        let c_in = self.conv.weight.dims()[1] * self.conv.groups;
-        if dims[1] != c_in {
-            panic!(
-                "Conv1dCbn expects an input of shape [batch_size, {c_in}, length], \
-                 received {dims:?}"
-            );
-        }
+        check_conv_input(
+            "Conv1dCbn",
+            "length",
+            &dims,
+            (&self.conv.weight, self.conv.groups),
+        );
         let y = self.conv.forward(input.clone());
         let geometry = self.geometry(dims[2]);
         self.norm.forward_conv(

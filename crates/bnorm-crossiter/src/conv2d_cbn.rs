@@ -6,7 +6,7 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use bnorm_core::{conv2d_moment_jacobians_in_bands, Conv2dGeometry};
 
-use crate::conv_block::same_padding;
+use crate::conv_block::{check_conv_input, same_padding};
 use crate::{CrossIterBatchNorm, CrossIterBatchNormConfig, WeightLayout};
 
 /// Configuration of a [`Conv2dCbn`]: burn's `Conv2dConfig` fields with the
@@ -180,12 +180,12 @@ impl<B: Backend> Conv2dCbn<B> {
     }
 
     fn check_input(&self, dims: &[usize; 4]) {
-        let c_in = self.conv.weight.dims()[1] * self.conv.groups;
-        if dims[1] != c_in {
-            panic!(
-                "Conv2dCbn expects an input of shape [batch_size, {c_in}, height, width], received {dims:?}"
-            );
-        }
+        check_conv_input(
+            "Conv2dCbn",
+            "height, width",
+            dims,
+            (&self.conv.weight, self.conv.groups),
+        );
     }
 
     /// The normalization of `y = conv(input)`, both shapes checked;

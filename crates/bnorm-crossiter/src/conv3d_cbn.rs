@@ -6,7 +6,7 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use bnorm_core::{conv3d_moment_jacobians, Conv3dGeometry};
 
-use crate::conv_block::same_padding;
+use crate::conv_block::{check_conv_input, same_padding};
 use crate::{CrossIterBatchNorm, CrossIterBatchNormConfig, WeightLayout};
 
 /// Configuration of a [`Conv3dCbn`]: burn's `Conv3dConfig` fields with the
@@ -124,13 +124,12 @@ impl<B: Backend> Conv3dCbn<B> {
     /// input size. The state is untouched then.
     pub fn forward(&self, input: Tensor<B, 5>) -> Tensor<B, 5> {
         let dims = input.dims();
-        let c_in = self.conv.weight.dims()[1] * self.conv.groups;
-        if dims[1] != c_in {
-            panic!(
-                "Conv3dCbn expects an input of shape [batch_size, {c_in}, depth, height, width], \
-                 received {dims:?}"
-            );
-        }
+        check_conv_input(
+            "Conv3dCbn",
+            "depth, height, width",
+            &dims,
+            (&self.conv.weight, self.conv.groups),
+        );
         let y = self.conv.forward(input.clone());
         let geometry = self.geometry([dims[2], dims[3], dims[4]]);
         self.norm.forward_conv(

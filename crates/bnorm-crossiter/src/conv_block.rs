@@ -22,6 +22,22 @@ pub(crate) fn same_padding(kernel: usize, stride: usize, size: usize) -> [usize;
     [total / 2, total - total / 2]
 }
 
+/// Panics, naming the expected and the received shape, unless an input of
+/// shape `dims` has the input channels of a conv with weight `weight`
+/// `[C, C_in/G, k...]` and `groups`; `block` names the layer and `axes`
+/// its spatial axes in the message. Called before any state changes.
+pub(crate) fn check_conv_input<B: Backend, const D: usize>(
+    block: &str,
+    axes: &str,
+    dims: &[usize; D],
+    (weight, groups): (&Param<Tensor<B, D>>, usize),
+) {
+    let c_in = weight.dims()[1] * groups;
+    if dims[1] != c_in {
+        panic!("{block} expects an input of shape [batch_size, {c_in}, {axes}], received {dims:?}");
+    }
+}
+
 impl<B: Backend> CrossIterBatchNorm<B> {
     /// The normalization of `y`, the output of a convolution of `input`
     /// with `weight` `[C, C_in/G, k...]`, `groups` `G` and `bias`: in
