@@ -4,10 +4,12 @@
 //! of their own, and a missing driver, library or adapter panics there; the
 //! calling thread only sees the channel to that thread close. [`probe`]
 //! runs one tiny kernel up front, collects the panic messages raised
-//! meanwhile (on any thread, each with its thread's name, so one from an
-//! unrelated thread panicking at the same moment can be told apart) and
-//! turns such a failure into one panic that gives the runtime's own reason
-//! and what a run needs.
+//! meanwhile (on any thread, each with its thread's name) and turns such a
+//! failure into one panic that gives the runtime's own reason and what a
+//! run needs. The reason is the first message raised on one of cubecl's
+//! device-server threads (named `DSU-...`/`DSD-...` by cubecl-common 0.10):
+//! another thread may panic at the same moment for reasons of its own (a
+//! test runner's other tests, which panic on purpose too).
 
 use std::any::Any;
 use std::panic::{self, PanicHookInfo};
@@ -37,7 +39,8 @@ pub(crate) fn probe<B: Backend>(
     if probed.iter().any(|known| known == name) {
         return device;
     }
-    let raised = Arc::new(Mutex::new(Vec::<String>::new()));
+    // (thread name, message) of every panic while the probe runs.
+    let raised = Arc::new(Mutex::new(Vec::<(String, String)>::new()));
     // Record every panic message while the probe runs, then hand it on to
     // the hook that was installed (output unchanged).
     let previous: Arc<PanicHook> = Arc::new(panic::take_hook());
@@ -45,12 +48,7 @@ pub(crate) fn probe<B: Backend>(
         let (raised, previous) = (raised.clone(), previous.clone());
         panic::set_hook(Box::new(move |info| {
             if let Ok(mut raised) = raised.lock() {
-                let thread = std::thread::current();
-                let thread = thread.name().unwrap_or("unnamed");
-                raised.push(format!(
-                    "[thread '{thread}'] {}",
-                    payload_text(info.payload())
-                ));
+                raised.push((thread_name(), payload_text(info.payload())));
             }
             previous(info);
         }));
@@ -71,16 +69,28 @@ pub(crate) fn probe<B: Backend>(
     drop(probed);
 
     if let Err(panic) = probe {
-        // The runtime's device thread panics first, with the real reason;
-        // the caller's own panic (a closed channel) comes after it.
+        // The runtime's device thread panics with the real reason; the
+        // caller's own panic (a closed channel) says only that it is gone.
+        let raised = raised.lock().map(|r| r.clone()).unwrap_or_default();
+        let caller = thread_name();
+        let device_server = |name: &str| name.starts_with("DSU-") || name.starts_with("DSD-");
         let reason = raised
-            .lock()
-            .ok()
-            .and_then(|raised| raised.first().cloned())
+            .iter()
+            .find(|(thread, _)| device_server(thread))
+            // Should cubecl name its threads otherwise: any other thread's.
+            .or_else(|| raised.iter().find(|(thread, _)| *thread != caller))
+            .map(|(thread, message)| format!("[thread '{thread}'] {message}"))
             .unwrap_or_else(|| payload_text(&*panic));
         panic!("{}", explain(&reason));
     }
     device
+}
+
+fn thread_name() -> String {
+    std::thread::current()
+        .name()
+        .unwrap_or("unnamed")
+        .to_string()
 }
 
 fn payload_text(payload: &(dyn Any + Send)) -> String {

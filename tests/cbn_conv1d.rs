@@ -20,7 +20,10 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::module::conv1d;
 use burn::tensor::ops::PaddedConvOptions;
 use burn::tensor::Tensor;
-use common::blocks::{assert_window_one_is_conv_batch_norm, trained_batch_norm, window_one_norm};
+use common::blocks::{
+    assert_conv_output_given_is_forward, assert_window_one_is_conv_batch_norm, trained_batch_norm,
+    window_one_norm,
+};
 use common::random::uniform;
 use common::training::{assert_resumes_bit_identically, state_bytes, through_checkpoint};
 use common::*;
@@ -258,6 +261,41 @@ fn conv1d_cbn_resume_is_bit_identical(#[case] dev: TestDevice) {
     on_device!(dev, resume);
 }
 
+/// `forward_conv_output(x, conv.forward(x))` trains as `forward(x)`, bit
+/// for bit (TF32 tolerance on CUDA): `Same` padding of an even kernel with
+/// stride 2, resolved to one pixel before and two after, through a ramp
+/// burn-in into a full window.
+fn conv_output_given<B: AutodiffBackend>(device: &B::Device) {
+    let config = || {
+        Conv1dCbnConfig::new(2, 3, 4)
+            .with_stride(2)
+            .with_padding(PaddingConfig1d::Same)
+            .with_norm(cbn_config().norm)
+    };
+    let mut start = config().init::<B>(device);
+    start.conv.weight = Param::from_tensor(uniform([3, 2, 4], 81, -0.3, 0.3, device));
+    start.conv.bias = Some(Param::from_tensor(uniform([3], 82, -0.2, 0.2, device)));
+    let (direct, _) = assert_conv_output_given_is_forward(
+        || {
+            config()
+                .init::<B>(device)
+                .load_record(start.clone().into_record())
+        },
+        [[2, 2, 9], [2, 3, 5]],
+        |layer: &Conv1dCbn<B>, x| layer.forward_conv_output(x.clone(), layer.conv.forward(x)),
+        device,
+    );
+    assert_eq!(direct.norm.history_len(), 3, "the window is full");
+}
+
+#[rstest]
+#[case::ndarray(TestDevice::NdArray)]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+fn conv1d_cbn_forward_conv_output_is_forward(#[case] dev: TestDevice) {
+    on_device!(dev, conv_output_given);
+}
+
 /// A checkpoint of another window or conv shape is an error naming the
 /// field; bad input panics naming expected and received shapes and leaves
 /// the state untouched; a single value per channel (batch of one, length
@@ -287,6 +325,16 @@ fn mismatches_and_single_value<B: AutodiffBackend>(device: &B::Device) {
     });
     assert!(
         m.contains("[batch_size, 2, length]") && m.contains("[1, 3, 6]"),
+        "{m}"
+    );
+    let m = panic_message(|| {
+        layer.forward_conv_output(
+            uniform::<B, 3>([1, 2, 6], 0, -1.0, 1.0, device),
+            uniform::<B, 3>([1, 3, 4], 0, -1.0, 1.0, device),
+        );
+    });
+    assert!(
+        m.contains("Conv1dCbn") && m.contains("[1, 3, 6]") && m.contains("[1, 3, 4]"),
         "{m}"
     );
     assert!(

@@ -19,7 +19,10 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::module::conv3d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::Tensor;
-use common::blocks::{assert_window_one_is_conv_batch_norm, trained_batch_norm, window_one_norm};
+use common::blocks::{
+    assert_conv_output_given_is_forward, assert_window_one_is_conv_batch_norm, trained_batch_norm,
+    window_one_norm,
+};
 use common::random::uniform;
 use common::training::{assert_resumes_bit_identically, state_bytes, through_checkpoint};
 use common::*;
@@ -291,6 +294,35 @@ fn conv3d_cbn_resume_is_bit_identical(#[case] dev: TestDevice) {
     on_device!(dev, resume);
 }
 
+/// `forward_conv_output(x, conv.forward(x))` trains as `forward(x)`, bit
+/// for bit (TF32 tolerance on CUDA): explicit padding and a stride of 2
+/// along the height, through a ramp burn-in into a full window.
+fn conv_output_given<B: AutodiffBackend>(device: &B::Device) {
+    let config = || cbn_config().with_stride([1, 2, 1]);
+    let mut start = config().init::<B>(device);
+    start.conv.weight = Param::from_tensor(uniform([3, 2, 3, 3, 3], 81, -0.3, 0.3, device));
+    start.conv.bias = Some(Param::from_tensor(uniform([3], 82, -0.2, 0.2, device)));
+    let (direct, _) = assert_conv_output_given_is_forward(
+        || {
+            config()
+                .init::<B>(device)
+                .load_record(start.clone().into_record())
+        },
+        [[1, 2, 3, 4, 4], [1, 3, 3, 2, 4]],
+        |layer: &Conv3dCbn<B>, x| layer.forward_conv_output(x.clone(), layer.conv.forward(x)),
+        device,
+    );
+    assert_eq!(direct.norm.history_len(), 3, "the window is full");
+}
+
+#[rstest]
+#[case::ndarray(TestDevice::NdArray)]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+fn conv3d_cbn_forward_conv_output_is_forward(#[case] dev: TestDevice) {
+    on_device!(dev, conv_output_given);
+}
+
 /// A checkpoint of another window or conv shape is an error naming the
 /// field; bad input panics naming expected and received shapes, and
 /// leaves the state untouched.
@@ -320,6 +352,38 @@ fn mismatches<B: AutodiffBackend>(device: &B::Device) {
     assert!(
         m.contains("[batch_size, 2, depth, height, width]") && m.contains("[1, 3, 3, 4, 4]"),
         "{m}"
+    );
+    let m = panic_message(|| {
+        layer.forward_conv_output(
+            uniform::<B, 5>([1, 2, 3, 4, 4], 0, -1.0, 1.0, device),
+            uniform::<B, 5>([1, 3, 1, 2, 2], 0, -1.0, 1.0, device),
+        );
+    });
+    assert!(
+        m.contains("Conv3dCbn") && m.contains("[1, 3, 3, 4, 4]") && m.contains("[1, 3, 1, 2, 2]"),
+        "{m}"
+    );
+    // `Same` padding that would need more on one side (kernel 3, stride 2,
+    // depth 4: none before, one after; depth 5 pads one on each side) is
+    // named before burn's conv runs.
+    let same = Conv3dCbnConfig::new([2, 3], [3, 3, 3])
+        .with_padding(PaddingConfig3d::Same)
+        .with_stride([2, 1, 1])
+        .init::<B>(device);
+    same.forward(uniform([1, 2, 5, 4, 4], 0, -1.0, 1.0, device));
+    let same_before = state_bytes(&same);
+    let m = panic_message(|| {
+        same.forward(uniform::<B, 5>([1, 2, 4, 4, 4], 0, -1.0, 1.0, device));
+    });
+    assert!(
+        m.contains("Conv3dCbn")
+            && m.contains("[4, 4, 4]")
+            && m.contains("[[0, 1], [1, 1], [1, 1]]"),
+        "{m}"
+    );
+    assert!(
+        same_before == state_bytes(&same),
+        "state changed by a rejected input"
     );
     assert!(
         before == state_bytes(&layer),

@@ -12,8 +12,8 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 
 use super::random::uniform;
-use super::training::StepShapes;
-use super::{check_close, check_matmul, to_vec};
+use super::training::{sgd_steps, state_bytes, StepShapes};
+use super::{assert_bits_eq, check_close, check_matmul, tensor_cores, to_vec};
 
 /// A convolution of rank `D` (`[N, C, ...]`), plain or with its CBN.
 pub trait ConvLayer<B: Backend, const D: usize> {
@@ -189,4 +189,64 @@ pub fn assert_window_one_is_conv_batch_norm<B, Cbn, Conv, const D: usize>(
         1e-5,
     )
     .unwrap();
+}
+
+/// `given(block, x)` — the block's `forward_conv_output` fed `x` and its
+/// own conv's output — trains as `block.run(x)`: seven SGD steps from
+/// `start()` on each (through whatever burn-in and window `start()` has),
+/// every step's output and conv weight gradient bit for bit, then every
+/// state tensor (the records' bytes) and the eval output. On CUDA within
+/// `check_matmul`'s TF32 tolerance, the state through the eval output
+/// (some kernel there does not repeat its rounding from one launch to the
+/// next; see `cbn_forward_conv_output_is_forward`). Returns the two
+/// trained blocks (direct, given).
+pub fn assert_conv_output_given_is_forward<B, M, const D: usize>(
+    start: impl Fn() -> M,
+    shapes @ [x_shape, _]: StepShapes<D>,
+    given: impl Fn(&M, Tensor<B, D>) -> Tensor<B, D>,
+    device: &B::Device,
+) -> (M, M)
+where
+    B: AutodiffBackend,
+    M: CbnBlock<B, D> + AutodiffModule<B>,
+    M::InnerModule: ConvLayer<B::InnerBackend, D>,
+{
+    let same = |what: &str, a: &TensorData, b: &TensorData| {
+        if tensor_cores::<B>() {
+            check_matmul::<B>(what, a, &b.shape, &b.to_vec::<f32>().unwrap()).unwrap();
+        } else {
+            assert_bits_eq(what, a, b);
+        }
+    };
+    let grad_of = |m: &M, grads: &B::Gradients| m.weight().grad(grads).unwrap().into_data();
+    let steps = |module, forward: &dyn Fn(&M, Tensor<B, D>) -> Tensor<B, D>| {
+        sgd_steps(module, (0, 7), shapes, &forward, &grad_of, device)
+    };
+    let (direct, out_direct, grad_direct) = steps(start(), &|m: &M, x| m.run(x));
+    let (via_given, out_given, grad_given) = steps(start(), &given);
+    for step in 0..7 {
+        same(
+            &format!("output of step {step}"),
+            &out_given[step],
+            &out_direct[step],
+        );
+        same(
+            &format!("conv weight gradient of step {step}"),
+            &grad_given[step],
+            &grad_direct[step],
+        );
+    }
+    if !tensor_cores::<B>() {
+        assert!(
+            state_bytes(&direct) == state_bytes(&via_given),
+            "state after forward_conv_output differs from forward's"
+        );
+    }
+    let x = || uniform::<B::InnerBackend, D>(x_shape, 9, -1.0, 1.0, device);
+    same(
+        "eval output",
+        &via_given.valid().run(x()).into_data(),
+        &direct.valid().run(x()).into_data(),
+    );
+    (direct, via_given)
 }

@@ -127,6 +127,12 @@ pub fn check_device_or_explain<B: burn::tensor::backend::Backend>(
             let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
             assert!(message.starts_with(prefix), "{message}");
             assert!(!message.contains("RecvError"), "{message}");
+            // From cubecl's device-server thread, not from another test
+            // panicking (on purpose) at the same moment.
+            assert!(
+                message[prefix.len()..].starts_with("[thread 'DS"),
+                "{message}"
+            );
             assert!(message.contains(needed), "{message}");
         }
     }

@@ -6,7 +6,7 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use bnorm_core::{conv1d_moment_jacobians, Conv1dGeometry};
 
-use crate::conv_block::{check_conv_input, same_padding};
+use crate::conv_block::{check_conv_input, check_conv_output, same_padding, ConvAxis};
 use crate::{CrossIterBatchNorm, CrossIterBatchNormConfig, WeightLayout};
 
 /// Configuration of a [`Conv1dCbn`]: burn's `Conv1dConfig` fields with the
@@ -122,14 +122,73 @@ impl<B: Backend> Conv1dCbn<B> {
     /// untouched then).
     pub fn forward(&self, input: Tensor<B, 3>) -> Tensor<B, 3> {
         let dims = input.dims();
+        self.check_input(&dims);
+        let y = self.conv.forward(input.clone());
+        self.normalize_checked(input, y, self.geometry(dims[2]))
+    }
+
+    /// `norm(y)` for `y = conv(input)` computed by the caller with this
+    /// layer's `conv` weight and bias — for a convolution kernel other than
+    /// burn's `conv1d` (a faster one for the backend, a fused one). Equal to
+    /// [`forward`](Self::forward) when `conv_output` is
+    /// `self.conv.forward(input)`.
+    ///
+    /// `input` is needed because the weight Jacobians of the moments are
+    /// computed from the conv's input and output; an output that is not
+    /// this conv's would make the compensation wrong.
+    ///
+    /// # Shapes
+    ///
+    /// - `input`: `[batch_size, channels_in, length]`
+    /// - `conv_output`: `[batch_size, channels_out, length_out]`, the conv's
+    ///   output size for `input`
+    /// - output: as `conv_output`
+    ///
+    /// # Panics
+    ///
+    /// If `input` does not have `channels_in` channels or `conv_output` is
+    /// not the conv's output shape for it (the state is untouched then).
+    pub fn forward_conv_output(
+        &self,
+        input: Tensor<B, 3>,
+        conv_output: Tensor<B, 3>,
+    ) -> Tensor<B, 3> {
+        let dims = input.dims();
+        self.check_input(&dims);
+        let geometry = self.geometry(dims[2]);
+        let axis = ConvAxis {
+            kernel: self.conv.kernel_size,
+            stride: geometry.stride,
+            dilation: geometry.dilation,
+            padding: geometry.padding,
+        };
+        check_conv_output(
+            "Conv1dCbn",
+            &dims,
+            &conv_output.dims(),
+            self.norm.num_features,
+            &[axis],
+        );
+        self.normalize_checked(input, conv_output, geometry)
+    }
+
+    fn check_input(&self, dims: &[usize; 3]) {
         check_conv_input(
             "Conv1dCbn",
             "length",
-            &dims,
+            dims,
             (&self.conv.weight, self.conv.groups),
         );
-        let y = self.conv.forward(input.clone());
-        let geometry = self.geometry(dims[2]);
+    }
+
+    /// The normalization of `y = conv(input)`, both shapes checked;
+    /// `geometry` is the conv's for this input size.
+    fn normalize_checked(
+        &self,
+        input: Tensor<B, 3>,
+        y: Tensor<B, 3>,
+        geometry: Conv1dGeometry,
+    ) -> Tensor<B, 3> {
         self.norm.forward_conv(
             input,
             y,

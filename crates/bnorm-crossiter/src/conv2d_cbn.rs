@@ -6,7 +6,7 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use bnorm_core::{conv2d_moment_jacobians_in_bands, Conv2dGeometry};
 
-use crate::conv_block::{check_conv_input, same_padding};
+use crate::conv_block::{check_conv_input, check_conv_output, same_padding, ConvAxis};
 use crate::{CrossIterBatchNorm, CrossIterBatchNormConfig, WeightLayout};
 
 /// Configuration of a [`Conv2dCbn`]: burn's `Conv2dConfig` fields with the
@@ -162,20 +162,19 @@ impl<B: Backend> Conv2dCbn<B> {
         let dims = input.dims();
         self.check_input(&dims);
         let geometry = self.geometry(dims[2], dims[3]);
-        let [c_out, _, kh, kw] = self.conv.weight.dims();
-        let out_size = |axis: usize, kernel: usize| {
-            let padded = dims[2 + axis] + geometry.padding[axis][0] + geometry.padding[axis][1];
-            let span = geometry.dilation[axis] * (kernel - 1) + 1;
-            padded.saturating_sub(span) / geometry.stride[axis] + 1
-        };
-        let expected = [dims[0], c_out, out_size(0, kh), out_size(1, kw)];
-        if conv_output.dims() != expected {
-            panic!(
-                "Conv2dCbn: the conv output for an input of shape {dims:?} has shape {expected:?}, \
-                 received {:?}",
-                conv_output.dims()
-            );
-        }
+        let axes = [0, 1].map(|a| ConvAxis {
+            kernel: self.conv.kernel_size[a],
+            stride: geometry.stride[a],
+            dilation: geometry.dilation[a],
+            padding: geometry.padding[a],
+        });
+        check_conv_output(
+            "Conv2dCbn",
+            &dims,
+            &conv_output.dims(),
+            self.norm.num_features,
+            &axes,
+        );
         self.normalize_checked(input, conv_output, geometry)
     }
 

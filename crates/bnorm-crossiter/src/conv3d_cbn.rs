@@ -6,7 +6,7 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use bnorm_core::{conv3d_moment_jacobians, Conv3dGeometry};
 
-use crate::conv_block::{check_conv_input, same_padding};
+use crate::conv_block::{check_conv_input, check_conv_output, same_padding, ConvAxis};
 use crate::{CrossIterBatchNorm, CrossIterBatchNormConfig, WeightLayout};
 
 /// Configuration of a [`Conv3dCbn`]: burn's `Conv3dConfig` fields with the
@@ -124,14 +124,76 @@ impl<B: Backend> Conv3dCbn<B> {
     /// input size. The state is untouched then.
     pub fn forward(&self, input: Tensor<B, 5>) -> Tensor<B, 5> {
         let dims = input.dims();
+        self.check_input(&dims);
+        let geometry = self.geometry([dims[2], dims[3], dims[4]]);
+        let y = self.conv.forward(input.clone());
+        self.normalize_checked(input, y, geometry)
+    }
+
+    /// `norm(y)` for `y = conv(input)` computed by the caller with this
+    /// layer's `conv` weight and bias — for a convolution kernel other than
+    /// burn's `conv3d` (a faster one for the backend, a fused one). Equal to
+    /// [`forward`](Self::forward) when `conv_output` is
+    /// `self.conv.forward(input)`.
+    ///
+    /// `input` is needed because the weight Jacobians of the moments are
+    /// computed from the conv's input and output; an output that is not
+    /// this conv's would make the compensation wrong.
+    ///
+    /// # Shapes
+    ///
+    /// - `input`: `[batch_size, channels_in, depth, height, width]`
+    /// - `conv_output`: `[batch_size, channels_out, depth_out, height_out,
+    ///   width_out]`, the conv's output size for `input`
+    /// - output: as `conv_output`
+    ///
+    /// # Panics
+    ///
+    /// If `input` does not have `channels_in` channels, `conv_output` is
+    /// not the conv's output shape for it, or `Same` padding would need
+    /// more on one side than the other for this input size (the state is
+    /// untouched then).
+    pub fn forward_conv_output(
+        &self,
+        input: Tensor<B, 5>,
+        conv_output: Tensor<B, 5>,
+    ) -> Tensor<B, 5> {
+        let dims = input.dims();
+        self.check_input(&dims);
+        let geometry = self.geometry([dims[2], dims[3], dims[4]]);
+        let axes = [0, 1, 2].map(|a| ConvAxis {
+            kernel: self.conv.kernel_size[a],
+            stride: geometry.stride[a],
+            dilation: geometry.dilation[a],
+            padding: [geometry.padding[a]; 2],
+        });
+        check_conv_output(
+            "Conv3dCbn",
+            &dims,
+            &conv_output.dims(),
+            self.norm.num_features,
+            &axes,
+        );
+        self.normalize_checked(input, conv_output, geometry)
+    }
+
+    fn check_input(&self, dims: &[usize; 5]) {
         check_conv_input(
             "Conv3dCbn",
             "depth, height, width",
-            &dims,
+            dims,
             (&self.conv.weight, self.conv.groups),
         );
-        let y = self.conv.forward(input.clone());
-        let geometry = self.geometry([dims[2], dims[3], dims[4]]);
+    }
+
+    /// The normalization of `y = conv(input)`, both shapes checked;
+    /// `geometry` is the conv's for this input size.
+    fn normalize_checked(
+        &self,
+        input: Tensor<B, 5>,
+        y: Tensor<B, 5>,
+        geometry: Conv3dGeometry,
+    ) -> Tensor<B, 5> {
         self.norm.forward_conv(
             input,
             y,
@@ -146,9 +208,18 @@ impl<B: Backend> Conv3dCbn<B> {
         let conv = &self.conv;
         let padding = match &conv.padding {
             PaddingConfig3d::Valid => [0; 3],
-            // Symmetric: burn's `Conv3d` has panicked otherwise.
             PaddingConfig3d::Same => {
-                [0, 1, 2].map(|a| same_padding(conv.kernel_size[a], conv.stride[a], size[a])[0])
+                let pairs =
+                    [0, 1, 2].map(|a| same_padding(conv.kernel_size[a], conv.stride[a], size[a]));
+                if pairs.iter().any(|[before, after]| before != after) {
+                    // burn's `Conv3d` pads both sides of an axis alike.
+                    panic!(
+                        "Conv3dCbn: `Same` padding for an input of depth, height, width \
+                         {size:?} needs [before, after] = {pairs:?}, and burn's Conv3d pads \
+                         both sides alike (use odd kernels with stride 1, or explicit padding)"
+                    );
+                }
+                pairs.map(|[before, _]| before)
             }
             PaddingConfig3d::Explicit(depth, height, width) => [*depth, *height, *width],
         };
