@@ -18,8 +18,8 @@ use bnorm::{
 use bnorm_crossiter::RunningStatistics;
 use burn::module::{AutodiffModule, Module, Param};
 use burn::nn::conv::Conv2dConfig;
-use burn::nn::PaddingConfig2d;
-use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+use burn::nn::{BatchNormConfig, PaddingConfig2d};
+use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer, SgdConfig};
 use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::module::conv2d;
@@ -634,6 +634,75 @@ fn batch_of_one<B: AutodiffBackend>(device: &B::Device) {
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn cbn_batch_of_one_is_finite(#[case] dev: TestDevice) {
     on_device!(dev, batch_of_one);
+}
+
+/// Gradient accumulation (burn's `GradientsAccumulator`, one optimizer
+/// step per four micro-batches of one sample each): the weights do not
+/// move within an optimizer step, so its micro-batches' history entries
+/// need no compensation, and with `window = 4` the last micro-batch of
+/// each step is normalized with the statistics of the whole effective
+/// batch — its output is burn's `Conv2d` + `BatchNorm` (training) of the
+/// four micro-batches concatenated, at the last sample. Checked for two
+/// optimizer steps (the second after the weights, gamma and beta moved);
+/// every accumulated gradient stays finite.
+fn gradient_accumulation<B: AutodiffBackend>(device: &B::Device) {
+    let config = || {
+        Conv2dCbnConfig::new([2, 3], [3, 3])
+            .with_padding(PaddingConfig2d::Same)
+            .with_window(4)
+    };
+    let mut cbn = config().init::<B>(device);
+    cbn.conv.weight = Param::from_tensor(uniform([3, 2, 3, 3], 61, -0.3, 0.3, device));
+    cbn.conv.bias = Some(Param::from_tensor(uniform([3], 62, -0.2, 0.2, device)));
+    let mut optim = SgdConfig::new().init::<B, Conv2dCbn<B>>();
+    let mut accumulator = GradientsAccumulator::<Conv2dCbn<B>>::new();
+    for step in 0..2u64 {
+        let micro: Vec<Tensor<B, 4>> = (0..4)
+            .map(|i| uniform([1, 2, 5, 5], 10 * step + i, -1.0, 2.0, device))
+            .collect();
+        let mut last = None;
+        for (i, x) in micro.iter().enumerate() {
+            let y = cbn.forward(x.clone());
+            let g = uniform::<B, 4>([1, 3, 5, 5], 100 + 10 * step + i as u64, -1.0, 1.0, device);
+            let grads = y.clone().mul(g).sum().backward();
+            let grad_w = cbn.conv.weight.grad(&grads).unwrap().into_data();
+            assert_finite(&format!("step {step} micro-batch {i} grad W"), &grad_w);
+            accumulator.accumulate(&cbn, GradientsParams::from_grads(grads, &cbn));
+            last = Some(y);
+        }
+        assert_eq!(cbn.norm.history_len(), 3, "step {step}: the window is full");
+
+        let mut conv = Conv2dConfig::new([2, 3], [3, 3])
+            .with_padding(PaddingConfig2d::Same)
+            .init::<B>(device);
+        conv.weight = Param::from_tensor(cbn.conv.weight.val().detach());
+        conv.bias = cbn
+            .conv
+            .bias
+            .as_ref()
+            .map(|b| Param::from_tensor(b.val().detach()));
+        let mut bn = BatchNormConfig::new(3).init::<B>(device);
+        let norm = &cbn.norm;
+        bn.gamma = Param::from_tensor(norm.gamma.as_ref().unwrap().val().detach());
+        bn.beta = Param::from_tensor(norm.beta.as_ref().unwrap().val().detach());
+        let pooled = bn.forward(conv.forward(Tensor::cat(micro, 0)));
+        check_matmul::<B>(
+            &format!("step {step}: last micro-batch against the pooled batch"),
+            &last.unwrap().into_data(),
+            &[1, 3, 5, 5],
+            &to_vec(pooled.narrow(0, 3, 1)),
+        )
+        .unwrap();
+        cbn = optim.step(0.05, cbn, accumulator.grads());
+    }
+}
+
+#[rstest]
+#[case::ndarray(TestDevice::NdArray)]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+fn cbn_gradient_accumulation_pools_the_effective_batch(#[case] dev: TestDevice) {
+    on_device!(dev, gradient_accumulation);
 }
 
 /// `LinearCbn` over `[N, L, C]` normalizes each feature over all `N * L`
