@@ -69,6 +69,8 @@ mod gpu {
     #[cfg(not(feature = "cuda"))]
     type Gpu = burn::backend::Wgpu;
     type B = Autodiff<Gpu>;
+    /// A layer's label and its training step.
+    type LabeledStep<'a> = (&'a str, &'a dyn Fn(Tensor<B, 4>) -> Tensor<B, 4>);
 
     #[cfg(feature = "cuda")]
     fn device() -> burn::tensor::Device<Gpu> {
@@ -154,7 +156,7 @@ mod gpu {
         let sequence = std::env::var("BNORM_KERNEL_SEQUENCE").unwrap_or_default();
         let sequence: Vec<&str> = sequence.split('|').collect();
         let mut sequences = Vec::new();
-        let layers: [(&str, &dyn Fn(Tensor<B, 4>) -> Tensor<B, 4>); 8] = [
+        let layers: [LabeledStep; 8] = [
             ("BatchNorm", &|x| batch_norm.forward(x)),
             ("BatchRenorm", &|x| batch_renorm.forward(x)),
             ("Conv2d + BatchNorm", &|x| {

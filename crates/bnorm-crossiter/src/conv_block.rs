@@ -84,6 +84,13 @@ pub(crate) fn check_conv_output<const D: usize>(
     }
 }
 
+/// A convolution's weight `[C, C_in/G, k...]`, bias and groups `G`.
+pub(crate) type ConvParams<'a, B, const D: usize> = (
+    &'a Param<Tensor<B, D>>,
+    &'a Option<Param<Tensor<B, 1>>>,
+    usize,
+);
+
 impl<B: Backend> CrossIterBatchNorm<B> {
     /// The normalization of `y`, the output of a convolution of `input`
     /// with `weight` `[C, C_in/G, k...]`, `groups` `G` and `bias`: in
@@ -94,7 +101,7 @@ impl<B: Backend> CrossIterBatchNorm<B> {
         &self,
         input: Tensor<B, D>,
         y: Tensor<B, D>,
-        (weight, bias, groups): (&Param<Tensor<B, D>>, &Option<Param<Tensor<B, 1>>>, usize),
+        (weight, bias, groups): ConvParams<'_, B, D>,
         jacobians: impl FnOnce(Tensor<B, D>, Tensor<B, D>, [usize; D]) -> MomentJacobians<B>,
     ) -> Tensor<B, D> {
         if !B::ad_enabled(&y.device()) {
