@@ -119,9 +119,9 @@ impl<B: Backend> Conv3dCbn<B> {
     ///
     /// # Panics
     ///
-    /// If `input` does not have `channels_in` channels, or (burn's `Conv3d`)
-    /// `Same` padding would need more on one side than the other for this
-    /// input size. The state is untouched then.
+    /// If `input` does not have `channels_in` channels, or `Same` padding
+    /// would need more on one side than the other for this input size
+    /// (burn's `Conv3d` pads both sides alike). The state is untouched then.
     pub fn forward(&self, input: Tensor<B, 5>) -> Tensor<B, 5> {
         let dims = input.dims();
         self.check_input(&dims);
