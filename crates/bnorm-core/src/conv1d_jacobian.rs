@@ -41,6 +41,13 @@ pub struct Conv1dGeometry {
     pub groups: usize,
 }
 
+impl Conv1dGeometry {
+    /// The output length for an input of `length` and a `kernel`.
+    pub fn output_len(&self, length: usize, kernel: usize) -> usize {
+        crate::shape::conv_output_len(length, kernel, self.stride, self.dilation, self.padding)
+    }
+}
+
 /// Jacobians of the per-channel moments of `y = conv1d(x, W) (+ b)`.
 ///
 /// `x` `[N, C_in, L]` and `y` `[N, C, L']` are used as values (the result

@@ -33,6 +33,17 @@ pub struct Conv3dGeometry {
     pub groups: usize,
 }
 
+impl Conv3dGeometry {
+    /// The output `[depth, height, width]` for an input of `size` and a
+    /// `kernel`.
+    pub fn output_size(&self, size: [usize; 3], kernel: [usize; 3]) -> [usize; 3] {
+        [0, 1, 2].map(|a| {
+            let (stride, dilation, pad) = (self.stride[a], self.dilation[a], self.padding[a]);
+            crate::shape::conv_output_len(size[a], kernel[a], stride, dilation, [pad, pad])
+        })
+    }
+}
+
 /// Jacobians of the per-channel moments of `y = conv3d(x, W) (+ b)`.
 ///
 /// `x` `[N, C_in, D, H, W]` and `y` `[N, C, D', H', W']` are used as values

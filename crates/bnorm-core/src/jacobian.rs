@@ -77,6 +77,16 @@ pub struct Conv2dGeometry {
     pub groups: usize,
 }
 
+impl Conv2dGeometry {
+    /// The output `[height, width]` for an input of `size` and a `kernel`.
+    pub fn output_size(&self, size: [usize; 2], kernel: [usize; 2]) -> [usize; 2] {
+        [0, 1].map(|a| {
+            let (stride, dilation) = (self.stride[a], self.dilation[a]);
+            crate::shape::conv_output_len(size[a], kernel[a], stride, dilation, self.padding[a])
+        })
+    }
+}
+
 /// A weight gradient `[C, C_in/G, k...]` from the backend's
 /// `conv{2,3}d_weight_backward` (`op`), given as `(x, weight, grad)`.
 pub(crate) fn weight_backward<B: Backend, const D: usize>(

@@ -6,6 +6,20 @@
 
 use burn::tensor::{backend::Backend, Tensor};
 
+/// The output length of a convolution along one axis for an input of
+/// `size` (burn's formula): `(size + before + after - dilation (kernel - 1)
+/// - 1) / stride + 1`.
+pub fn conv_output_len(
+    size: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+    [before, after]: [usize; 2],
+) -> usize {
+    let span = dilation * (kernel - 1) + 1;
+    (size + before + after).saturating_sub(span) / stride + 1
+}
+
 /// Shape `[1, C, 1, ...]` of rank `D`, for broadcasting a per-channel vector
 /// against a `[N, C, ...]` tensor.
 pub fn channel_shape<const D: usize>(channels: usize) -> [usize; D] {

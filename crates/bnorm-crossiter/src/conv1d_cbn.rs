@@ -6,7 +6,7 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use bnorm_core::{conv1d_moment_jacobians, Conv1dGeometry};
 
-use crate::conv_block::{check_conv_input, check_conv_output, same_padding, ConvAxis};
+use crate::conv_block::{check_conv_input, check_conv_output, same_padding};
 use crate::{CrossIterBatchNorm, CrossIterBatchNormConfig, WeightLayout};
 
 /// Configuration of a [`Conv1dCbn`]: burn's `Conv1dConfig` fields with the
@@ -156,19 +156,9 @@ impl<B: Backend> Conv1dCbn<B> {
         let dims = input.dims();
         self.check_input(&dims);
         let geometry = self.geometry(dims[2]);
-        let axis = ConvAxis {
-            kernel: self.conv.kernel_size,
-            stride: geometry.stride,
-            dilation: geometry.dilation,
-            padding: geometry.padding,
-        };
-        check_conv_output(
-            "Conv1dCbn",
-            &dims,
-            &conv_output.dims(),
-            self.norm.num_features,
-            &[axis],
-        );
+        let length = geometry.output_len(dims[2], self.conv.kernel_size);
+        let expected = [dims[0], self.norm.num_features, length];
+        check_conv_output("Conv1dCbn", &dims, &conv_output.dims(), expected);
         self.normalize_checked(input, conv_output, geometry)
     }
 

@@ -6,7 +6,7 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use bnorm_core::{conv2d_moment_jacobians_in_bands, Conv2dGeometry};
 
-use crate::conv_block::{check_conv_input, check_conv_output, same_padding, ConvAxis};
+use crate::conv_block::{check_conv_input, check_conv_output, same_padding};
 use crate::{CrossIterBatchNorm, CrossIterBatchNormConfig, WeightLayout};
 
 /// Configuration of a [`Conv2dCbn`]: burn's `Conv2dConfig` fields with the
@@ -162,19 +162,9 @@ impl<B: Backend> Conv2dCbn<B> {
         let dims = input.dims();
         self.check_input(&dims);
         let geometry = self.geometry(dims[2], dims[3]);
-        let axes = [0, 1].map(|a| ConvAxis {
-            kernel: self.conv.kernel_size[a],
-            stride: geometry.stride[a],
-            dilation: geometry.dilation[a],
-            padding: geometry.padding[a],
-        });
-        check_conv_output(
-            "Conv2dCbn",
-            &dims,
-            &conv_output.dims(),
-            self.norm.num_features,
-            &axes,
-        );
+        let [height, width] = geometry.output_size([dims[2], dims[3]], self.conv.kernel_size);
+        let expected = [dims[0], self.norm.num_features, height, width];
+        check_conv_output("Conv2dCbn", &dims, &conv_output.dims(), expected);
         self.normalize_checked(input, conv_output, geometry)
     }
 

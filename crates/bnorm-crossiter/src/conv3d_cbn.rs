@@ -6,7 +6,7 @@ use burn::tensor::{backend::Backend, Tensor};
 
 use bnorm_core::{conv3d_moment_jacobians, Conv3dGeometry};
 
-use crate::conv_block::{check_conv_input, check_conv_output, same_padding, ConvAxis};
+use crate::conv_block::{check_conv_input, check_conv_output, same_padding};
 use crate::{CrossIterBatchNorm, CrossIterBatchNormConfig, WeightLayout};
 
 /// Configuration of a [`Conv3dCbn`]: burn's `Conv3dConfig` fields with the
@@ -160,20 +160,11 @@ impl<B: Backend> Conv3dCbn<B> {
     ) -> Tensor<B, 5> {
         let dims = input.dims();
         self.check_input(&dims);
-        let geometry = self.geometry([dims[2], dims[3], dims[4]]);
-        let axes = [0, 1, 2].map(|a| ConvAxis {
-            kernel: self.conv.kernel_size[a],
-            stride: geometry.stride[a],
-            dilation: geometry.dilation[a],
-            padding: [geometry.padding[a]; 2],
-        });
-        check_conv_output(
-            "Conv3dCbn",
-            &dims,
-            &conv_output.dims(),
-            self.norm.num_features,
-            &axes,
-        );
+        let size = [dims[2], dims[3], dims[4]];
+        let geometry = self.geometry(size);
+        let [depth, height, width] = geometry.output_size(size, self.conv.kernel_size);
+        let expected = [dims[0], self.norm.num_features, depth, height, width];
+        check_conv_output("Conv3dCbn", &dims, &conv_output.dims(), expected);
         self.normalize_checked(input, conv_output, geometry)
     }
 

@@ -38,44 +38,15 @@ pub(crate) fn check_conv_input<B: Backend, const D: usize>(
     }
 }
 
-/// One spatial axis of a convolution, its padding resolved for an input
-/// size.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ConvAxis {
-    pub kernel: usize,
-    pub stride: usize,
-    pub dilation: usize,
-    /// `[before, after]`.
-    pub padding: [usize; 2],
-}
-
-impl ConvAxis {
-    /// The output length for an input of `size` along this axis (burn's
-    /// formula, `(size + padding - dilation (kernel - 1) - 1) / stride + 1`).
-    fn output_len(self, size: usize) -> usize {
-        let padded = size + self.padding[0] + self.padding[1];
-        let span = self.dilation * (self.kernel - 1) + 1;
-        padded.saturating_sub(span) / self.stride + 1
-    }
-}
-
-/// Panics, naming both shapes, unless `conv_output` is the output shape of
-/// a convolution with `channels_out` channels and `axes` (one per spatial
-/// axis) for an input of shape `input`; `block` names the layer in the
-/// message. Called before any state changes.
+/// Panics, naming both shapes, unless `conv_output` is `expected`, the
+/// conv's output shape for an input of shape `input`; `block` names the
+/// layer in the message. Called before any state changes.
 pub(crate) fn check_conv_output<const D: usize>(
     block: &str,
     input: &[usize; D],
     conv_output: &[usize; D],
-    channels_out: usize,
-    axes: &[ConvAxis],
+    expected: [usize; D],
 ) {
-    debug_assert_eq!(axes.len() + 2, D, "one axis per spatial dimension");
-    let mut expected = *input;
-    expected[1] = channels_out;
-    for (i, axis) in axes.iter().enumerate() {
-        expected[2 + i] = axis.output_len(input[2 + i]);
-    }
     if *conv_output != expected {
         panic!(
             "{block}: the conv output for an input of shape {input:?} has shape {expected:?}, \
