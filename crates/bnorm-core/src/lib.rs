@@ -55,4 +55,6 @@ pub use jacobian::{
     conv2d_moment_jacobians, conv2d_moment_jacobians_in_bands, linear_moment_jacobians, linearize,
     CompensatedMoments, Conv2dGeometry, HistoryEntries, MomentJacobians,
 };
-pub use window::{history_in_use, push_front, window_statistics, BurnInMode, WindowHistory};
+pub use window::{
+    history_in_use, push_front, window_statistics, BurnInMode, FrontPush, WindowHistory,
+};

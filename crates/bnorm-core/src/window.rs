@@ -20,7 +20,7 @@
 //! BatchNorm with no window work at all.
 
 use burn::config::Config;
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 
 use crate::CompensatedMoments;
 
@@ -104,22 +104,117 @@ pub fn window_statistics<B: Backend>(
 }
 
 /// Pushes `entry` (`[1, ...]`) to the front of a `[K, ...]` buffer,
-/// dropping the oldest.
+/// dropping the oldest. A one-off push; for a push every step keep a
+/// [`FrontPush`] (this makes one, two uploads).
 pub fn push_front<B: Backend, const D: usize>(
     buffer: Tensor<B, D>,
     entry: Tensor<B, D>,
 ) -> Tensor<B, D> {
-    let k = buffer.dims()[0];
-    if k == 1 {
-        entry
-    } else {
-        Tensor::cat(vec![entry, buffer.narrow(0, 0, k - 1)], 0)
+    let dims = buffer.dims();
+    let front = FrontPush::new(dims[0], &buffer.device());
+    let mask = front.mask(dims);
+    front.push(buffer, entry, mask)
+}
+
+/// Pushes entries to the front of `[K, ...]` buffers, dropping the oldest
+/// (`cat([entry, buffer[..K - 1]])`), as a row gather and a masked select:
+/// elementwise work that burn's fusion merges into one kernel for several
+/// buffers of a shape, where `Tensor::cat` launches a slice assignment per
+/// input on a GPU (a window of 8 on wgpu: 12 kernels for the history's six
+/// buffers, 2 this way). Bit for bit the same buffers. Keep one and its
+/// masks for pushes every step: made anew, they are uploads every step.
+#[derive(Debug, Clone)]
+pub struct FrontPush<B: Backend> {
+    /// `[0, 0, 1, ..., K - 2]`: the row of the old buffer each new row
+    /// takes (row 0 is then replaced by the entry).
+    shift: Tensor<B, 1, Int>,
+    /// `[true, false, ..., false]`: the row the entry goes to.
+    front: Tensor<B, 1, Bool>,
+}
+
+impl<B: Backend> FrontPush<B> {
+    /// For buffers of `capacity` (`K >= 1`) entries.
+    pub fn new(capacity: usize, device: &B::Device) -> Self {
+        let shift: Vec<i64> = (0..capacity as i64).map(|i| (i - 1).max(0)).collect();
+        let front: Vec<bool> = (0..capacity).map(|i| i == 0).collect();
+        FrontPush {
+            shift: Tensor::from_data(TensorData::new(shift, [capacity]), device),
+            front: Tensor::from_data(TensorData::new(front, [capacity]), device),
+        }
+    }
+
+    /// The device the tensors are on.
+    pub fn device(&self) -> B::Device {
+        self.shift.device()
+    }
+
+    /// The mask a push into a buffer of shape `dims` (`[K, ...]`) takes.
+    /// Make every buffer's mask before the first push: the views come from
+    /// operations burn's fusion does not merge, and would otherwise split
+    /// the pushes into one kernel each.
+    pub fn mask<const D: usize>(&self, dims: [usize; D]) -> Tensor<B, D, Bool> {
+        let mut column = [1; D];
+        column[0] = dims[0];
+        self.front.clone().reshape(column).expand(dims)
+    }
+
+    /// `entry` (`[1, ...]`) pushed to the front of `buffer` (`[K, ...]`),
+    /// the oldest entry dropped; `mask` from [`mask`](Self::mask).
+    pub fn push<const D: usize>(
+        &self,
+        buffer: Tensor<B, D>,
+        entry: Tensor<B, D>,
+        mask: Tensor<B, D, Bool>,
+    ) -> Tensor<B, D> {
+        buffer.select(0, self.shift.clone()).mask_where(mask, entry)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{history_in_use, BurnInMode};
+    use super::{history_in_use, push_front, BurnInMode, FrontPush};
+    use burn::backend::NdArray;
+    use burn::tensor::{Distribution, Tensor};
+
+    fn bits<const D: usize>(tensor: Tensor<NdArray, D>) -> Vec<u32> {
+        let values = tensor.into_data().to_vec::<f32>().unwrap();
+        values.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// A push is `cat([entry, buffer[..K - 1]])` bit for bit, for every
+    /// capacity from 1 and buffers of rank 2 and 3, over several pushes
+    /// with the same `FrontPush` and masks (as the history keeps them),
+    /// and through `push_front`.
+    #[test]
+    fn front_push_is_a_concatenation() {
+        let device = Default::default();
+        let random = |dims: [usize; 3]| {
+            Tensor::<NdArray, 3>::random(dims, Distribution::Normal(0.0, 1.0), &device)
+        };
+        for k in [1, 2, 5] {
+            let front = FrontPush::<NdArray>::new(k, &device);
+            let mask3 = front.mask([k, 3, 4]);
+            let mask2 = front.mask([k, 3]);
+            let mut buffer3 = random([k, 3, 4]);
+            let mut buffer2 = random([k, 3, 1]).reshape([k, 3]);
+            for step in 0..3 {
+                let entry3 = random([1, 3, 4]);
+                let entry2 = random([1, 3, 1]).reshape([1, 3]);
+                let expected3 =
+                    Tensor::cat(vec![entry3.clone(), buffer3.clone()], 0).narrow(0, 0, k);
+                let expected2 =
+                    Tensor::cat(vec![entry2.clone(), buffer2.clone()], 0).narrow(0, 0, k);
+                let one_off = push_front(buffer3.clone(), entry3.clone());
+                buffer3 = front.push(buffer3, entry3, mask3.clone());
+                buffer2 = front.push(buffer2, entry2, mask2.clone());
+                let case = format!("capacity {k}, push {step}");
+                assert_eq!(buffer3.dims(), [k, 3, 4], "{case}");
+                assert_eq!(bits(buffer3.clone()), bits(expected3.clone()), "{case}");
+                assert_eq!(bits(one_off), bits(expected3), "{case}, push_front");
+                assert_eq!(bits(buffer2.clone()), bits(expected2), "{case}, rank 2");
+            }
+        }
+    }
 
     /// The integer forms equal the definitions: two-stage is nothing while
     /// `iteration <= burn_in`, everything after; the ramp is

@@ -1,7 +1,10 @@
-use burn::module::{Module, RunningState};
-use burn::tensor::{backend::Backend, Tensor};
+use std::any::Any;
+use std::sync::{Arc, Mutex};
 
-use bnorm_core::{push_front, HistoryEntries, HostCounter};
+use burn::module::{Module, RunningState};
+use burn::tensor::{backend::Backend, Bool, Tensor};
+
+use bnorm_core::{FrontPush, HistoryEntries, HostCounter};
 
 use crate::WeightLayout;
 
@@ -30,6 +33,9 @@ pub struct CbnHistory<B: Backend> {
     pub lin_mean_sq: RunningState<Tensor<B, 2>>,
     /// How many entries (from the front) hold data (saved as `[1]`).
     pub fill: HostCounter<B>,
+    /// The device tensors a push takes (not saved).
+    #[module(skip)]
+    pushes: PushTensors,
 }
 
 impl<B: Backend> CbnHistory<B> {
@@ -48,6 +54,7 @@ impl<B: Backend> CbnHistory<B> {
             lin_mean: RunningState::new(Tensor::zeros([capacity, channels], device)),
             lin_mean_sq: RunningState::new(Tensor::zeros([capacity, channels], device)),
             fill: HostCounter::new(device),
+            pushes: PushTensors::default(),
         }
     }
 
@@ -71,21 +78,43 @@ impl<B: Backend> CbnHistory<B> {
     /// Pushes `entry` (one entry) to the front, dropping the oldest, and
     /// sets the number of entries holding data to `filled`.
     pub(crate) fn push(&self, entry: HistoryEntries<B>, filled: usize) {
-        fn update<B: Backend, const D: usize>(
-            state: &RunningState<Tensor<B, D>>,
-            entry: Tensor<B, D>,
-        ) {
+        let device = entry.mean.device();
+        let Pushes {
+            front,
+            mask_per_channel,
+            mask_jac_mean,
+            mask_jac_mean_sq,
+        } = self.pushes.on(&device, || {
+            let front = FrontPush::new(self.capacity(), &device);
+            Pushes {
+                mask_per_channel: front.mask(self.mean.value().dims()),
+                mask_jac_mean: front.mask(self.jac_mean.value().dims()),
+                mask_jac_mean_sq: front.mask(self.jac_mean_sq.value().dims()),
+                front,
+            }
+        });
+        let update = |state: &RunningState<Tensor<B, 2>>, entry: Tensor<B, 2>| {
             // Detached: built from the last step's buffer, the new one would
             // otherwise chain every step into burn-autodiff's bookkeeping,
             // and each step would get slower than the last.
-            state.update(push_front(state.value_sync(), entry.detach()).detach());
-        }
+            let pushed = front.push(state.value_sync(), entry.detach(), mask_per_channel.clone());
+            state.update(pushed.detach());
+        };
+        // The four `[K, C]` buffers one after another: one fused kernel can
+        // push them all.
         update(&self.mean, entry.mean);
         update(&self.mean_sq, entry.mean_sq);
-        update(&self.jac_mean, entry.jac_mean);
-        update(&self.jac_mean_sq, entry.jac_mean_sq);
         update(&self.lin_mean, entry.lin_mean);
         update(&self.lin_mean_sq, entry.lin_mean_sq);
+        let update = |state: &RunningState<Tensor<B, 3>>, entry: Tensor<B, 3>, mask| {
+            state.update(
+                front
+                    .push(state.value_sync(), entry.detach(), mask)
+                    .detach(),
+            );
+        };
+        update(&self.jac_mean, entry.jac_mean, mask_jac_mean);
+        update(&self.jac_mean_sq, entry.jac_mean_sq, mask_jac_mean_sq);
         self.fill.set(filled as f64);
     }
 
@@ -111,5 +140,50 @@ impl<B: Backend> CbnHistory<B> {
         ]
         .iter()
         .sum()
+    }
+}
+
+/// What a push takes on one device: the row shift and the front-row mask
+/// of each buffer shape (see [`FrontPush`]).
+#[derive(Clone)]
+struct Pushes<B: Backend> {
+    front: FrontPush<B>,
+    mask_per_channel: Tensor<B, 2, Bool>,
+    mask_jac_mean: Tensor<B, 3, Bool>,
+    mask_jac_mean_sq: Tensor<B, 3, Bool>,
+}
+
+/// [`Pushes`], made on the first push on a device and kept (not saved).
+/// Made every step, they would cost uploads every step, and on a fused GPU
+/// backend their creation would split the pushes into several kernels.
+/// Type-erased so that the field's type does not name the backend: burn's
+/// `valid()` copies it into the inference module as it is (a push never
+/// runs there).
+#[derive(Clone, Default)]
+struct PushTensors(Arc<Mutex<Option<Box<dyn Any + Send>>>>);
+
+impl PushTensors {
+    /// The cached tensors if they are on `device`, else `make`'s (cached).
+    fn on<B: Backend>(&self, device: &B::Device, make: impl FnOnce() -> Pushes<B>) -> Pushes<B> {
+        let mut cached = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let hit = cached
+            .as_ref()
+            .and_then(|any| any.downcast_ref::<Pushes<B>>())
+            .filter(|pushes| &pushes.front.device() == device);
+        if let Some(pushes) = hit {
+            return pushes.clone();
+        }
+        let pushes = make();
+        *cached = Some(Box::new(pushes.clone()));
+        pushes
+    }
+}
+
+impl std::fmt::Debug for PushTensors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PushTensors")
     }
 }
