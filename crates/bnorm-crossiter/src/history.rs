@@ -153,31 +153,32 @@ struct Pushes<B: Backend> {
     mask_jac_mean_sq: Tensor<B, 3, Bool>,
 }
 
-/// [`Pushes`], made on the first push on a device and kept (not saved).
-/// Made every step, they would cost uploads every step, and on a fused GPU
-/// backend their creation would split the pushes into several kernels.
-/// Type-erased so that the field's type does not name the backend: burn's
-/// `valid()` copies it into the inference module as it is (a push never
-/// runs there).
+/// [`Pushes`], made on the first push on each device and kept (not
+/// saved). Made every step, they would cost uploads every step, and on a
+/// fused GPU backend their creation would split the pushes into several
+/// kernels. One set per device: clones of a module share this cache, and
+/// with data-parallel training they push on several devices. Type-erased
+/// so that the field's type does not name the backend: burn's `valid()`
+/// copies it into the inference module as it is (a push never runs there).
 #[derive(Clone, Default)]
-struct PushTensors(Arc<Mutex<Option<Box<dyn Any + Send>>>>);
+struct PushTensors(Arc<Mutex<Vec<Box<dyn Any + Send>>>>);
 
 impl PushTensors {
-    /// The cached tensors if they are on `device`, else `make`'s (cached).
+    /// The cached tensors on `device`, or `make`'s (then cached).
     fn on<B: Backend>(&self, device: &B::Device, make: impl FnOnce() -> Pushes<B>) -> Pushes<B> {
         let mut cached = self
             .0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let hit = cached
-            .as_ref()
-            .and_then(|any| any.downcast_ref::<Pushes<B>>())
-            .filter(|pushes| &pushes.front.device() == device);
+            .iter()
+            .filter_map(|any| any.downcast_ref::<Pushes<B>>())
+            .find(|pushes| &pushes.front.device() == device);
         if let Some(pushes) = hit {
             return pushes.clone();
         }
         let pushes = make();
-        *cached = Some(Box::new(pushes.clone()));
+        cached.push(Box::new(pushes.clone()));
         pushes
     }
 }
