@@ -386,11 +386,7 @@ fn patch_sum<B: Backend>(
 /// `x` `[N, ...]` summed over the batch, `[1, ...]`: a reshape, not a
 /// reduction, for a batch of one (the case this library is for).
 pub(crate) fn batch_sum<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    if x.dims()[0] == 1 {
-        x
-    } else {
-        x.sum_dim(0)
-    }
+    crate::shape::sum_axis(x, 0)
 }
 
 /// One spatial axis of a convolution, as its tap selection sees it.

@@ -14,7 +14,7 @@
 
 use burn::tensor::{backend::Backend, Bool, Tensor};
 
-use crate::shape::{flatten_spatial, per_channel};
+use crate::shape::{flatten_spatial, per_channel, sum_axis};
 
 /// Batch moments of a `[N, C, ...]` tensor.
 #[derive(Debug, Clone)]
@@ -41,10 +41,11 @@ pub fn bessel<B: Backend>(var: Tensor<B, 1>, count: usize) -> Tensor<B, 1> {
 /// Per-channel sum of a `[N, C, ...]` tensor, shape `[C]`.
 ///
 /// Reduces the contiguous trailing axis first, then the batch axis, so no
-/// transposed copy of the input is made.
+/// transposed copy of the input is made; an axis of one value (a batch of
+/// one, a linear layer's output) is not reduced at all.
 pub fn channel_sum<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, 1> {
     let c = x.dims()[1];
-    flatten_spatial(x).sum_dim(2).sum_dim(0).reshape([c])
+    sum_axis(sum_axis(flatten_spatial(x), 2), 0).reshape([c])
 }
 
 /// Per-channel mean of a `[N, C, ...]` tensor, shape `[C]`.

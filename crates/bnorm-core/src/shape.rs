@@ -20,6 +20,19 @@ pub fn conv_output_len(
     (size + before + after).saturating_sub(span) / stride + 1
 }
 
+/// `x.sum_dim(dim)`, but `x` itself where that axis holds one value (a
+/// batch of one, the case this library is for): the same numbers, without
+/// a reduction that on a GPU is a kernel in the forward pass and, through
+/// burn-autodiff's gradient of `sum_dim` (which reduces the gradient over
+/// the axis again), kernels in the backward pass too.
+pub fn sum_axis<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize) -> Tensor<B, D> {
+    if x.dims()[dim] == 1 {
+        x
+    } else {
+        x.sum_dim(dim)
+    }
+}
+
 /// Shape `[1, C, 1, ...]` of rank `D`, for broadcasting a per-channel vector
 /// against a `[N, C, ...]` tensor.
 pub fn channel_shape<const D: usize>(channels: usize) -> [usize; D] {
@@ -72,5 +85,47 @@ pub fn check_mask(layer: &str, input_dims: &[usize; 3], mask_dims: &[usize; 2]) 
             "{layer} expects a padding mask of shape [batch_size, length] = [{n}, {l}] for an \
              input of shape {input_dims:?}, received a mask of shape {mask_dims:?}"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sum_axis;
+    use burn::backend::{Autodiff, NdArray};
+    use burn::tensor::{Distribution, Tensor};
+
+    type Ad = Autodiff<NdArray>;
+
+    fn bits<const D: usize>(tensor: Tensor<NdArray, D>) -> Vec<u32> {
+        let values = tensor.into_data().to_vec::<f32>().unwrap();
+        values.iter().map(|v| v.to_bits()).collect()
+    }
+
+    /// `sum_axis` is `sum_dim`, value and gradient, bit for bit, on axes of
+    /// one value (where it skips the reduction) and of several.
+    #[test]
+    fn sum_axis_is_sum_dim() {
+        let device = Default::default();
+        for dims in [[1, 3, 4], [2, 3, 4], [2, 1, 4]] {
+            for axis in 0..3 {
+                let x = Tensor::<Ad, 3>::random(dims, Distribution::Normal(0.0, 1.0), &device);
+                let weights = Tensor::<Ad, 3>::random(
+                    x.clone().sum_dim(axis).dims(),
+                    Distribution::Normal(0.0, 1.0),
+                    &device,
+                );
+                let run = |skip: bool| {
+                    let x = x.clone().detach().require_grad();
+                    let sum = if skip {
+                        sum_axis(x.clone(), axis)
+                    } else {
+                        x.clone().sum_dim(axis)
+                    };
+                    let grads = sum.clone().mul(weights.clone()).sum().backward();
+                    (bits(sum.inner()), bits(x.grad(&grads).unwrap()))
+                };
+                assert_eq!(run(true), run(false), "dims {dims:?}, axis {axis}");
+            }
+        }
     }
 }

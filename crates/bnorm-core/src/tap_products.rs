@@ -84,7 +84,7 @@ pub(crate) fn weight_gradient_per_tap<E: Backend>(
                 .swap_dims(2, 3);
             // [N, G, C/G, C_in/G], summed over the batch.
             let column = grad.clone().matmul(window);
-            let column = if n == 1 { column } else { column.sum_dim(0) };
+            let column = crate::shape::sum_axis(column, 0);
             column.reshape([c, cin_g, 1])
         })
         .collect();

@@ -22,6 +22,7 @@
 use burn::config::Config;
 use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 
+use crate::shape::sum_axis;
 use crate::CompensatedMoments;
 
 /// How the history is phased in during the first `burn_in` iterations.
@@ -88,16 +89,16 @@ pub fn window_statistics<B: Backend>(
         let active = TensorData::new(active.collect::<Vec<_>>(), [k, 1]);
         keep = keep.mul(Tensor::from_data(active, &mean.device()));
     }
-    let count = keep.clone().sum_dim(0).reshape([c]).add_scalar(1.0);
+    let count = sum_axis(keep.clone(), 0).reshape([c]).add_scalar(1.0);
     // A multiply by the exact reciprocal, not a division: burn's gradient of
     // `a / b` with respect to `a` uses `recip(b)`, approximate on
     // burn-ndarray with SIMD (see `reciprocal`).
     let inv_count = crate::reciprocal(count);
     let window_mean = mean
-        .add(history_mean.mul(keep.clone()).sum_dim(0).reshape([c]))
+        .add(sum_axis(history_mean.mul(keep.clone()), 0).reshape([c]))
         .mul(inv_count.clone());
     let window_mean_sq = mean_sq
-        .add(history_mean_sq.mul(keep).sum_dim(0).reshape([c]))
+        .add(sum_axis(history_mean_sq.mul(keep), 0).reshape([c]))
         .mul(inv_count);
     let var = window_mean_sq.sub(window_mean.clone().square());
     (window_mean, var)
