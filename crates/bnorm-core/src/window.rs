@@ -81,7 +81,12 @@ pub fn window_statistics<B: Backend>(
     } = moments;
     let [k, c] = history_mean.dims();
     let variance = history_mean_sq.clone().sub(history_mean.clone().square());
-    let mut keep = variance.detach().greater_equal_elem(0.0).float();
+    // 1 where kept, else 0, as a masked fill of zeros: burn's fusion merges
+    // it into the kernel that computes the variance, where a bool-to-float
+    // cast is a kernel of its own.
+    let variance = variance.detach();
+    let kept = variance.clone().greater_equal_elem(0.0);
+    let mut keep = variance.zeros_like().mask_fill(kept, 1.0);
     if filled < k {
         // Same shapes at every fill (on a GPU a new shape compiles and
         // tunes new kernels): the unfilled entries are masked out.
