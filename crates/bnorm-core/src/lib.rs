@@ -48,6 +48,19 @@ mod inner;
 pub mod jacobian;
 mod tap_products;
 pub mod window;
+
+/// The unit tests' bit-for-bit comparisons.
+#[cfg(test)]
+mod test_bits {
+    use burn::backend::NdArray;
+    use burn::tensor::Tensor;
+
+    /// A float32 tensor's values as their bit patterns.
+    pub(crate) fn bits<const D: usize>(tensor: Tensor<NdArray, D>) -> Vec<u32> {
+        let values = tensor.into_data().to_vec::<f32>().unwrap();
+        values.iter().map(|v| v.to_bits()).collect()
+    }
+}
 pub use conv1d_jacobian::{conv1d_moment_jacobians, Conv1dGeometry};
 pub use conv3d_jacobian::{conv3d_moment_jacobians, Conv3dGeometry};
 pub use inference::{compose_affine, InferenceAffine};

@@ -91,15 +91,11 @@ pub fn check_mask(layer: &str, input_dims: &[usize; 3], mask_dims: &[usize; 2]) 
 #[cfg(test)]
 mod tests {
     use super::sum_axis;
+    use crate::test_bits::bits;
     use burn::backend::{Autodiff, NdArray};
     use burn::tensor::{Distribution, Tensor};
 
     type Ad = Autodiff<NdArray>;
-
-    fn bits<const D: usize>(tensor: Tensor<NdArray, D>) -> Vec<u32> {
-        let values = tensor.into_data().to_vec::<f32>().unwrap();
-        values.iter().map(|v| v.to_bits()).collect()
-    }
 
     /// `sum_axis` is `sum_dim`, value and gradient, bit for bit, on axes of
     /// one value (where it skips the reduction) and of several.

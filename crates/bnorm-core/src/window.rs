@@ -179,13 +179,9 @@ impl<B: Backend> FrontPush<B> {
 #[cfg(test)]
 mod tests {
     use super::{history_in_use, push_front, BurnInMode, FrontPush};
+    use crate::test_bits::bits;
     use burn::backend::NdArray;
     use burn::tensor::{Distribution, Tensor};
-
-    fn bits<const D: usize>(tensor: Tensor<NdArray, D>) -> Vec<u32> {
-        let values = tensor.into_data().to_vec::<f32>().unwrap();
-        values.iter().map(|v| v.to_bits()).collect()
-    }
 
     /// A push is `cat([entry, buffer[..K - 1]])` bit for bit, for every
     /// capacity from 1 and buffers of rank 2 and 3, over several pushes
