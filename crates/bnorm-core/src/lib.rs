@@ -48,6 +48,16 @@ mod inner;
 pub mod jacobian;
 mod tap_products;
 pub mod window;
+pub use conv1d_jacobian::{conv1d_moment_jacobians, Conv1dGeometry};
+pub use conv3d_jacobian::{conv3d_moment_jacobians, Conv3dGeometry};
+pub use inference::{compose_affine, InferenceAffine};
+pub use jacobian::{
+    conv2d_moment_jacobians, conv2d_moment_jacobians_in_bands, linear_moment_jacobians, linearize,
+    CompensatedMoments, Conv2dGeometry, HistoryEntries, MomentJacobians,
+};
+pub use window::{
+    history_in_use, push_front, window_statistics, BurnInMode, FrontPush, WindowHistory,
+};
 
 /// The unit tests' bit-for-bit comparisons.
 #[cfg(test)]
@@ -61,13 +71,3 @@ mod test_bits {
         values.iter().map(|v| v.to_bits()).collect()
     }
 }
-pub use conv1d_jacobian::{conv1d_moment_jacobians, Conv1dGeometry};
-pub use conv3d_jacobian::{conv3d_moment_jacobians, Conv3dGeometry};
-pub use inference::{compose_affine, InferenceAffine};
-pub use jacobian::{
-    conv2d_moment_jacobians, conv2d_moment_jacobians_in_bands, linear_moment_jacobians, linearize,
-    CompensatedMoments, Conv2dGeometry, HistoryEntries, MomentJacobians,
-};
-pub use window::{
-    history_in_use, push_front, window_statistics, BurnInMode, FrontPush, WindowHistory,
-};
