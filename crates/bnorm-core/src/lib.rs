@@ -55,9 +55,7 @@ pub use jacobian::{
     conv2d_moment_jacobians, conv2d_moment_jacobians_in_bands, linear_moment_jacobians, linearize,
     CompensatedMoments, Conv2dGeometry, HistoryEntries, MomentJacobians,
 };
-pub use window::{
-    history_in_use, push_front, window_statistics, BurnInMode, FrontPush, WindowHistory,
-};
+pub use window::{history_in_use, window_statistics, BurnInMode, FrontPush, WindowHistory};
 
 /// The unit tests' bit-for-bit comparisons.
 #[cfg(test)]

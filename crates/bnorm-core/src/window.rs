@@ -109,19 +109,6 @@ pub fn window_statistics<B: Backend>(
     (window_mean, var)
 }
 
-/// Pushes `entry` (`[1, ...]`) to the front of a `[K, ...]` buffer,
-/// dropping the oldest. A one-off push; for a push every step keep a
-/// [`FrontPush`] (this makes one, two uploads).
-pub fn push_front<B: Backend, const D: usize>(
-    buffer: Tensor<B, D>,
-    entry: Tensor<B, D>,
-) -> Tensor<B, D> {
-    let dims = buffer.dims();
-    let front = FrontPush::new(dims[0], &buffer.device());
-    let mask = front.mask(dims);
-    front.push(buffer, entry, mask)
-}
-
 /// Pushes entries to the front of `[K, ...]` buffers, dropping the oldest
 /// (`cat([entry, buffer[..K - 1]])`), as a row gather and a masked select:
 /// elementwise work that burn's fusion merges into one kernel for several
@@ -178,15 +165,14 @@ impl<B: Backend> FrontPush<B> {
 
 #[cfg(test)]
 mod tests {
-    use super::{history_in_use, push_front, BurnInMode, FrontPush};
+    use super::{history_in_use, BurnInMode, FrontPush};
     use crate::test_bits::bits;
     use burn::backend::NdArray;
     use burn::tensor::{Distribution, Tensor};
 
     /// A push is `cat([entry, buffer[..K - 1]])` bit for bit, for every
     /// capacity from 1 and buffers of rank 2 and 3, over several pushes
-    /// with the same `FrontPush` and masks (as the history keeps them),
-    /// and through `push_front`.
+    /// with the same `FrontPush` and masks (as the history keeps them).
     #[test]
     fn front_push_is_a_concatenation() {
         let device = Default::default();
@@ -206,13 +192,11 @@ mod tests {
                     Tensor::cat(vec![entry3.clone(), buffer3.clone()], 0).narrow(0, 0, k);
                 let expected2 =
                     Tensor::cat(vec![entry2.clone(), buffer2.clone()], 0).narrow(0, 0, k);
-                let one_off = push_front(buffer3.clone(), entry3.clone());
                 buffer3 = front.push(buffer3, entry3, mask3.clone());
                 buffer2 = front.push(buffer2, entry2, mask2.clone());
                 let case = format!("capacity {k}, push {step}");
                 assert_eq!(buffer3.dims(), [k, 3, 4], "{case}");
-                assert_eq!(bits(buffer3.clone()), bits(expected3.clone()), "{case}");
-                assert_eq!(bits(one_off), bits(expected3), "{case}, push_front");
+                assert_eq!(bits(buffer3.clone()), bits(expected3), "{case}");
                 assert_eq!(bits(buffer2.clone()), bits(expected2), "{case}, rank 2");
             }
         }
