@@ -91,7 +91,7 @@ pub(crate) fn burn_ndarray<E: Backend>() -> bool {
 }
 
 /// `tensor` as a `Tensor<A, D>` when `A` is `B`, else `tensor` back.
-fn cast<B: Backend, A: Backend, const D: usize>(
+pub(crate) fn cast<B: Backend, A: Backend, const D: usize>(
     tensor: Tensor<B, D>,
 ) -> Result<Tensor<A, D>, Tensor<B, D>> {
     let boxed: Box<dyn Any> = Box::new(tensor);

@@ -41,6 +41,7 @@ pub mod record_check;
 pub use record_check::{
     check_record_shape, load_checkpoint_with, optional_dims, CheckpointError, RecordShapeError,
 };
+pub mod cbn_step;
 pub mod conv1d_jacobian;
 pub mod conv3d_jacobian;
 pub mod inference;
@@ -48,6 +49,7 @@ mod inner;
 pub mod jacobian;
 mod tap_products;
 pub mod window;
+pub use cbn_step::{CbnStep, CbnStepOutput, StepStatistics, WindowTerms};
 pub use conv1d_jacobian::{conv1d_moment_jacobians, Conv1dGeometry};
 pub use conv3d_jacobian::{conv3d_moment_jacobians, Conv3dGeometry};
 pub use inference::{compose_affine, InferenceAffine};

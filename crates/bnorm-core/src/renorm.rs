@@ -47,6 +47,24 @@ impl EpsPlacement {
 }
 
 impl EpsPlacement {
+    /// `d std / d var` of [`std`](Self::std) at `var`, `[C]`, with `std`
+    /// its value there: `1 / (2 std)` inside the square root,
+    /// `1 / (2 sqrt(var))` on the standard deviation, and 0 where
+    /// `var < f32::MIN_POSITIVE` (the clamp's gradient, as burn's).
+    pub fn std_derivative<B: Backend>(self, var: Tensor<B, 1>, std: Tensor<B, 1>) -> Tensor<B, 1> {
+        match self {
+            EpsPlacement::InsideSqrt => std.ones_like().mul_scalar(0.5).div(std),
+            EpsPlacement::OnStd => {
+                let clamped = var.clone().lower_elem(f32::MIN_POSITIVE as f64);
+                let root = var.clamp_min(f32::MIN_POSITIVE as f64).sqrt();
+                root.ones_like()
+                    .mul_scalar(0.5)
+                    .div(root)
+                    .mask_fill(clamped, 0.0)
+            }
+        }
+    }
+
     /// The variance that gives standard deviation `std` under this
     /// placement: `std^2 - eps` or `(std - eps)^2`, at least 0. Used to
     /// carry a statistic across layers with other eps conventions.

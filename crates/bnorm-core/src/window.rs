@@ -71,10 +71,33 @@ pub fn window_statistics<B: Backend>(
     mean_sq: Tensor<B, 1>,
     history: Option<WindowHistory<B>>,
 ) -> (Tensor<B, 1>, Tensor<B, 1>) {
-    let Some(WindowHistory { moments, filled }) = history else {
+    let Some(history) = history else {
         let var = mean_sq.sub(mean.clone().square());
         return (mean, var);
     };
+    let window = window_with_weights(mean, mean_sq, history);
+    (window.mean, window.var)
+}
+
+/// [`window_statistics`] of a window holding entries, with the weights
+/// the closed-form gradient needs (`crate::cbn_step`).
+#[derive(Debug, Clone)]
+pub(crate) struct WeightedWindow<B: Backend> {
+    /// Window mean, `[C]`.
+    pub mean: Tensor<B, 1>,
+    /// Window biased variance, `[C]`.
+    pub var: Tensor<B, 1>,
+    /// 1 where entry `i` is kept for channel `c`, else 0, `[K, C]`.
+    pub keep: Tensor<B, 2>,
+    /// `1 / n`, `n` the values averaged per channel, `[C]`.
+    pub inv_count: Tensor<B, 1>,
+}
+
+pub(crate) fn window_with_weights<B: Backend>(
+    mean: Tensor<B, 1>,
+    mean_sq: Tensor<B, 1>,
+    WindowHistory { moments, filled }: WindowHistory<B>,
+) -> WeightedWindow<B> {
     let CompensatedMoments {
         mean: history_mean,
         mean_sq: history_mean_sq,
@@ -103,10 +126,15 @@ pub fn window_statistics<B: Backend>(
         .add(sum_axis(history_mean.mul(keep.clone()), 0).reshape([c]))
         .mul(inv_count.clone());
     let window_mean_sq = mean_sq
-        .add(sum_axis(history_mean_sq.mul(keep), 0).reshape([c]))
-        .mul(inv_count);
+        .add(sum_axis(history_mean_sq.mul(keep.clone()), 0).reshape([c]))
+        .mul(inv_count.clone());
     let var = window_mean_sq.sub(window_mean.clone().square());
-    (window_mean, var)
+    WeightedWindow {
+        mean: window_mean,
+        var,
+        keep,
+        inv_count,
+    }
 }
 
 /// Pushes entries to the front of `[K, ...]` buffers, dropping the oldest

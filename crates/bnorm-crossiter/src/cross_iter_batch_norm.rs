@@ -2,11 +2,10 @@ use burn::module::{Module, Param, RunningState};
 use burn::tensor::{backend::Backend, Tensor};
 
 use bnorm_core::moments::{bessel, values_per_channel};
-use bnorm_core::shape::{check_input, per_channel};
-use bnorm_core::{compose_affine, reciprocal};
+use bnorm_core::shape::check_input;
 use bnorm_core::{
-    history_in_use, moments, window_statistics, BurnInMode, EpsPlacement, HistoryEntries,
-    HostCounter, MomentJacobians, WindowHistory, COUNT_SATURATION,
+    history_in_use, BurnInMode, CbnStep, EpsPlacement, HistoryEntries, HostCounter,
+    MomentJacobians, StepStatistics, WindowTerms, COUNT_SATURATION,
 };
 
 use crate::history::CbnHistory;
@@ -170,67 +169,65 @@ impl<B: Backend> CrossIterBatchNorm<B> {
         jacobians: impl FnOnce() -> MomentJacobians<B>,
     ) -> Tensor<B, D> {
         let count = values_per_channel(&y.dims());
-        let batch = moments(y);
-        let batch_var_unbiased = bessel(batch.var.clone(), count);
-        let plain_var = match self.plain_variance {
-            PlainVariance::Unbiased => batch_var_unbiased.clone(),
-            PlainVariance::Biased => batch.var.clone(),
+        let plain = StepStatistics::Plain {
+            unbiased: self.plain_variance == PlainVariance::Unbiased,
         };
         // Counted on the host: this step's iteration (1-based) decides the
         // burn-in without a device operation; the counter itself moves last,
         // once nothing can panic.
         let iteration = (self.iterations.get() + 1.0).min(COUNT_SATURATION) as usize;
-
-        let (mean, var) = match &self.history {
+        // The history and the entries it holds after this step's push.
+        let mut push = None;
+        let statistics = match &self.history {
             Some(history) => {
                 let capacity = self.window - 1;
                 match history_in_use(iteration, capacity, self.burn_in, self.burn_in_mode) {
                     // Burn-in: plain BatchNorm; the window is neither used
                     // nor recorded, so no Jacobians either.
-                    0 => (batch.mean.clone(), plain_var),
+                    0 => plain,
                     in_use => {
                         let filled = history.len();
-                        let mean_sq = batch.var.clone().add(batch.mean.clone().square());
+                        push = Some((history, (filled + 1).min(in_use)));
                         let (w, b) = if self.history_gradient {
                             (weight.clone(), bias.clone())
                         } else {
                             (weight.clone().detach(), bias.clone().map(Tensor::detach))
                         };
-                        let window = (filled > 0).then(|| WindowHistory {
-                            moments: history.entries().compensate(w, b, self.rho),
+                        StepStatistics::Window((filled > 0).then(|| WindowTerms {
+                            entries: history.entries(),
                             filled,
-                        });
-                        let statistics =
-                            window_statistics(batch.mean.clone(), mean_sq.clone(), window);
-                        let entry = HistoryEntries::record(
-                            batch.mean.clone().detach(),
-                            mean_sq.detach(),
-                            jacobians(),
-                            weight.detach(),
-                            bias.map(Tensor::detach),
-                        );
-                        history.push(entry, (filled + 1).min(in_use));
-                        statistics
+                            weight: w,
+                            bias: b,
+                            rho: self.rho,
+                        }))
                     }
                 }
             }
-            None => (batch.mean.clone(), plain_var),
+            None => plain,
         };
-
-        // out = gamma * (y - mu) / std + beta = (y - mu_t) * s + (beta + (mu_t - mu) * s)
-        // with s = gamma / std: `centered` (y - mu_t) is already computed, so
-        // the full-size tensor sees one multiply and one add.
-        let std = self.eps_placement.std(var.clone(), self.epsilon);
-        let (scale, beta) = self.affine(reciprocal(std), batch.mean.zeros_like());
-        let shift = beta.add(batch.mean.clone().sub(mean.clone()).mul(scale.clone()));
-        let output = batch
-            .centered
-            .mul(per_channel::<B, D>(scale))
-            .add(per_channel::<B, D>(shift));
+        let step = CbnStep {
+            y,
+            gamma: self.gamma.as_ref().map(|g| g.val()),
+            beta: self.beta.as_ref().map(|b| b.val()),
+            statistics,
+            epsilon: self.epsilon,
+            eps_placement: self.eps_placement,
+        }
+        .run();
+        if let Some((history, filled)) = push {
+            let entry = HistoryEntries::record(
+                step.batch_mean.clone(),
+                step.batch_mean_sq.clone(),
+                jacobians(),
+                weight.detach(),
+                bias.map(Tensor::detach),
+            );
+            history.push(entry, filled);
+        }
 
         let (stat_mean, stat_var) = match self.running_statistics {
-            RunningStatistics::CurrentBatch => (batch.mean, batch_var_unbiased),
-            RunningStatistics::Window => (mean, var),
+            RunningStatistics::CurrentBatch => (step.batch_mean, bessel(step.batch_var, count)),
+            RunningStatistics::Window => (step.mean, step.var),
         };
         let m = self.momentum;
         let blend = |state: &RunningState<Tensor<B, 1>>, value: Tensor<B, 1>| {
@@ -244,16 +241,6 @@ impl<B: Backend> CrossIterBatchNorm<B> {
         blend(&self.running_mean, stat_mean);
         blend(&self.running_var, stat_var);
         self.iterations.increment();
-        output
-    }
-
-    /// `(gamma * scale, gamma * shift + beta)`, or the inputs when not affine.
-    fn affine(&self, scale: Tensor<B, 1>, shift: Tensor<B, 1>) -> (Tensor<B, 1>, Tensor<B, 1>) {
-        compose_affine(
-            self.gamma.as_ref().map(|g| g.val()),
-            self.beta.as_ref().map(|b| b.val()),
-            scale,
-            shift,
-        )
+        step.output
     }
 }

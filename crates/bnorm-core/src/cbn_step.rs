@@ -1,0 +1,814 @@
+//! The Cross-Iteration BN training step, from the layer output `y` to the
+//! normalized output, as one autodiff operation with its gradient in
+//! closed form.
+//!
+//! Forward, per channel, over the `M` values of the channel (see
+//! [`crate::window`] and [`crate::jacobian`] for the window's terms):
+//!
+//! ```text
+//! mu_t, var_t = moments(y),   nu_t = var_t + mu_t^2        the current batch
+//! plain step:  mu = mu_t,  var = f var_t                   (f = M / (M - 1) unbiased, else 1)
+//! window step: mu  = (mu_t + sum_i keep_i mu_i(W)) / n,    n = 1 + sum_i keep_i
+//!              var = (nu_t + sum_i keep_i nu_i(W)) / n - mu^2          (f = 1)
+//! out = (y - mu) * s + beta,   s = gamma * inv_std,   inv_std = 1 / std(var)
+//! ```
+//!
+//! Backward, with `g = dL/dout`, `Sg = sum g`, `Sgc = sum g (y - mu)` and
+//! the keep mask constant (it is a comparison):
+//!
+//! ```text
+//! dbeta  = Sg,    dgamma = inv_std Sgc,    dvar = gamma Sgc (d inv_std / d var)
+//! dmu    = -s Sg - 2 mu f dvar                              (through out and var)
+//! dy     = s g - (s Sg + 2 f dvar (mu - mu_t)) / (n M) + 2 f dvar (y - mu_t) / (n M)
+//! dW     = rho / n * (dmu * sum_i keep_i P_i + dvar * sum_i keep_i Q_i)
+//! db     = rho / n * (dmu * sum_i keep_i + dvar * sum_i keep_i 2 mu_i)
+//! ```
+//!
+//! (`dy` is `s g + dmu_t / M + 2 y dnu_t / M` with `dmu_t = dmu / n` and
+//! `dnu_t = f dvar / n`; `dW` and `db` reach the compensated entries
+//! `mu_i(W) = mu_i + rho (<P_i, W> + b - lin)`, `nu_i(W) = nu_i + rho
+//! (<Q_i, W> + 2 mu_i b - lin)` through `dmu_i = keep_i dmu / n` and
+//! `dnu_i = keep_i dvar / n`.)
+//!
+//! Why: burn-autodiff differentiates the step operation by operation, and
+//! on a GPU, where a small-batch step is bound by kernel launches, each
+//! of the dozens of `[C]`- and `[K, C]`-sized operations of the window's
+//! gradient is a kernel or splits one. Here the backward pass is two
+//! channel sums of the full-size gradient and a handful of elementwise
+//! maps. [`CbnStep::run`] takes this route when the backend is
+//! `Autodiff<I>` for an `I` this build can name (burn-ndarray; burn-cuda
+//! and burn-wgpu with their features; see `crate::inner`), and
+//! differentiates the same forward pass through burn-autodiff otherwise
+//! ([`CbnStep::through_autodiff`], which the tests compare it with).
+
+use core::any::TypeId;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::autodiff::NodeId;
+use burn::backend::Autodiff;
+use burn::tensor::ops::FloatTensor;
+use burn::tensor::{backend::Backend, Tensor, TensorPrimitive};
+
+use crate::inner::cast;
+use crate::moments::{bessel, channel_sum, moments, values_per_channel};
+use crate::shape::{per_channel, sum_axis};
+use crate::window::{window_with_weights, WeightedWindow, WindowHistory};
+use crate::{compose_affine, reciprocal, EpsPlacement, HistoryEntries};
+
+/// One training step of Cross-Iteration BN on the output `y` of a layer.
+#[derive(Debug, Clone)]
+pub struct CbnStep<B: Backend, const D: usize> {
+    /// The layer output `[N, C, ...]`.
+    pub y: Tensor<B, D>,
+    /// Learnable scale `[C]` (with `beta`, or neither).
+    pub gamma: Option<Tensor<B, 1>>,
+    /// Learnable shift `[C]`.
+    pub beta: Option<Tensor<B, 1>>,
+    /// What the step normalizes with.
+    pub statistics: StepStatistics<B>,
+    /// Numerical-stability term.
+    pub epsilon: f64,
+    /// Where `epsilon` enters the standard deviation.
+    pub eps_placement: EpsPlacement,
+}
+
+/// The statistics a training step normalizes with.
+#[derive(Debug, Clone)]
+pub enum StepStatistics<B: Backend> {
+    /// Plain BatchNorm (burn-in, window 1): the batch's mean and biased
+    /// variance, times `M / (M - 1)` when `unbiased` (and `M > 1`).
+    Plain {
+        /// Bessel's correction on the variance.
+        unbiased: bool,
+    },
+    /// The window: the current moments and, once it holds entries, the
+    /// compensated history.
+    Window(Option<WindowTerms<B>>),
+}
+
+/// The history of a window step and what compensates it.
+#[derive(Debug, Clone)]
+pub struct WindowTerms<B: Backend> {
+    /// All `K` entries, filled or not.
+    pub entries: HistoryEntries<B>,
+    /// How many entries, from the front, hold data (at least one).
+    pub filled: usize,
+    /// The layer's current weight `[G, C/G, F]`: with its graph for the
+    /// gradient through the history terms, detached for constant terms.
+    pub weight: Tensor<B, 3>,
+    /// The layer's current bias `[C]`, likewise.
+    pub bias: Option<Tensor<B, 1>>,
+    /// Taylor compensation factor.
+    pub rho: f64,
+}
+
+/// What a training step computes: the output, with its graph, and the
+/// statistics, detached.
+#[derive(Debug, Clone)]
+pub struct CbnStepOutput<B: Backend, const D: usize> {
+    /// The normalized output, shape of `y`.
+    pub output: Tensor<B, D>,
+    /// The batch's mean `mu_t`, `[C]`.
+    pub batch_mean: Tensor<B, 1>,
+    /// The batch's biased variance `var_t`, `[C]`.
+    pub batch_var: Tensor<B, 1>,
+    /// The batch's mean of squares `nu_t = var_t + mu_t^2`, `[C]`.
+    pub batch_mean_sq: Tensor<B, 1>,
+    /// The mean normalized with, `[C]`.
+    pub mean: Tensor<B, 1>,
+    /// The variance normalized with, `[C]`.
+    pub var: Tensor<B, 1>,
+}
+
+impl<B: Backend, const D: usize> CbnStep<B, D> {
+    /// Runs the step, with the closed-form gradient where the backend
+    /// allows it (see the module docs), else through burn-autodiff.
+    pub fn run(self) -> CbnStepOutput<B, D> {
+        let step = match self.closed_form::<burn::backend::NdArray>() {
+            Ok(output) => return output,
+            Err(step) => step,
+        };
+        #[cfg(feature = "cuda")]
+        let step = match step.closed_form::<burn::backend::Cuda>() {
+            Ok(output) => return output,
+            Err(step) => step,
+        };
+        #[cfg(feature = "wgpu")]
+        let step = match step.closed_form::<burn::backend::Wgpu>() {
+            Ok(output) => return output,
+            Err(step) => step,
+        };
+        step.through_autodiff()
+    }
+
+    /// Runs the step with burn-autodiff differentiating every operation
+    /// (any backend; the reference the closed form is tested against).
+    pub fn through_autodiff(self) -> CbnStepOutput<B, D> {
+        let forward = self.forward();
+        CbnStepOutput {
+            output: forward.output,
+            batch_mean: forward.batch_mean.detach(),
+            batch_var: forward.batch_var.detach(),
+            batch_mean_sq: forward.batch_mean_sq.detach(),
+            mean: forward.mean.detach(),
+            var: forward.var.detach(),
+        }
+    }
+
+    /// The forward pass, every value the backward pass may need.
+    fn forward(self) -> Forward<B, D> {
+        let count = values_per_channel(&self.y.dims());
+        let batch = moments(self.y);
+        let batch_mean_sq = batch.var.clone().add(batch.mean.clone().square());
+        let (mean, var, window) = match self.statistics {
+            StepStatistics::Plain { unbiased } => {
+                let var = match unbiased {
+                    true => bessel(batch.var.clone(), count),
+                    false => batch.var.clone(),
+                };
+                (batch.mean.clone(), var, None)
+            }
+            StepStatistics::Window(None) => {
+                let var = batch_mean_sq.clone().sub(batch.mean.clone().square());
+                (batch.mean.clone(), var, None)
+            }
+            StepStatistics::Window(Some(terms)) => {
+                let moments = terms
+                    .entries
+                    .compensate(terms.weight, terms.bias, terms.rho);
+                let history = WindowHistory {
+                    moments,
+                    filled: terms.filled,
+                };
+                let window =
+                    window_with_weights(batch.mean.clone(), batch_mean_sq.clone(), history);
+                (window.mean.clone(), window.var.clone(), Some(window))
+            }
+        };
+        let std = self.eps_placement.std(var.clone(), self.epsilon);
+        let inv_std = reciprocal(std.clone());
+        // out = gamma (y - mu) / std + beta = (y - mu_t) s + (beta + (mu_t - mu) s)
+        // with s = gamma / std: `centered` (y - mu_t) is already computed,
+        // so the full-size tensor sees one multiply and one add.
+        let (scale, beta) = compose_affine(
+            self.gamma,
+            self.beta,
+            inv_std.clone(),
+            batch.mean.zeros_like(),
+        );
+        let shift = beta.add(batch.mean.clone().sub(mean.clone()).mul(scale.clone()));
+        let output = batch
+            .centered
+            .clone()
+            .mul(per_channel::<B, D>(scale.clone()))
+            .add(per_channel::<B, D>(shift));
+        Forward {
+            output,
+            batch_mean: batch.mean,
+            batch_var: batch.var,
+            batch_mean_sq,
+            mean,
+            var,
+            centered: batch.centered,
+            std,
+            inv_std,
+            scale,
+            window,
+        }
+    }
+
+    /// The closed-form route when `B` is `Autodiff<I>`, else the step back.
+    fn closed_form<I: Backend>(self) -> Result<CbnStepOutput<B, D>, Self> {
+        if TypeId::of::<B>() != TypeId::of::<Autodiff<I>>() {
+            return Err(self);
+        }
+        let output = closed_form_step::<I, D>(self.convert());
+        Ok(output.convert())
+    }
+
+    /// `self` on backend `A`, which is `B`.
+    fn convert<A: Backend>(self) -> CbnStep<A, D> {
+        let statistics = match self.statistics {
+            StepStatistics::Plain { unbiased } => StepStatistics::Plain { unbiased },
+            StepStatistics::Window(terms) => StepStatistics::Window(terms.map(|t| WindowTerms {
+                entries: HistoryEntries {
+                    mean: same(t.entries.mean),
+                    mean_sq: same(t.entries.mean_sq),
+                    jac_mean: same(t.entries.jac_mean),
+                    jac_mean_sq: same(t.entries.jac_mean_sq),
+                    lin_mean: same(t.entries.lin_mean),
+                    lin_mean_sq: same(t.entries.lin_mean_sq),
+                },
+                filled: t.filled,
+                weight: same(t.weight),
+                bias: t.bias.map(same),
+                rho: t.rho,
+            })),
+        };
+        CbnStep {
+            y: same(self.y),
+            gamma: self.gamma.map(same),
+            beta: self.beta.map(same),
+            statistics,
+            epsilon: self.epsilon,
+            eps_placement: self.eps_placement,
+        }
+    }
+}
+
+impl<B: Backend, const D: usize> CbnStepOutput<B, D> {
+    /// `self` on backend `A`, which is `B`.
+    fn convert<A: Backend>(self) -> CbnStepOutput<A, D> {
+        CbnStepOutput {
+            output: same(self.output),
+            batch_mean: same(self.batch_mean),
+            batch_var: same(self.batch_var),
+            batch_mean_sq: same(self.batch_mean_sq),
+            mean: same(self.mean),
+            var: same(self.var),
+        }
+    }
+}
+
+/// `tensor` as a tensor of `A`, which is `B`.
+fn same<B: Backend, A: Backend, const R: usize>(tensor: Tensor<B, R>) -> Tensor<A, R> {
+    cast(tensor).unwrap_or_else(|_| unreachable!("A is B"))
+}
+
+/// Every value of the forward pass.
+struct Forward<B: Backend, const D: usize> {
+    output: Tensor<B, D>,
+    batch_mean: Tensor<B, 1>,
+    batch_var: Tensor<B, 1>,
+    batch_mean_sq: Tensor<B, 1>,
+    mean: Tensor<B, 1>,
+    var: Tensor<B, 1>,
+    centered: Tensor<B, D>,
+    std: Tensor<B, 1>,
+    inv_std: Tensor<B, 1>,
+    scale: Tensor<B, 1>,
+    window: Option<WeightedWindow<B>>,
+}
+
+/// The step on `Autodiff<I>`: the forward pass on `I`, registered as one
+/// operation whose parents are `y`, the weight, the bias, `gamma` and
+/// `beta`.
+fn closed_form_step<I: Backend, const D: usize>(
+    step: CbnStep<Autodiff<I>, D>,
+) -> CbnStepOutput<Autodiff<I>, D> {
+    let device = step.y.device();
+    let count = values_per_channel(&step.y.dims());
+    // An absent input is an untracked tensor: a parent without gradient.
+    let absent = || primitive(Tensor::<Autodiff<I>, 1>::zeros([1], &device));
+    let (statistics, weight, bias) = match step.statistics {
+        // The weight and bias only enter through the compensation.
+        StepStatistics::Window(Some(terms)) if terms.rho != 0.0 => {
+            let weight = primitive(terms.weight);
+            let bias = terms.bias.map(primitive);
+            let inner_terms = WindowTerms {
+                entries: inner_entries(terms.entries),
+                filled: terms.filled,
+                weight: inner(&weight),
+                bias: bias.as_ref().map(inner),
+                rho: terms.rho,
+            };
+            (
+                StepStatistics::Window(Some(inner_terms)),
+                weight,
+                bias.unwrap_or_else(absent),
+            )
+        }
+        StepStatistics::Window(terms) => {
+            let terms = terms.map(|t| WindowTerms {
+                entries: inner_entries(t.entries),
+                filled: t.filled,
+                weight: t.weight.inner(),
+                bias: t.bias.map(Tensor::inner),
+                rho: t.rho,
+            });
+            (StepStatistics::Window(terms), absent(), absent())
+        }
+        StepStatistics::Plain { unbiased } => {
+            (StepStatistics::Plain { unbiased }, absent(), absent())
+        }
+    };
+    let y = primitive(step.y);
+    let gamma = step.gamma.map(primitive);
+    let beta = step.beta.map(primitive);
+    let var_factor = match statistics {
+        StepStatistics::Plain { unbiased: true } if count > 1 => count as f64 / (count - 1) as f64,
+        _ => 1.0,
+    };
+    let compensation = match &statistics {
+        StepStatistics::Window(Some(terms)) if terms.rho != 0.0 => Some(terms.clone()),
+        _ => None,
+    };
+    let inner_step = CbnStep::<I, D> {
+        y: inner(&y),
+        gamma: gamma.as_ref().map(inner),
+        beta: beta.as_ref().map(inner),
+        statistics,
+        epsilon: step.epsilon,
+        eps_placement: step.eps_placement,
+    };
+    let gamma_value = inner_step.gamma.clone();
+    let eps_placement = inner_step.eps_placement;
+    let forward = inner_step.forward();
+    let parents = [
+        y.node.clone(),
+        weight.node.clone(),
+        bias.node.clone(),
+        gamma.unwrap_or_else(absent).node,
+        beta.unwrap_or_else(absent).node,
+    ];
+    let output = forward.output.clone().into_primitive().tensor();
+    let output = match ClosedFormBackward::<D>
+        .prepare::<NoCheckpointing>(parents)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => {
+            let tracks = |node: &FloatTensor<Autodiff<I>>| node.node.clone_if_require_grad();
+            let compensation = compensation
+                .filter(|_| tracks(&weight).is_some() || tracks(&bias).is_some())
+                .map(|terms| CompensationSums::new(terms, forward.window.as_ref()));
+            let saved = Saved {
+                centered: forward.centered.clone(),
+                scale: forward.scale.clone(),
+                inv_std: forward.inv_std.clone(),
+                gamma: gamma_value,
+                mean_gap: forward.mean.clone().sub(forward.batch_mean.clone()),
+                mean: forward.mean.clone(),
+                inv_std_slope: eps_placement
+                    .std_derivative(forward.var.clone(), forward.std.clone())
+                    .mul(forward.inv_std.clone().square())
+                    .neg(),
+                var_factor,
+                inv_count: forward.window.as_ref().map(|w| w.inv_count.clone()),
+                count,
+                compensation,
+            };
+            prep.finish(saved, output)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(output),
+    };
+    let untracked = |t: Tensor<I, 1>| Tensor::<Autodiff<I>, 1>::from_inner(t);
+    CbnStepOutput {
+        output: Tensor::from_primitive(TensorPrimitive::Float(output)),
+        batch_mean: untracked(forward.batch_mean),
+        batch_var: untracked(forward.batch_var),
+        batch_mean_sq: untracked(forward.batch_mean_sq),
+        mean: untracked(forward.mean),
+        var: untracked(forward.var),
+    }
+}
+
+/// The autodiff primitive of a float tensor (its value and graph node).
+fn primitive<I: Backend, const R: usize>(
+    tensor: Tensor<Autodiff<I>, R>,
+) -> FloatTensor<Autodiff<I>> {
+    tensor.into_primitive().tensor()
+}
+
+/// The value of an autodiff primitive on `I`.
+fn inner<I: Backend, const R: usize>(tensor: &FloatTensor<Autodiff<I>>) -> Tensor<I, R> {
+    Tensor::from_primitive(TensorPrimitive::Float(tensor.primitive.clone()))
+}
+
+fn inner_entries<I: Backend>(entries: HistoryEntries<Autodiff<I>>) -> HistoryEntries<I> {
+    HistoryEntries {
+        mean: entries.mean.inner(),
+        mean_sq: entries.mean_sq.inner(),
+        jac_mean: entries.jac_mean.inner(),
+        jac_mean_sq: entries.jac_mean_sq.inner(),
+        lin_mean: entries.lin_mean.inner(),
+        lin_mean_sq: entries.lin_mean_sq.inner(),
+    }
+}
+
+/// The gradient of [`closed_form_step`]'s output.
+#[derive(Debug)]
+struct ClosedFormBackward<const D: usize>;
+
+/// What the backward pass keeps from the forward pass.
+#[derive(Debug, Clone)]
+struct Saved<I: Backend, const D: usize> {
+    /// `y - mu_t`.
+    centered: Tensor<I, D>,
+    /// `s = gamma * inv_std`.
+    scale: Tensor<I, 1>,
+    inv_std: Tensor<I, 1>,
+    gamma: Option<Tensor<I, 1>>,
+    /// `mu - mu_t` (0 for a plain step).
+    mean_gap: Tensor<I, 1>,
+    /// `mu`.
+    mean: Tensor<I, 1>,
+    /// `d inv_std / d var`.
+    inv_std_slope: Tensor<I, 1>,
+    /// `f`.
+    var_factor: f64,
+    /// `1 / n` (a window step; 1 otherwise).
+    inv_count: Option<Tensor<I, 1>>,
+    /// `M`.
+    count: usize,
+    compensation: Option<CompensationSums<I>>,
+}
+
+/// The kept entries' sums the gradients into the weight and bias take.
+#[derive(Debug, Clone)]
+struct CompensationSums<I: Backend> {
+    rho: f64,
+    /// The weight's shape `[G, C/G, F]`.
+    weight_dims: [usize; 3],
+    /// `sum_i keep_i P_i`, per channel, `[C, F]`.
+    jac_mean: Tensor<I, 2>,
+    /// `sum_i keep_i Q_i`, `[C, F]`.
+    jac_mean_sq: Tensor<I, 2>,
+    /// `sum_i keep_i`, `[C]`.
+    kept: Tensor<I, 1>,
+    /// `sum_i keep_i 2 mu_i`, `[C]`.
+    kept_mean: Tensor<I, 1>,
+}
+
+impl<I: Backend> CompensationSums<I> {
+    fn new(terms: WindowTerms<I>, window: Option<&WeightedWindow<I>>) -> Self {
+        let keep = window.expect("a window step with entries").keep.clone();
+        let [k, g, f] = terms.entries.jac_mean.dims();
+        let weight_dims = terms.weight.dims();
+        let [_, c_g, _] = weight_dims;
+        let c = g * c_g;
+        let jac_mean = sum_axis(
+            terms
+                .entries
+                .jac_mean
+                .reshape([k, g, 1, f])
+                .mul(keep.clone().reshape([k, g, c_g, 1])),
+            0,
+        )
+        .reshape([c, f]);
+        let jac_mean_sq = sum_axis(
+            terms
+                .entries
+                .jac_mean_sq
+                .mul(keep.clone().reshape([k, c, 1])),
+            0,
+        )
+        .reshape([c, f]);
+        let kept = sum_axis(keep.clone(), 0).reshape([c]);
+        let kept_mean = sum_axis(keep.mul(terms.entries.mean), 0)
+            .reshape([c])
+            .mul_scalar(2.0);
+        CompensationSums {
+            rho: terms.rho,
+            weight_dims,
+            jac_mean,
+            jac_mean_sq,
+            kept,
+            kept_mean,
+        }
+    }
+}
+
+impl<I: Backend, const D: usize> Backward<I, 5> for ClosedFormBackward<D> {
+    type State = Saved<I, D>;
+
+    fn backward(
+        self,
+        ops: Ops<Self::State, 5>,
+        grads: &mut Gradients,
+        _checkpointer: &mut Checkpointer,
+    ) {
+        let grad: Tensor<I, D> =
+            Tensor::from_primitive(TensorPrimitive::Float(grads.consume::<I>(&ops.node)));
+        let [y_node, weight_node, bias_node, gamma_node, beta_node] =
+            ops.parents.map(|parent| parent.map(|node| node.id));
+        let saved = ops.state;
+        let sum_g = channel_sum(grad.clone());
+        // sum g (y - mu) = sum g (y - mu_t) - (mu - mu_t) sum g
+        let sum_gc = channel_sum(grad.clone().mul(saved.centered.clone()))
+            .sub(saved.mean_gap.clone().mul(sum_g.clone()));
+        register_grad(grads, gamma_node, sum_gc.clone().mul(saved.inv_std.clone()));
+        register_grad(grads, beta_node, sum_g.clone());
+        let d_inv_std = match saved.gamma {
+            Some(gamma) => sum_gc.mul(gamma),
+            None => sum_gc,
+        };
+        let d_var = d_inv_std.mul(saved.inv_std_slope);
+        let f_d_var = d_var.clone().mul_scalar(saved.var_factor);
+        let s_sum_g = saved.scale.clone().mul(sum_g);
+        let d_mean = s_sum_g
+            .clone()
+            .add(saved.mean.mul(f_d_var.clone()).mul_scalar(2.0))
+            .neg();
+        // 1 / (n M), per channel.
+        let per_value = match &saved.inv_count {
+            Some(inv_count) => inv_count.clone().div_scalar(saved.count as f64),
+            None => s_sum_g.ones_like().div_scalar(saved.count as f64),
+        };
+        if let Some(y_node) = y_node {
+            let offset = s_sum_g
+                .add(f_d_var.clone().mul(saved.mean_gap).mul_scalar(2.0))
+                .mul(per_value.clone())
+                .neg();
+            let slope = f_d_var.mul(per_value).mul_scalar(2.0);
+            let d_y = grad
+                .mul(per_channel::<I, D>(saved.scale))
+                .add(per_channel::<I, D>(offset))
+                .add(saved.centered.mul(per_channel::<I, D>(slope)));
+            register_grad(grads, Some(y_node), d_y);
+        }
+        let Some(sums) = saved.compensation else {
+            return;
+        };
+        let inv_count = saved.inv_count.expect("a window step with entries");
+        let factor = inv_count.mul_scalar(sums.rho);
+        let [c] = factor.dims();
+        if let Some(weight_node) = weight_node {
+            let column = |t: Tensor<I, 1>| t.reshape([c, 1]);
+            let d_weight = sums
+                .jac_mean
+                .mul(column(d_mean.clone()))
+                .add(sums.jac_mean_sq.mul(column(d_var.clone())))
+                .mul(column(factor.clone()))
+                .reshape(sums.weight_dims);
+            register_grad(grads, Some(weight_node), d_weight);
+        }
+        register_grad(
+            grads,
+            bias_node,
+            sums.kept
+                .mul(d_mean)
+                .add(sums.kept_mean.mul(d_var))
+                .mul(factor),
+        );
+    }
+}
+
+/// Adds `gradient` to the gradient of `node`, if it takes one.
+fn register_grad<I: Backend, const R: usize>(
+    grads: &mut Gradients,
+    node: Option<NodeId>,
+    gradient: Tensor<I, R>,
+) {
+    if let Some(node) = node {
+        grads.register::<I>(node, gradient.into_primitive().tensor());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{CbnStep, StepStatistics, WindowTerms};
+    use crate::{EpsPlacement, HistoryEntries};
+    use burn::backend::{Autodiff, NdArray};
+    use burn::tensor::{Distribution, Tensor};
+
+    type Ad = Autodiff<NdArray>;
+
+    const GROUPS: usize = 2;
+    const CHANNELS: usize = 4;
+    const PATCH: usize = 3;
+    const ENTRIES: usize = 3;
+
+    fn random<const R: usize>(dims: [usize; R]) -> Tensor<Ad, R> {
+        Tensor::random(dims, Distribution::Normal(0.0, 1.0), &Default::default())
+    }
+
+    /// Random history entries; entry 1 of channel 2 has a negative
+    /// variance (`nu < mu^2`), so the window drops it there.
+    fn entries() -> HistoryEntries<Ad> {
+        let mean = random([ENTRIES, CHANNELS]);
+        let spread = random([ENTRIES, CHANNELS]).abs().add_scalar(0.5);
+        let mut mean_sq = mean.clone().square().add(spread);
+        mean_sq = mean_sq.slice_assign(
+            [1..2, 2..3],
+            Tensor::full([1, 1], -50.0, &Default::default()),
+        );
+        HistoryEntries {
+            mean,
+            mean_sq,
+            jac_mean: random([ENTRIES, GROUPS, PATCH]),
+            jac_mean_sq: random([ENTRIES, CHANNELS, PATCH]),
+            lin_mean: random([ENTRIES, CHANNELS]),
+            lin_mean_sq: random([ENTRIES, CHANNELS]),
+        }
+    }
+
+    /// Value and gradients (output, y, weight, bias, gamma, beta) of
+    /// `sum(out * probe)`.
+    fn evaluate<const D: usize>(
+        output: Tensor<Ad, D>,
+        probe: &Tensor<Ad, D>,
+        leaves: (
+            &Tensor<Ad, D>,
+            &Tensor<Ad, 3>,
+            &Tensor<Ad, 1>,
+            &Tensor<Ad, 1>,
+            &Tensor<Ad, 1>,
+        ),
+    ) -> Vec<(&'static str, Vec<f32>)> {
+        let grads = output.clone().mul(probe.clone()).sum().backward();
+        let values = |t: Option<Tensor<NdArray, 1>>| {
+            t.map(|t| t.into_data().to_vec::<f32>().unwrap())
+                .unwrap_or_default()
+        };
+        let (y, weight, bias, gamma, beta) = leaves;
+        vec![
+            ("output", output.into_data().to_vec::<f32>().unwrap()),
+            ("y", values(y.grad(&grads).map(|g| g.flatten(0, D - 1)))),
+            (
+                "weight",
+                values(weight.grad(&grads).map(|g| g.flatten(0, 2))),
+            ),
+            ("bias", values(bias.grad(&grads))),
+            ("gamma", values(gamma.grad(&grads))),
+            ("beta", values(beta.grad(&grads))),
+        ]
+    }
+
+    /// The closed-form gradient equals burn-autodiff's, operation by
+    /// operation, for every kind of step (plain biased and unbiased, a
+    /// window without entries, with all or some entries filled, with a
+    /// negative-variance entry dropped, `rho` 0 and not), with and without
+    /// bias, affine parameters and the history gradient, both eps
+    /// placements, ranks 2 to 4 and a batch of one value per channel
+    /// (variance 0). The output is bit for bit the same (the same
+    /// operations on the inner backend).
+    #[test]
+    fn closed_form_gradient_is_autodiffs() {
+        let mut cases = 0;
+        let mut weight_gradients = 0;
+        for dims in [
+            vec![2, CHANNELS, 3, 2],
+            vec![5, CHANNELS],
+            vec![1, CHANNELS, 1, 1],
+            vec![1, CHANNELS, 3],
+        ] {
+            for statistics in 0..7 {
+                for placement in [EpsPlacement::InsideSqrt, EpsPlacement::OnStd] {
+                    for (affine, with_bias, history_gradient) in [
+                        (true, true, true),
+                        (false, false, true),
+                        (true, false, false),
+                    ] {
+                        let case = format!(
+                            "dims {dims:?} statistics {statistics} {placement:?} affine {affine} \
+                             bias {with_bias} history gradient {history_gradient}"
+                        );
+                        weight_gradients += match dims.len() {
+                            2 => compare::<2>(
+                                &dims,
+                                statistics,
+                                placement,
+                                affine,
+                                with_bias,
+                                history_gradient,
+                                &case,
+                            ),
+                            3 => compare::<3>(
+                                &dims,
+                                statistics,
+                                placement,
+                                affine,
+                                with_bias,
+                                history_gradient,
+                                &case,
+                            ),
+                            _ => compare::<4>(
+                                &dims,
+                                statistics,
+                                placement,
+                                affine,
+                                with_bias,
+                                history_gradient,
+                                &case,
+                            ),
+                        };
+                        cases += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(cases, 4 * 7 * 2 * 3);
+        // Window steps with entries, rho != 0 and the history gradient.
+        assert_eq!(weight_gradients, 4 * 3 * 2 * 2);
+    }
+
+    fn compare<const D: usize>(
+        dims: &[usize],
+        statistics: usize,
+        eps_placement: EpsPlacement,
+        affine: bool,
+        with_bias: bool,
+        history_gradient: bool,
+        case: &str,
+    ) -> usize {
+        let dims: [usize; D] = dims.try_into().unwrap();
+        // An offset mean, as conv outputs have.
+        let y = random(dims).add_scalar(1.5).require_grad();
+        let weight = random([GROUPS, CHANNELS / GROUPS, PATCH]).require_grad();
+        let bias = random([CHANNELS]).require_grad();
+        let gamma = random([CHANNELS]).add_scalar(1.0).require_grad();
+        let beta = random([CHANNELS]).require_grad();
+        let probe = random(dims);
+        let terms = |filled, rho| {
+            let tracked = |t: Tensor<Ad, 3>| if history_gradient { t } else { t.detach() };
+            Some(WindowTerms {
+                entries: entries(),
+                filled,
+                weight: tracked(weight.clone()),
+                bias: with_bias.then(|| bias.clone()).map(|b| {
+                    if history_gradient {
+                        b
+                    } else {
+                        b.detach()
+                    }
+                }),
+                rho,
+            })
+        };
+        let statistics = match statistics {
+            0 => StepStatistics::Plain { unbiased: true },
+            1 => StepStatistics::Plain { unbiased: false },
+            2 => StepStatistics::Window(None),
+            3 => StepStatistics::Window(terms(ENTRIES, 1.0)),
+            4 => StepStatistics::Window(terms(2, 0.5)),
+            5 => StepStatistics::Window(terms(1, 1.0)),
+            _ => StepStatistics::Window(terms(ENTRIES, 0.0)),
+        };
+        let step = CbnStep {
+            y: y.clone(),
+            gamma: affine.then(|| gamma.clone()),
+            beta: affine.then(|| beta.clone()),
+            statistics,
+            epsilon: 1e-3,
+            eps_placement,
+        };
+        let leaves = (&y, &weight, &bias, &gamma, &beta);
+        let closed = step
+            .clone()
+            .closed_form::<NdArray>()
+            .unwrap_or_else(|_| panic!("Autodiff<NdArray> takes the closed form"));
+        let closed = evaluate(closed.output, &probe, leaves);
+        let reference = evaluate(step.through_autodiff().output, &probe, leaves);
+        let weight_gradient = usize::from(!closed[2].1.is_empty());
+        for ((name, got), (_, want)) in closed.iter().zip(&reference) {
+            assert_eq!(got.len(), want.len(), "{case}: {name} present in one only");
+            if *name == "output" {
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(got), bits(want), "{case}: output");
+                continue;
+            }
+            let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+            for (i, (g, w)) in got.iter().zip(want).enumerate() {
+                assert!(
+                    (g - w).abs() <= 2e-5 * scale,
+                    "{case}: d{name}[{i}] closed form {g}, autodiff {w} (scale {scale})"
+                );
+            }
+        }
+        weight_gradient
+    }
+}
