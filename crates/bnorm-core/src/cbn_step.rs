@@ -53,8 +53,8 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{backend::Backend, Tensor, TensorPrimitive};
 
 use crate::inner::cast;
-use crate::moments::{bessel, channel_sum, moments, values_per_channel};
-use crate::shape::{per_channel, sum_axis};
+use crate::moments::{bessel, moments_per_channel, values_per_channel, BatchMoments};
+use crate::shape::{flatten_spatial, per_channel, sum_axis};
 use crate::window::{window_with_weights, WeightedWindow, WindowHistory};
 use crate::{compose_affine, reciprocal, EpsPlacement, HistoryEntries};
 
@@ -160,9 +160,16 @@ impl<B: Backend, const D: usize> CbnStep<B, D> {
 
     /// The forward pass, every value the backward pass may need.
     fn forward(self) -> Forward<B, D> {
-        let count = values_per_channel(&self.y.dims());
-        let batch = moments(self.y);
-        let batch_mean_sq = batch.var.clone().add(batch.mean.clone().square());
+        let dims = self.y.dims();
+        let count = values_per_channel(&dims);
+        let (mean, var, centered) = moments_per_channel(self.y);
+        let mean_sq = var.clone().add(mean.clone().square());
+        let [mean, var, batch_mean_sq] = [mean, var, mean_sq].map(|t| t.reshape([dims[1]]));
+        let batch = BatchMoments {
+            mean,
+            var,
+            centered: centered.reshape(dims),
+        };
         let (mean, var, window) = match self.statistics {
             StepStatistics::Plain { unbiased } => {
                 let var = match unbiased {
@@ -376,7 +383,7 @@ fn closed_form_step<I: Backend, const D: usize>(
                 .filter(|_| tracks(&weight).is_some() || tracks(&bias).is_some())
                 .map(|terms| CompensationSums::new(terms, forward.window.as_ref()));
             let saved = Saved {
-                centered: forward.centered.clone(),
+                centered: flatten_spatial(forward.centered.clone()),
                 scale: forward.scale.clone(),
                 inv_std: forward.inv_std.clone(),
                 gamma: gamma_value,
@@ -436,8 +443,8 @@ struct ClosedFormBackward<const D: usize>;
 /// What the backward pass keeps from the forward pass.
 #[derive(Debug, Clone)]
 struct Saved<I: Backend, const D: usize> {
-    /// `y - mu_t`.
-    centered: Tensor<I, D>,
+    /// `y - mu_t`, `[N, C, S]`.
+    centered: Tensor<I, 3>,
     /// `s = gamma * inv_std`.
     scale: Tensor<I, 1>,
     inv_std: Tensor<I, 1>,
@@ -457,20 +464,21 @@ struct Saved<I: Backend, const D: usize> {
     compensation: Option<CompensationSums<I>>,
 }
 
-/// The kept entries' sums the gradients into the weight and bias take.
+/// The kept entries' sums the gradients into the weight and bias take,
+/// in the shapes the sums leave (see `backward`).
 #[derive(Debug, Clone)]
 struct CompensationSums<I: Backend> {
     rho: f64,
     /// The weight's shape `[G, C/G, F]`.
     weight_dims: [usize; 3],
-    /// `sum_i keep_i P_i`, per channel, `[C, F]`.
-    jac_mean: Tensor<I, 2>,
-    /// `sum_i keep_i Q_i`, `[C, F]`.
-    jac_mean_sq: Tensor<I, 2>,
-    /// `sum_i keep_i`, `[C]`.
-    kept: Tensor<I, 1>,
-    /// `sum_i keep_i 2 mu_i`, `[C]`.
-    kept_mean: Tensor<I, 1>,
+    /// `sum_i keep_i P_i`, per channel, `[1, G, C/G, F]`.
+    jac_mean: Tensor<I, 4>,
+    /// `sum_i keep_i Q_i`, `[1, C, F]`.
+    jac_mean_sq: Tensor<I, 3>,
+    /// `sum_i keep_i`, `[1, C]`.
+    kept: Tensor<I, 2>,
+    /// `sum_i keep_i 2 mu_i`, `[1, C]`.
+    kept_mean: Tensor<I, 2>,
 }
 
 impl<I: Backend> CompensationSums<I> {
@@ -487,20 +495,16 @@ impl<I: Backend> CompensationSums<I> {
                 .reshape([k, g, 1, f])
                 .mul(keep.clone().reshape([k, g, c_g, 1])),
             0,
-        )
-        .reshape([c, f]);
+        );
         let jac_mean_sq = sum_axis(
             terms
                 .entries
                 .jac_mean_sq
                 .mul(keep.clone().reshape([k, c, 1])),
             0,
-        )
-        .reshape([c, f]);
-        let kept = sum_axis(keep.clone(), 0).reshape([c]);
-        let kept_mean = sum_axis(keep.mul(terms.entries.mean), 0)
-            .reshape([c])
-            .mul_scalar(2.0);
+        );
+        let kept = sum_axis(keep.clone(), 0);
+        let kept_mean = sum_axis(keep.mul(terms.entries.mean), 0).mul_scalar(2.0);
         CompensationSums {
             rho: terms.rho,
             weight_dims,
@@ -515,6 +519,10 @@ impl<I: Backend> CompensationSums<I> {
 impl<I: Backend, const D: usize> Backward<I, 5> for ClosedFormBackward<D> {
     type State = Saved<I, D>;
 
+    /// The module docs' formulas, on the `[N, C, S]` view with per-channel
+    /// values as `[1, C, 1]` (and `[1, C]`, `[C, F]` for the compensation)
+    /// up to each gradient's final reshape: burn's fusion does not merge a
+    /// sum with the elementwise work after it across a reshape of the sum.
     fn backward(
         self,
         ops: Ops<Self::State, 5>,
@@ -526,38 +534,51 @@ impl<I: Backend, const D: usize> Backward<I, 5> for ClosedFormBackward<D> {
         let [y_node, weight_node, bias_node, gamma_node, beta_node] =
             ops.parents.map(|parent| parent.map(|node| node.id));
         let saved = ops.state;
+        let dims = grad.dims();
+        let c = dims[1];
+        let column = |t: Tensor<I, 1>| t.reshape([1, c, 1]);
+        let channel_sum = |t: Tensor<I, 3>| sum_axis(sum_axis(t, 2), 0);
+        let grad = flatten_spatial(grad);
         let sum_g = channel_sum(grad.clone());
         // sum g (y - mu) = sum g (y - mu_t) - (mu - mu_t) sum g
+        let mean_gap = column(saved.mean_gap);
         let sum_gc = channel_sum(grad.clone().mul(saved.centered.clone()))
-            .sub(saved.mean_gap.clone().mul(sum_g.clone()));
-        register_grad(grads, gamma_node, sum_gc.clone().mul(saved.inv_std.clone()));
-        register_grad(grads, beta_node, sum_g.clone());
+            .sub(mean_gap.clone().mul(sum_g.clone()));
+        let inv_std = column(saved.inv_std);
+        if gamma_node.is_some() {
+            register_grad(grads, gamma_node, sum_gc.clone().mul(inv_std).reshape([c]));
+        }
+        if beta_node.is_some() {
+            register_grad(grads, beta_node, sum_g.clone().reshape([c]));
+        }
         let d_inv_std = match saved.gamma {
-            Some(gamma) => sum_gc.mul(gamma),
+            Some(gamma) => sum_gc.mul(column(gamma)),
             None => sum_gc,
         };
-        let d_var = d_inv_std.mul(saved.inv_std_slope);
+        let d_var = d_inv_std.mul(column(saved.inv_std_slope));
         let f_d_var = d_var.clone().mul_scalar(saved.var_factor);
-        let s_sum_g = saved.scale.clone().mul(sum_g);
+        let scale = column(saved.scale);
+        let s_sum_g = scale.clone().mul(sum_g);
         let d_mean = s_sum_g
             .clone()
-            .add(saved.mean.mul(f_d_var.clone()).mul_scalar(2.0))
+            .add(column(saved.mean).mul(f_d_var.clone()).mul_scalar(2.0))
             .neg();
         // 1 / (n M), per channel.
         let per_value = match &saved.inv_count {
-            Some(inv_count) => inv_count.clone().div_scalar(saved.count as f64),
+            Some(inv_count) => column(inv_count.clone()).div_scalar(saved.count as f64),
             None => s_sum_g.ones_like().div_scalar(saved.count as f64),
         };
         if let Some(y_node) = y_node {
             let offset = s_sum_g
-                .add(f_d_var.clone().mul(saved.mean_gap).mul_scalar(2.0))
+                .add(f_d_var.clone().mul(mean_gap).mul_scalar(2.0))
                 .mul(per_value.clone())
                 .neg();
             let slope = f_d_var.mul(per_value).mul_scalar(2.0);
             let d_y = grad
-                .mul(per_channel::<I, D>(saved.scale))
-                .add(per_channel::<I, D>(offset))
-                .add(saved.centered.mul(per_channel::<I, D>(slope)));
+                .mul(scale)
+                .add(offset)
+                .add(saved.centered.mul(slope))
+                .reshape(dims);
             register_grad(grads, Some(y_node), d_y);
         }
         let Some(sums) = saved.compensation else {
@@ -565,25 +586,29 @@ impl<I: Backend, const D: usize> Backward<I, 5> for ClosedFormBackward<D> {
         };
         let inv_count = saved.inv_count.expect("a window step with entries");
         let factor = inv_count.mul_scalar(sums.rho);
-        let [c] = factor.dims();
         if let Some(weight_node) = weight_node {
-            let column = |t: Tensor<I, 1>| t.reshape([c, 1]);
+            let [_, _, f] = sums.weight_dims;
+            let per_row = |t: Tensor<I, 3>| t.reshape([c, 1]);
             let d_weight = sums
                 .jac_mean
-                .mul(column(d_mean.clone()))
-                .add(sums.jac_mean_sq.mul(column(d_var.clone())))
-                .mul(column(factor.clone()))
+                .reshape([c, f])
+                .mul(per_row(d_mean.clone()))
+                .add(sums.jac_mean_sq.reshape([c, f]).mul(per_row(d_var.clone())))
+                .mul(factor.clone().reshape([c, 1]))
                 .reshape(sums.weight_dims);
             register_grad(grads, Some(weight_node), d_weight);
         }
-        register_grad(
-            grads,
-            bias_node,
-            sums.kept
-                .mul(d_mean)
-                .add(sums.kept_mean.mul(d_var))
-                .mul(factor),
-        );
+        if bias_node.is_none() {
+            return;
+        }
+        let row = |t: Tensor<I, 3>| t.reshape([1, c]);
+        let d_bias = sums
+            .kept
+            .mul(row(d_mean))
+            .add(sums.kept_mean.mul(row(d_var)))
+            .mul(factor.reshape([1, c]))
+            .reshape([c]);
+        register_grad(grads, bias_node, d_bias);
     }
 }
 

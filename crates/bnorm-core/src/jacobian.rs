@@ -501,23 +501,35 @@ pub fn linearize<B: Backend>(
     weight: Tensor<B, 3>,
     bias: Option<Tensor<B, 1>>,
 ) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    let [k, c] = mean.dims();
+    let (p_w, q_w) = linearize_per_entry(jac_mean, jac_mean_sq, mean, weight, bias);
+    (p_w.reshape([k, c]), q_w.reshape([k, c]))
+}
+
+/// [`linearize`] with the per-channel values as `[K, G, C/G, 1]` and
+/// `[K, C, 1]`, the shapes its sums leave: burn's fusion does not merge a
+/// sum with the elementwise work after it across a reshape of the sum, so
+/// [`HistoryEntries::compensate`] finishes in these shapes.
+fn linearize_per_entry<B: Backend>(
+    jac_mean: Tensor<B, 3>,
+    jac_mean_sq: Tensor<B, 3>,
+    mean: Tensor<B, 2>,
+    weight: Tensor<B, 3>,
+    bias: Option<Tensor<B, 1>>,
+) -> (Tensor<B, 4>, Tensor<B, 3>) {
     let [k, g, f] = jac_mean.dims();
     let [_, c_g, _] = weight.dims();
     let c = g * c_g;
     let p_w = jac_mean
         .reshape([k, g, 1, f])
         .mul(weight.clone().reshape([1, g, c_g, f]))
-        .sum_dim(3)
-        .reshape([k, c]);
-    let q_w = jac_mean_sq
-        .mul(weight.reshape([1, c, f]))
-        .sum_dim(2)
-        .reshape([k, c]);
+        .sum_dim(3);
+    let q_w = jac_mean_sq.mul(weight.reshape([1, c, f])).sum_dim(2);
     match bias {
-        Some(b) => {
-            let b = b.reshape([1, c]);
-            (p_w.add(b.clone()), q_w.add(mean.mul(b).mul_scalar(2.0)))
-        }
+        Some(b) => (
+            p_w.add(b.clone().reshape([1, g, c_g, 1])),
+            q_w.add(mean.reshape([k, c, 1]).mul(b.reshape([1, c, 1])).mul_scalar(2.0)),
+        ),
         None => (p_w, q_w),
     }
 }
@@ -599,17 +611,27 @@ impl<B: Backend> HistoryEntries<B> {
                 mean_sq: self.mean_sq,
             };
         }
-        let (p_w, q_w) = linearize(
+        let [k, g, _] = self.jac_mean.dims();
+        let [_, c_g, _] = weight.dims();
+        let c = g * c_g;
+        let (p_w, q_w) = linearize_per_entry(
             self.jac_mean,
             self.jac_mean_sq,
             self.mean.clone(),
             weight,
             bias,
         );
-        CompensatedMoments {
-            mean: self.mean.add(p_w.sub(self.lin_mean).mul_scalar(rho)),
-            mean_sq: self.mean_sq.add(q_w.sub(self.lin_mean_sq).mul_scalar(rho)),
-        }
+        // mu + rho (<P, W> + b - lin), in the shapes the sums leave.
+        let grouped = |t: Tensor<B, 2>| t.reshape([k, g, c_g, 1]);
+        let mean = grouped(self.mean)
+            .add(p_w.sub(grouped(self.lin_mean)).mul_scalar(rho))
+            .reshape([k, c]);
+        let mean_sq = self
+            .mean_sq
+            .reshape([k, c, 1])
+            .add(q_w.sub(self.lin_mean_sq.reshape([k, c, 1])).mul_scalar(rho))
+            .reshape([k, c]);
+        CompensatedMoments { mean, mean_sq }
     }
 }
 

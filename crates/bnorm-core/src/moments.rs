@@ -61,15 +61,35 @@ pub fn values_per_channel(dims: &[usize]) -> usize {
 }
 
 /// Mean and biased variance per channel of `x`, shape `[N, C, ...]`.
+///
+/// Computed on the `[N, C, S]` view with the per-channel values kept as
+/// `[1, C, 1]` until the end: burn's fusion does not merge a reduction
+/// with an elementwise operation across a reshape of either's result, so
+/// reshaping each sum to `[C]` and back to `[1, C, 1, ...]` cost a kernel
+/// per operation on a GPU. The same numbers.
 pub fn moments<B: Backend, const D: usize>(x: Tensor<B, D>) -> BatchMoments<B, D> {
-    let mean = channel_mean(x.clone());
-    let centered = x.sub(per_channel::<B, D>(mean.clone()));
-    let var = channel_mean(centered.clone().square());
+    let dims = x.dims();
+    let (mean, var, centered) = moments_per_channel(x);
     BatchMoments {
-        mean,
-        var,
-        centered,
+        mean: mean.reshape([dims[1]]),
+        var: var.reshape([dims[1]]),
+        centered: centered.reshape(dims),
     }
+}
+
+/// [`moments`] as they come: mean and variance `[1, C, 1]`, `centered`
+/// `[N, C, S]`. Work on the statistics before reshaping them keeps it in
+/// the reduction's kernel on a GPU.
+pub(crate) fn moments_per_channel<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+) -> (Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>) {
+    let count = values_per_channel(&x.dims()) as f64;
+    let channel_mean = |x: Tensor<B, 3>| sum_axis(sum_axis(x, 2), 0).div_scalar(count);
+    let x = flatten_spatial(x);
+    let mean = channel_mean(x.clone());
+    let centered = x.sub(mean.clone());
+    let var = channel_mean(centered.clone().square());
+    (mean, var, centered)
 }
 
 /// Mean and biased variance per channel of a padded sequence batch.

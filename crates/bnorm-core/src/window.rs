@@ -117,18 +117,23 @@ pub(crate) fn window_with_weights<B: Backend>(
         let active = TensorData::new(active.collect::<Vec<_>>(), [k, 1]);
         keep = keep.mul(Tensor::from_data(active, &mean.device()));
     }
-    let count = sum_axis(keep.clone(), 0).reshape([c]).add_scalar(1.0);
+    // Per-channel values stay `[1, C]` until the end: burn's fusion does
+    // not merge a sum over the entries with what follows across a reshape
+    // of the sum.
+    let row = |t: Tensor<B, 1>| t.reshape([1, c]);
+    let count = sum_axis(keep.clone(), 0).add_scalar(1.0);
     // A multiply by the exact reciprocal, not a division: burn's gradient of
     // `a / b` with respect to `a` uses `recip(b)`, approximate on
     // burn-ndarray with SIMD (see `reciprocal`).
     let inv_count = crate::reciprocal(count);
-    let window_mean = mean
-        .add(sum_axis(history_mean.mul(keep.clone()), 0).reshape([c]))
+    let window_mean = row(mean)
+        .add(sum_axis(history_mean.mul(keep.clone()), 0))
         .mul(inv_count.clone());
-    let window_mean_sq = mean_sq
-        .add(sum_axis(history_mean_sq.mul(keep.clone()), 0).reshape([c]))
+    let window_mean_sq = row(mean_sq)
+        .add(sum_axis(history_mean_sq.mul(keep.clone()), 0))
         .mul(inv_count.clone());
     let var = window_mean_sq.sub(window_mean.clone().square());
+    let [window_mean, var, inv_count] = [window_mean, var, inv_count].map(|t| t.reshape([c]));
     WeightedWindow {
         mean: window_mean,
         var,
