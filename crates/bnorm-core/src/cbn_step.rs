@@ -306,10 +306,11 @@ struct Forward<B: Backend, const D: usize> {
 fn closed_form_step<I: Backend, const D: usize>(
     step: CbnStep<Autodiff<I>, D>,
 ) -> CbnStepOutput<Autodiff<I>, D> {
-    let device = step.y.device();
     let count = values_per_channel(&step.y.dims());
-    // An absent input is an untracked tensor: a parent without gradient.
-    let absent = || primitive(Tensor::<Autodiff<I>, 1>::zeros([1], &device));
+    // An absent input is an untracked tensor, a parent without gradient:
+    // a new node on `y`'s value (a fresh `zeros` would be a kernel a step).
+    let y_value = step.y.clone().inner();
+    let absent = || primitive(Tensor::<Autodiff<I>, D>::from_inner(y_value.clone()));
     let (statistics, weight, bias) = match step.statistics {
         // The weight and bias only enter through the compensation.
         StepStatistics::Window(Some(terms)) if terms.rho != 0.0 => {

@@ -528,7 +528,11 @@ fn linearize_per_entry<B: Backend>(
     match bias {
         Some(b) => (
             p_w.add(b.clone().reshape([1, g, c_g, 1])),
-            q_w.add(mean.reshape([k, c, 1]).mul(b.reshape([1, c, 1])).mul_scalar(2.0)),
+            q_w.add(
+                mean.reshape([k, c, 1])
+                    .mul(b.reshape([1, c, 1]))
+                    .mul_scalar(2.0),
+            ),
         ),
         None => (p_w, q_w),
     }

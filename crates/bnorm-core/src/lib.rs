@@ -22,6 +22,8 @@
 //! - [`conv1d_jacobian`], [`conv3d_jacobian`]: the same Jacobians for a
 //!   1D and a 3D convolution.
 //! - [`window`]: Cross-Iteration BN window statistics and burn-in.
+//! - [`cbn_step`]: the CBN training step, `y` to the normalized output, as
+//!   one autodiff operation with its gradient in closed form.
 //! - [`inference`]: inference-mode normalization as one affine map, and
 //!   folding it into the preceding layer.
 
