@@ -662,18 +662,21 @@ mod tests {
         }
     }
 
+    /// `y`, the weight, the bias, `gamma`, `beta`.
+    type Leaves<'a, const D: usize> = (
+        &'a Tensor<Ad, D>,
+        &'a Tensor<Ad, 3>,
+        &'a Tensor<Ad, 1>,
+        &'a Tensor<Ad, 1>,
+        &'a Tensor<Ad, 1>,
+    );
+
     /// Value and gradients (output, y, weight, bias, gamma, beta) of
     /// `sum(out * probe)`.
     fn evaluate<const D: usize>(
         output: Tensor<Ad, D>,
         probe: &Tensor<Ad, D>,
-        leaves: (
-            &Tensor<Ad, D>,
-            &Tensor<Ad, 3>,
-            &Tensor<Ad, 1>,
-            &Tensor<Ad, 1>,
-            &Tensor<Ad, 1>,
-        ),
+        leaves: Leaves<'_, D>,
     ) -> Vec<(&'static str, Vec<f32>)> {
         let grads = output.clone().mul(probe.clone()).sum().backward();
         let values = |t: Option<Tensor<NdArray, 1>>| {
