@@ -722,38 +722,17 @@ mod tests {
                         (false, false, true),
                         (true, false, false),
                     ] {
-                        let case = format!(
-                            "dims {dims:?} statistics {statistics} {placement:?} affine {affine} \
-                             bias {with_bias} history gradient {history_gradient}"
-                        );
+                        let case = Case {
+                            statistics,
+                            eps_placement: placement,
+                            affine,
+                            with_bias,
+                            history_gradient,
+                        };
                         weight_gradients += match dims.len() {
-                            2 => compare::<2>(
-                                &dims,
-                                statistics,
-                                placement,
-                                affine,
-                                with_bias,
-                                history_gradient,
-                                &case,
-                            ),
-                            3 => compare::<3>(
-                                &dims,
-                                statistics,
-                                placement,
-                                affine,
-                                with_bias,
-                                history_gradient,
-                                &case,
-                            ),
-                            _ => compare::<4>(
-                                &dims,
-                                statistics,
-                                placement,
-                                affine,
-                                with_bias,
-                                history_gradient,
-                                &case,
-                            ),
+                            2 => compare::<2>(&dims, &case),
+                            3 => compare::<3>(&dims, &case),
+                            _ => compare::<4>(&dims, &case),
                         };
                         cases += 1;
                     }
@@ -765,15 +744,28 @@ mod tests {
         assert_eq!(weight_gradients, 4 * 3 * 2 * 2);
     }
 
-    fn compare<const D: usize>(
-        dims: &[usize],
+    /// One configuration of [`closed_form_gradient_is_autodiffs`].
+    #[derive(Debug)]
+    struct Case {
+        /// Which `StepStatistics` (0 to 6, see `compare`).
         statistics: usize,
         eps_placement: EpsPlacement,
         affine: bool,
         with_bias: bool,
         history_gradient: bool,
-        case: &str,
-    ) -> usize {
+    }
+
+    /// Compares the two routes on one case; 1 if the weight took a
+    /// gradient, else 0.
+    fn compare<const D: usize>(dims: &[usize], case: &Case) -> usize {
+        let &Case {
+            statistics,
+            eps_placement,
+            affine,
+            with_bias,
+            history_gradient,
+        } = case;
+        let case = format!("dims {dims:?} {case:?}");
         let dims: [usize; D] = dims.try_into().unwrap();
         // An offset mean, as conv outputs have.
         let y = random(dims).add_scalar(1.5).require_grad();
