@@ -42,6 +42,7 @@
 //! ([`CbnStep::through_autodiff`], which the tests compare it with).
 
 use core::any::TypeId;
+use std::sync::Arc;
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -93,7 +94,7 @@ pub enum StepStatistics<B: Backend> {
 #[derive(Debug, Clone)]
 pub struct WindowTerms<B: Backend> {
     /// All `K` entries, filled or not.
-    pub entries: HistoryEntries<B>,
+    pub entries: EntriesSource<B>,
     /// How many entries, from the front, hold data (at least one).
     pub filled: usize,
     /// The layer's current weight `[G, C/G, F]`: with its graph for the
@@ -103,6 +104,42 @@ pub struct WindowTerms<B: Backend> {
     pub bias: Option<Tensor<B, 1>>,
     /// Taylor compensation factor.
     pub rho: f64,
+}
+
+/// The history entries of a window step, read when the step needs them:
+/// after the batch moments. Reading burn's `RunningState` (`value_sync`)
+/// after an update queues a division by the thread count; queued before
+/// the moments, it leads burn-fusion's planner to run the moments'
+/// operations one kernel each (8 kernels where they fuse into 4 otherwise).
+#[derive(Clone)]
+pub struct EntriesSource<B: Backend>(Arc<dyn Fn() -> HistoryEntries<B>>);
+
+impl<B: Backend> EntriesSource<B> {
+    /// Entries read by `read` when the step needs them.
+    pub fn new(read: impl Fn() -> HistoryEntries<B> + 'static) -> Self {
+        EntriesSource(Arc::new(read))
+    }
+
+    /// Entries already at hand.
+    pub fn values(entries: HistoryEntries<B>) -> Self {
+        Self::new(move || entries.clone())
+    }
+
+    /// The entries.
+    pub fn read(&self) -> HistoryEntries<B> {
+        (self.0)()
+    }
+
+    /// These entries, mapped by `map` when read.
+    fn map<A: Backend>(self, map: fn(HistoryEntries<B>) -> HistoryEntries<A>) -> EntriesSource<A> {
+        EntriesSource::new(move || map(self.read()))
+    }
+}
+
+impl<B: Backend> core::fmt::Debug for EntriesSource<B> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("EntriesSource")
+    }
 }
 
 /// What a training step computes: the output, with its graph, and the
@@ -170,6 +207,7 @@ impl<B: Backend, const D: usize> CbnStep<B, D> {
             var,
             centered: centered.reshape(dims),
         };
+        let mut entries = None;
         let (mean, var, window) = match self.statistics {
             StepStatistics::Plain { unbiased } => {
                 let var = match unbiased {
@@ -183,9 +221,9 @@ impl<B: Backend, const D: usize> CbnStep<B, D> {
                 (batch.mean.clone(), var, None)
             }
             StepStatistics::Window(Some(terms)) => {
-                let moments = terms
-                    .entries
-                    .compensate(terms.weight, terms.bias, terms.rho);
+                let read = terms.entries.read();
+                entries = Some(read.clone());
+                let moments = read.compensate(terms.weight, terms.bias, terms.rho);
                 let history = WindowHistory {
                     moments,
                     filled: terms.filled,
@@ -224,6 +262,7 @@ impl<B: Backend, const D: usize> CbnStep<B, D> {
             inv_std,
             scale,
             window,
+            entries,
         }
     }
 
@@ -241,14 +280,7 @@ impl<B: Backend, const D: usize> CbnStep<B, D> {
         let statistics = match self.statistics {
             StepStatistics::Plain { unbiased } => StepStatistics::Plain { unbiased },
             StepStatistics::Window(terms) => StepStatistics::Window(terms.map(|t| WindowTerms {
-                entries: HistoryEntries {
-                    mean: same(t.entries.mean),
-                    mean_sq: same(t.entries.mean_sq),
-                    jac_mean: same(t.entries.jac_mean),
-                    jac_mean_sq: same(t.entries.jac_mean_sq),
-                    lin_mean: same(t.entries.lin_mean),
-                    lin_mean_sq: same(t.entries.lin_mean_sq),
-                },
+                entries: t.entries.map(same_entries),
                 filled: t.filled,
                 weight: same(t.weight),
                 bias: t.bias.map(same),
@@ -280,6 +312,18 @@ impl<B: Backend, const D: usize> CbnStepOutput<B, D> {
     }
 }
 
+/// `entries` on backend `A`, which is `B`.
+fn same_entries<B: Backend, A: Backend>(entries: HistoryEntries<B>) -> HistoryEntries<A> {
+    HistoryEntries {
+        mean: same(entries.mean),
+        mean_sq: same(entries.mean_sq),
+        jac_mean: same(entries.jac_mean),
+        jac_mean_sq: same(entries.jac_mean_sq),
+        lin_mean: same(entries.lin_mean),
+        lin_mean_sq: same(entries.lin_mean_sq),
+    }
+}
+
 /// `tensor` as a tensor of `A`, which is `B`.
 fn same<B: Backend, A: Backend, const R: usize>(tensor: Tensor<B, R>) -> Tensor<A, R> {
     cast(tensor).unwrap_or_else(|_| unreachable!("A is B"))
@@ -298,6 +342,8 @@ struct Forward<B: Backend, const D: usize> {
     inv_std: Tensor<B, 1>,
     scale: Tensor<B, 1>,
     window: Option<WeightedWindow<B>>,
+    /// The entries read (a window step with entries).
+    entries: Option<HistoryEntries<B>>,
 }
 
 /// The step on `Autodiff<I>`: the forward pass on `I`, registered as one
@@ -317,7 +363,7 @@ fn closed_form_step<I: Backend, const D: usize>(
             let weight = primitive(terms.weight);
             let bias = terms.bias.map(primitive);
             let inner_terms = WindowTerms {
-                entries: inner_entries(terms.entries),
+                entries: terms.entries.map(inner_entries),
                 filled: terms.filled,
                 weight: inner(&weight),
                 bias: bias.as_ref().map(inner),
@@ -331,7 +377,7 @@ fn closed_form_step<I: Backend, const D: usize>(
         }
         StepStatistics::Window(terms) => {
             let terms = terms.map(|t| WindowTerms {
-                entries: inner_entries(t.entries),
+                entries: t.entries.map(inner_entries),
                 filled: t.filled,
                 weight: t.weight.inner(),
                 bias: t.bias.map(Tensor::inner),
@@ -382,7 +428,7 @@ fn closed_form_step<I: Backend, const D: usize>(
             let tracks = |node: &FloatTensor<Autodiff<I>>| node.node.clone_if_require_grad();
             let compensation = compensation
                 .filter(|_| tracks(&weight).is_some() || tracks(&bias).is_some())
-                .map(|terms| CompensationSums::new(terms, forward.window.as_ref()));
+                .map(|terms| CompensationSums::new(terms, &forward));
             let saved = Saved {
                 centered: flatten_spatial(forward.centered.clone()),
                 scale: forward.scale.clone(),
@@ -483,29 +529,24 @@ struct CompensationSums<I: Backend> {
 }
 
 impl<I: Backend> CompensationSums<I> {
-    fn new(terms: WindowTerms<I>, window: Option<&WeightedWindow<I>>) -> Self {
+    fn new<const D: usize>(terms: WindowTerms<I>, forward: &Forward<I, D>) -> Self {
+        let window = forward.window.as_ref();
         let keep = window.expect("a window step with entries").keep.clone();
-        let [k, g, f] = terms.entries.jac_mean.dims();
+        let entries = forward.entries.clone().expect("a window step with entries");
+        let [k, g, f] = entries.jac_mean.dims();
         let weight_dims = terms.weight.dims();
         let [_, c_g, _] = weight_dims;
         let c = g * c_g;
         let jac_mean = sum_axis(
-            terms
-                .entries
+            entries
                 .jac_mean
                 .reshape([k, g, 1, f])
                 .mul(keep.clone().reshape([k, g, c_g, 1])),
             0,
         );
-        let jac_mean_sq = sum_axis(
-            terms
-                .entries
-                .jac_mean_sq
-                .mul(keep.clone().reshape([k, c, 1])),
-            0,
-        );
+        let jac_mean_sq = sum_axis(entries.jac_mean_sq.mul(keep.clone().reshape([k, c, 1])), 0);
         let kept = sum_axis(keep.clone(), 0);
-        let kept_mean = sum_axis(keep.mul(terms.entries.mean), 0).mul_scalar(2.0);
+        let kept_mean = sum_axis(keep.mul(entries.mean), 0).mul_scalar(2.0);
         CompensationSums {
             rho: terms.rho,
             weight_dims,
@@ -626,7 +667,7 @@ fn register_grad<I: Backend, const R: usize>(
 
 #[cfg(test)]
 mod tests {
-    use super::{CbnStep, StepStatistics, WindowTerms};
+    use super::{CbnStep, EntriesSource, StepStatistics, WindowTerms};
     use crate::{EpsPlacement, HistoryEntries};
     use burn::backend::{Autodiff, NdArray};
     use burn::tensor::{Distribution, Tensor};
@@ -777,7 +818,7 @@ mod tests {
         let terms = |filled, rho| {
             let tracked = |t: Tensor<Ad, 3>| if history_gradient { t } else { t.detach() };
             Some(WindowTerms {
-                entries: entries(),
+                entries: EntriesSource::values(entries()),
                 filled,
                 weight: tracked(weight.clone()),
                 bias: with_bias.then(|| bias.clone()).map(|b| {

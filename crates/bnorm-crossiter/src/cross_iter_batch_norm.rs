@@ -4,7 +4,7 @@ use burn::tensor::{backend::Backend, Tensor};
 use bnorm_core::moments::{bessel, values_per_channel};
 use bnorm_core::shape::check_input;
 use bnorm_core::{
-    history_in_use, BurnInMode, CbnStep, EpsPlacement, HistoryEntries, HostCounter,
+    history_in_use, BurnInMode, CbnStep, EntriesSource, EpsPlacement, HistoryEntries, HostCounter,
     MomentJacobians, StepStatistics, WindowTerms, COUNT_SATURATION,
 };
 
@@ -193,8 +193,11 @@ impl<B: Backend> CrossIterBatchNorm<B> {
                         } else {
                             (weight.clone().detach(), bias.clone().map(Tensor::detach))
                         };
+                        // Read in the step, after the batch moments (see
+                        // `EntriesSource`); the clone shares the buffers.
+                        let reader = history.clone();
                         StepStatistics::Window((filled > 0).then(|| WindowTerms {
-                            entries: history.entries(),
+                            entries: EntriesSource::new(move || reader.entries()),
                             filled,
                             weight: w,
                             bias: b,
