@@ -54,7 +54,9 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{backend::Backend, Tensor, TensorPrimitive};
 
 use crate::inner::cast;
-use crate::moments::{bessel, moments_per_channel, values_per_channel, BatchMoments};
+use crate::moments::{
+    bessel, bessel_factor, moments_per_channel, values_per_channel, BatchMoments,
+};
 use crate::shape::{flatten_spatial, per_channel, sum_axis};
 use crate::window::{window_with_weights, WeightedWindow, WindowHistory};
 use crate::{compose_affine, reciprocal, EpsPlacement, HistoryEntries};
@@ -393,11 +395,14 @@ fn closed_form_step<I: Backend, const D: usize>(
     let gamma = step.gamma.map(primitive);
     let beta = step.beta.map(primitive);
     let var_factor = match statistics {
-        StepStatistics::Plain { unbiased: true } if count > 1 => count as f64 / (count - 1) as f64,
+        StepStatistics::Plain { unbiased: true } => bessel_factor(count),
         _ => 1.0,
     };
+    // What the weight and bias gradients take besides the forward pass.
     let compensation = match &statistics {
-        StepStatistics::Window(Some(terms)) if terms.rho != 0.0 => Some(terms.clone()),
+        StepStatistics::Window(Some(terms)) if terms.rho != 0.0 => {
+            Some((terms.rho, terms.weight.dims()))
+        }
         _ => None,
     };
     let inner_step = CbnStep::<I, D> {
@@ -428,7 +433,7 @@ fn closed_form_step<I: Backend, const D: usize>(
             let tracks = |node: &FloatTensor<Autodiff<I>>| node.node.clone_if_require_grad();
             let compensation = compensation
                 .filter(|_| tracks(&weight).is_some() || tracks(&bias).is_some())
-                .map(|terms| CompensationSums::new(terms, &forward));
+                .map(|(rho, weight_dims)| CompensationSums::new(rho, weight_dims, &forward));
             let saved = Saved {
                 centered: flatten_spatial(forward.centered.clone()),
                 scale: forward.scale.clone(),
@@ -529,12 +534,11 @@ struct CompensationSums<I: Backend> {
 }
 
 impl<I: Backend> CompensationSums<I> {
-    fn new<const D: usize>(terms: WindowTerms<I>, forward: &Forward<I, D>) -> Self {
-        let window = forward.window.as_ref();
-        let keep = window.expect("a window step with entries").keep.clone();
+    fn new<const D: usize>(rho: f64, weight_dims: [usize; 3], forward: &Forward<I, D>) -> Self {
+        let window = forward.window.as_ref().expect("a window step with entries");
+        let keep = window.keep.clone();
         let entries = forward.entries.clone().expect("a window step with entries");
         let [k, g, f] = entries.jac_mean.dims();
-        let weight_dims = terms.weight.dims();
         let [_, c_g, _] = weight_dims;
         let c = g * c_g;
         let jac_mean = sum_axis(
@@ -545,14 +549,13 @@ impl<I: Backend> CompensationSums<I> {
             0,
         );
         let jac_mean_sq = sum_axis(entries.jac_mean_sq.mul(keep.clone().reshape([k, c, 1])), 0);
-        let kept = sum_axis(keep.clone(), 0);
         let kept_mean = sum_axis(keep.mul(entries.mean), 0).mul_scalar(2.0);
         CompensationSums {
-            rho: terms.rho,
+            rho,
             weight_dims,
             jac_mean,
             jac_mean_sq,
-            kept,
+            kept: window.kept.clone(),
             kept_mean,
         }
     }

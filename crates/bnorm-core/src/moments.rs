@@ -32,9 +32,18 @@ pub struct BatchMoments<B: Backend, const D: usize> {
 /// is undefined (a batch of one must not produce NaN).
 pub fn bessel<B: Backend>(var: Tensor<B, 1>, count: usize) -> Tensor<B, 1> {
     if count > 1 {
-        var.mul_scalar(count as f64 / (count - 1) as f64)
+        var.mul_scalar(bessel_factor(count))
     } else {
         var
+    }
+}
+
+/// The factor [`bessel`] applies: `M / (M - 1)`, or 1 for `M <= 1`.
+pub fn bessel_factor(count: usize) -> f64 {
+    if count > 1 {
+        count as f64 / (count - 1) as f64
+    } else {
+        1.0
     }
 }
 

@@ -89,6 +89,8 @@ pub(crate) struct WeightedWindow<B: Backend> {
     pub var: Tensor<B, 1>,
     /// 1 where entry `i` is kept for channel `c`, else 0, `[K, C]`.
     pub keep: Tensor<B, 2>,
+    /// `sum_i keep_i` (`n - 1`), `[1, C]`.
+    pub kept: Tensor<B, 2>,
     /// `1 / n`, `n` the values averaged per channel, `[C]`.
     pub inv_count: Tensor<B, 1>,
 }
@@ -121,7 +123,8 @@ pub(crate) fn window_with_weights<B: Backend>(
     // not merge a sum over the entries with what follows across a reshape
     // of the sum.
     let row = |t: Tensor<B, 1>| t.reshape([1, c]);
-    let count = sum_axis(keep.clone(), 0).add_scalar(1.0);
+    let kept = sum_axis(keep.clone(), 0);
+    let count = kept.clone().add_scalar(1.0);
     // A multiply by the exact reciprocal, not a division: burn's gradient of
     // `a / b` with respect to `a` uses `recip(b)`, approximate on
     // burn-ndarray with SIMD (see `reciprocal`).
@@ -138,6 +141,7 @@ pub(crate) fn window_with_weights<B: Backend>(
         mean: window_mean,
         var,
         keep,
+        kept,
         inv_count,
     }
 }
