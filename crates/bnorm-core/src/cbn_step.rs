@@ -55,9 +55,9 @@ use burn::tensor::{backend::Backend, Tensor, TensorPrimitive};
 
 use crate::inner::cast;
 use crate::moments::{
-    bessel, bessel_factor, moments_per_channel, values_per_channel, BatchMoments,
+    bessel, bessel_factor, moments_per_channel, values_per_channel,
 };
-use crate::shape::{flatten_spatial, per_channel, sum_axis};
+use crate::shape::{flatten_spatial, sum_axis};
 use crate::window::{window_with_weights, WeightedWindow, WindowHistory};
 use crate::{compose_affine, reciprocal, EpsPlacement, HistoryEntries};
 
@@ -109,10 +109,12 @@ pub struct WindowTerms<B: Backend> {
 }
 
 /// The history entries of a window step, read when the step needs them:
-/// after the batch moments. Reading burn's `RunningState` (`value_sync`)
-/// after an update queues a division by the thread count; queued before
-/// the moments, it leads burn-fusion's planner to run the moments'
-/// operations one kernel each (8 kernels where they fuse into 4 otherwise).
+/// after the batch moments. Reading a state that merges updates (burn's
+/// `RunningState::value_sync` always, [`AveragedState`](crate::AveragedState)
+/// when several threads updated it) queues a division by the thread count;
+/// queued before the moments, it led burn-fusion's planner to run the
+/// moments' operations one kernel each (8 kernels where they fuse into 4
+/// otherwise).
 #[derive(Clone)]
 pub struct EntriesSource<B: Backend>(Arc<dyn Fn() -> HistoryEntries<B>>);
 
@@ -201,26 +203,22 @@ impl<B: Backend, const D: usize> CbnStep<B, D> {
     fn forward(self) -> Forward<B, D> {
         let dims = self.y.dims();
         let count = values_per_channel(&dims);
-        let (mean, var, centered) = moments_per_channel(self.y);
-        let mean_sq = var.clone().add(mean.clone().square());
-        let [mean, var, batch_mean_sq] = [mean, var, mean_sq].map(|t| t.reshape([dims[1]]));
-        let batch = BatchMoments {
-            mean,
-            var,
-            centered: centered.reshape(dims),
-        };
+        let (flat_y, mean_t, var) = moments_per_channel(self.y);
+        let mean_sq = var.clone().add(mean_t.clone().square());
+        let [batch_mean, batch_var, batch_mean_sq] =
+            [mean_t.clone(), var, mean_sq].map(|t| t.reshape([dims[1]]));
         let mut entries = None;
         let (mean, var, window) = match self.statistics {
             StepStatistics::Plain { unbiased } => {
                 let var = match unbiased {
-                    true => bessel(batch.var.clone(), count),
-                    false => batch.var.clone(),
+                    true => bessel(batch_var.clone(), count),
+                    false => batch_var.clone(),
                 };
-                (batch.mean.clone(), var, None)
+                (batch_mean.clone(), var, None)
             }
             StepStatistics::Window(None) => {
-                let var = batch_mean_sq.clone().sub(batch.mean.clone().square());
-                (batch.mean.clone(), var, None)
+                let var = batch_mean_sq.clone().sub(batch_mean.clone().square());
+                (batch_mean.clone(), var, None)
             }
             StepStatistics::Window(Some(terms)) => {
                 let read = terms.entries.read();
@@ -231,35 +229,42 @@ impl<B: Backend, const D: usize> CbnStep<B, D> {
                     filled: terms.filled,
                 };
                 let window =
-                    window_with_weights(batch.mean.clone(), batch_mean_sq.clone(), history);
+                    window_with_weights(batch_mean.clone(), batch_mean_sq.clone(), history);
                 (window.mean.clone(), window.var.clone(), Some(window))
             }
         };
         let std = self.eps_placement.std(var.clone(), self.epsilon);
         let inv_std = reciprocal(std.clone());
         // out = gamma (y - mu) / std + beta = (y - mu_t) s + (beta + (mu_t - mu) s)
-        // with s = gamma / std: `centered` (y - mu_t) is already computed,
-        // so the full-size tensor sees one multiply and one add.
+        // with s = gamma / std: the full-size tensor sees a subtraction, a
+        // multiply and an add, one kernel with `centered` (y - mu_t, which
+        // the backward pass reads) as a second output. On the `[N, C, S]`
+        // view, reshaped at the end: a reshape between them would split it.
         let (scale, beta) = compose_affine(
             self.gamma,
             self.beta,
             inv_std.clone(),
-            batch.mean.zeros_like(),
+            batch_mean.zeros_like(),
         );
-        let shift = beta.add(batch.mean.clone().sub(mean.clone()).mul(scale.clone()));
-        let output = batch
-            .centered
+        let shift = beta.add(batch_mean.clone().sub(mean.clone()).mul(scale.clone()));
+        // The reshapes first: one between the subtraction and the rest
+        // would end the kernel there.
+        let column = |t: Tensor<B, 1>| t.reshape([1, dims[1], 1]);
+        let (scale_column, shift_column) = (column(scale.clone()), column(shift));
+        let centered = flat_y.sub(mean_t);
+        let output = centered
             .clone()
-            .mul(per_channel::<B, D>(scale.clone()))
-            .add(per_channel::<B, D>(shift));
+            .mul(scale_column)
+            .add(shift_column)
+            .reshape(dims);
         Forward {
             output,
-            batch_mean: batch.mean,
-            batch_var: batch.var,
+            batch_mean,
+            batch_var,
             batch_mean_sq,
             mean,
             var,
-            centered: batch.centered,
+            centered,
             std,
             inv_std,
             scale,
@@ -339,7 +344,8 @@ struct Forward<B: Backend, const D: usize> {
     batch_mean_sq: Tensor<B, 1>,
     mean: Tensor<B, 1>,
     var: Tensor<B, 1>,
-    centered: Tensor<B, D>,
+    /// `y - mu_t` on the `[N, C, S]` view.
+    centered: Tensor<B, 3>,
     std: Tensor<B, 1>,
     inv_std: Tensor<B, 1>,
     scale: Tensor<B, 1>,
@@ -435,7 +441,7 @@ fn closed_form_step<I: Backend, const D: usize>(
                 .filter(|_| tracks(&weight).is_some() || tracks(&bias).is_some())
                 .map(|(rho, weight_dims)| CompensationSums::new(rho, weight_dims, &forward));
             let saved = Saved {
-                centered: flatten_spatial(forward.centered.clone()),
+                centered: forward.centered.clone(),
                 scale: forward.scale.clone(),
                 inv_std: forward.inv_std.clone(),
                 gamma: gamma_value,
@@ -523,9 +529,9 @@ struct CompensationSums<I: Backend> {
     rho: f64,
     /// The weight's shape `[G, C/G, F]`.
     weight_dims: [usize; 3],
-    /// `sum_i keep_i P_i`, per channel, `[1, G, C/G, F]`.
+    /// `rho sum_i keep_i P_i`, per channel, `[1, G, C/G, F]`.
     jac_mean: Tensor<I, 4>,
-    /// `sum_i keep_i Q_i`, `[1, C, F]`.
+    /// `rho sum_i keep_i Q_i`, `[1, C, F]`.
     jac_mean_sq: Tensor<I, 3>,
     /// `sum_i keep_i`, `[1, C]`.
     kept: Tensor<I, 2>,
@@ -541,14 +547,18 @@ impl<I: Backend> CompensationSums<I> {
         let [k, g, f] = entries.jac_mean.dims();
         let [_, c_g, _] = weight_dims;
         let c = g * c_g;
-        let jac_mean = sum_axis(
-            entries
-                .jac_mean
-                .reshape([k, g, 1, f])
-                .mul(keep.clone().reshape([k, g, c_g, 1])),
-            0,
+        // Times rho here rather than in the backward pass: the product after
+        // the sum lets burn-fusion run the product, the sum and it as one
+        // kernel (without an operation after a sum it runs two).
+        // (The reshapes first, likewise: one between a product and its
+        // sum splits them.)
+        let (jac_mean, keep_per_group) = (
+            entries.jac_mean.reshape([k, g, 1, f]),
+            keep.clone().reshape([k, g, c_g, 1]),
         );
-        let jac_mean_sq = sum_axis(entries.jac_mean_sq.mul(keep.clone().reshape([k, c, 1])), 0);
+        let keep_per_row = keep.clone().reshape([k, c, 1]);
+        let jac_mean = sum_axis(jac_mean.mul(keep_per_group), 0).mul_scalar(rho);
+        let jac_mean_sq = sum_axis(entries.jac_mean_sq.mul(keep_per_row), 0).mul_scalar(rho);
         let kept_mean = sum_axis(keep.mul(entries.mean), 0).mul_scalar(2.0);
         CompensationSums {
             rho,
@@ -630,16 +640,24 @@ impl<I: Backend, const D: usize> Backward<I, 5> for ClosedFormBackward<D> {
             return;
         };
         let inv_count = saved.inv_count.expect("a window step with entries");
-        let factor = inv_count.mul_scalar(sums.rho);
         if let Some(weight_node) = weight_node {
             let [_, _, f] = sums.weight_dims;
+            // Every reshape before the arithmetic: burn's fusion ends a
+            // kernel at a reshape between two operations.
             let per_row = |t: Tensor<I, 3>| t.reshape([c, 1]);
-            let d_weight = sums
-                .jac_mean
-                .reshape([c, f])
-                .mul(per_row(d_mean.clone()))
-                .add(sums.jac_mean_sq.reshape([c, f]).mul(per_row(d_var.clone())))
-                .mul(factor.clone().reshape([c, 1]))
+            let (jac_mean, jac_mean_sq) = (
+                sums.jac_mean.reshape([c, f]),
+                sums.jac_mean_sq.reshape([c, f]),
+            );
+            let (d_mean_rows, d_var_rows, inv_count_rows) = (
+                per_row(d_mean.clone()),
+                per_row(d_var.clone()),
+                inv_count.clone().reshape([c, 1]),
+            );
+            let d_weight = jac_mean
+                .mul(d_mean_rows)
+                .add(jac_mean_sq.mul(d_var_rows))
+                .mul(inv_count_rows)
                 .reshape(sums.weight_dims);
             register_grad(grads, Some(weight_node), d_weight);
         }
@@ -651,7 +669,7 @@ impl<I: Backend, const D: usize> Backward<I, 5> for ClosedFormBackward<D> {
             .kept
             .mul(row(d_mean))
             .add(sums.kept_mean.mul(row(d_var)))
-            .mul(factor.reshape([1, c]))
+            .mul(inv_count.mul_scalar(sums.rho).reshape([1, c]))
             .reshape([c]);
         register_grad(grads, bias_node, d_bias);
     }

@@ -82,8 +82,7 @@ impl JacobianWork<5> for Conv3dJacobians {
         let [n, _, d_out, h_out, w_out] = y.dims();
         let m = (n * d_out * h_out * w_out) as f64;
         let f = cin_g * kd * kh * kw;
-        let mean = volume_patch_sum(x.clone(), [kd, kh, kw], [d_out, h_out, w_out], geometry)
-            .div_scalar(m)
+        let mean = volume_patch_sum(x.clone(), [kd, kh, kw], [d_out, h_out, w_out], geometry, m)
             .reshape([geometry.groups, f]);
         // Q: the weight gradient of grad_out = 2y/M.
         let grad = y.mul_scalar(2.0 / m);
@@ -111,13 +110,15 @@ impl JacobianWork<5> for Conv3dJacobians {
     }
 }
 
-/// `sum_p patch(p)` over every output position of the conv, per input
-/// channel and kernel tap: `[C_in, kd, kh * kw]`.
+/// `sum_p patch(p) / divisor` over every output position of the conv, per
+/// input channel and kernel tap: `[C_in, kd, kh * kw]` (the division rides
+/// in the row selection's entries, see `plane_patch_sums`).
 fn volume_patch_sum<B: Backend>(
     x: Tensor<B, 5>,
     kernel: [usize; 3],
     output: [usize; 3],
     geometry: Conv3dGeometry,
+    divisor: f64,
 ) -> Tensor<B, 3> {
     let [_, c_in, depth, height, width] = x.dims();
     let size = [depth, height, width];
@@ -135,6 +136,7 @@ fn volume_patch_sum<B: Backend>(
     let planes = plane_patch_sums(
         batch_sum(x).reshape([c_in * depth, height, width]),
         [rows, columns],
+        (1.0 / divisor) as f32,
     );
     let depth_selection = Tensor::<B, 3>::from_data(
         TensorData::new(depth_taps.selection(), [1, kd, depth]),

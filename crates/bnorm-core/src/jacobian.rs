@@ -183,11 +183,9 @@ impl JacobianWork<4> for ConvJacobians {
         let [n, _, ho, wo] = y.dims();
         let m = (n * ho * wo) as f64;
         let f = cin_g * kh * kw;
-        let mean = patch_sum(x.clone(), [kh, kw], [ho, wo], geometry)
-            .div_scalar(m)
-            .reshape([geometry.groups, f]);
+        let mean = patch_mean(x.clone(), [kh, kw], [ho, wo], geometry).reshape([geometry.groups, f]);
         // Q: the weight gradient of grad_out = 2y/M.
-        let grad = y.mul_scalar(2.0 / m);
+        let grad = y;
         let mean_sq = if bands > 1 && geometry.groups == 1 {
             banded_weight_backward(x, grad, weight_dims, geometry, bands)
         } else if burn_ndarray::<E>() {
@@ -206,6 +204,7 @@ impl JacobianWork<4> for ConvJacobians {
         } else {
             conv2d_weight_gradient(x, grad, weight_dims, geometry)
         };
+        let mean_sq = mean_sq.mul_scalar(2.0 / m);
         MomentJacobians { mean, mean_sq }
     }
 }
@@ -342,8 +341,8 @@ fn banded_weight_backward<E: Backend>(
     skewed.sum_dim(0).reshape([c, f])
 }
 
-/// `sum_p patch(p)` over every output position `p` of the conv, per input
-/// channel and kernel tap: `[C_in, kh, kw]`.
+/// `P = sum_p patch(p) / M` over the `M` output positions `p` of the conv
+/// (batch included), per input channel and kernel tap: `[C_in, kh, kw]`.
 ///
 /// This is the weight gradient of an all-ones output gradient; computed as
 /// one it would be a second full weight-gradient convolution. The sum
@@ -360,16 +359,18 @@ fn banded_weight_backward<E: Backend>(
 /// with `X` the input summed over the batch: one reduction and two small
 /// matrix products whatever the kernel size, where a slice and a sum per
 /// tap row and column would each be a kernel launch on a GPU. A tap
-/// reads a given row at most once, so the selections are 0/1 and the
+/// reads a given row at most once, so the selections are 0/1 (`S_h`'s
+/// ones are `1/M` here, which divides by `M` in the product) and the
 /// products are sums of input values (on CUDA in TF32, like every burn-cuda
 /// matmul: the history's linearization points keep that error off the
 /// compensation, see the module docs).
-fn patch_sum<B: Backend>(
+fn patch_mean<B: Backend>(
     x: Tensor<B, 4>,
     kernel: [usize; 2],
     output: [usize; 2],
     geometry: Conv2dGeometry,
 ) -> Tensor<B, 3> {
+    let count = (x.dims()[0] * output[0] * output[1]) as f32;
     let [_, c_in, height, width] = x.dims();
     let size = [height, width];
     let axes = [0, 1].map(|axis| AxisTaps {
@@ -380,7 +381,7 @@ fn patch_sum<B: Backend>(
         stride: geometry.stride[axis],
         pad_before: geometry.padding[axis][0],
     });
-    plane_patch_sums(batch_sum(x).reshape([c_in, height, width]), axes)
+    plane_patch_sums(batch_sum(x).reshape([c_in, height, width]), axes, 1.0 / count)
 }
 
 /// `x` `[N, ...]` summed over the batch, `[1, ...]`: a reshape, not a
@@ -425,18 +426,21 @@ impl AxisTaps {
     }
 }
 
-/// `S_h X_p S_w^T` for every plane `X_p` of `planes` `[P, H, W]`: the
-/// patch sums `[P, kh, kw]` of a 2D convolution with row taps `rows` and
-/// column taps `columns` (see [`patch_sum`]). Two small matrix products.
+/// `scale S_h X_p S_w^T` for every plane `X_p` of `planes` `[P, H, W]`:
+/// the patch sums `[P, kh, kw]` of a 2D convolution with row taps `rows`
+/// and column taps `columns` (see [`patch_mean`]), times `scale`. Two small
+/// matrix products; `scale` rides in `S_h`'s entries (made on the host),
+/// which spares the GPU a kernel for it.
 pub(crate) fn plane_patch_sums<B: Backend>(
     planes: Tensor<B, 3>,
     [rows, columns]: [AxisTaps; 2],
+    scale: f32,
 ) -> Tensor<B, 3> {
     let device = planes.device();
     let (kh, height) = (rows.kernel, rows.size);
     let (kw, width) = (columns.kernel, columns.size);
-    let rows =
-        Tensor::<B, 3>::from_data(TensorData::new(rows.selection(), [1, kh, height]), &device);
+    let scaled_rows = rows.selection().into_iter().map(|s| s * scale).collect();
+    let rows = Tensor::<B, 3>::from_data(TensorData::new(scaled_rows, [1, kh, height]), &device);
     let columns = Tensor::<B, 3>::from_data(
         TensorData::new(columns.selection_transposed(), [1, width, kw]),
         &device,
@@ -502,7 +506,16 @@ pub fn linearize<B: Backend>(
     bias: Option<Tensor<B, 1>>,
 ) -> (Tensor<B, 2>, Tensor<B, 2>) {
     let [k, c] = mean.dims();
-    let (p_w, q_w) = linearize_per_entry(jac_mean, jac_mean_sq, mean, weight, bias);
+    let (p_w, q_w) = linearize_per_entry(jac_mean, jac_mean_sq, mean, weight, bias.clone());
+    // `* 1` (exact) gives each sum an operation after it, the one thing that
+    // makes burn-fusion 0.21 merge the product before a sum into the sum's
+    // kernel (without one it runs two kernels; with a bias, its addition
+    // plays that part).
+    let (p_w, q_w) = if bias.is_none() {
+        (p_w.mul_scalar(1.0), q_w.mul_scalar(1.0))
+    } else {
+        (p_w, q_w)
+    };
     (p_w.reshape([k, c]), q_w.reshape([k, c]))
 }
 

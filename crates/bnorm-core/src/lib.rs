@@ -7,6 +7,8 @@
 //! formula exists exactly once.
 //!
 //! - [`counter`]: step counts kept on the host and saved in the record.
+//! - [`averaged_state`]: burn's `RunningState` without its division by
+//!   one (CBN's history buffers).
 //! - [`moments`](mod@moments): per-channel moments of `[N, C, ...]` tensors (rank 2..=5)
 //!   and of padded `[N, C, L]` sequences with a `[N, L]` mask.
 //! - [`reciprocal`](mod@reciprocal): `1 / x` without burn-ndarray's approximate SIMD `recip`.
@@ -27,6 +29,7 @@
 //! - [`inference`]: inference-mode normalization as one affine map, and
 //!   folding it into the preceding layer.
 
+pub mod averaged_state;
 pub mod counter;
 pub mod moments;
 pub mod reciprocal;
@@ -34,6 +37,7 @@ pub mod renorm;
 pub mod schedule;
 pub mod shape;
 
+pub use averaged_state::AveragedState;
 pub use counter::{HostCounter, COUNT_SATURATION};
 pub use moments::{masked_moments, moments, BatchMoments};
 pub use reciprocal::reciprocal;

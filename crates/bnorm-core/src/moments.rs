@@ -14,7 +14,7 @@
 
 use burn::tensor::{backend::Backend, Bool, Tensor};
 
-use crate::shape::{flatten_spatial, per_channel, sum_axis};
+use crate::shape::{flatten_spatial, mean_axis, per_channel, sum_axis};
 
 /// Batch moments of a `[N, C, ...]` tensor.
 #[derive(Debug, Clone)]
@@ -78,27 +78,31 @@ pub fn values_per_channel(dims: &[usize]) -> usize {
 /// per operation on a GPU. The same numbers.
 pub fn moments<B: Backend, const D: usize>(x: Tensor<B, D>) -> BatchMoments<B, D> {
     let dims = x.dims();
-    let (mean, var, centered) = moments_per_channel(x);
+    let (x, mean, var) = moments_per_channel(x);
     BatchMoments {
+        centered: x.sub(mean.clone()).reshape(dims),
         mean: mean.reshape([dims[1]]),
         var: var.reshape([dims[1]]),
-        centered: centered.reshape(dims),
     }
 }
 
-/// [`moments`] as they come: mean and variance `[1, C, 1]`, `centered`
-/// `[N, C, S]`. Work on the statistics before reshaping them keeps it in
+/// [`moments`] as they come: `x` as `[N, C, S]`, its mean and variance
+/// `[1, C, 1]`. Work on the statistics before reshaping them keeps it in
 /// the reduction's kernel on a GPU.
+///
+/// The variance's reduction computes `(x - mean)^2` itself, and the caller
+/// subtracts the mean again where it needs `x - mean` (the same values):
+/// burn's fusion merges the elementwise work before a reduction into it
+/// only when nothing else reads that work's result, so a shared
+/// `x - mean` cost a kernel of its own.
 pub(crate) fn moments_per_channel<B: Backend, const D: usize>(
     x: Tensor<B, D>,
 ) -> (Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>) {
-    let count = values_per_channel(&x.dims()) as f64;
-    let channel_mean = |x: Tensor<B, 3>| sum_axis(sum_axis(x, 2), 0).div_scalar(count);
     let x = flatten_spatial(x);
+    let channel_mean = |x: Tensor<B, 3>| mean_axis(x.mean_dim(2), 0);
     let mean = channel_mean(x.clone());
-    let centered = x.sub(mean.clone());
-    let var = channel_mean(centered.clone().square());
-    (mean, var, centered)
+    let var = channel_mean(x.clone().sub(mean.clone()).square());
+    (x, mean, var)
 }
 
 /// Mean and biased variance per channel of a padded sequence batch.

@@ -33,6 +33,16 @@ pub fn sum_axis<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize) -> Tens
     }
 }
 
+/// `x.mean_dim(dim)`, but `x` itself where that axis holds one value, as
+/// [`sum_axis`].
+pub fn mean_axis<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize) -> Tensor<B, D> {
+    if x.dims()[dim] == 1 {
+        x
+    } else {
+        x.mean_dim(dim)
+    }
+}
+
 /// Shape `[1, C, 1, ...]` of rank `D`, for broadcasting a per-channel vector
 /// against a `[N, C, ...]` tensor.
 pub fn channel_shape<const D: usize>(channels: usize) -> [usize; D] {

@@ -1,10 +1,10 @@
 use std::any::Any;
 use std::sync::{Arc, Mutex};
 
-use burn::module::{Module, RunningState};
+use burn::module::Module;
 use burn::tensor::{backend::Backend, Bool, Tensor};
 
-use bnorm_core::{FrontPush, HistoryEntries, HostCounter};
+use bnorm_core::{AveragedState, FrontPush, HistoryEntries, HostCounter};
 
 use crate::WeightLayout;
 
@@ -20,17 +20,17 @@ use crate::WeightLayout;
 #[derive(Module, Debug)]
 pub struct CbnHistory<B: Backend> {
     /// `mu_i`, `[K, C]`.
-    pub mean: RunningState<Tensor<B, 2>>,
+    pub mean: AveragedState<B, 2>,
     /// `nu_i`, `[K, C]`.
-    pub mean_sq: RunningState<Tensor<B, 2>>,
+    pub mean_sq: AveragedState<B, 2>,
     /// `d mu_i / dW` per group, `[K, G, F]`.
-    pub jac_mean: RunningState<Tensor<B, 3>>,
+    pub jac_mean: AveragedState<B, 3>,
     /// `d nu_i / dW` per channel, `[K, C, F]`.
-    pub jac_mean_sq: RunningState<Tensor<B, 3>>,
+    pub jac_mean_sq: AveragedState<B, 3>,
     /// Linearization points `<d mu_i/dW, W_i> + b_i`, `[K, C]`.
-    pub lin_mean: RunningState<Tensor<B, 2>>,
+    pub lin_mean: AveragedState<B, 2>,
     /// Linearization points `<d nu_i/dW, W_i> + 2 mu_i b_i`, `[K, C]`.
-    pub lin_mean_sq: RunningState<Tensor<B, 2>>,
+    pub lin_mean_sq: AveragedState<B, 2>,
     /// How many entries (from the front) hold data (saved as `[1]`).
     pub fill: HostCounter<B>,
     /// The device tensors a push takes (not saved).
@@ -47,12 +47,12 @@ impl<B: Backend> CbnHistory<B> {
     ) -> Self {
         let WeightLayout { groups, patch_len } = layout;
         CbnHistory {
-            mean: RunningState::new(Tensor::zeros([capacity, channels], device)),
-            mean_sq: RunningState::new(Tensor::zeros([capacity, channels], device)),
-            jac_mean: RunningState::new(Tensor::zeros([capacity, groups, patch_len], device)),
-            jac_mean_sq: RunningState::new(Tensor::zeros([capacity, channels, patch_len], device)),
-            lin_mean: RunningState::new(Tensor::zeros([capacity, channels], device)),
-            lin_mean_sq: RunningState::new(Tensor::zeros([capacity, channels], device)),
+            mean: AveragedState::new(Tensor::zeros([capacity, channels], device)),
+            mean_sq: AveragedState::new(Tensor::zeros([capacity, channels], device)),
+            jac_mean: AveragedState::new(Tensor::zeros([capacity, groups, patch_len], device)),
+            jac_mean_sq: AveragedState::new(Tensor::zeros([capacity, channels, patch_len], device)),
+            lin_mean: AveragedState::new(Tensor::zeros([capacity, channels], device)),
+            lin_mean_sq: AveragedState::new(Tensor::zeros([capacity, channels], device)),
             fill: HostCounter::new(device),
             pushes: PushTensors::default(),
         }
@@ -93,7 +93,7 @@ impl<B: Backend> CbnHistory<B> {
                 front,
             }
         });
-        let update = |state: &RunningState<Tensor<B, 2>>, entry: Tensor<B, 2>| {
+        let update = |state: &AveragedState<B, 2>, entry: Tensor<B, 2>| {
             // Detached: built from the last step's buffer, the new one would
             // otherwise chain every step into burn-autodiff's bookkeeping,
             // and each step would get slower than the last.
@@ -106,7 +106,7 @@ impl<B: Backend> CbnHistory<B> {
         update(&self.mean_sq, entry.mean_sq);
         update(&self.lin_mean, entry.lin_mean);
         update(&self.lin_mean_sq, entry.lin_mean_sq);
-        let update = |state: &RunningState<Tensor<B, 3>>, entry: Tensor<B, 3>, mask| {
+        let update = |state: &AveragedState<B, 3>, entry: Tensor<B, 3>, mask| {
             state.update(
                 front
                     .push(state.value_sync(), entry.detach(), mask)
