@@ -54,9 +54,7 @@ use burn::tensor::ops::FloatTensor;
 use burn::tensor::{backend::Backend, Tensor, TensorPrimitive};
 
 use crate::inner::cast;
-use crate::moments::{
-    bessel, bessel_factor, moments_per_channel, values_per_channel,
-};
+use crate::moments::{bessel, bessel_factor, moments_per_channel, values_per_channel};
 use crate::shape::{flatten_spatial, sum_axis};
 use crate::window::{window_with_weights, WeightedWindow, WindowHistory};
 use crate::{compose_affine, reciprocal, EpsPlacement, HistoryEntries};
@@ -113,8 +111,8 @@ pub struct WindowTerms<B: Backend> {
 /// `RunningState::value_sync` always, [`AveragedState`](crate::AveragedState)
 /// when several threads updated it) queues a division by the thread count;
 /// queued before the moments, it led burn-fusion's planner to run the
-/// moments' operations one kernel each (8 kernels where they fuse into 4
-/// otherwise).
+/// moments' operations one kernel each (measured with `RunningState`: 8
+/// kernels where they fused into 4 then).
 #[derive(Clone)]
 pub struct EntriesSource<B: Backend>(Arc<dyn Fn() -> HistoryEntries<B>>);
 
@@ -691,7 +689,7 @@ mod tests {
     use super::{CbnStep, EntriesSource, StepStatistics, WindowTerms};
     use crate::{EpsPlacement, HistoryEntries};
     use burn::backend::{Autodiff, NdArray};
-    use burn::tensor::{Distribution, Tensor};
+    use burn::tensor::{Tensor, TensorData};
 
     type Ad = Autodiff<NdArray>;
 
@@ -700,8 +698,43 @@ mod tests {
     const PATCH: usize = 3;
     const ENTRIES: usize = 3;
 
+    thread_local! {
+        /// This thread's draws (see [`random`]).
+        static DRAWS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
+    /// Standard normal values from a fixed sequence of this thread: the
+    /// same inputs on every run, whatever other tests draw meanwhile from
+    /// burn's shared generator. With fresh draws, about 3 runs in 100 met
+    /// a channel whose variance came out near zero (4e-4 from 3 values);
+    /// there burn-autodiff's route carries its rounding of
+    /// `d var / d mu = -2 mean(y - mu)`, zero in exact arithmetic and in
+    /// the closed form, times a gradient of `var` that grows as
+    /// `var^(-3/2)`: 8e-5 of the largest gradient, past the 2e-5 the
+    /// comparison allows.
     fn random<const R: usize>(dims: [usize; R]) -> Tensor<Ad, R> {
-        Tensor::random(dims, Distribution::Normal(0.0, 1.0), &Default::default())
+        let uniform = || {
+            // SplitMix64, to (0, 1].
+            let state = DRAWS.with(|d| {
+                let s = d.get().wrapping_add(0x9E37_79B9_7F4A_7C15);
+                d.set(s);
+                s
+            });
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            ((z >> 11) as f64 + 1.0) / (1u64 << 53) as f64
+        };
+        let count = dims.iter().product();
+        // Box-Muller.
+        let values: Vec<f32> = (0..count)
+            .map(|_| {
+                let (u, v) = (uniform(), uniform());
+                ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
+            })
+            .collect();
+        Tensor::from_data(TensorData::new(values, dims), &Default::default())
     }
 
     /// Random history entries; entry 1 of channel 2 has a negative
@@ -769,6 +802,7 @@ mod tests {
     /// operations on the inner backend).
     #[test]
     fn closed_form_gradient_is_autodiffs() {
+        DRAWS.with(|d| d.set(0));
         let mut cases = 0;
         let mut weight_gradients = 0;
         for dims in [

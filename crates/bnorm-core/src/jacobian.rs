@@ -183,8 +183,10 @@ impl JacobianWork<4> for ConvJacobians {
         let [n, _, ho, wo] = y.dims();
         let m = (n * ho * wo) as f64;
         let f = cin_g * kh * kw;
-        let mean = patch_mean(x.clone(), [kh, kw], [ho, wo], geometry).reshape([geometry.groups, f]);
-        // Q: the weight gradient of grad_out = 2y/M.
+        let mean =
+            patch_mean(x.clone(), [kh, kw], [ho, wo], geometry).reshape([geometry.groups, f]);
+        // Q: the weight gradient of grad_out = 2y/M, taken for grad_out = y
+        // and scaled after (C x F values rather than every output value).
         let grad = y;
         let mean_sq = if bands > 1 && geometry.groups == 1 {
             banded_weight_backward(x, grad, weight_dims, geometry, bands)
@@ -381,7 +383,11 @@ fn patch_mean<B: Backend>(
         stride: geometry.stride[axis],
         pad_before: geometry.padding[axis][0],
     });
-    plane_patch_sums(batch_sum(x).reshape([c_in, height, width]), axes, 1.0 / count)
+    plane_patch_sums(
+        batch_sum(x).reshape([c_in, height, width]),
+        axes,
+        1.0 / count,
+    )
 }
 
 /// `x` `[N, ...]` summed over the batch, `[1, ...]`: a reshape, not a
@@ -506,12 +512,13 @@ pub fn linearize<B: Backend>(
     bias: Option<Tensor<B, 1>>,
 ) -> (Tensor<B, 2>, Tensor<B, 2>) {
     let [k, c] = mean.dims();
-    let (p_w, q_w) = linearize_per_entry(jac_mean, jac_mean_sq, mean, weight, bias.clone());
+    let bias_free = bias.is_none();
+    let (p_w, q_w) = linearize_per_entry(jac_mean, jac_mean_sq, mean, weight, bias);
     // `* 1` (exact) gives each sum an operation after it, the one thing that
     // makes burn-fusion 0.21 merge the product before a sum into the sum's
     // kernel (without one it runs two kernels; with a bias, its addition
     // plays that part).
-    let (p_w, q_w) = if bias.is_none() {
+    let (p_w, q_w) = if bias_free {
         (p_w.mul_scalar(1.0), q_w.mul_scalar(1.0))
     } else {
         (p_w, q_w)

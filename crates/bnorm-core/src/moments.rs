@@ -94,7 +94,10 @@ pub fn moments<B: Backend, const D: usize>(x: Tensor<B, D>) -> BatchMoments<B, D
 /// subtracts the mean again where it needs `x - mean` (the same values):
 /// burn's fusion merges the elementwise work before a reduction into it
 /// only when nothing else reads that work's result, so a shared
-/// `x - mean` cost a kernel of its own.
+/// `x - mean` cost a kernel of its own. The means are `mean_dim`s, the
+/// division inside the reduction: a division after the mean's sum was an
+/// operation the planner grouped with the variance's subtraction, out of
+/// the variance's reduction.
 pub(crate) fn moments_per_channel<B: Backend, const D: usize>(
     x: Tensor<B, D>,
 ) -> (Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>) {
