@@ -689,9 +689,7 @@ mod tests {
     use super::{CbnStep, EntriesSource, StepStatistics, WindowTerms};
     use crate::{EpsPlacement, HistoryEntries};
     use burn::backend::{Autodiff, NdArray};
-    use burn::tensor::{Tensor, TensorData};
-
-    type Ad = Autodiff<NdArray>;
+    use burn::tensor::{backend::Backend, Tensor, TensorData};
 
     const GROUPS: usize = 2;
     const CHANNELS: usize = 4;
@@ -712,7 +710,10 @@ mod tests {
     /// the closed form, times a gradient of `var` that grows as
     /// `var^(-3/2)`: 8e-5 of the largest gradient, past the 2e-5 the
     /// comparison allows.
-    fn random<const R: usize>(dims: [usize; R]) -> Tensor<Ad, R> {
+    fn random<I: Backend, const R: usize>(
+        dims: [usize; R],
+        device: &I::Device,
+    ) -> Tensor<Autodiff<I>, R> {
         let uniform = || {
             // SplitMix64, to (0, 1].
             let state = DRAWS.with(|d| {
@@ -734,47 +735,46 @@ mod tests {
                 ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()) as f32
             })
             .collect();
-        Tensor::from_data(TensorData::new(values, dims), &Default::default())
+        Tensor::from_data(TensorData::new(values, dims), device)
     }
 
     /// Random history entries; entry 1 of channel 2 has a negative
     /// variance (`nu < mu^2`), so the window drops it there.
-    fn entries() -> HistoryEntries<Ad> {
-        let mean = random([ENTRIES, CHANNELS]);
-        let spread = random([ENTRIES, CHANNELS]).abs().add_scalar(0.5);
+    fn entries<I: Backend>(device: &I::Device) -> HistoryEntries<Autodiff<I>> {
+        let mean = random::<I, 2>([ENTRIES, CHANNELS], device);
+        let spread = random::<I, 2>([ENTRIES, CHANNELS], device)
+            .abs()
+            .add_scalar(0.5);
         let mut mean_sq = mean.clone().square().add(spread);
-        mean_sq = mean_sq.slice_assign(
-            [1..2, 2..3],
-            Tensor::full([1, 1], -50.0, &Default::default()),
-        );
+        mean_sq = mean_sq.slice_assign([1..2, 2..3], Tensor::full([1, 1], -50.0, device));
         HistoryEntries {
             mean,
             mean_sq,
-            jac_mean: random([ENTRIES, GROUPS, PATCH]),
-            jac_mean_sq: random([ENTRIES, CHANNELS, PATCH]),
-            lin_mean: random([ENTRIES, CHANNELS]),
-            lin_mean_sq: random([ENTRIES, CHANNELS]),
+            jac_mean: random::<I, 3>([ENTRIES, GROUPS, PATCH], device),
+            jac_mean_sq: random::<I, 3>([ENTRIES, CHANNELS, PATCH], device),
+            lin_mean: random::<I, 2>([ENTRIES, CHANNELS], device),
+            lin_mean_sq: random::<I, 2>([ENTRIES, CHANNELS], device),
         }
     }
 
     /// `y`, the weight, the bias, `gamma`, `beta`.
-    type Leaves<'a, const D: usize> = (
-        &'a Tensor<Ad, D>,
-        &'a Tensor<Ad, 3>,
-        &'a Tensor<Ad, 1>,
-        &'a Tensor<Ad, 1>,
-        &'a Tensor<Ad, 1>,
+    type Leaves<'a, I, const D: usize> = (
+        &'a Tensor<Autodiff<I>, D>,
+        &'a Tensor<Autodiff<I>, 3>,
+        &'a Tensor<Autodiff<I>, 1>,
+        &'a Tensor<Autodiff<I>, 1>,
+        &'a Tensor<Autodiff<I>, 1>,
     );
 
     /// Value and gradients (output, y, weight, bias, gamma, beta) of
     /// `sum(out * probe)`.
-    fn evaluate<const D: usize>(
-        output: Tensor<Ad, D>,
-        probe: &Tensor<Ad, D>,
-        leaves: Leaves<'_, D>,
+    fn evaluate<I: Backend, const D: usize>(
+        output: Tensor<Autodiff<I>, D>,
+        probe: &Tensor<Autodiff<I>, D>,
+        leaves: Leaves<'_, I, D>,
     ) -> Vec<(&'static str, Vec<f32>)> {
         let grads = output.clone().mul(probe.clone()).sum().backward();
-        let values = |t: Option<Tensor<NdArray, 1>>| {
+        let values = |t: Option<Tensor<I, 1>>| {
             t.map(|t| t.into_data().to_vec::<f32>().unwrap())
                 .unwrap_or_default()
         };
@@ -800,8 +800,7 @@ mod tests {
     /// placements, ranks 2 to 4 and a batch of one value per channel
     /// (variance 0). The output is bit for bit the same (the same
     /// operations on the inner backend).
-    #[test]
-    fn closed_form_gradient_is_autodiffs() {
+    fn closed_form_gradient_is_autodiffs<I: Backend>(device: &I::Device) {
         DRAWS.with(|d| d.set(0));
         let mut cases = 0;
         let mut weight_gradients = 0;
@@ -826,9 +825,9 @@ mod tests {
                             history_gradient,
                         };
                         weight_gradients += match dims.len() {
-                            2 => compare::<2>(&dims, &case),
-                            3 => compare::<3>(&dims, &case),
-                            _ => compare::<4>(&dims, &case),
+                            2 => compare::<I, 2>(&dims, &case, device),
+                            3 => compare::<I, 3>(&dims, &case, device),
+                            _ => compare::<I, 4>(&dims, &case, device),
                         };
                         cases += 1;
                     }
@@ -838,6 +837,27 @@ mod tests {
         assert_eq!(cases, 4 * 7 * 2 * 3);
         // Window steps with entries, rho != 0 and the history gradient.
         assert_eq!(weight_gradients, 4 * 3 * 2 * 2);
+    }
+
+    #[test]
+    fn closed_form_gradient_is_autodiffs_ndarray() {
+        closed_form_gradient_is_autodiffs::<NdArray>(&Default::default());
+    }
+
+    /// burn-cubecl's kernels under burn-fusion: the closed form's own
+    /// backward pass on the GPU route (the layers' tests cover it only
+    /// through their results).
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn closed_form_gradient_is_autodiffs_cuda() {
+        closed_form_gradient_is_autodiffs::<burn::backend::Cuda>(&Default::default());
+    }
+
+    /// As on CUDA; CI runs it on lavapipe.
+    #[cfg(feature = "wgpu")]
+    #[test]
+    fn closed_form_gradient_is_autodiffs_wgpu() {
+        closed_form_gradient_is_autodiffs::<burn::backend::Wgpu>(&Default::default());
     }
 
     /// One configuration of [`closed_form_gradient_is_autodiffs`].
@@ -853,7 +873,11 @@ mod tests {
 
     /// Compares the two routes on one case; 1 if the weight took a
     /// gradient, else 0.
-    fn compare<const D: usize>(dims: &[usize], case: &Case) -> usize {
+    fn compare<I: Backend, const D: usize>(
+        dims: &[usize],
+        case: &Case,
+        device: &I::Device,
+    ) -> usize {
         let &Case {
             statistics,
             eps_placement,
@@ -864,16 +888,24 @@ mod tests {
         let case = format!("dims {dims:?} {case:?}");
         let dims: [usize; D] = dims.try_into().unwrap();
         // An offset mean, as conv outputs have.
-        let y = random(dims).add_scalar(1.5).require_grad();
-        let weight = random([GROUPS, CHANNELS / GROUPS, PATCH]).require_grad();
-        let bias = random([CHANNELS]).require_grad();
-        let gamma = random([CHANNELS]).add_scalar(1.0).require_grad();
-        let beta = random([CHANNELS]).require_grad();
-        let probe = random(dims);
+        let y = random::<I, D>(dims, device).add_scalar(1.5).require_grad();
+        let weight = random::<I, 3>([GROUPS, CHANNELS / GROUPS, PATCH], device).require_grad();
+        let bias = random::<I, 1>([CHANNELS], device).require_grad();
+        let gamma = random::<I, 1>([CHANNELS], device)
+            .add_scalar(1.0)
+            .require_grad();
+        let beta = random::<I, 1>([CHANNELS], device).require_grad();
+        let probe = random::<I, D>(dims, device);
         let terms = |filled, rho| {
-            let tracked = |t: Tensor<Ad, 3>| if history_gradient { t } else { t.detach() };
+            let tracked = |t: Tensor<Autodiff<I>, 3>| {
+                if history_gradient {
+                    t
+                } else {
+                    t.detach()
+                }
+            };
             Some(WindowTerms {
-                entries: EntriesSource::values(entries()),
+                entries: EntriesSource::values(entries::<I>(device)),
                 filled,
                 weight: tracked(weight.clone()),
                 bias: with_bias.then(|| bias.clone()).map(|b| {
@@ -904,10 +936,12 @@ mod tests {
             eps_placement,
         };
         let leaves = (&y, &weight, &bias, &gamma, &beta);
-        let closed = step
-            .clone()
-            .closed_form::<NdArray>()
-            .unwrap_or_else(|_| panic!("Autodiff<NdArray> takes the closed form"));
+        let closed = step.clone().closed_form::<I>().unwrap_or_else(|_| {
+            panic!(
+                "Autodiff<{}> takes the closed form",
+                std::any::type_name::<I>()
+            )
+        });
         let closed = evaluate(closed.output, &probe, leaves);
         let reference = evaluate(step.through_autodiff().output, &probe, leaves);
         let weight_gradient = usize::from(!closed[2].1.is_empty());

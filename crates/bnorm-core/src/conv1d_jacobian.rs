@@ -97,17 +97,23 @@ impl JacobianWork<3> for Conv1dJacobians {
             stride: geometry.stride,
             pad_before: left,
         };
-        let selection = Tensor::<E, 2>::from_data(
-            TensorData::new(taps.selection_transposed(), [length, k]),
-            &x.device(),
-        );
+        // 1/M rides in the selection's entries (made on the host), which
+        // spares the GPU a kernel for it.
+        let scale = (1.0 / m) as f32;
+        let selection = taps
+            .selection_transposed()
+            .into_iter()
+            .map(|s| s * scale)
+            .collect();
+        let selection =
+            Tensor::<E, 2>::from_data(TensorData::new(selection, [length, k]), &x.device());
         let mean = batch_sum(x.clone())
             .reshape([c_in, length])
             .matmul(selection)
-            .div_scalar(m)
             .reshape([geometry.groups, f]);
-        // Q: the weight gradient of grad_out = 2y/M.
-        let grad = y.mul_scalar(2.0 / m);
+        // Q: the weight gradient of grad_out = 2y/M, taken for grad_out = y
+        // and scaled after (C x F values rather than every output value).
+        let grad = y;
         let mean_sq = if burn_ndarray::<E>() {
             // One matrix product per tap: a 3D conv of depth and height 1.
             let taps = TapGeometry {
@@ -141,6 +147,7 @@ impl JacobianWork<3> for Conv1dJacobians {
             })
             .reshape([c, f])
         };
+        let mean_sq = mean_sq.mul_scalar(2.0 / m);
         MomentJacobians { mean, mean_sq }
     }
 }

@@ -84,8 +84,9 @@ impl JacobianWork<5> for Conv3dJacobians {
         let f = cin_g * kd * kh * kw;
         let mean = volume_patch_sum(x.clone(), [kd, kh, kw], [d_out, h_out, w_out], geometry, m)
             .reshape([geometry.groups, f]);
-        // Q: the weight gradient of grad_out = 2y/M.
-        let grad = y.mul_scalar(2.0 / m);
+        // Q: the weight gradient of grad_out = 2y/M, taken for grad_out = y
+        // and scaled after (C x F values rather than every output value).
+        let grad = y;
         let mean_sq = if burn_ndarray::<E>() {
             let taps = TapGeometry {
                 stride: geometry.stride,
@@ -106,6 +107,7 @@ impl JacobianWork<5> for Conv3dJacobians {
             })
             .reshape([c, f])
         };
+        let mean_sq = mean_sq.mul_scalar(2.0 / m);
         MomentJacobians { mean, mean_sq }
     }
 }
