@@ -11,7 +11,9 @@
 //! launches more than by arithmetic, so the count is what decides a
 //! layer's GPU cost next to burn's own; it needs no GPU to read (lavapipe,
 //! a CPU Vulkan driver, launches the same kernels) and, unlike a time, is
-//! the same on every run. burn-cuda shares burn-cubecl's kernels and
+//! the same on every run that makes the same autotune picks (cubecl's cache
+//! in `target/autotune`: cleared, lavapipe's picks moved the counts by up
+//! to 5). burn-cuda shares burn-cubecl's kernels and
 //! burn-fusion's decisions with burn-wgpu, so its counts should be close;
 //! the matmul and convolution kernels autotune picks may differ. With
 //! `--features cuda` it runs on CUDA device 0 (`tools/gpu-pack-bench.sh`
