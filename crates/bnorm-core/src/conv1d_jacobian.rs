@@ -97,16 +97,11 @@ impl JacobianWork<3> for Conv1dJacobians {
             stride: geometry.stride,
             pad_before: left,
         };
-        // 1/M rides in the selection's entries (made on the host), which
-        // spares the GPU a kernel for it.
-        let scale = (1.0 / m) as f32;
-        let selection = taps
-            .selection_transposed()
-            .into_iter()
-            .map(|s| s * scale)
-            .collect();
-        let selection =
-            Tensor::<E, 2>::from_data(TensorData::new(selection, [length, k]), &x.device());
+        // 1/M rides in the selection's entries.
+        let selection = Tensor::<E, 2>::from_data(
+            TensorData::new(taps.selection_transposed((1.0 / m) as f32), [length, k]),
+            &x.device(),
+        );
         let mean = batch_sum(x.clone())
             .reshape([c_in, length])
             .matmul(selection)

@@ -141,7 +141,7 @@ fn volume_patch_sum<B: Backend>(
         (1.0 / divisor) as f32,
     );
     let depth_selection = Tensor::<B, 3>::from_data(
-        TensorData::new(depth_taps.selection(), [1, kd, depth]),
+        TensorData::new(depth_taps.selection(1.0), [1, kd, depth]),
         &device,
     );
     depth_selection.matmul(planes.reshape([c_in, depth, kh * kw]))

@@ -408,24 +408,26 @@ pub(crate) struct AxisTaps {
 }
 
 impl AxisTaps {
-    /// `S[tap, r]`, `[kernel, size]` row-major: 1 where kernel tap `tap`
-    /// reads input row `r` for some output position, 0 elsewhere (padding
-    /// adds zero, so it needs no entry).
-    pub(crate) fn selection(self) -> Vec<f32> {
+    /// `S[tap, r]`, `[kernel, size]` row-major: `value` where kernel tap
+    /// `tap` reads input row `r` for some output position, 0 elsewhere
+    /// (padding adds zero, so it needs no entry). A `value` other than 1
+    /// carries a constant factor of the product `S` takes part in, made on
+    /// the host, which spares the GPU a kernel for it.
+    pub(crate) fn selection(self, value: f32) -> Vec<f32> {
         let mut selection = vec![0.0f32; self.kernel * self.size];
         for tap in 0..self.kernel {
             let offset = tap * self.dilation;
             let rows = tap_rows(self.size, self.output, offset, self.stride, self.pad_before);
             for row in rows.into_iter().flatten() {
-                selection[tap * self.size + row as usize] = 1.0;
+                selection[tap * self.size + row as usize] = value;
             }
         }
         selection
     }
 
     /// `S` transposed, `[size, kernel]` row-major.
-    pub(crate) fn selection_transposed(self) -> Vec<f32> {
-        let selection = self.selection();
+    pub(crate) fn selection_transposed(self, value: f32) -> Vec<f32> {
+        let selection = self.selection(value);
         (0..self.size * self.kernel)
             .map(|i| selection[(i % self.kernel) * self.size + i / self.kernel])
             .collect()
@@ -445,10 +447,12 @@ pub(crate) fn plane_patch_sums<B: Backend>(
     let device = planes.device();
     let (kh, height) = (rows.kernel, rows.size);
     let (kw, width) = (columns.kernel, columns.size);
-    let scaled_rows = rows.selection().into_iter().map(|s| s * scale).collect();
-    let rows = Tensor::<B, 3>::from_data(TensorData::new(scaled_rows, [1, kh, height]), &device);
+    let rows = Tensor::<B, 3>::from_data(
+        TensorData::new(rows.selection(scale), [1, kh, height]),
+        &device,
+    );
     let columns = Tensor::<B, 3>::from_data(
-        TensorData::new(columns.selection_transposed(), [1, width, kw]),
+        TensorData::new(columns.selection_transposed(1.0), [1, width, kw]),
         &device,
     );
     rows.matmul(planes).matmul(columns)
