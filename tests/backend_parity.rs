@@ -34,7 +34,7 @@ use burn::record::{BinBytesRecorder, FullPrecisionSettings, NamedMpkFileRecorder
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Bool, Tensor, TensorData};
 use common::blocks::{CbnBlock, ConvLayer};
-use common::random::uniform;
+use common::random::{host_seeded, uniform};
 use common::*;
 use rstest::rstest;
 
@@ -289,8 +289,11 @@ fn conv_case<G: AutodiffBackend>(
 ) {
     let cpu_dev = Default::default();
     let r = matmul_parity::<G>();
-    let (mut cpu, mut gpu): (Conv2dCbn<NdArrayAd>, Conv2dCbn<G>) =
-        transfer(config.init(&cpu_dev), config.init(gpu_dev), gpu_dev);
+    let (mut cpu, mut gpu): (Conv2dCbn<NdArrayAd>, Conv2dCbn<G>) = transfer(
+        host_seeded(config.init(&cpu_dev), 1),
+        config.init(gpu_dev),
+        gpu_dev,
+    );
     let out_shape = {
         let y = cpu.valid().forward(uniform(input, 0, 0.0, 1.0, &cpu_dev));
         y.dims()
@@ -515,7 +518,7 @@ fn linear_case<G: AutodiffBackend>(gpu_dev: &G::Device) {
     block_parity(
         gpu_dev,
         transfer(
-            config.init(&Default::default()),
+            host_seeded(config.init(&Default::default()), 1),
             config.init(gpu_dev),
             gpu_dev,
         ),
@@ -586,7 +589,7 @@ fn conv3d_case<G: AutodiffBackend>(gpu_dev: &G::Device) {
     conv_block_case(
         gpu_dev,
         transfer(
-            config.init::<NdArrayAd>(&Default::default()),
+            host_seeded(config.init::<NdArrayAd>(&Default::default()), 1),
             config.init::<G>(gpu_dev),
             gpu_dev,
         ),
@@ -617,7 +620,7 @@ fn conv1d_case<G: AutodiffBackend>(
     conv_block_case(
         gpu_dev,
         transfer(
-            config.init::<NdArrayAd>(&Default::default()),
+            host_seeded(config.init::<NdArrayAd>(&Default::default()), 1),
             config.init::<G>(gpu_dev),
             gpu_dev,
         ),
@@ -686,7 +689,7 @@ fn checkpoint_case<G: AutodiffBackend>(gpu_dev: &G::Device) {
         .with_norm(CrossIterBatchNormConfig::new(0).with_window(4));
     let fwd_cpu = |m: &Conv2dCbn<NdArrayAd>, x| m.forward(x);
     let fwd_gpu = |m: &Conv2dCbn<G>, x| m.forward(x);
-    let mut cpu: Conv2dCbn<NdArrayAd> = config.init(&cpu_dev);
+    let mut cpu: Conv2dCbn<NdArrayAd> = host_seeded(config.init(&cpu_dev), 1);
     for step in 0..4u64 {
         cpu = step!(
             NdArrayAd,

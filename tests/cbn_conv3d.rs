@@ -23,7 +23,7 @@ use common::blocks::{
     assert_conv_output_given_is_forward, assert_window_one_is_conv_batch_norm, trained_batch_norm,
     window_one_norm,
 };
-use common::random::uniform;
+use common::random::{host_seeded, uniform};
 use common::training::{assert_resumes_bit_identically, state_bytes, through_checkpoint};
 use common::*;
 use rstest::rstest;
@@ -408,6 +408,7 @@ fn single_voxel<B: AutodiffBackend>(device: &B::Device) {
     let layer = Conv3dCbnConfig::new([2, 3], [1, 1, 1])
         .with_norm(norm)
         .init::<B>(device);
+    let layer = host_seeded(layer, 1);
     for step in 0..5 {
         let x = uniform::<B, 5>([1, 2, 1, 1, 1], step, -1.0, 1.0, device).require_grad();
         let y = layer.forward(x.clone());
@@ -445,12 +446,13 @@ fn conversions<B: AutodiffBackend>(device: &B::Device) {
     type I<B> = <B as AutodiffBackend>::InnerBackend;
     // burn's default epsilon, as `BatchNormConfig::new`.
     let bn = trained_batch_norm::<I<B>>(3, 1e-5, device);
-    let conv = || {
-        Conv3dConfig::new([2, 3], [3, 3, 3])
+    let conv = |seed| {
+        let conv = Conv3dConfig::new([2, 3], [3, 3, 3])
             .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
-            .init::<I<B>>(device)
+            .init::<I<B>>(device);
+        host_seeded(conv, seed)
     };
-    let (conv, other) = (conv(), conv());
+    let (conv, other) = (conv(1), conv(2));
     let x = uniform::<I<B>, 5>([2, 2, 3, 4, 4], 8, -1.0, 1.0, device);
     let expected = to_vec(bn.forward(conv.forward(x.clone())));
     let cbn = Conv3dCbn::from_conv_batch_norm(conv, &bn, CrossIterBatchNormConfig::new(0)).unwrap();
@@ -478,6 +480,7 @@ fn conversions<B: AutodiffBackend>(device: &B::Device) {
     let conv = Conv3dConfig::new([2, 3], [3, 3, 3])
         .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
         .init::<B>(device);
+    let conv = host_seeded(conv, 3);
     let brn: BatchRenorm<B> = BatchRenormConfig::new(3)
         .with_steps_compressed_to(3)
         .init(device);
@@ -502,7 +505,7 @@ fn conversions<B: AutodiffBackend>(device: &B::Device) {
         .unwrap_err();
     assert!(err.to_string().contains("fold_into_conv3d"), "{err}");
 
-    let block = cbn_config().init::<B>(device);
+    let block = host_seeded(cbn_config().init::<B>(device), 4);
     for step in 0..5 {
         let _ = block.forward(uniform([2, 2, 3, 4, 4], step, -1.0, 2.0, device));
     }

@@ -26,7 +26,7 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::PaddedConvOptions;
 use burn::tensor::{Tensor, TensorData};
 use common::blocks::{assert_window_one_is_conv_batch_norm, window_one_norm};
-use common::random::uniform;
+use common::random::{host_seeded, uniform};
 use common::training::{assert_resumes_bit_identically, through_checkpoint};
 use common::*;
 use rstest::rstest;
@@ -592,7 +592,11 @@ fn batch_of_one<B: AutodiffBackend>(device: &B::Device) {
         let conv = Conv2dCbnConfig::new([2, 3], [1, 1])
             .with_norm(norm.clone())
             .init::<B>(device);
-        let linear = LinearCbnConfig::new(4, 3).with_norm(norm).init::<B>(device);
+        let conv = host_seeded(conv, 1);
+        let linear = host_seeded(
+            LinearCbnConfig::new(4, 3).with_norm(norm).init::<B>(device),
+            2,
+        );
         for step in 0..5 {
             let what = format!("{placement:?} step {step}");
             let x = uniform::<B, 4>([1, 2, 1, 1], step, -1.0, 1.0, device).require_grad();
@@ -709,7 +713,7 @@ fn cbn_gradient_accumulation_pools_the_effective_batch(#[case] dev: TestDevice) 
 /// rows: identical to the same rows given as `[N * L, C]`.
 fn linear_sequence<B: AutodiffBackend>(device: &B::Device) {
     let config = LinearCbnConfig::new(4, 3).with_window(3);
-    let seq = materialize(config.init::<B>(device));
+    let seq = materialize(host_seeded(config.init::<B>(device), 1));
     let flat = config
         .init::<B>(device)
         .load_record(seq.clone().into_record());
@@ -828,8 +832,7 @@ fn cbn_config() -> Conv2dCbnConfig {
 /// gradients and state (history included) are bit-identical to n + m
 /// uninterrupted steps.
 fn resume<B: AutodiffBackend>(device: &B::Device) {
-    B::seed(device, 7);
-    let start = materialize(cbn_config().init::<B>(device));
+    let start = materialize(host_seeded(cbn_config().init::<B>(device), 7));
     let (straight, resumed) = assert_resumes_bit_identically(
         || {
             cbn_config()
@@ -890,8 +893,7 @@ fn conv_output_given<B: AutodiffBackend>(device: &B::Device) {
             assert_bits_eq(what, &a, &b);
         }
     };
-    B::seed(device, 11);
-    let start = materialize(cbn_config().init::<B>(device));
+    let start = materialize(host_seeded(cbn_config().init::<B>(device), 11));
     // Loaded into fresh modules: a clone would share the running buffers.
     let direct = cbn_config()
         .init::<B>(device)
@@ -972,8 +974,7 @@ fn cbn_forward_conv_output_is_forward(#[case] dev: TestDevice) {
 /// tolerance (the sums run in another order; on CUDA two different
 /// convolutions, each in TF32).
 fn jacobian_bands<B: AutodiffBackend>(device: &B::Device) {
-    B::seed(device, 13);
-    let start = materialize(cbn_config().init::<B>(device));
+    let start = materialize(host_seeded(cbn_config().init::<B>(device), 13));
     let banded = cbn_config()
         .with_jacobian_bands(3)
         .init::<B>(device)
@@ -1186,4 +1187,41 @@ fn cbn_state_does_not_chain_steps() {
         },
         || depths(&linear.norm),
     );
+}
+
+/// The tests' `host_seeded` reaches the conv and linear parameters inside
+/// the CBN blocks (their `weight` and `bias` fields, through the blocks'
+/// `conv` / `linear`) and leaves the normalization's alone: a mapper that
+/// matched nothing would leave every such test on burn's entropy-seeded RNG.
+#[test]
+fn host_seeded_draws_the_blocks_conv_and_linear_parameters() {
+    let device = Default::default();
+    let drawn = |shape: &[usize], seed, fan_in: usize| {
+        let bound = 1.0 / (fan_in as f32).sqrt();
+        let n = shape.iter().product();
+        uniform::<NdArrayAd, 1>([n], seed, -bound, bound, &device).into_data()
+    };
+    let flat =
+        |param: TensorData| TensorData::new(param.to_vec::<f32>().unwrap(), [param.num_elements()]);
+
+    let block = host_seeded(
+        Conv2dCbnConfig::new([2, 3], [3, 3]).init::<NdArrayAd>(&device),
+        4,
+    );
+    let weight = block.conv.weight.val().into_data();
+    assert_bits_eq("conv weight", &flat(weight), &drawn(&[3, 2, 3, 3], 5, 18));
+    let bias = block.conv.bias.as_ref().unwrap().val().into_data();
+    assert_bits_eq("conv bias", &bias, &drawn(&[3], 6, 18));
+    let gamma = block.norm.gamma.as_ref().unwrap().val().into_data();
+    assert_bits_eq("gamma", &gamma, &TensorData::new(vec![1.0f32; 3], [3]));
+    assert!(
+        block.conv.weight.val().is_require_grad(),
+        "the weight still trains"
+    );
+
+    let block = host_seeded(LinearCbnConfig::new(4, 3).init::<NdArrayAd>(&device), 1);
+    let weight = block.linear.weight.val().into_data();
+    assert_bits_eq("linear weight", &flat(weight), &drawn(&[4, 3], 2, 4));
+    let bias = block.linear.bias.as_ref().unwrap().val().into_data();
+    assert_bits_eq("linear bias", &bias, &drawn(&[3], 3, 4));
 }

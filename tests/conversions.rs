@@ -14,7 +14,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use common::blocks::trained_batch_norm;
-use common::random::uniform;
+use common::random::{host_seeded, uniform};
 use common::*;
 use rstest::rstest;
 use serde::Deserialize;
@@ -22,10 +22,11 @@ use serde::Deserialize;
 type Inner<B> = <B as AutodiffBackend>::InnerBackend;
 
 fn conv<B: Backend>(device: &B::Device, bias: bool) -> Conv2d<B> {
-    Conv2dConfig::new([3, 4], [3, 3])
+    let conv = Conv2dConfig::new([3, 4], [3, 3])
         .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
         .with_bias(bias)
-        .init(device)
+        .init(device);
+    host_seeded(conv, 1)
 }
 
 /// Conversions from BatchNorm keep the eval output: BRN, and the CBN of
@@ -82,7 +83,7 @@ fn from_batch_norm<B: AutodiffBackend>(device: &B::Device) {
     .unwrap_err();
     assert!(err.to_string().contains("[5]"), "{err}");
 
-    let linear: Linear<I<B>> = LinearConfig::new(3, 4).init(device);
+    let linear: Linear<I<B>> = host_seeded(LinearConfig::new(3, 4).init(device), 2);
     let xl = uniform::<I<B>, 2>([6, 3], 9, -1.0, 1.0, device);
     let expected = to_vec(bn.forward(linear.forward(xl.clone())));
     let lcbn =
@@ -145,6 +146,7 @@ fn folding<B: AutodiffBackend>(device: &B::Device) {
         .with_padding(PaddingConfig2d::Same)
         .with_window(3)
         .init(device);
+    let block = host_seeded(block, 3);
     for step in 0..4 {
         let _ = block.forward(uniform([2, 3, 5, 5], step, -1.0, 2.0, device));
     }
@@ -158,7 +160,7 @@ fn folding<B: AutodiffBackend>(device: &B::Device) {
     )
     .unwrap();
 
-    let linear: Linear<B> = LinearConfig::new(3, 4).init(device);
+    let linear: Linear<B> = host_seeded(LinearConfig::new(3, 4).init(device), 4);
     let brn: BatchRenorm<B> = BatchRenormConfig::new(4).init(device);
     for step in 0..3 {
         let _ = brn.forward(linear.forward(uniform([5, 3], step, -1.0, 2.0, device)));
@@ -178,6 +180,7 @@ fn folding<B: AutodiffBackend>(device: &B::Device) {
     let lblock = bnorm::LinearCbnConfig::new(3, 4)
         .with_window(2)
         .init::<B>(device);
+    let lblock = host_seeded(lblock, 5);
     for step in 0..3 {
         let _ = lblock.forward(uniform::<B, 2>([5, 3], step, -1.0, 2.0, device));
     }

@@ -11,7 +11,7 @@ use burn::nn::{BatchNorm, BatchNormConfig};
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::{Tensor, TensorData};
 
-use super::random::uniform;
+use super::random::{host_seeded, uniform};
 use super::training::{sgd_steps, state_bytes, StepShapes};
 use super::{assert_bits_eq, check_close, check_matmul, tensor_cores, to_vec};
 
@@ -106,6 +106,7 @@ pub fn assert_window_one_is_conv_batch_norm<B, Cbn, Conv, const D: usize>(
     Conv: ConvLayer<B, D> + AutodiffModule<B>,
     Conv::InnerModule: ConvLayer<B::InnerBackend, D>,
 {
+    let cbn = host_seeded(cbn, 90);
     conv.set_params(
         cbn.weight().val().detach(),
         cbn.bias().as_ref().map(|b| b.val().detach()),
