@@ -89,8 +89,8 @@ pub fn window_one_norm() -> CrossIterBatchNormConfig {
         .with_eps_placement(EpsPlacement::InsideSqrt)
 }
 
-/// `cbn`, built with [`window_one_norm`], against burn's `conv` (given
-/// `cbn`'s weight and bias here) followed by burn's `BatchNorm`: outputs,
+/// `cbn`, built with [`window_one_norm`], against burn's `conv` (both given
+/// the same host-seeded weight and bias here) followed by burn's `BatchNorm`: outputs,
 /// the gradients of the input, conv weight, gamma and beta, and the running
 /// statistics over three training steps, then the eval output. Input and
 /// output shapes in `shapes`.
