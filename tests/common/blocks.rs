@@ -90,10 +90,10 @@ pub fn window_one_norm() -> CrossIterBatchNormConfig {
 }
 
 /// `cbn`, built with [`window_one_norm`], against burn's `conv` (both given
-/// the same host-seeded weight and bias here) followed by burn's `BatchNorm`: outputs,
-/// the gradients of the input, conv weight, gamma and beta, and the running
-/// statistics over three training steps, then the eval output. Input and
-/// output shapes in `shapes`.
+/// the same host-seeded weight and bias here) followed by burn's
+/// `BatchNorm`: outputs, the gradients of the input, conv weight, gamma and
+/// beta, and the running statistics over three training steps, then the
+/// eval output. Input and output shapes in `shapes`.
 pub fn assert_window_one_is_conv_batch_norm<B, Cbn, Conv, const D: usize>(
     cbn: Cbn,
     mut conv: Conv,
