@@ -22,8 +22,6 @@ mod common;
 use bnorm::core::jacobian::conv2d_weight_gradient;
 use bnorm::core::{conv2d_moment_jacobians_in_bands, Conv2dGeometry};
 use bnorm::{Conv2dCbnConfig, CrossIterBatchNormConfig};
-use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
-use burn::backend::Autodiff;
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::{BatchNormConfig, PaddingConfig2d};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -108,11 +106,10 @@ fn bench_backend<B: AutodiffBackend>(
         }
         if parts.is_some() {
             // The Jacobians alone (patch sums and the `Q` weight gradient),
-            // on the inner backend as the layer runs them, and through
-            // autodiff's wrappers: `Autodiff<_, BalancedCheckpointing>` is
-            // not a backend the dispatch recognises, so it runs the same
-            // math the generic way (on CUDA: the default weight-gradient
-            // decomposition instead of cubecl's kernel).
+            // on the inner backend as the layer runs them. (A row through
+            // autodiff's wrappers ran them on `Autodiff<_,
+            // BalancedCheckpointing>`, until the dispatch recognised that
+            // too; its numbers are in docs/performance.md.)
             // Then `Q` split into 4 and 16 bands of output rows
             // (`conv2d_moment_jacobians_in_bands`, split-K by hand: an
             // experiment for GPUs, where the weight-gradient GEMM's few
@@ -121,11 +118,8 @@ fn bench_backend<B: AutodiffBackend>(
             let on_inner = || jacobians_step::<B>(&values, 1);
             let in_4_bands = || jacobians_step::<B>(&values, 4);
             let in_16_bands = || jacobians_step::<B>(&values, 16);
-            let through_autodiff =
-                || jacobians_step::<Autodiff<B::InnerBackend, BalancedCheckpointing>>(&values, 1);
             for (label, work) in [
                 ("Jacobians-inner", &on_inner as &dyn Fn()),
-                ("Jacobians-autodiff", &through_autodiff),
                 ("Jacobians-inner-4-bands", &in_4_bands),
                 ("Jacobians-inner-16-bands", &in_16_bands),
             ] {
@@ -232,11 +226,6 @@ fn print_breakdown(backend: &str, groups: &[String]) {
                 "Jacobians, window statistics, pushes: rho = 0 / k = 1, forward + backward",
                 "Conv2dCbn-k1",
                 "Conv2dCbn-rho0",
-            ),
-            (
-                "Jacobians alone (no backward pass): on the inner backend / through autodiff",
-                "Jacobians-autodiff",
-                "Jacobians-inner",
             ),
             (
                 "Q in 16 bands: Conv2dCbn-16-bands / Conv2dCbn, forward + backward",

@@ -16,6 +16,8 @@ use bnorm::{
     EpsPlacement, LinearCbn, LinearCbnConfig,
 };
 use bnorm_crossiter::RunningStatistics;
+use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
+use burn::backend::Autodiff;
 use burn::module::{AutodiffModule, Module, Param};
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::{BatchNormConfig, PaddingConfig2d};
@@ -885,14 +887,7 @@ fn cbn_resume_is_bit_identical(#[case] dev: TestDevice) {
 /// launch to the next (which one is not identified; burn-cubecl's
 /// autotuned full `sum`, for one, may add with atomics).
 fn conv_output_given<B: AutodiffBackend>(device: &B::Device) {
-    let same = |what: &str, a: TensorData, b: TensorData| {
-        if tensor_cores::<B>() {
-            let expected: Vec<f32> = b.to_vec().unwrap();
-            check_matmul::<B>(what, &a, &b.shape, &expected).unwrap();
-        } else {
-            assert_bits_eq(what, &a, &b);
-        }
-    };
+    let same = bits_or_tf32::<B>;
     let start = materialize(host_seeded(cbn_config().init::<B>(device), 11));
     // Loaded into fresh modules: a clone would share the running buffers.
     let direct = cbn_config()
@@ -914,13 +909,14 @@ fn conv_output_given<B: AutodiffBackend>(device: &B::Device) {
 
 /// Seven SGD steps of two layers side by side on the same inputs (seeds
 /// `first + step`, upstream gradient `upstream + step`), each through its
-/// own forward: `compare(what, first layer's, second layer's)` on every
-/// step's output and conv weight gradient, then on every state tensor.
-/// Returns the two layers.
-fn lockstep<B: AutodiffBackend>(
+/// own forward, on backends `A` and `B` of one device (the same backend,
+/// or two autodiff backends over it): `compare(what, first layer's, second
+/// layer's)` on every step's output and conv weight gradient, then on
+/// every state tensor. Returns the two layers.
+fn lockstep<A: AutodiffBackend, B: AutodiffBackend<Device = A::Device>>(
     (mut a, forward_a): (
-        Conv2dCbn<B>,
-        impl Fn(&Conv2dCbn<B>, Tensor<B, 4>) -> Tensor<B, 4>,
+        Conv2dCbn<A>,
+        impl Fn(&Conv2dCbn<A>, Tensor<A, 4>) -> Tensor<A, 4>,
     ),
     (mut b, forward_b): (
         Conv2dCbn<B>,
@@ -928,30 +924,37 @@ fn lockstep<B: AutodiffBackend>(
     ),
     [first, upstream]: [u64; 2],
     compare: impl Fn(&str, TensorData, TensorData),
-    device: &B::Device,
-) -> (Conv2dCbn<B>, Conv2dCbn<B>) {
-    let mut optim = SgdConfig::new().init::<B, Conv2dCbn<B>>();
+    device: &A::Device,
+) -> (Conv2dCbn<A>, Conv2dCbn<B>) {
+    let mut optim_a = SgdConfig::new().init::<A, Conv2dCbn<A>>();
+    let mut optim_b = SgdConfig::new().init::<B, Conv2dCbn<B>>();
     for step in 0..7 {
-        let x = uniform::<B, 4>([2, 2, 5, 5], first + step, -1.0, 1.0, device);
-        let g = uniform::<B, 4>([2, 3, 5, 5], upstream + step, -1.0, 1.0, device);
-        let y_a = forward_a(&a, x.clone());
-        let y_b = forward_b(&b, x);
+        let (x, g) = ([2, 2, 5, 5], [2, 3, 5, 5]);
+        let (seed_x, seed_g) = (first + step, upstream + step);
+        let y_a = forward_a(&a, uniform::<A, 4>(x, seed_x, -1.0, 1.0, device));
+        let y_b = forward_b(&b, uniform::<B, 4>(x, seed_x, -1.0, 1.0, device));
         compare(
             &format!("output of step {step}"),
             y_a.clone().into_data(),
             y_b.clone().into_data(),
         );
-        let grads_a = y_a.mul(g.clone()).sum().backward();
-        let grads_b = y_b.mul(g).sum().backward();
+        let grads_a = y_a
+            .mul(uniform::<A, 4>(g, seed_g, -1.0, 1.0, device))
+            .sum()
+            .backward();
+        let grads_b = y_b
+            .mul(uniform::<B, 4>(g, seed_g, -1.0, 1.0, device))
+            .sum()
+            .backward();
         compare(
             &format!("conv weight gradient of step {step}"),
             a.conv.weight.grad(&grads_a).unwrap().into_data(),
             b.conv.weight.grad(&grads_b).unwrap().into_data(),
         );
         let grads_a = GradientsParams::from_grads(grads_a, &a);
-        a = optim.step(0.05, a, grads_a);
+        a = optim_a.step(0.05, a, grads_a);
         let grads_b = GradientsParams::from_grads(grads_b, &b);
-        b = optim.step(0.05, b, grads_b);
+        b = optim_b.step(0.05, b, grads_b);
     }
     for ((name, x), (_, y)) in snapshot(&a).iter().zip(snapshot(&b).iter()) {
         compare(name, x.clone(), y.clone());
@@ -965,6 +968,51 @@ fn lockstep<B: AutodiffBackend>(
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn cbn_forward_conv_output_is_forward(#[case] dev: TestDevice) {
     on_device!(dev, conv_output_given);
+}
+
+/// `a` and `b` bit for bit, or within `check_matmul`'s TF32 tolerance on
+/// CUDA, where some kernel does not repeat its rounding from one launch to
+/// the next (see [`conv_output_given`]).
+fn bits_or_tf32<B: Backend>(what: &str, a: TensorData, b: TensorData) {
+    if tensor_cores::<B>() {
+        let expected: Vec<f32> = b.to_vec().unwrap();
+        check_matmul::<B>(what, &a, &b.shape, &expected).unwrap();
+    } else {
+        assert_bits_eq(what, &a, &b);
+    }
+}
+
+/// Under burn-autodiff's `BalancedCheckpointing` (recomputing cheap
+/// activations in the backward pass instead of keeping them: inputs too
+/// large for memory) a `Conv2dCbn` trains as under the default strategy:
+/// the same outputs, conv weight gradients and state over seven steps
+/// through burn-in and a full window. Bit for bit on ndarray and wgpu, as
+/// the closed-form step and the Jacobians on the inner backend run under
+/// either strategy (burn-autodiff's route, which the step took under
+/// `BalancedCheckpointing` before, rounds otherwise: with the dispatch
+/// missing it, this fails); on CUDA as [`bits_or_tf32`].
+fn balanced_checkpointing<B: AutodiffBackend>(device: &B::Device) {
+    type Balanced<B> = Autodiff<<B as AutodiffBackend>::InnerBackend, BalancedCheckpointing>;
+    let default = host_seeded(cbn_config().init::<B>(device), 12);
+    let balanced = host_seeded(cbn_config().init::<Balanced<B>>(device), 12);
+    let forward_default = |m: &Conv2dCbn<B>, x: Tensor<B, 4>| m.forward(x);
+    let forward_balanced = |m: &Conv2dCbn<Balanced<B>>, x| m.forward(x);
+    let (_, balanced) = lockstep(
+        (default, forward_default),
+        (balanced, forward_balanced),
+        [30, 930],
+        bits_or_tf32::<B>,
+        device,
+    );
+    assert_eq!(balanced.norm.history_len(), 3, "the window filled");
+}
+
+#[rstest]
+#[case::ndarray(TestDevice::NdArray)]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+fn cbn_trains_alike_under_balanced_checkpointing(#[case] dev: TestDevice) {
+    on_device!(dev, balanced_checkpointing);
 }
 
 /// A layer with `Q` in bands of output rows (`jacobian_bands = 3` over 5

@@ -18,13 +18,16 @@
 //! [`JacobianWork::run_on_inner`] runs the work on `I` when `B` is
 //! `Autodiff<I>` for an `I` this build can name — burn-ndarray's `NdArray`
 //! and, with the `cuda` and `wgpu` features, burn-cuda's `Cuda` and
-//! burn-wgpu's `Wgpu`, each with its default element types and autodiff's
-//! default checkpointing — found by `TypeId` through `Any`, and runs the
-//! same math on `B` otherwise (other backends, other element types:
-//! correct, without these two savings).
+//! burn-wgpu's `Wgpu`, each with its default element types, under either
+//! of burn-autodiff's checkpointing strategies — found by `TypeId` through
+//! `Any`, and runs the same math on `B` otherwise (other backends, other
+//! element types: correct, without these two savings).
 
 use core::any::{Any, TypeId};
 
+use burn::backend::autodiff::checkpoint::strategy::{
+    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
+};
 use burn::backend::Autodiff;
 use burn::tensor::{backend::Backend, Tensor};
 
@@ -58,23 +61,36 @@ pub(crate) trait JacobianWork<const D: usize>: Copy {
     }
 }
 
-/// `work` on `I` when `B` is `Autodiff<I>`, with the result as untracked
-/// `B` tensors; `(x, y)` back otherwise.
+/// `work` on `I` when `B` is `Autodiff<I, C>` for either checkpointing
+/// strategy `C`, with the result as untracked `B` tensors; `(x, y)` back
+/// otherwise.
 fn on_inner<B: Backend, I: Backend, const D: usize>(
     x: Tensor<B, D>,
     y: Tensor<B, D>,
     work: impl JacobianWork<D>,
 ) -> Result<MomentJacobians<B>, (Tensor<B, D>, Tensor<B, D>)> {
-    let x = match cast::<B, Autodiff<I>, D>(x) {
+    match on_inner_with::<B, I, NoCheckpointing, D>(x, y, work) {
+        Ok(jacobians) => Ok(jacobians),
+        Err((x, y)) => on_inner_with::<B, I, BalancedCheckpointing, D>(x, y, work),
+    }
+}
+
+/// [`on_inner`] for one checkpointing strategy `C`.
+fn on_inner_with<B: Backend, I: Backend, C: CheckpointStrategy, const D: usize>(
+    x: Tensor<B, D>,
+    y: Tensor<B, D>,
+    work: impl JacobianWork<D>,
+) -> Result<MomentJacobians<B>, (Tensor<B, D>, Tensor<B, D>)> {
+    let x = match cast::<B, Autodiff<I, C>, D>(x) {
         Ok(x) => x,
         Err(x) => return Err((x, y)),
     };
-    let y = cast::<B, Autodiff<I>, D>(y)
+    let y = cast::<B, Autodiff<I, C>, D>(y)
         .unwrap_or_else(|_| unreachable!("x and y share the backend B"));
     let MomentJacobians { mean, mean_sq } = work.run::<I>(x.inner(), y.inner());
     let back = |t: Tensor<I, 2>| {
-        cast::<Autodiff<I>, B, 2>(Tensor::from_inner(t))
-            .unwrap_or_else(|_| unreachable!("B is Autodiff<I>"))
+        cast::<Autodiff<I, C>, B, 2>(Tensor::from_inner(t))
+            .unwrap_or_else(|_| unreachable!("B is Autodiff<I, C>"))
     };
     Ok(MomentJacobians {
         mean: back(mean),
@@ -85,9 +101,11 @@ fn on_inner<B: Backend, I: Backend, const D: usize>(
 /// Whether `E` is burn-ndarray, itself or under autodiff (for the work
 /// that takes another route there, see `tap_products`).
 pub(crate) fn burn_ndarray<E: Backend>() -> bool {
+    type NdArray = burn::backend::NdArray;
     let id = TypeId::of::<E>();
-    id == TypeId::of::<burn::backend::NdArray>()
-        || id == TypeId::of::<Autodiff<burn::backend::NdArray>>()
+    id == TypeId::of::<NdArray>()
+        || id == TypeId::of::<Autodiff<NdArray, NoCheckpointing>>()
+        || id == TypeId::of::<Autodiff<NdArray, BalancedCheckpointing>>()
 }
 
 /// `tensor` as a `Tensor<A, D>` when `A` is `B`, else `tensor` back.
@@ -109,6 +127,9 @@ pub(crate) fn cast<B: Backend, A: Backend, const D: usize>(
 mod tests {
     use super::JacobianWork;
     use crate::MomentJacobians;
+    use burn::backend::autodiff::checkpoint::strategy::{
+        BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
+    };
     use burn::backend::{Autodiff, NdArray};
     use burn::tensor::{backend::Backend, Tensor};
 
@@ -126,12 +147,12 @@ mod tests {
         }
     }
 
-    /// `Autodiff<I>` runs the work on `I` and hands back its values; the
+    /// `Autodiff<I, C>` runs the work on `I` and hands back its values; the
     /// autodiff backend itself would add 1 (the fallback for backends this
     /// build cannot name); `I` alone runs the work itself.
-    fn work_runs_on_the_inner_backend<I: Backend>(device: &I::Device) {
-        let x = Tensor::<Autodiff<I>, 2>::from_floats([[1.0, 2.0]], device);
-        let y = Tensor::<Autodiff<I>, 2>::from_floats([[3.0, 4.0]], device);
+    fn work_runs_on_the_inner_backend<I: Backend, C: CheckpointStrategy>(device: &I::Device) {
+        let x = Tensor::<Autodiff<I, C>, 2>::from_floats([[1.0, 2.0]], device);
+        let y = Tensor::<Autodiff<I, C>, 2>::from_floats([[3.0, 4.0]], device);
         let jacobians = Probe.run_on_inner(x.clone(), y.clone());
         assert_eq!(
             jacobians.mean.to_data().to_vec::<f32>().unwrap(),
@@ -155,18 +176,23 @@ mod tests {
 
     #[test]
     fn work_runs_on_the_inner_backend_ndarray() {
-        work_runs_on_the_inner_backend::<NdArray>(&Default::default());
+        work_runs_on_the_inner_backend::<NdArray, NoCheckpointing>(&Default::default());
+    }
+
+    #[test]
+    fn work_runs_on_the_inner_backend_ndarray_balanced_checkpointing() {
+        work_runs_on_the_inner_backend::<NdArray, BalancedCheckpointing>(&Default::default());
     }
 
     #[cfg(feature = "cuda")]
     #[test]
     fn work_runs_on_the_inner_backend_cuda() {
-        work_runs_on_the_inner_backend::<burn::backend::Cuda>(&Default::default());
+        work_runs_on_the_inner_backend::<burn::backend::Cuda, NoCheckpointing>(&Default::default());
     }
 
     #[cfg(feature = "wgpu")]
     #[test]
     fn work_runs_on_the_inner_backend_wgpu() {
-        work_runs_on_the_inner_backend::<burn::backend::Wgpu>(&Default::default());
+        work_runs_on_the_inner_backend::<burn::backend::Wgpu, NoCheckpointing>(&Default::default());
     }
 }
