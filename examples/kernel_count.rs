@@ -37,7 +37,8 @@
 //! the named layers' launches of one step in order, which shows the
 //! forward and backward passes and where each operation's kernels fall.
 
-// The benches' training step (forward, backward, input gradient read back).
+// The benches' training step (forward, backward, input gradient read back)
+// and shape names.
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 #[path = "../benches/common/mod.rs"]
 mod bench_common;
@@ -87,16 +88,9 @@ mod gpu {
     const COUNTED_STEPS: usize = 10;
 
     pub fn main() {
-        let shape: [usize; 4] = std::env::args()
+        let shape = std::env::args()
             .nth(1)
-            .map(|s| {
-                let dims: Vec<usize> = s
-                    .split('x')
-                    .map(|d| d.parse().expect("shape: NxCxHxW"))
-                    .collect();
-                dims.try_into().expect("shape: four sizes, NxCxHxW")
-            })
-            .unwrap_or([1, 8, 8, 8]);
+            .map_or([1, 8, 8, 8], |name| super::bench_common::parse_shape(&name));
         let timed = std::env::var("BNORM_KERNEL_TIMES").is_ok_and(|v| v == "1");
         let log = std::env::temp_dir().join(format!("bnorm-kernels-{}.log", std::process::id()));
         // cubecl.toml's settings (the kernel cache under target/) plus the logger.

@@ -16,6 +16,10 @@
 //! keeps for the backward pass beside it. Default shape: 1x16x64x64
 //! (about 10 s on two cores; 1x32x128x128 takes about 3 minutes).
 
+// The benches' training step and shape names.
+#[path = "../benches/common/mod.rs"]
+mod bench_common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
@@ -76,25 +80,23 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// The peak bytes of one training step beyond those held before it, in
-/// the forward pass (on `x`, tracked) and in the whole step (the backward
-/// pass of the output's sum and the input gradient read back too), and
-/// the bytes held after the forward pass; everything dropped at the end.
+/// The peak bytes of one training step (the benches' `train_step`:
+/// forward on `x`, tracked, backward of the output's sum, the input
+/// gradient read back) beyond those held before it, in the forward pass
+/// and in the whole step, and the bytes held after the forward pass.
 fn step_peak<B: AutodiffBackend>(
     x: &Tensor<B, 4>,
     forward: impl FnOnce(Tensor<B, 4>) -> Tensor<B, 4>,
 ) -> Peaks {
     let before = HELD.load(Relaxed);
     PEAK.store(before, Relaxed);
-    let (forward_peak, kept);
-    {
-        let x = x.clone().require_grad();
-        let y = forward(x.clone());
+    let (mut forward_peak, mut kept) = (0, 0);
+    bench_common::train_step(x, |x| {
+        let y = forward(x);
         forward_peak = PEAK.load(Relaxed) - before;
         kept = HELD.load(Relaxed) - before;
-        let grads = y.sum().backward();
-        let _ = x.grad(&grads).unwrap().sum().into_data();
-    }
+        y
+    });
     Peaks {
         step: PEAK.load(Relaxed) - before,
         forward: forward_peak,
@@ -195,13 +197,7 @@ fn main() {
             args
         };
         args.iter()
-            .map(|a| {
-                let dims: Vec<usize> = a
-                    .split('x')
-                    .map(|d| d.parse().expect("a shape NxCxHxW of numbers"))
-                    .collect();
-                dims.try_into().expect("a shape of four numbers: NxCxHxW")
-            })
+            .map(|name| bench_common::parse_shape(name))
             .collect()
     };
     println!("Peak memory of one training step (forward + backward), burn-ndarray,");
@@ -214,7 +210,7 @@ fn main() {
             ", balanced checkpointing",
         ));
         println!();
-        println!("input {}", shape.map(|d| d.to_string()).join("x"));
+        println!("input {}", bench_common::shape_name(shape));
         println!(
             "| layer | step's peak (MiB) | in input sizes | ratio | forward's peak | kept after forward | ratio |"
         );

@@ -887,7 +887,7 @@ fn cbn_resume_is_bit_identical(#[case] dev: TestDevice) {
 /// launch to the next (which one is not identified; burn-cubecl's
 /// autotuned full `sum`, for one, may add with atomics).
 fn conv_output_given<B: AutodiffBackend>(device: &B::Device) {
-    let same = bits_or_tf32::<B>;
+    let same = |what: &str, a, b| assert_bits_or_tf32::<B>(what, &a, &b);
     let start = materialize(host_seeded(cbn_config().init::<B>(device), 11));
     // Loaded into fresh modules: a clone would share the running buffers.
     let direct = cbn_config()
@@ -970,18 +970,6 @@ fn cbn_forward_conv_output_is_forward(#[case] dev: TestDevice) {
     on_device!(dev, conv_output_given);
 }
 
-/// `a` and `b` bit for bit, or within `check_matmul`'s TF32 tolerance on
-/// CUDA, where some kernel does not repeat its rounding from one launch to
-/// the next (see [`conv_output_given`]).
-fn bits_or_tf32<B: Backend>(what: &str, a: TensorData, b: TensorData) {
-    if tensor_cores::<B>() {
-        let expected: Vec<f32> = b.to_vec().unwrap();
-        check_matmul::<B>(what, &a, &b.shape, &expected).unwrap();
-    } else {
-        assert_bits_eq(what, &a, &b);
-    }
-}
-
 /// Under burn-autodiff's `BalancedCheckpointing` (recomputing cheap
 /// activations in the backward pass instead of keeping them: inputs too
 /// large for memory) a `Conv2dCbn` trains as under the default strategy:
@@ -990,7 +978,8 @@ fn bits_or_tf32<B: Backend>(what: &str, a: TensorData, b: TensorData) {
 /// the closed-form step and the Jacobians on the inner backend run under
 /// either strategy (burn-autodiff's route, which the step took under
 /// `BalancedCheckpointing` before, rounds otherwise: with the dispatch
-/// missing it, this fails); on CUDA as [`bits_or_tf32`].
+/// missing it, this fails); on CUDA within `check_matmul`'s TF32
+/// tolerance, as [`conv_output_given`].
 fn balanced_checkpointing<B: AutodiffBackend>(device: &B::Device) {
     type Balanced<B> = Autodiff<<B as AutodiffBackend>::InnerBackend, BalancedCheckpointing>;
     let default = host_seeded(cbn_config().init::<B>(device), 12);
@@ -1001,7 +990,7 @@ fn balanced_checkpointing<B: AutodiffBackend>(device: &B::Device) {
         (default, forward_default),
         (balanced, forward_balanced),
         [30, 930],
-        bits_or_tf32::<B>,
+        |what, a, b| assert_bits_or_tf32::<B>(what, &a, &b),
         device,
     );
     assert_eq!(balanced.norm.history_len(), 3, "the window filled");

@@ -26,6 +26,18 @@ pub fn shape_name<const D: usize>(s: [usize; D]) -> String {
     s.map(|d| d.to_string()).join("x")
 }
 
+/// The shape a name `NxCxHxW` gives (the inverse of [`shape_name`]).
+///
+/// # Panics
+///
+/// If `name` is not four numbers joined by `x`, naming what came.
+pub fn parse_shape(name: &str) -> [usize; 4] {
+    let dims: Result<Vec<usize>, _> = name.split('x').map(str::parse).collect();
+    dims.ok()
+        .and_then(|dims| dims.try_into().ok())
+        .unwrap_or_else(|| panic!("a shape NxCxHxW of four numbers, got `{name}`"))
+}
+
 /// [`SHAPES`], or those named in `BNORM_BENCH_SHAPES` (comma-separated,
 /// e.g. `1x32x128x128,1x8x8x8`): on a GPU machine whose time is short, the
 /// shapes not measured are not compiled, tuned and settled either (a

@@ -13,7 +13,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use super::random::{host_seeded, uniform};
 use super::training::{sgd_steps, state_bytes, StepShapes};
-use super::{assert_bits_eq, check_close, check_matmul, tensor_cores, to_vec};
+use super::{assert_bits_or_tf32, check_close, check_matmul, tensor_cores, to_vec};
 
 /// A convolution of rank `D` (`[N, C, ...]`), plain or with its CBN.
 pub trait ConvLayer<B: Backend, const D: usize> {
@@ -212,13 +212,7 @@ where
     M: CbnBlock<B, D> + AutodiffModule<B>,
     M::InnerModule: ConvLayer<B::InnerBackend, D>,
 {
-    let same = |what: &str, a: &TensorData, b: &TensorData| {
-        if tensor_cores::<B>() {
-            check_matmul::<B>(what, a, &b.shape, &b.to_vec::<f32>().unwrap()).unwrap();
-        } else {
-            assert_bits_eq(what, a, b);
-        }
-    };
+    let same = assert_bits_or_tf32::<B>;
     let grad_of = |m: &M, grads: &B::Gradients| m.weight().grad(grads).unwrap().into_data();
     let steps = |module, forward: &dyn Fn(&M, Tensor<B, D>) -> Tensor<B, D>| {
         sgd_steps(module, (0, 7), shapes, &forward, &grad_of, device)
