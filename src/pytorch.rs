@@ -119,7 +119,7 @@ impl StateDict {
             });
         }
         Ok(TensorData::new(
-            data.convert::<f32>().to_vec::<f32>().expect("float data"),
+            data.convert::<f32>().try_to_vec::<f32>().expect("float data"),
             shape.to_vec(),
         ))
     }

@@ -50,7 +50,7 @@ fn equals_batch_norm<B: AutodiffBackend>(device: &B::Device) {
                 &format!("{what} output"),
                 &y_brn.clone().into_data(),
                 &shape,
-                &y_bn.clone().into_data().to_vec::<f32>().unwrap(),
+                &y_bn.clone().into_data().try_to_vec::<f32>().unwrap(),
                 1e-5,
                 1e-6,
             )
@@ -63,7 +63,7 @@ fn equals_batch_norm<B: AutodiffBackend>(device: &B::Device) {
                 &format!("{what} grad_input"),
                 &gx_brn,
                 &shape,
-                &gx_bn.to_vec::<f32>().unwrap(),
+                &gx_bn.try_to_vec::<f32>().unwrap(),
                 1e-4,
                 1e-5,
             )
@@ -85,7 +85,7 @@ fn equals_batch_norm<B: AutodiffBackend>(device: &B::Device) {
                     &format!("{what} grad_{name}"),
                     &a.unwrap().into_data(),
                     &[c],
-                    &b.unwrap().into_data().to_vec::<f32>().unwrap(),
+                    &b.unwrap().into_data().try_to_vec::<f32>().unwrap(),
                     1e-4,
                     1e-5,
                 )
@@ -99,7 +99,7 @@ fn equals_batch_norm<B: AutodiffBackend>(device: &B::Device) {
                 &bn.running_mean
                     .value_sync()
                     .into_data()
-                    .to_vec::<f32>()
+                    .try_to_vec::<f32>()
                     .unwrap(),
                 1e-6,
                 1e-7,

@@ -495,7 +495,7 @@ fn window_formulas<B: AutodiffBackend>(device: &B::Device) {
         }
         // Both entries kept in every channel: the compensation is in play.
         assert_eq!(
-            count.clone().into_data().to_vec::<f32>().unwrap(),
+            count.clone().into_data().try_to_vec::<f32>().unwrap(),
             vec![3.0; c],
             "{history_gradient}: entries kept per channel (current included)"
         );
@@ -1239,7 +1239,7 @@ fn host_seeded_draws_the_blocks_conv_and_linear_parameters() {
         uniform::<NdArrayAd, 1>([n], seed, -bound, bound, &device).into_data()
     };
     let flat =
-        |param: TensorData| TensorData::new(param.to_vec::<f32>().unwrap(), [param.num_elements()]);
+        |param: TensorData| TensorData::new(param.try_to_vec::<f32>().unwrap(), [param.num_elements()]);
 
     let block = host_seeded(
         Conv2dCbnConfig::new([2, 3], [3, 3]).init::<NdArrayAd>(&device),

@@ -55,15 +55,15 @@ fn assert_within_ulps(what: &str, got: &[f32], expected: &[f32], ulps: u32) {
 /// `-1 / x^2` against the host's IEEE division.
 fn reciprocal_is_correctly_rounded<B: AutodiffBackend>(device: &B::Device, ulps: u32) {
     let x = uniform::<B, 1>([64], 7, 0.3, 7.0, device).require_grad();
-    let host: Vec<f32> = x.clone().into_data().to_vec().unwrap();
+    let host: Vec<f32> = x.clone().into_data().try_to_vec().unwrap();
     let y = reciprocal(x.clone());
     let expected: Vec<f32> = host.iter().map(|v| 1.0 / v).collect();
-    let got: Vec<f32> = y.clone().into_data().to_vec().unwrap();
+    let got: Vec<f32> = y.clone().into_data().try_to_vec().unwrap();
     assert_within_ulps("1 / x", &got, &expected, ulps);
 
     let grads = y.sum().backward();
     let expected: Vec<f32> = host.iter().map(|v| -1.0 / (v * v)).collect();
-    let got: Vec<f32> = x.grad(&grads).unwrap().into_data().to_vec().unwrap();
+    let got: Vec<f32> = x.grad(&grads).unwrap().into_data().try_to_vec().unwrap();
     assert_within_ulps("d(1 / x)/dx", &got, &expected, ulps);
 }
 

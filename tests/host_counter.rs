@@ -30,7 +30,7 @@ struct HostCounted<B: Backend> {
 }
 
 fn value<B: Backend>(state: &RunningState<Tensor<B, 1>>) -> Vec<f32> {
-    state.value_sync().into_data().to_vec().unwrap()
+    state.value_sync().into_data().try_to_vec().unwrap()
 }
 
 fn records_interchange<B: AutodiffBackend>(device: &B::Device) {
@@ -72,7 +72,7 @@ struct Floats(Vec<Vec<f32>>);
 
 impl<B: Backend> ModuleVisitor<B> for Floats {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        self.0.push(param.val().into_data().to_vec().unwrap());
+        self.0.push(param.val().into_data().try_to_vec().unwrap());
     }
 }
 
@@ -137,7 +137,7 @@ fn counter_counts_shares_and_copies_like_burn_state() {
     assert_eq!(near_end.increment(), COUNT_SATURATION);
     assert_eq!(HostCounter::<NdArrayAd>::at(-3.0, &device).get(), 0.0);
     assert_eq!(
-        near_end.to_tensor().into_data().to_vec::<f32>().unwrap(),
+        near_end.to_tensor().into_data().try_to_vec::<f32>().unwrap(),
         vec![16_777_216.0]
     );
 }

@@ -316,7 +316,7 @@ pub fn assert_state_depth_bounded(
 
 /// A float tensor's values on the host.
 pub fn to_vec<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f32> {
-    t.into_data().to_vec().unwrap()
+    t.into_data().try_to_vec().unwrap()
 }
 
 /// Runs `f`, which must panic, and returns the panic's message.

@@ -20,11 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 
 use burn::module::{
-    AutodiffModule, Content, Module, ModuleDisplay, ModuleDisplayDefault, ModuleMapper,
+    Content, Module, ModuleDisplay, ModuleDisplayDefault, ModuleMapper,
     ModuleVisitor, Param, ParamId,
 };
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor};
 
 /// A tensor state updated during the forward pass, thread-safe; its value
 /// is the average of the latest update of each thread since the last read
@@ -32,20 +31,20 @@ use burn::tensor::Tensor;
 ///
 /// Clones share the value, as clones of burn's `RunningState` do.
 #[derive(Clone, Debug)]
-pub struct AveragedState<B: Backend, const D: usize> {
+pub struct AveragedState<const D: usize> {
     id: ParamId,
     /// Each thread's latest update since the value was last synced.
-    updates: Arc<Mutex<HashMap<ThreadId, Tensor<B, D>>>>,
-    value: Arc<Mutex<Tensor<B, D>>>,
+    updates: Arc<Mutex<HashMap<ThreadId, Tensor<D>>>>,
+    value: Arc<Mutex<Tensor<D>>>,
 }
 
-impl<B: Backend, const D: usize> AveragedState<B, D> {
+impl<const D: usize> AveragedState<D> {
     /// A state holding `value`.
-    pub fn new(value: Tensor<B, D>) -> Self {
+    pub fn new(value: Tensor<D>) -> Self {
         Self::with_id(ParamId::new(), value)
     }
 
-    fn with_id(id: ParamId, value: Tensor<B, D>) -> Self {
+    fn with_id(id: ParamId, value: Tensor<D>) -> Self {
         Self {
             id,
             updates: Arc::new(Mutex::new(HashMap::new())),
@@ -55,14 +54,14 @@ impl<B: Backend, const D: usize> AveragedState<B, D> {
 
     /// The value as of the last sync: it does not include updates made
     /// since (see [`value_sync`](Self::value_sync)).
-    pub fn value(&self) -> Tensor<B, D> {
+    pub fn value(&self) -> Tensor<D> {
         self.value.lock().unwrap().clone()
     }
 
     /// The value, with the updates made since the last sync averaged in
     /// when this thread made one (as burn's `RunningState::value_sync`:
     /// other threads' updates are not waited for).
-    pub fn value_sync(&self) -> Tensor<B, D> {
+    pub fn value_sync(&self) -> Tensor<D> {
         let mut updates = self.updates.lock().unwrap();
         if updates.contains_key(&std::thread::current().id()) {
             self.merge(&mut updates);
@@ -73,7 +72,7 @@ impl<B: Backend, const D: usize> AveragedState<B, D> {
 
     /// Records `value` as this thread's update (a second update on the
     /// same thread first merges the pending ones, as burn's does).
-    pub fn update(&self, value: Tensor<B, D>) {
+    pub fn update(&self, value: Tensor<D>) {
         let thread = std::thread::current().id();
         let mut updates = self.updates.lock().unwrap();
         if updates.contains_key(&thread) {
@@ -93,9 +92,9 @@ impl<B: Backend, const D: usize> AveragedState<B, D> {
     /// The value becomes the mean of the pending updates: the lone one as
     /// it is, several summed on the first one's device and divided by
     /// their number (burn's order and arithmetic).
-    fn merge(&self, updates: &mut HashMap<ThreadId, Tensor<B, D>>) {
+    fn merge(&self, updates: &mut HashMap<ThreadId, Tensor<D>>) {
         let count = updates.len();
-        let mut sum: Option<Tensor<B, D>> = None;
+        let mut sum: Option<Tensor<D>> = None;
         for (_, tensor) in updates.drain() {
             sum = Some(match sum {
                 Some(current) => {
@@ -115,18 +114,18 @@ impl<B: Backend, const D: usize> AveragedState<B, D> {
         }
     }
 
-    fn param(&self) -> Param<Tensor<B, D>> {
+    fn param(&self) -> Param<Tensor<D>> {
         Param::initialized(self.id, self.value())
     }
 }
 
-impl<B: Backend, const D: usize> core::fmt::Display for AveragedState<B, D> {
+impl<const D: usize> core::fmt::Display for AveragedState<D> {
     fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
         write!(f, "AveragedState(id={})", self.id)
     }
 }
 
-impl<B: Backend, const D: usize> ModuleDisplayDefault for AveragedState<B, D> {
+impl<const D: usize> ModuleDisplayDefault for AveragedState<D> {
     fn content(&self, content: Content) -> Option<Content> {
         content
             .add_formatted(&"AveragedState".to_string())
@@ -134,39 +133,26 @@ impl<B: Backend, const D: usize> ModuleDisplayDefault for AveragedState<B, D> {
     }
 }
 
-impl<B: Backend, const D: usize> ModuleDisplay for AveragedState<B, D> {}
+impl<const D: usize> ModuleDisplay for AveragedState<D> {}
 
-impl<B: Backend, const D: usize> Module<B> for AveragedState<B, D> {
-    /// A float parameter, as `RunningState<Tensor<B, D>>`'s record.
-    type Record = Param<Tensor<B, D>>;
-
-    fn visit<V: ModuleVisitor<B>>(&self, visitor: &mut V) {
+impl<const D: usize> Module for AveragedState<D> {
+    /// Visited as a float parameter, as `RunningState<Tensor<D>>` is (so
+    /// records load either way), after merging pending updates: a record
+    /// taken right after a forward pass holds that pass's update.
+    fn visit<V: ModuleVisitor>(&self, visitor: &mut V) {
+        self.sync();
         visitor.visit_float(&self.param());
     }
 
-    fn map<M: ModuleMapper<B>>(self, mapper: &mut M) -> Self {
+    fn map<M: ModuleMapper>(self, mapper: &mut M) -> Self {
+        self.sync();
         let (id, tensor, _) = mapper.map_float(self.param()).consume();
-        *self.value.lock().unwrap() = tensor;
+        // A buffer, not an optimizer target: never one that requires grad.
+        *self.value.lock().unwrap() = tensor.set_require_grad(false);
         Self { id, ..self }
     }
 
-    fn into_record(self) -> Self::Record {
-        self.sync();
-        self.param()
-    }
-
-    fn load_record(self, record: Self::Record) -> Self {
-        {
-            let mut value = self.value.lock().unwrap();
-            *value = record.val().to_device(&value.device());
-        }
-        Self {
-            id: record.id,
-            ..self
-        }
-    }
-
-    fn to_device(self, device: &B::Device) -> Self {
+    fn to_device(self, device: &Device) -> Self {
         {
             let mut value = self.value.lock().unwrap();
             *value = value.clone().to_device(device);
@@ -174,50 +160,48 @@ impl<B: Backend, const D: usize> Module<B> for AveragedState<B, D> {
         self
     }
 
-    fn fork(self, device: &B::Device) -> Self {
+    fn fork(self, device: &Device) -> Self {
         // No gradient to detach: moving is all a fork does.
         self.to_device(device)
     }
 
-    fn collect_devices(&self, mut devices: Vec<B::Device>) -> Vec<B::Device> {
+    fn collect_devices(&self, mut devices: Vec<Device>) -> Vec<Device> {
         let device = self.value.lock().unwrap().device();
         if !devices.contains(&device) {
             devices.push(device);
         }
         devices
     }
-}
 
-impl<B: AutodiffBackend, const D: usize> AutodiffModule<B> for AveragedState<B, D> {
-    type InnerModule = AveragedState<B::InnerBackend, D>;
-
-    fn valid(&self) -> Self::InnerModule {
-        self.sync();
-        AveragedState::with_id(self.id, self.value().inner())
+    fn materialize(self) -> Self {
+        self
     }
 
-    fn from_inner(module: Self::InnerModule) -> Self {
-        module.sync();
-        AveragedState::with_id(module.id, Tensor::from_inner(module.value()))
+    /// A copy without autodiff, its own value (as `RunningState::valid`).
+    fn valid(&self) -> Self {
+        self.sync();
+        AveragedState::with_id(self.id, self.value().without_autodiff())
+    }
+
+    fn train(self) -> Self {
+        self.sync();
+        AveragedState::with_id(self.id, Tensor::from_inner(self.value()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use burn::backend::NdArray;
     use burn::module::Module;
 
-    type B = NdArray;
-
-    fn values(t: Tensor<B, 1>) -> Vec<f32> {
-        t.into_data().to_vec().unwrap()
+    fn values(t: Tensor<1>) -> Vec<f32> {
+        t.into_data().try_to_vec().unwrap()
     }
 
     #[test]
     fn lone_update_is_taken_as_is_and_threads_are_averaged() {
-        let device = Default::default();
-        let state = AveragedState::<B, 1>::new(Tensor::from_floats([1.0, 2.0], &device));
+        let device = Device::flex();
+        let state = AveragedState::<1>::new(Tensor::from_floats([1.0, 2.0], &device));
         state.update(Tensor::from_floats([3.0, 5.0], &device));
         // Not synced yet: the old value.
         assert_eq!(values(state.value()), [1.0, 2.0]);
@@ -226,7 +210,8 @@ mod tests {
         // Two threads update the same state (data-parallel training):
         // their mean, as burn's RunningState gives.
         let other = state.clone();
-        std::thread::spawn(move || other.update(Tensor::from_floats([7.0, 1.0], &device)))
+        let other_device = device.clone();
+        std::thread::spawn(move || other.update(Tensor::from_floats([7.0, 1.0], &other_device)))
             .join()
             .unwrap();
         state.update(Tensor::from_floats([1.0, 4.0], &device));
@@ -235,16 +220,16 @@ mod tests {
 
     #[test]
     fn record_is_running_states() {
-        let device = Default::default();
-        let state = AveragedState::<B, 1>::new(Tensor::from_floats([1.0, 2.0], &device));
+        let device = Device::flex();
+        let state = AveragedState::<1>::new(Tensor::from_floats([1.0, 2.0], &device));
         state.update(Tensor::from_floats([6.0, 8.0], &device));
         // The record syncs pending updates and is the Param a RunningState
         // record holds: it loads into one, and back.
         let record = state.clone().into_record();
-        let running = burn::module::RunningState::new(Tensor::<B, 1>::zeros([2], &device))
+        let running = burn::module::RunningState::new(Tensor::<1>::zeros([2], &device))
             .load_record(record);
         assert_eq!(values(running.value_sync()), [6.0, 8.0]);
-        let back = AveragedState::<B, 1>::new(Tensor::zeros([2], &device))
+        let back = AveragedState::<1>::new(Tensor::zeros([2], &device))
             .load_record(running.into_record());
         assert_eq!(values(back.value()), [6.0, 8.0]);
     }

@@ -22,7 +22,8 @@
 //! reshape, or burn-cubecl without fusion, gives the right ones), and `Q`
 //! computed through that view was off by up to 2.3 on values of about 1.
 
-use burn::tensor::backend::Backend;
+use burn::backend::Dispatch;
+use burn::backend::ops::ModuleOps;
 use burn::tensor::ops::{ConvOptions, PadMode};
 use burn::tensor::{Tensor, TensorData};
 
@@ -56,12 +57,12 @@ impl Conv1dGeometry {
 /// of `Autodiff<Cuda>`, `Autodiff<Wgpu>` with their features), as
 /// [`crate::conv2d_moment_jacobians`]. The result's `mean` is `[G, F]` and
 /// `mean_sq` `[C, F]` with `F = C_in/G * k`.
-pub fn conv1d_moment_jacobians<B: Backend>(
-    x: Tensor<B, 3>,
-    y: Tensor<B, 3>,
+pub fn conv1d_moment_jacobians(
+    x: Tensor<3>,
+    y: Tensor<3>,
     weight_dims: [usize; 3],
     geometry: Conv1dGeometry,
-) -> MomentJacobians<B> {
+) -> MomentJacobians {
     Conv1dJacobians {
         weight_dims,
         geometry,
@@ -77,7 +78,7 @@ struct Conv1dJacobians {
 }
 
 impl JacobianWork<3> for Conv1dJacobians {
-    fn run<E: Backend>(self, x: Tensor<E, 3>, y: Tensor<E, 3>) -> MomentJacobians<E> {
+    fn run(self, x: Tensor<3>, y: Tensor<3>) -> MomentJacobians {
         let Conv1dJacobians {
             weight_dims,
             geometry,
@@ -98,7 +99,7 @@ impl JacobianWork<3> for Conv1dJacobians {
             pad_before: left,
         };
         // 1/M rides in the selection's entries.
-        let selection = Tensor::<E, 2>::from_data(
+        let selection = Tensor::<2>::from_data(
             TensorData::new(taps.selection_transposed((1.0 / m) as f32), [length, k]),
             &x.device(),
         );
@@ -109,7 +110,7 @@ impl JacobianWork<3> for Conv1dJacobians {
         // Q: the weight gradient of grad_out = 2y/M, taken for grad_out = y
         // and scaled after (C x F values rather than every output value).
         let grad = y;
-        let mean_sq = if burn_ndarray::<E>() {
+        let mean_sq = if burn_ndarray(&x.device()) {
             // One matrix product per tap: a 3D conv of depth and height 1.
             let taps = TapGeometry {
                 stride: [1, 1, geometry.stride],
@@ -117,7 +118,7 @@ impl JacobianWork<3> for Conv1dJacobians {
                 dilation: [1, 1, geometry.dilation],
                 groups: geometry.groups,
             };
-            let volume = |t: Tensor<E, 3>| {
+            let volume = |t: Tensor<3>| {
                 let [n, c, l] = t.dims();
                 t.reshape([n, c, 1, 1, l])
             };
@@ -138,7 +139,7 @@ impl JacobianWork<3> for Conv1dJacobians {
                 geometry.groups,
             );
             weight_backward(x, weight_dims, grad, |x, w, g| {
-                E::conv1d_weight_backward(x, w, g, options)
+                Dispatch::conv1d_weight_backward(x, w, g, options)
             })
             .reshape([c, f])
         };

@@ -14,7 +14,8 @@
 //! matrix products over all planes at once), then the depth tap selection
 //! (one more), so a `3 x 3 x 3` kernel costs three products, not 27 slices.
 
-use burn::tensor::backend::Backend;
+use burn::backend::Dispatch;
+use burn::backend::ops::ModuleOps;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorData};
 
@@ -52,12 +53,12 @@ impl Conv3dGeometry {
 /// `Autodiff<NdArray>` (and of `Autodiff<Cuda>`, `Autodiff<Wgpu>` with
 /// their features), as [`crate::conv2d_moment_jacobians`]. The result's
 /// `mean` is `[G, F]` and `mean_sq` `[C, F]` with `F = C_in/G kd kh kw`.
-pub fn conv3d_moment_jacobians<B: Backend>(
-    x: Tensor<B, 5>,
-    y: Tensor<B, 5>,
+pub fn conv3d_moment_jacobians(
+    x: Tensor<5>,
+    y: Tensor<5>,
     weight_dims: [usize; 5],
     geometry: Conv3dGeometry,
-) -> MomentJacobians<B> {
+) -> MomentJacobians {
     Conv3dJacobians {
         weight_dims,
         geometry,
@@ -73,7 +74,7 @@ struct Conv3dJacobians {
 }
 
 impl JacobianWork<5> for Conv3dJacobians {
-    fn run<E: Backend>(self, x: Tensor<E, 5>, y: Tensor<E, 5>) -> MomentJacobians<E> {
+    fn run(self, x: Tensor<5>, y: Tensor<5>) -> MomentJacobians {
         let Conv3dJacobians {
             weight_dims,
             geometry,
@@ -87,7 +88,7 @@ impl JacobianWork<5> for Conv3dJacobians {
         // Q: the weight gradient of grad_out = 2y/M, taken for grad_out = y
         // and scaled after (C x F values rather than every output value).
         let grad = y;
-        let mean_sq = if burn_ndarray::<E>() {
+        let mean_sq = if burn_ndarray(&x.device()) {
             let taps = TapGeometry {
                 stride: geometry.stride,
                 padding: geometry.padding.map(|p| [p, p]),
@@ -103,7 +104,7 @@ impl JacobianWork<5> for Conv3dJacobians {
                 geometry.groups,
             );
             weight_backward(x, weight_dims, grad, |x, w, g| {
-                E::conv3d_weight_backward(x, w, g, options)
+                Dispatch::conv3d_weight_backward(x, w, g, options)
             })
             .reshape([c, f])
         };
@@ -115,13 +116,13 @@ impl JacobianWork<5> for Conv3dJacobians {
 /// `sum_p patch(p) / divisor` over every output position of the conv, per
 /// input channel and kernel tap: `[C_in, kd, kh * kw]` (the division rides
 /// in the row selection's entries, see `plane_patch_sums`).
-fn volume_patch_sum<B: Backend>(
-    x: Tensor<B, 5>,
+fn volume_patch_sum(
+    x: Tensor<5>,
     kernel: [usize; 3],
     output: [usize; 3],
     geometry: Conv3dGeometry,
     divisor: f64,
-) -> Tensor<B, 3> {
+) -> Tensor<3> {
     let [_, c_in, depth, height, width] = x.dims();
     let size = [depth, height, width];
     let [depth_taps, rows, columns] = [0, 1, 2].map(|axis| AxisTaps {
@@ -140,7 +141,7 @@ fn volume_patch_sum<B: Backend>(
         [rows, columns],
         (1.0 / divisor) as f32,
     );
-    let depth_selection = Tensor::<B, 3>::from_data(
+    let depth_selection = Tensor::<3>::from_data(
         TensorData::new(depth_taps.selection(1.0), [1, kd, depth]),
         &device,
     );
@@ -151,19 +152,17 @@ fn volume_patch_sum<B: Backend>(
 mod tests {
     use super::{conv3d_moment_jacobians, Conv3dGeometry, Conv3dJacobians};
     use crate::inner::JacobianWork;
-    use burn::backend::{Autodiff, NdArray};
     use burn::tensor::module::conv3d;
     use burn::tensor::ops::ConvOptions;
     use burn::tensor::{Distribution, Tensor};
 
-    type Ad = Autodiff<NdArray>;
 
     /// On `Autodiff<NdArray>` the 3D Jacobians run on `NdArray`: bit for
     /// bit the same work through the autodiff wrappers, for a grouped,
     /// strided, padded, dilated conv and a batch of one.
     #[test]
     fn inner_backend_conv3d_jacobians_are_bit_identical() {
-        let device = Default::default();
+        let device = crate::test_bits::autodiff_device();
         let geometry = Conv3dGeometry {
             stride: [2, 1, 1],
             padding: [1, 0, 2],
@@ -171,13 +170,13 @@ mod tests {
             groups: 2,
         };
         for batch in [1, 2] {
-            let x = Tensor::<Ad, 5>::random(
+            let x = Tensor::<5>::random(
                 [batch, 4, 5, 6, 4],
                 Distribution::Normal(0.0, 1.0),
                 &device,
             );
             let w =
-                Tensor::<Ad, 5>::random([6, 2, 3, 2, 3], Distribution::Normal(0.0, 1.0), &device);
+                Tensor::<5>::random([6, 2, 3, 2, 3], Distribution::Normal(0.0, 1.0), &device);
             let options = ConvOptions::new([2, 1, 1], [1, 0, 2], [1, 2, 1], 2);
             let y = conv3d(x.clone(), w, None, options);
             let dims = [6, 2, 3, 2, 3];
@@ -188,8 +187,8 @@ mod tests {
             }
             .run(x, y);
             for (a, b) in [(inner.mean, wrapped.mean), (inner.mean_sq, wrapped.mean_sq)] {
-                let bits = |t: Tensor<Ad, 2>| {
-                    let values = t.to_data().to_vec::<f32>().unwrap();
+                let bits = |t: Tensor<2>| {
+                    let values = t.to_data().try_to_vec::<f32>().unwrap();
                     values.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
                 };
                 assert_eq!(bits(a), bits(b), "batch {batch}");

@@ -10,18 +10,18 @@
 //! for a device read.
 //!
 //! The record holds the count as a `[1]` float tensor, the record of a
-//! `RunningState<Tensor<B, 1>>`, which the layers used before: checkpoints
+//! `RunningState<Tensor<1>>`, which the layers used before: checkpoints
 //! written either way load either way.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use burn::module::{
-    AutodiffModule, Content, Module, ModuleDisplay, ModuleDisplayDefault, ModuleMapper,
+    Content, Module, ModuleDisplay, ModuleDisplayDefault, ModuleMapper,
     ModuleVisitor, Param, ParamId,
 };
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{ElementConversion, Shape, Tensor, TensorData};
+
+use burn::tensor::{Device, Shape, Tensor, TensorData};
 
 /// Where a count saturates: float32, the record's type, counts exactly up
 /// to 2^24, far past the end of any schedule.
@@ -30,22 +30,22 @@ pub const COUNT_SATURATION: f64 = 16_777_216.0;
 /// A count on the host, saved as a `[1]` float tensor.
 ///
 /// Clones share the count, as clones of burn's `RunningState` share their
-/// value; [`AutodiffModule::valid`] copies it.
+/// value; [`Module::valid`] and [`Module::train`] copy it.
 #[derive(Clone, Debug)]
-pub struct HostCounter<B: Backend> {
+pub struct HostCounter {
     id: ParamId,
     count: Arc<Mutex<f64>>,
-    device: B::Device,
+    device: Device,
 }
 
-impl<B: Backend> HostCounter<B> {
+impl HostCounter {
     /// A counter at 0 whose record tensor lives on `device`.
-    pub fn new(device: &B::Device) -> Self {
+    pub fn new(device: &Device) -> Self {
         Self::at(0.0, device)
     }
 
     /// A counter at `count` (clamped to `0..=2^24`).
-    pub fn at(count: f64, device: &B::Device) -> Self {
+    pub fn at(count: f64, device: &Device) -> Self {
         Self {
             id: ParamId::new(),
             count: Arc::new(Mutex::new(count.clamp(0.0, COUNT_SATURATION))),
@@ -59,7 +59,7 @@ impl<B: Backend> HostCounter<B> {
     /// # Panics
     ///
     /// If `tensor` does not hold exactly one value.
-    pub fn from_tensor(tensor: Tensor<B, 1>) -> Self {
+    pub fn from_tensor(tensor: Tensor<1>) -> Self {
         let device = tensor.device();
         Self::at(read_count(tensor), &device)
     }
@@ -82,18 +82,14 @@ impl<B: Backend> HostCounter<B> {
     }
 
     /// The count as the `[1]` tensor the record holds.
-    pub fn to_tensor(&self) -> Tensor<B, 1> {
+    pub fn to_tensor(&self) -> Tensor<1> {
         count_tensor(self.get(), &self.device)
-    }
-
-    fn param(&self) -> Param<Tensor<B, 1>> {
-        Param::initialized(self.id, self.to_tensor())
     }
 
     /// The count as a lazy `[1]` parameter for visitors and mappers: its
     /// tensor is made only if one reads it, and the flag says whether one
     /// did.
-    fn lazy_param(&self) -> (Param<Tensor<B, 1>>, Arc<AtomicBool>) {
+    fn lazy_param(&self) -> (Param<Tensor<1>>, Arc<AtomicBool>) {
         let read = Arc::new(AtomicBool::new(false));
         let flag = read.clone();
         let count = self.get();
@@ -111,51 +107,48 @@ impl<B: Backend> HostCounter<B> {
     }
 }
 
-fn count_tensor<B: Backend>(count: f64, device: &B::Device) -> Tensor<B, 1> {
+fn count_tensor(count: f64, device: &Device) -> Tensor<1> {
     Tensor::from_data(TensorData::new(vec![count as f32], [1]), device)
 }
 
-fn read_count<B: Backend>(tensor: Tensor<B, 1>) -> f64 {
+fn read_count(tensor: Tensor<1>) -> f64 {
     let values = tensor.dims()[0];
     assert!(
         values == 1,
         "a count is saved as a tensor of shape [1], received [{values}]"
     );
-    tensor.into_scalar().elem::<f64>()
+    tensor.into_scalar::<f32>() as f64
 }
 
-impl<B: Backend> core::fmt::Display for HostCounter<B> {
+impl core::fmt::Display for HostCounter {
     fn fmt(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
         write!(f, "HostCounter({})", self.get())
     }
 }
 
-impl<B: Backend> ModuleDisplayDefault for HostCounter<B> {
+impl ModuleDisplayDefault for HostCounter {
     fn content(&self, content: Content) -> Option<Content> {
         content.add_formatted(&self.to_string()).optional()
     }
 }
 
-impl<B: Backend> ModuleDisplay for HostCounter<B> {}
+impl ModuleDisplay for HostCounter {}
 
-impl<B: Backend> Module<B> for HostCounter<B> {
-    type Record = Param<Tensor<B, 1>>;
-
+impl Module for HostCounter {
     /// Visited as the `[1]` float tensor of the record, made only if the
     /// visitor reads it (burn's `GradientsParams::from_grads` does: one
     /// 4-byte tensor per counter and optimizer step).
-    fn visit<V: ModuleVisitor<B>>(&self, visitor: &mut V) {
+    fn visit<V: ModuleVisitor>(&self, visitor: &mut V) {
         visitor.visit_float(&self.lazy_param().0);
     }
 
     /// Offered to the mapper as the record's `[1]` float tensor, made only
     /// if the mapper reads it. A mapper that returns a new tensor without
-    /// reading ours (burn-store's loaders) sets the count from it, one
+    /// reading ours (burn's record loader) sets the count from it, one
     /// device read; one that reads the tensor it is given (optimizers,
     /// `no_grad`, a transform) leaves the count as it is, so an optimizer
-    /// step never waits on the device. Set a count with
-    /// [`Module::load_record`] or [`HostCounter::set`].
-    fn map<M: ModuleMapper<B>>(self, mapper: &mut M) -> Self {
+    /// step never waits on the device.
+    fn map<M: ModuleMapper>(self, mapper: &mut M) -> Self {
         let (param, read) = self.lazy_param();
         let mapped = mapper.map_float(param);
         if mapped.is_initialized() && !read.load(Ordering::Relaxed) {
@@ -167,53 +160,43 @@ impl<B: Backend> Module<B> for HostCounter<B> {
         }
     }
 
-    fn load_record(self, record: Self::Record) -> Self {
-        self.set(read_count(record.val()));
-        Self {
-            id: record.id,
-            ..self
-        }
-    }
-
-    fn into_record(self) -> Self::Record {
-        self.param()
-    }
-
-    fn to_device(self, device: &B::Device) -> Self {
+    fn to_device(self, device: &Device) -> Self {
         Self {
             device: device.clone(),
             ..self
         }
     }
 
-    fn fork(self, device: &B::Device) -> Self {
+    fn fork(self, device: &Device) -> Self {
         self.to_device(device)
     }
 
-    fn collect_devices(&self, mut devices: Vec<B::Device>) -> Vec<B::Device> {
+    fn collect_devices(&self, mut devices: Vec<Device>) -> Vec<Device> {
         if !devices.contains(&self.device) {
             devices.push(self.device.clone());
         }
         devices
     }
-}
 
-impl<B: AutodiffBackend> AutodiffModule<B> for HostCounter<B> {
-    type InnerModule = HostCounter<B::InnerBackend>;
+    fn materialize(self) -> Self {
+        self
+    }
 
-    fn valid(&self) -> Self::InnerModule {
+    /// A copy with its own count, on the device without autodiff.
+    fn valid(&self) -> Self {
         HostCounter {
             id: self.id,
             count: Arc::new(Mutex::new(self.get())),
-            device: self.device.clone(),
+            device: self.device.clone().without_autodiff(),
         }
     }
 
-    fn from_inner(module: Self::InnerModule) -> Self {
+    /// A copy with its own count, on the device with autodiff.
+    fn train(self) -> Self {
         HostCounter {
-            id: module.id,
-            count: Arc::new(Mutex::new(module.get())),
-            device: module.device.clone(),
+            id: self.id,
+            count: Arc::new(Mutex::new(self.get())),
+            device: self.device.clone().autodiff(),
         }
     }
 }

@@ -17,23 +17,23 @@
 use burn::module::Param;
 use burn::nn::conv::{Conv1d, Conv2d, Conv3d};
 use burn::nn::Linear;
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{Tensor};
 
 /// The per-channel affine map `y = x * scale + shift`, `[C]` each.
 #[derive(Debug, Clone)]
-pub struct InferenceAffine<B: Backend> {
-    pub scale: Tensor<B, 1>,
-    pub shift: Tensor<B, 1>,
+pub struct InferenceAffine {
+    pub scale: Tensor<1>,
+    pub shift: Tensor<1>,
 }
 
-impl<B: Backend> InferenceAffine<B> {
+impl InferenceAffine {
     /// From running mean and std (`[C]`) and optional `gamma`, `beta`:
     /// `(x - mu) / sigma` composed with the learned affine.
     pub fn new(
-        mean: Tensor<B, 1>,
-        std: Tensor<B, 1>,
-        gamma: Option<Tensor<B, 1>>,
-        beta: Option<Tensor<B, 1>>,
+        mean: Tensor<1>,
+        std: Tensor<1>,
+        gamma: Option<Tensor<1>>,
+        beta: Option<Tensor<1>>,
     ) -> Self {
         let inv_std = crate::reciprocal(std);
         let shift = mean.mul(inv_std.clone()).neg();
@@ -42,9 +42,9 @@ impl<B: Backend> InferenceAffine<B> {
     }
 
     /// Applies the map to `[N, C, ...]`.
-    pub fn apply<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
-        x.mul(crate::shape::per_channel::<B, D>(self.scale.clone()))
-            .add(crate::shape::per_channel::<B, D>(self.shift.clone()))
+    pub fn apply<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        x.mul(crate::shape::per_channel::<D>(self.scale.clone()))
+            .add(crate::shape::per_channel::<D>(self.shift.clone()))
     }
 
     /// Folds the map into a weight whose output channels run along
@@ -52,10 +52,10 @@ impl<B: Backend> InferenceAffine<B> {
     /// scale * b + shift)`.
     pub fn fold<const D: usize>(
         &self,
-        weight: Tensor<B, D>,
-        bias: Option<Tensor<B, 1>>,
+        weight: Tensor<D>,
+        bias: Option<Tensor<1>>,
         out_axis: usize,
-    ) -> (Tensor<B, D>, Tensor<B, 1>) {
+    ) -> (Tensor<D>, Tensor<1>) {
         let [c] = self.scale.dims();
         let mut shape = [1; D];
         shape[out_axis] = c;
@@ -68,21 +68,21 @@ impl<B: Backend> InferenceAffine<B> {
     }
 
     /// A copy of `conv` with this map folded in (weight `[C, ...]`).
-    pub fn fold_into_conv1d(&self, conv: &Conv1d<B>) -> Conv1d<B> {
+    pub fn fold_into_conv1d(&self, conv: &Conv1d) -> Conv1d {
         let mut folded = conv.clone();
         (folded.weight, folded.bias) = self.fold_params(&conv.weight, &conv.bias, 0);
         folded
     }
 
     /// A copy of `conv` with this map folded in (weight `[C, ...]`).
-    pub fn fold_into_conv2d(&self, conv: &Conv2d<B>) -> Conv2d<B> {
+    pub fn fold_into_conv2d(&self, conv: &Conv2d) -> Conv2d {
         let mut folded = conv.clone();
         (folded.weight, folded.bias) = self.fold_params(&conv.weight, &conv.bias, 0);
         folded
     }
 
     /// A copy of `conv` with this map folded in (weight `[C, ...]`).
-    pub fn fold_into_conv3d(&self, conv: &Conv3d<B>) -> Conv3d<B> {
+    pub fn fold_into_conv3d(&self, conv: &Conv3d) -> Conv3d {
         let mut folded = conv.clone();
         (folded.weight, folded.bias) = self.fold_params(&conv.weight, &conv.bias, 0);
         folded
@@ -90,7 +90,7 @@ impl<B: Backend> InferenceAffine<B> {
 
     /// A copy of `linear` with this map folded in (burn's weight layout
     /// `[d_in, C]`).
-    pub fn fold_into_linear(&self, linear: &Linear<B>) -> Linear<B> {
+    pub fn fold_into_linear(&self, linear: &Linear) -> Linear {
         let mut folded = linear.clone();
         (folded.weight, folded.bias) = self.fold_params(&linear.weight, &linear.bias, 1);
         folded
@@ -99,10 +99,10 @@ impl<B: Backend> InferenceAffine<B> {
     /// [`fold`](Self::fold) on a layer's parameters, as new parameters.
     fn fold_params<const D: usize>(
         &self,
-        weight: &Param<Tensor<B, D>>,
-        bias: &Option<Param<Tensor<B, 1>>>,
+        weight: &Param<Tensor<D>>,
+        bias: &Option<Param<Tensor<1>>>,
         out_axis: usize,
-    ) -> (Param<Tensor<B, D>>, Option<Param<Tensor<B, 1>>>) {
+    ) -> (Param<Tensor<D>>, Option<Param<Tensor<1>>>) {
         let (weight, bias) = self.fold(
             weight.val().detach(),
             bias.as_ref().map(|b| b.val().detach()),
@@ -117,12 +117,12 @@ impl<B: Backend> InferenceAffine<B> {
 /// itself for a layer without affine parameters. Every layer's training and
 /// inference paths fold their per-channel factors through this on `[C]`
 /// vectors, so the full-size tensor sees one multiply and one add.
-pub fn compose_affine<B: Backend>(
-    gamma: Option<Tensor<B, 1>>,
-    beta: Option<Tensor<B, 1>>,
-    scale: Tensor<B, 1>,
-    shift: Tensor<B, 1>,
-) -> (Tensor<B, 1>, Tensor<B, 1>) {
+pub fn compose_affine(
+    gamma: Option<Tensor<1>>,
+    beta: Option<Tensor<1>>,
+    scale: Tensor<1>,
+    shift: Tensor<1>,
+) -> (Tensor<1>, Tensor<1>) {
     match (gamma, beta) {
         (Some(gamma), Some(beta)) => (scale.mul(gamma.clone()), shift.mul(gamma).add(beta)),
         _ => (scale, shift),

@@ -50,9 +50,10 @@
 //! per group, `F` values per patch (`C_in/G * kh * kw` for a conv, `d_in`
 //! for a linear layer).
 
-use burn::tensor::backend::Backend;
-use burn::tensor::ops::{ConvOptions, FloatTensor, PadMode};
-use burn::tensor::{Slice, Tensor, TensorData, TensorPrimitive};
+use burn::backend::{Dispatch, DispatchTensor};
+use burn::backend::ops::ModuleOps;
+use burn::tensor::ops::{ConvOptions, PadMode};
+use burn::tensor::{Slice, Tensor, TensorData};
 
 use crate::inner::{burn_ndarray, JacobianWork};
 use crate::tap_products::{weight_gradient_per_tap, TapGeometry};
@@ -60,11 +61,11 @@ use crate::tap_products::{weight_gradient_per_tap, TapGeometry};
 /// What one training step contributes to the history: the derivatives of
 /// the current per-channel moments with respect to the layer's weight.
 #[derive(Debug, Clone)]
-pub struct MomentJacobians<B: Backend> {
+pub struct MomentJacobians {
     /// `d mu / d W` per group, `[G, F]`.
-    pub mean: Tensor<B, 2>,
+    pub mean: Tensor<2>,
     /// `d nu / d W` per output channel, `[C, F]`.
-    pub mean_sq: Tensor<B, 2>,
+    pub mean_sq: Tensor<2>,
 }
 
 /// Geometry of a 2D convolution with possibly asymmetric padding
@@ -88,21 +89,23 @@ impl Conv2dGeometry {
 }
 
 /// A weight gradient `[C, C_in/G, k...]` from the backend's
-/// `conv{2,3}d_weight_backward` (`op`), given as `(x, weight, grad)`.
-pub(crate) fn weight_backward<B: Backend, const D: usize>(
-    x: Tensor<B, D>,
+/// `conv{1,2,3}d_weight_backward` (`op`, given as `(x, weight, grad)`),
+/// called on burn's dispatch backend: burn has a tensor-level function for
+/// the 2D one only.
+pub(crate) fn weight_backward<const D: usize>(
+    x: Tensor<D>,
     weight_shape: [usize; D],
-    output_grad: Tensor<B, D>,
-    op: impl FnOnce(FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) -> FloatTensor<B>,
-) -> Tensor<B, D> {
+    output_grad: Tensor<D>,
+    op: impl FnOnce(DispatchTensor, DispatchTensor, DispatchTensor) -> DispatchTensor,
+) -> Tensor<D> {
     // Only its shape is read (burn's default, cubecl and fusion kernels
     // alike): `empty` allocates without a fill kernel.
-    let weight = Tensor::<B, D>::empty(weight_shape, &x.device());
-    Tensor::from_primitive(TensorPrimitive::Float(op(
-        x.into_primitive().tensor(),
-        weight.into_primitive().tensor(),
-        output_grad.into_primitive().tensor(),
-    )))
+    let weight = Tensor::<D>::empty(weight_shape, &x.device());
+    Tensor::from_dispatch(op(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        output_grad.into_dispatch(),
+    ))
 }
 
 /// Jacobians of the per-channel moments of `y = conv2d(x, W) (+ b)`.
@@ -114,12 +117,12 @@ pub(crate) fn weight_backward<B: Backend, const D: usize>(
 /// backend (see `inner`): no autodiff bookkeeping, and `Q` through the
 /// backend's own weight-gradient kernel (on burn-ndarray, which has none,
 /// as one matrix product per kernel tap).
-pub fn conv2d_moment_jacobians<B: Backend>(
-    x: Tensor<B, 4>,
-    y: Tensor<B, 4>,
+pub fn conv2d_moment_jacobians(
+    x: Tensor<4>,
+    y: Tensor<4>,
     weight_dims: [usize; 4],
     geometry: Conv2dGeometry,
-) -> MomentJacobians<B> {
+) -> MomentJacobians {
     conv2d_moment_jacobians_in_bands(x, y, weight_dims, geometry, 1)
 }
 
@@ -149,13 +152,13 @@ pub fn conv2d_moment_jacobians<B: Backend>(
 /// Only for `groups = 1` (with groups the bands are ignored: `Q` in one
 /// piece). `bands = 1` is [`conv2d_moment_jacobians`]; more bands than
 /// output rows are capped at one row per band.
-pub fn conv2d_moment_jacobians_in_bands<B: Backend>(
-    x: Tensor<B, 4>,
-    y: Tensor<B, 4>,
+pub fn conv2d_moment_jacobians_in_bands(
+    x: Tensor<4>,
+    y: Tensor<4>,
     weight_dims: [usize; 4],
     geometry: Conv2dGeometry,
     bands: usize,
-) -> MomentJacobians<B> {
+) -> MomentJacobians {
     ConvJacobians {
         weight_dims,
         geometry,
@@ -173,7 +176,7 @@ struct ConvJacobians {
 }
 
 impl JacobianWork<4> for ConvJacobians {
-    fn run<E: Backend>(self, x: Tensor<E, 4>, y: Tensor<E, 4>) -> MomentJacobians<E> {
+    fn run(self, x: Tensor<4>, y: Tensor<4>) -> MomentJacobians {
         let ConvJacobians {
             weight_dims,
             geometry,
@@ -190,7 +193,7 @@ impl JacobianWork<4> for ConvJacobians {
         let grad = y;
         let mean_sq = if bands > 1 && geometry.groups == 1 {
             banded_weight_backward(x, grad, weight_dims, geometry, bands)
-        } else if burn_ndarray::<E>() {
+        } else if burn_ndarray(&x.device()) {
             // One matrix product per tap (`tap_products`): a 3D conv with a
             // depth of one.
             let [[top, bottom], [left, right]] = geometry.padding;
@@ -200,7 +203,7 @@ impl JacobianWork<4> for ConvJacobians {
                 dilation: [1, geometry.dilation[0], geometry.dilation[1]],
                 groups: geometry.groups,
             };
-            let volume = |t: Tensor<E, 4>| t.unsqueeze_dim::<5>(2);
+            let volume = |t: Tensor<4>| t.unsqueeze_dim::<5>(2);
             weight_gradient_per_tap(volume(x), volume(grad), [c, cin_g, 1, kh, kw], taps)
                 .reshape([c, f])
         } else {
@@ -216,12 +219,12 @@ impl JacobianWork<4> for ConvJacobians {
 /// `[C, C_in/G, kh, kw]` and output gradient `grad` `[N, C, Ho, Wo]`, in
 /// one weight-gradient convolution of the backend (`Q` is this with
 /// `grad = 2y/M`). Public for the benchmarks, which time it alone.
-pub fn conv2d_weight_gradient<E: Backend>(
-    x: Tensor<E, 4>,
-    grad: Tensor<E, 4>,
+pub fn conv2d_weight_gradient(
+    x: Tensor<4>,
+    grad: Tensor<4>,
     weight_dims: [usize; 4],
     geometry: Conv2dGeometry,
-) -> Tensor<E, 2> {
+) -> Tensor<2> {
     let [c, cin_g, kh, kw] = weight_dims;
     let [[top, bottom], [left, right]] = geometry.padding;
     // Asymmetric padding ('Same' with an even kernel) is applied to the
@@ -237,7 +240,7 @@ pub fn conv2d_weight_gradient<E: Backend>(
     };
     let options = ConvOptions::new(geometry.stride, padding, geometry.dilation, geometry.groups);
     weight_backward(x, weight_dims, grad, |x, w, g| {
-        E::conv2d_weight_backward(x, w, g, options)
+        Dispatch::conv2d_weight_backward(x, w, g, options)
     })
     .reshape([c, cin_g * kh * kw])
 }
@@ -247,13 +250,13 @@ pub fn conv2d_weight_gradient<E: Backend>(
 /// of `bands` bands of output rows, taken from the diagonal of one
 /// convolution of every input band with every output band (see
 /// [`conv2d_moment_jacobians_in_bands`]).
-fn banded_weight_backward<E: Backend>(
-    x: Tensor<E, 4>,
-    grad: Tensor<E, 4>,
+fn banded_weight_backward(
+    x: Tensor<4>,
+    grad: Tensor<4>,
     weight_dims: [usize; 4],
     geometry: Conv2dGeometry,
     bands: usize,
-) -> Tensor<E, 2> {
+) -> Tensor<2> {
     let [c, c_in, kh, kw] = weight_dims;
     let f = c_in * kh * kw;
     let [n, _, h, _] = x.dims();
@@ -326,7 +329,7 @@ fn banded_weight_backward<E: Backend>(
         x_bands,
         [bands * c, bands * c_in, kh, kw],
         grad_bands,
-        |x, w, g| E::conv2d_weight_backward(x, w, g, options),
+        |x, w, g| Dispatch::conv2d_weight_backward(x, w, g, options),
     );
     // The diagonal blocks without a mask: flattened, block (s, s) starts
     // at s * (L + F) with L = C * bands * F, the floats of one band's rows;
@@ -366,12 +369,12 @@ fn banded_weight_backward<E: Backend>(
 /// products are sums of input values (on CUDA in TF32, like every burn-cuda
 /// matmul: the history's linearization points keep that error off the
 /// compensation, see the module docs).
-fn patch_mean<B: Backend>(
-    x: Tensor<B, 4>,
+fn patch_mean(
+    x: Tensor<4>,
     kernel: [usize; 2],
     output: [usize; 2],
     geometry: Conv2dGeometry,
-) -> Tensor<B, 3> {
+) -> Tensor<3> {
     let count = (x.dims()[0] * output[0] * output[1]) as f32;
     let [_, c_in, height, width] = x.dims();
     let size = [height, width];
@@ -392,7 +395,7 @@ fn patch_mean<B: Backend>(
 
 /// `x` `[N, ...]` summed over the batch, `[1, ...]`: a reshape, not a
 /// reduction, for a batch of one (the case this library is for).
-pub(crate) fn batch_sum<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+pub(crate) fn batch_sum<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     crate::shape::sum_axis(x, 0)
 }
 
@@ -439,19 +442,19 @@ impl AxisTaps {
 /// and column taps `columns` (see [`patch_mean`]), times `scale`. Two small
 /// matrix products; `scale` rides in `S_h`'s entries (made on the host),
 /// which spares the GPU a kernel for it.
-pub(crate) fn plane_patch_sums<B: Backend>(
-    planes: Tensor<B, 3>,
+pub(crate) fn plane_patch_sums(
+    planes: Tensor<3>,
     [rows, columns]: [AxisTaps; 2],
     scale: f32,
-) -> Tensor<B, 3> {
+) -> Tensor<3> {
     let device = planes.device();
     let (kh, height) = (rows.kernel, rows.size);
     let (kw, width) = (columns.kernel, columns.size);
-    let rows = Tensor::<B, 3>::from_data(
+    let rows = Tensor::<3>::from_data(
         TensorData::new(rows.selection(scale), [1, kh, height]),
         &device,
     );
-    let columns = Tensor::<B, 3>::from_data(
+    let columns = Tensor::<3>::from_data(
         TensorData::new(columns.selection_transposed(1.0), [1, width, kw]),
         &device,
     );
@@ -483,7 +486,7 @@ fn tap_rows(
 /// layout: `x` `[M, d_in]`, `W` `[d_in, d_out]`, `y` `[M, d_out]`), from
 /// their values, on the inner backend where known, as
 /// [`conv2d_moment_jacobians`].
-pub fn linear_moment_jacobians<B: Backend>(x: Tensor<B, 2>, y: Tensor<B, 2>) -> MomentJacobians<B> {
+pub fn linear_moment_jacobians(x: Tensor<2>, y: Tensor<2>) -> MomentJacobians {
     LinearJacobians.run_on_inner(x, y)
 }
 
@@ -492,7 +495,7 @@ pub fn linear_moment_jacobians<B: Backend>(x: Tensor<B, 2>, y: Tensor<B, 2>) -> 
 struct LinearJacobians;
 
 impl JacobianWork<2> for LinearJacobians {
-    fn run<E: Backend>(self, x: Tensor<E, 2>, y: Tensor<E, 2>) -> MomentJacobians<E> {
+    fn run(self, x: Tensor<2>, y: Tensor<2>) -> MomentJacobians {
         let [m, d_in] = x.dims();
         let mean = x.clone().mean_dim(0).reshape([1, d_in]);
         let mean_sq = y.transpose().matmul(x).mul_scalar(2.0 / m as f64);
@@ -508,13 +511,13 @@ impl JacobianWork<2> for LinearJacobians {
 /// entries' means, for the bias term), `weight` `[G, C/G, F]`, `bias` `[C]`.
 /// Elementwise products and sums: float32 on every backend (no tensor-core
 /// matmul).
-pub fn linearize<B: Backend>(
-    jac_mean: Tensor<B, 3>,
-    jac_mean_sq: Tensor<B, 3>,
-    mean: Tensor<B, 2>,
-    weight: Tensor<B, 3>,
-    bias: Option<Tensor<B, 1>>,
-) -> (Tensor<B, 2>, Tensor<B, 2>) {
+pub fn linearize(
+    jac_mean: Tensor<3>,
+    jac_mean_sq: Tensor<3>,
+    mean: Tensor<2>,
+    weight: Tensor<3>,
+    bias: Option<Tensor<1>>,
+) -> (Tensor<2>, Tensor<2>) {
     let [k, c] = mean.dims();
     let bias_free = bias.is_none();
     let (p_w, q_w) = linearize_per_entry(jac_mean, jac_mean_sq, mean, weight, bias);
@@ -534,13 +537,13 @@ pub fn linearize<B: Backend>(
 /// `[K, C, 1]`, the shapes its sums leave: burn's fusion does not merge a
 /// sum with the elementwise work after it across a reshape of the sum, so
 /// [`HistoryEntries::compensate`] finishes in these shapes.
-fn linearize_per_entry<B: Backend>(
-    jac_mean: Tensor<B, 3>,
-    jac_mean_sq: Tensor<B, 3>,
-    mean: Tensor<B, 2>,
-    weight: Tensor<B, 3>,
-    bias: Option<Tensor<B, 1>>,
-) -> (Tensor<B, 4>, Tensor<B, 3>) {
+fn linearize_per_entry(
+    jac_mean: Tensor<3>,
+    jac_mean_sq: Tensor<3>,
+    mean: Tensor<2>,
+    weight: Tensor<3>,
+    bias: Option<Tensor<1>>,
+) -> (Tensor<4>, Tensor<3>) {
     let [k, g, f] = jac_mean.dims();
     let [_, c_g, _] = weight.dims();
     let c = g * c_g;
@@ -564,40 +567,40 @@ fn linearize_per_entry<B: Backend>(
 
 /// History moments compensated to the current weight.
 #[derive(Debug, Clone)]
-pub struct CompensatedMoments<B: Backend> {
+pub struct CompensatedMoments {
     /// `mu_i(W)`, `[K, C]`.
-    pub mean: Tensor<B, 2>,
+    pub mean: Tensor<2>,
     /// `nu_i(W)`, `[K, C]`.
-    pub mean_sq: Tensor<B, 2>,
+    pub mean_sq: Tensor<2>,
 }
 
 /// `K` recorded history entries: moments, Jacobians and linearization
 /// points (see the module docs).
 #[derive(Debug, Clone)]
-pub struct HistoryEntries<B: Backend> {
+pub struct HistoryEntries {
     /// `mu_i`, `[K, C]`.
-    pub mean: Tensor<B, 2>,
+    pub mean: Tensor<2>,
     /// `nu_i`, `[K, C]`.
-    pub mean_sq: Tensor<B, 2>,
+    pub mean_sq: Tensor<2>,
     /// `P_i = d mu_i / dW` per group, `[K, G, F]`.
-    pub jac_mean: Tensor<B, 3>,
+    pub jac_mean: Tensor<3>,
     /// `Q_i = d nu_i / dW` per channel, `[K, C, F]`.
-    pub jac_mean_sq: Tensor<B, 3>,
+    pub jac_mean_sq: Tensor<3>,
     /// `<P_i, W_i> + b_i`, `[K, C]`.
-    pub lin_mean: Tensor<B, 2>,
+    pub lin_mean: Tensor<2>,
     /// `<Q_i, W_i> + 2 mu_i b_i`, `[K, C]`.
-    pub lin_mean_sq: Tensor<B, 2>,
+    pub lin_mean_sq: Tensor<2>,
 }
 
-impl<B: Backend> HistoryEntries<B> {
+impl HistoryEntries {
     /// One entry recorded now: this step's moments `[C]` and Jacobians at
     /// the current `weight` `[G, C/G, F]` and `bias` (pass them detached).
     pub fn record(
-        mean: Tensor<B, 1>,
-        mean_sq: Tensor<B, 1>,
-        jacobians: MomentJacobians<B>,
-        weight: Tensor<B, 3>,
-        bias: Option<Tensor<B, 1>>,
+        mean: Tensor<1>,
+        mean_sq: Tensor<1>,
+        jacobians: MomentJacobians,
+        weight: Tensor<3>,
+        bias: Option<Tensor<1>>,
     ) -> Self {
         let [c] = mean.dims();
         let [g, f] = jacobians.mean.dims();
@@ -629,10 +632,10 @@ impl<B: Backend> HistoryEntries<B> {
     /// carry: pass them detached for the reference's constant history terms.
     pub fn compensate(
         self,
-        weight: Tensor<B, 3>,
-        bias: Option<Tensor<B, 1>>,
+        weight: Tensor<3>,
+        bias: Option<Tensor<1>>,
         rho: f64,
-    ) -> CompensatedMoments<B> {
+    ) -> CompensatedMoments {
         if rho == 0.0 {
             return CompensatedMoments {
                 mean: self.mean,
@@ -650,7 +653,7 @@ impl<B: Backend> HistoryEntries<B> {
             bias,
         );
         // mu + rho (<P, W> + b - lin), in the shapes the sums leave.
-        let grouped = |t: Tensor<B, 2>| t.reshape([k, g, c_g, 1]);
+        let grouped = |t: Tensor<2>| t.reshape([k, g, c_g, 1]);
         let mean = grouped(self.mean)
             .add(p_w.sub(grouped(self.lin_mean)).mul_scalar(rho))
             .reshape([k, c]);
@@ -670,17 +673,15 @@ mod tests {
         tap_rows, Conv2dGeometry, ConvJacobians, LinearJacobians, MomentJacobians,
     };
     use crate::inner::JacobianWork;
-    use burn::backend::{Autodiff, NdArray};
     use burn::tensor::module::conv2d;
-    use burn::tensor::ops::PaddedConvOptions;
+    use burn::tensor::ops::ConvOptions;
     use burn::tensor::{Distribution, Tensor};
 
-    type Ad = Autodiff<NdArray>;
 
-    fn bits(jacobians: MomentJacobians<Ad>) -> [Vec<u32>; 2] {
+    fn bits(jacobians: MomentJacobians) -> [Vec<u32>; 2] {
         [jacobians.mean, jacobians.mean_sq].map(|t| {
             t.to_data()
-                .to_vec::<f32>()
+                .try_to_vec::<f32>()
                 .unwrap()
                 .iter()
                 .map(|v| v.to_bits())
@@ -694,16 +695,16 @@ mod tests {
     /// a linear layer.
     #[test]
     fn inner_backend_jacobians_are_bit_identical() {
-        let device = Default::default();
-        let x = Tensor::<Ad, 4>::random([2, 4, 7, 6], Distribution::Normal(0.0, 1.0), &device);
-        let w = Tensor::<Ad, 4>::random([6, 2, 3, 2], Distribution::Normal(0.0, 1.0), &device);
+        let device = crate::test_bits::autodiff_device();
+        let x = Tensor::<4>::random([2, 4, 7, 6], Distribution::Normal(0.0, 1.0), &device);
+        let w = Tensor::<4>::random([6, 2, 3, 2], Distribution::Normal(0.0, 1.0), &device);
         let geometry = Conv2dGeometry {
             stride: [2, 1],
             padding: [[1, 2], [0, 1]],
             dilation: [1, 2],
             groups: 2,
         };
-        let options = PaddedConvOptions::asymmetric([2, 1], [1, 0], [2, 1], [1, 2], 2);
+        let options = ConvOptions::new_with_padding([2, 1], [(1, 2), (0, 1)], [1, 2], 2);
         let y = conv2d(x.clone(), w, None, options);
         let work = ConvJacobians {
             weight_dims: [6, 2, 3, 2],
@@ -719,8 +720,8 @@ mod tests {
             )),
             bits(work.run(x, y))
         );
-        let x = Tensor::<Ad, 2>::random([5, 4], Distribution::Normal(0.0, 1.0), &device);
-        let y = Tensor::<Ad, 2>::random([5, 3], Distribution::Normal(0.0, 1.0), &device);
+        let x = Tensor::<2>::random([5, 4], Distribution::Normal(0.0, 1.0), &device);
+        let y = Tensor::<2>::random([5, 3], Distribution::Normal(0.0, 1.0), &device);
         assert_eq!(
             bits(linear_moment_jacobians(x.clone(), y.clone())),
             bits(LinearJacobians.run(x, y))
@@ -734,7 +735,7 @@ mod tests {
     /// one, where the bands are ignored).
     #[test]
     fn banded_jacobians_equal_unbanded() {
-        let device = Default::default();
+        let device = crate::test_bits::autodiff_device();
         let geometry = |stride, padding, dilation, groups| Conv2dGeometry {
             stride,
             padding,
@@ -766,27 +767,26 @@ mod tests {
             ),
         ];
         for (x_dims, w_dims, geometry) in cases {
-            let x = Tensor::<Ad, 4>::random(x_dims, Distribution::Normal(0.0, 1.0), &device);
-            let w = Tensor::<Ad, 4>::random(w_dims, Distribution::Normal(0.0, 1.0), &device);
+            let x = Tensor::<4>::random(x_dims, Distribution::Normal(0.0, 1.0), &device);
+            let w = Tensor::<4>::random(w_dims, Distribution::Normal(0.0, 1.0), &device);
             let [[top, bottom], [left, right]] = geometry.padding;
-            let options = PaddedConvOptions::asymmetric(
+            let options = ConvOptions::new_with_padding(
                 geometry.stride,
-                [top, left],
-                [bottom, right],
+                [(top, bottom), (left, right)],
                 geometry.dilation,
                 geometry.groups,
             );
             let y = conv2d(x.clone(), w, None, options);
             let ho = y.dims()[2];
             let whole = conv2d_moment_jacobians(x.clone(), y.clone(), w_dims, geometry);
-            let whole_q = whole.mean_sq.to_data().to_vec::<f32>().unwrap();
+            let whole_q = whole.mean_sq.to_data().try_to_vec::<f32>().unwrap();
             let scale = whole_q.iter().fold(0.0f32, |a, v| a.max(v.abs()));
             for bands in [2, 3, ho, ho + 4] {
                 let banded =
                     conv2d_moment_jacobians_in_bands(x.clone(), y.clone(), w_dims, geometry, bands);
                 let case = format!("x {x_dims:?} w {w_dims:?} {geometry:?} bands {bands}");
                 assert_eq!(bits(banded.clone())[0], bits(whole.clone())[0], "P, {case}");
-                let banded_q = banded.mean_sq.to_data().to_vec::<f32>().unwrap();
+                let banded_q = banded.mean_sq.to_data().try_to_vec::<f32>().unwrap();
                 assert_eq!(banded_q.len(), whole_q.len(), "{case}");
                 for (i, (a, b)) in banded_q.iter().zip(&whole_q).enumerate() {
                     assert!(

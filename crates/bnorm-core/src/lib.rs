@@ -1,7 +1,7 @@
 //! Backend-generic statistic math for small-batch normalization layers.
 //!
-//! Everything here is a pure function over burn tensors for any
-//! [`Backend`](burn::tensor::backend::Backend), besides [`HostCounter`], the
+//! Everything here is a pure function over burn tensors on any device,
+//! besides [`HostCounter`] and [`AveragedState`], the
 //! one piece of state both layers keep alike; the stateful modules live in
 //! `bnorm-renorm` and `bnorm-crossiter` and call into this crate, so each
 //! formula exists exactly once.
@@ -19,13 +19,11 @@
 //! - [`record_check`]: validating a loaded record against the module.
 //! - [`jacobian`]: closed-form Jacobians of moments with respect to a conv
 //!   or linear weight, and the Taylor compensation of history entries
-//!   (computed on an autodiff backend's inner backend where this build can
-//!   name it: `inner`, private).
+//!   (computed without autodiff: `inner`, private).
 //! - [`conv1d_jacobian`], [`conv3d_jacobian`]: the same Jacobians for a
 //!   1D and a 3D convolution.
 //! - [`window`]: Cross-Iteration BN window statistics and burn-in.
-//! - [`cbn_step`]: the CBN training step, `y` to the normalized output, as
-//!   one autodiff operation with its gradient in closed form.
+//! - [`cbn_step`]: the CBN training step, `y` to the normalized output.
 //! - [`inference`]: inference-mode normalization as one affine map, and
 //!   folding it into the preceding layer.
 
@@ -45,7 +43,7 @@ pub use renorm::{renorm_correction, EpsPlacement, RenormCorrection};
 pub use schedule::Schedule;
 pub mod record_check;
 pub use record_check::{
-    check_record_shape, load_checkpoint_with, optional_dims, CheckpointError, RecordShapeError,
+    check_record_shape, load_checkpoint, optional_dims, CheckpointError, RecordShapeError,
 };
 pub mod cbn_step;
 pub mod conv1d_jacobian;
@@ -68,12 +66,16 @@ pub use window::{history_in_use, window_statistics, BurnInMode, FrontPush, Windo
 /// The unit tests' bit-for-bit comparisons.
 #[cfg(test)]
 mod test_bits {
-    use burn::backend::NdArray;
-    use burn::tensor::Tensor;
+    use burn::tensor::{Device, Tensor};
+
+    /// The unit tests' device: burn-flex with autodiff.
+    pub(crate) fn autodiff_device() -> Device {
+        Device::flex().autodiff()
+    }
 
     /// A float32 tensor's values as their bit patterns.
-    pub(crate) fn bits<const D: usize>(tensor: Tensor<NdArray, D>) -> Vec<u32> {
-        let values = tensor.into_data().to_vec::<f32>().unwrap();
+    pub(crate) fn bits<const D: usize>(tensor: Tensor<D>) -> Vec<u32> {
+        let values = tensor.into_data().try_to_vec::<f32>().unwrap();
         values.iter().map(|v| v.to_bits()).collect()
     }
 }

@@ -12,25 +12,25 @@
 //! `E[x^2] - E[x]^2`, which cancels catastrophically when `|mean| >> std`.
 //! The centered input is returned too: every normalization needs it next.
 
-use burn::tensor::{backend::Backend, Bool, Tensor};
+use burn::tensor::{Bool, Tensor};
 
 use crate::shape::{flatten_spatial, mean_axis, per_channel, sum_axis};
 
 /// Batch moments of a `[N, C, ...]` tensor.
 #[derive(Debug, Clone)]
-pub struct BatchMoments<B: Backend, const D: usize> {
+pub struct BatchMoments<const D: usize> {
     /// Per-channel mean, shape `[C]`.
-    pub mean: Tensor<B, 1>,
+    pub mean: Tensor<1>,
     /// Per-channel biased variance, shape `[C]`.
-    pub var: Tensor<B, 1>,
+    pub var: Tensor<1>,
     /// `x - mean`, shape of the input.
-    pub centered: Tensor<B, D>,
+    pub centered: Tensor<D>,
 }
 
 /// Scales a biased variance over `count` values to the unbiased estimate
 /// `var * M / (M - 1)`. A no-op for `count <= 1`, where the unbiased estimate
 /// is undefined (a batch of one must not produce NaN).
-pub fn bessel<B: Backend>(var: Tensor<B, 1>, count: usize) -> Tensor<B, 1> {
+pub fn bessel(var: Tensor<1>, count: usize) -> Tensor<1> {
     if count > 1 {
         var.mul_scalar(bessel_factor(count))
     } else {
@@ -52,13 +52,13 @@ pub fn bessel_factor(count: usize) -> f64 {
 /// Reduces the contiguous trailing axis first, then the batch axis, so no
 /// transposed copy of the input is made; an axis of one value (a batch of
 /// one, a linear layer's output) is not reduced at all.
-pub fn channel_sum<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, 1> {
+pub fn channel_sum<const D: usize>(x: Tensor<D>) -> Tensor<1> {
     let c = x.dims()[1];
     sum_axis(sum_axis(flatten_spatial(x), 2), 0).reshape([c])
 }
 
 /// Per-channel mean of a `[N, C, ...]` tensor, shape `[C]`.
-pub fn channel_mean<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, 1> {
+pub fn channel_mean<const D: usize>(x: Tensor<D>) -> Tensor<1> {
     let dims = x.dims();
     let count = values_per_channel(&dims);
     channel_sum(x).div_scalar(count as f64)
@@ -76,7 +76,7 @@ pub fn values_per_channel(dims: &[usize]) -> usize {
 /// with an elementwise operation across a reshape of either's result, so
 /// reshaping each sum to `[C]` and back to `[1, C, 1, ...]` cost a kernel
 /// per operation on a GPU. The same numbers.
-pub fn moments<B: Backend, const D: usize>(x: Tensor<B, D>) -> BatchMoments<B, D> {
+pub fn moments<const D: usize>(x: Tensor<D>) -> BatchMoments<D> {
     let dims = x.dims();
     let (x, mean, var) = moments_per_channel(x);
     BatchMoments {
@@ -98,11 +98,11 @@ pub fn moments<B: Backend, const D: usize>(x: Tensor<B, D>) -> BatchMoments<B, D
 /// division inside the reduction: a division after the mean's sum was an
 /// operation the planner grouped with the variance's subtraction, out of
 /// the variance's reduction.
-pub(crate) fn moments_per_channel<B: Backend, const D: usize>(
-    x: Tensor<B, D>,
-) -> (Tensor<B, 3>, Tensor<B, 3>, Tensor<B, 3>) {
+pub(crate) fn moments_per_channel<const D: usize>(
+    x: Tensor<D>,
+) -> (Tensor<3>, Tensor<3>, Tensor<3>) {
     let x = flatten_spatial(x);
-    let channel_mean = |x: Tensor<B, 3>| mean_axis(x.mean_dim(2), 0);
+    let channel_mean = |x: Tensor<3>| mean_axis(x.mean_dim(2), 0);
     let mean = channel_mean(x.clone());
     let var = channel_mean(x.clone().sub(mean.clone()).square());
     (x, mean, var)
@@ -116,15 +116,15 @@ pub(crate) fn moments_per_channel<B: Backend, const D: usize>(
 /// normalize the whole tensor. The number of kept positions stays on the
 /// device (no host synchronisation); it is clamped to at least 1, so an
 /// all-padding batch gives mean 0 and variance 0 instead of NaN.
-pub fn masked_moments<B: Backend>(
-    x: Tensor<B, 3>,
-    padding: Tensor<B, 2, Bool>,
-) -> BatchMoments<B, 3> {
+pub fn masked_moments(
+    x: Tensor<3>,
+    padding: Tensor<2, Bool>,
+) -> BatchMoments<3> {
     let [n, _, l] = x.dims();
     let keep = padding.bool_not().float().reshape([n, 1, l]);
     let count = keep.clone().sum().clamp_min(1.0);
     let mean = channel_sum(x.clone().mul(keep.clone())).div(count.clone());
-    let centered = x.sub(per_channel::<B, 3>(mean.clone()));
+    let centered = x.sub(per_channel::<3>(mean.clone()));
     let var = channel_sum(centered.clone().mul(keep).square()).div(count);
     BatchMoments {
         mean,

@@ -11,9 +11,9 @@
 //! catches both. A division is correctly rounded on the CPU, and so is its
 //! gradient (`-1 / x^2`, a multiply and a divide).
 
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{Tensor};
 
 /// `1 / x` elementwise, correctly rounded, with an exact gradient.
-pub fn reciprocal<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+pub fn reciprocal<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     x.ones_like().div(x)
 }

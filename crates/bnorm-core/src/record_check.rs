@@ -53,61 +53,54 @@ pub fn check_record_shape(
     }
 }
 
-/// Loading a checkpoint file failed: the file could not be read, or it was
-/// written for a module of another shape.
+/// Loading a checkpoint file failed: the file could not be read (missing,
+/// truncated, not a burnpack file), or its tensors do not fit the module
+/// (another layer, channel count or configuration: burn names the first
+/// tensors that are missing, extra or of another shape).
 #[derive(Debug)]
-pub enum CheckpointError {
-    /// burn's recorder failed (missing file, corrupt or foreign format).
-    Recorder(burn::record::RecorderError),
-    /// The record was read but does not fit the module.
-    Shape(RecordShapeError),
+pub struct CheckpointError {
+    /// The checkpoint's path.
+    pub path: std::path::PathBuf,
+    /// burn's reason.
+    pub error: burn::store::RecordError,
 }
 
 impl fmt::Display for CheckpointError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            CheckpointError::Recorder(e) => write!(f, "could not read the checkpoint: {e}"),
-            CheckpointError::Shape(e) => e.fmt(f),
-        }
+        write!(
+            f,
+            "could not load the checkpoint {}: {}",
+            self.path.display(),
+            self.error
+        )
     }
 }
 
-impl std::error::Error for CheckpointError {}
-
-impl From<burn::record::RecorderError> for CheckpointError {
-    fn from(e: burn::record::RecorderError) -> Self {
-        CheckpointError::Recorder(e)
+impl std::error::Error for CheckpointError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
     }
 }
 
-impl From<RecordShapeError> for CheckpointError {
-    fn from(e: RecordShapeError) -> Self {
-        CheckpointError::Shape(e)
-    }
-}
-
-/// Reads a checkpoint written with `Module::save_file` (any burn file
-/// recorder) and hands its record to `load`, the module's checked
-/// `try_load_record`: the one path every layer's `load_checkpoint` takes.
-pub fn load_checkpoint_with<B, M, R>(
-    path: std::path::PathBuf,
-    recorder: &R,
-    device: &B::Device,
-    load: impl FnOnce(M::Record) -> Result<M, RecordShapeError>,
-) -> Result<M, CheckpointError>
-where
-    B: burn::tensor::backend::Backend,
-    M: burn::module::Module<B>,
-    R: burn::record::FileRecorder<B>,
-{
-    let record = recorder.load(path, device)?;
-    Ok(load(record)?)
+/// Reads a checkpoint written with `Module::save_file` and loads it into
+/// `module` with burn's checked loader (every tensor present, none extra,
+/// every shape the module's): the one path every layer's
+/// `load_checkpoint` takes.
+pub fn load_checkpoint<M: burn::module::Module>(
+    module: M,
+    path: impl AsRef<std::path::Path>,
+) -> Result<M, CheckpointError> {
+    let path = path.as_ref();
+    module.try_load_file(path).map_err(|error| CheckpointError {
+        path: path.to_path_buf(),
+        error,
+    })
 }
 
 /// Shape of an optional parameter, `[]` when absent (a layer without
 /// affine parameters, a conv without bias), for [`check_record_shape`].
-pub fn optional_dims<B: burn::tensor::backend::Backend>(
-    param: &Option<burn::module::Param<burn::tensor::Tensor<B, 1>>>,
+pub fn optional_dims(
+    param: &Option<burn::module::Param<burn::tensor::Tensor<1>>>,
 ) -> Vec<usize> {
     param
         .as_ref()

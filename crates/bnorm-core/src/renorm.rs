@@ -13,7 +13,7 @@
 //! With `rmax = 1, dmax = 0` this is exactly BatchNorm.
 
 use burn::config::Config;
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{Tensor};
 
 /// Where the numerical-stability `epsilon` enters the standard deviation.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
@@ -35,7 +35,7 @@ impl EpsPlacement {
     /// pass into NaN (the reference's failure). The forward value is
     /// unchanged for any `eps` above 1e-19, and the gradient there is 0, its
     /// limit.
-    pub fn std<B: Backend>(self, var: Tensor<B, 1>, epsilon: f64) -> Tensor<B, 1> {
+    pub fn std(self, var: Tensor<1>, epsilon: f64) -> Tensor<1> {
         match self {
             EpsPlacement::InsideSqrt => var.add_scalar(epsilon).sqrt(),
             EpsPlacement::OnStd => var
@@ -51,7 +51,7 @@ impl EpsPlacement {
     /// its value there: `1 / (2 std)` inside the square root,
     /// `1 / (2 sqrt(var))` on the standard deviation, and 0 where
     /// `var < f32::MIN_POSITIVE` (the clamp's gradient, as burn's).
-    pub fn std_derivative<B: Backend>(self, var: Tensor<B, 1>, std: Tensor<B, 1>) -> Tensor<B, 1> {
+    pub fn std_derivative(self, var: Tensor<1>, std: Tensor<1>) -> Tensor<1> {
         match self {
             EpsPlacement::InsideSqrt => std.ones_like().mul_scalar(0.5).div(std),
             EpsPlacement::OnStd => {
@@ -68,7 +68,7 @@ impl EpsPlacement {
     /// The variance that gives standard deviation `std` under this
     /// placement: `std^2 - eps` or `(std - eps)^2`, at least 0. Used to
     /// carry a statistic across layers with other eps conventions.
-    pub fn var_for_std<B: Backend>(self, std: Tensor<B, 1>, epsilon: f64) -> Tensor<B, 1> {
+    pub fn var_for_std(self, std: Tensor<1>, epsilon: f64) -> Tensor<1> {
         match self {
             EpsPlacement::InsideSqrt => std.square().sub_scalar(epsilon),
             EpsPlacement::OnStd => std.sub_scalar(epsilon).clamp_min(0.0).square(),
@@ -79,11 +79,11 @@ impl EpsPlacement {
 
 /// The detached correction factors, each of shape `[C]`.
 #[derive(Debug, Clone)]
-pub struct RenormCorrection<B: Backend> {
+pub struct RenormCorrection {
     /// `r = clip(sigma_B / sigma, 1/rmax, rmax)`.
-    pub r: Tensor<B, 1>,
+    pub r: Tensor<1>,
     /// `d = clip((mu_B - mu) / sigma, -dmax, dmax)`.
-    pub d: Tensor<B, 1>,
+    pub d: Tensor<1>,
 }
 
 /// Computes `r` and `d` from the batch statistics (`[C]`, any graph: they are
@@ -92,14 +92,14 @@ pub struct RenormCorrection<B: Backend> {
 /// of the step). The clips are `min(max(., 1/rmax), rmax)` and
 /// `min(max(., -dmax), dmax)`: a bound below 1 (`rmax`) or 0 (`dmax`) pins
 /// the factor to it.
-pub fn renorm_correction<B: Backend>(
-    batch_mean: Tensor<B, 1>,
-    batch_std: Tensor<B, 1>,
-    running_mean: Tensor<B, 1>,
-    running_std: Tensor<B, 1>,
+pub fn renorm_correction(
+    batch_mean: Tensor<1>,
+    batch_std: Tensor<1>,
+    running_mean: Tensor<1>,
+    running_std: Tensor<1>,
     rmax: f64,
     dmax: f64,
-) -> RenormCorrection<B> {
+) -> RenormCorrection {
     let r = batch_std
         .detach()
         .div(running_std.clone())

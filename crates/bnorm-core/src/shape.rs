@@ -4,7 +4,7 @@
 //! names what was expected and what came. The checks run before any state is
 //! touched, so a rejected call leaves the module exactly as it was.
 
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{Tensor};
 
 /// The output length of a convolution along one axis for an input of
 /// `size` (burn's formula): `(size + before + after - dilation (kernel - 1)
@@ -25,7 +25,7 @@ pub fn conv_output_len(
 /// a reduction that on a GPU is a kernel in the forward pass and, through
 /// burn-autodiff's gradient of `sum_dim` (which reduces the gradient over
 /// the axis again), kernels in the backward pass too.
-pub fn sum_axis<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize) -> Tensor<B, D> {
+pub fn sum_axis<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
     if x.dims()[dim] == 1 {
         x
     } else {
@@ -35,7 +35,7 @@ pub fn sum_axis<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize) -> Tens
 
 /// `x.mean_dim(dim)`, but `x` itself where that axis holds one value, as
 /// [`sum_axis`].
-pub fn mean_axis<B: Backend, const D: usize>(x: Tensor<B, D>, dim: usize) -> Tensor<B, D> {
+pub fn mean_axis<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
     if x.dims()[dim] == 1 {
         x
     } else {
@@ -52,14 +52,14 @@ pub fn channel_shape<const D: usize>(channels: usize) -> [usize; D] {
 }
 
 /// Reshapes a per-channel vector `[C]` to `[1, C, 1, ...]` of rank `D`.
-pub fn per_channel<B: Backend, const D: usize>(v: Tensor<B, 1>) -> Tensor<B, D> {
+pub fn per_channel<const D: usize>(v: Tensor<1>) -> Tensor<D> {
     let [c] = v.dims();
     v.reshape(channel_shape::<D>(c))
 }
 
 /// Views `[N, C, ...]` as `[N, C, S]` (S = product of the spatial dims, 1 for
 /// rank 2). A reshape of a contiguous tensor, no copy.
-pub fn flatten_spatial<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, 3> {
+pub fn flatten_spatial<const D: usize>(x: Tensor<D>) -> Tensor<3> {
     let dims = x.dims();
     let spatial: usize = dims[2..].iter().product();
     x.reshape([dims[0], dims[1], spatial])
@@ -102,20 +102,18 @@ pub fn check_mask(layer: &str, input_dims: &[usize; 3], mask_dims: &[usize; 2]) 
 mod tests {
     use super::sum_axis;
     use crate::test_bits::bits;
-    use burn::backend::{Autodiff, NdArray};
     use burn::tensor::{Distribution, Tensor};
 
-    type Ad = Autodiff<NdArray>;
 
     /// `sum_axis` is `sum_dim`, value and gradient, bit for bit, on axes of
     /// one value (where it skips the reduction) and of several.
     #[test]
     fn sum_axis_is_sum_dim() {
-        let device = Default::default();
+        let device = crate::test_bits::autodiff_device();
         for dims in [[1, 3, 4], [2, 3, 4], [2, 1, 4]] {
             for axis in 0..3 {
-                let x = Tensor::<Ad, 3>::random(dims, Distribution::Normal(0.0, 1.0), &device);
-                let weights = Tensor::<Ad, 3>::random(
+                let x = Tensor::<3>::random(dims, Distribution::Normal(0.0, 1.0), &device);
+                let weights = Tensor::<3>::random(
                     x.clone().sum_dim(axis).dims(),
                     Distribution::Normal(0.0, 1.0),
                     &device,

@@ -22,7 +22,6 @@
 //! im2col matrix would hold all `kd kh kw` at once). On a GPU this would be
 //! a launch per tap: the layers use it on burn-ndarray only.
 
-use burn::tensor::backend::Backend;
 use burn::tensor::ops::PadMode;
 use burn::tensor::{Slice, Tensor};
 
@@ -40,12 +39,12 @@ pub(crate) struct TapGeometry {
 /// input `x` `[N, C_in, D, H, W]`, output gradient `grad`
 /// `[N, C, D', H', W']` and weight shape `[C, C_in/G, kd, kh, kw]`, as
 /// one matrix product per kernel tap (see the module docs).
-pub(crate) fn weight_gradient_per_tap<E: Backend>(
-    x: Tensor<E, 5>,
-    grad: Tensor<E, 5>,
+pub(crate) fn weight_gradient_per_tap(
+    x: Tensor<5>,
+    grad: Tensor<5>,
     [c, cin_g, kd, kh, kw]: [usize; 5],
     geometry: TapGeometry,
-) -> Tensor<E, 3> {
+) -> Tensor<3> {
     let TapGeometry {
         stride,
         padding,

@@ -20,7 +20,7 @@
 //! BatchNorm with no window work at all.
 
 use burn::config::Config;
-use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use crate::shape::sum_axis;
 use crate::CompensatedMoments;
@@ -56,9 +56,9 @@ pub fn history_in_use(
 /// buffers (`[K, C]` each), of which the first `filled` (newest first, at
 /// least one) hold data.
 #[derive(Debug, Clone)]
-pub struct WindowHistory<B: Backend> {
+pub struct WindowHistory {
     /// The entries' moments, compensated to the current weight.
-    pub moments: CompensatedMoments<B>,
+    pub moments: CompensatedMoments,
     /// How many entries, from the front, hold data.
     pub filled: usize,
 }
@@ -66,11 +66,11 @@ pub struct WindowHistory<B: Backend> {
 /// Window mean and biased variance, `[C]` each, from the current moments
 /// `[C]` and the compensated history (`None` while it holds no entry: the
 /// window is the current iteration alone).
-pub fn window_statistics<B: Backend>(
-    mean: Tensor<B, 1>,
-    mean_sq: Tensor<B, 1>,
-    history: Option<WindowHistory<B>>,
-) -> (Tensor<B, 1>, Tensor<B, 1>) {
+pub fn window_statistics(
+    mean: Tensor<1>,
+    mean_sq: Tensor<1>,
+    history: Option<WindowHistory>,
+) -> (Tensor<1>, Tensor<1>) {
     let Some(history) = history else {
         let var = mean_sq.sub(mean.clone().square());
         return (mean, var);
@@ -79,27 +79,20 @@ pub fn window_statistics<B: Backend>(
     (window.mean, window.var)
 }
 
-/// [`window_statistics`] of a window holding entries, with the weights
-/// the closed-form gradient needs (`crate::cbn_step`).
+/// [`window_statistics`] of a window holding entries.
 #[derive(Debug, Clone)]
-pub(crate) struct WeightedWindow<B: Backend> {
+pub(crate) struct WeightedWindow {
     /// Window mean, `[C]`.
-    pub mean: Tensor<B, 1>,
+    pub mean: Tensor<1>,
     /// Window biased variance, `[C]`.
-    pub var: Tensor<B, 1>,
-    /// 1 where entry `i` is kept for channel `c`, else 0, `[K, C]`.
-    pub keep: Tensor<B, 2>,
-    /// `sum_i keep_i` (`n - 1`), `[1, C]`.
-    pub kept: Tensor<B, 2>,
-    /// `1 / n`, `n` the values averaged per channel, `[C]`.
-    pub inv_count: Tensor<B, 1>,
+    pub var: Tensor<1>,
 }
 
-pub(crate) fn window_with_weights<B: Backend>(
-    mean: Tensor<B, 1>,
-    mean_sq: Tensor<B, 1>,
-    WindowHistory { moments, filled }: WindowHistory<B>,
-) -> WeightedWindow<B> {
+pub(crate) fn window_with_weights(
+    mean: Tensor<1>,
+    mean_sq: Tensor<1>,
+    WindowHistory { moments, filled }: WindowHistory,
+) -> WeightedWindow {
     let CompensatedMoments {
         mean: history_mean,
         mean_sq: history_mean_sq,
@@ -122,9 +115,8 @@ pub(crate) fn window_with_weights<B: Backend>(
     // Per-channel values stay `[1, C]` until the end: burn's fusion does
     // not merge a sum over the entries with what follows across a reshape
     // of the sum.
-    let row = |t: Tensor<B, 1>| t.reshape([1, c]);
-    let kept = sum_axis(keep.clone(), 0);
-    let count = kept.clone().add_scalar(1.0);
+    let row = |t: Tensor<1>| t.reshape([1, c]);
+    let count = sum_axis(keep.clone(), 0).add_scalar(1.0);
     // A multiply by the exact reciprocal, not a division: burn's gradient of
     // `a / b` with respect to `a` uses `recip(b)`, approximate on
     // burn-ndarray with SIMD (see `reciprocal`).
@@ -133,16 +125,13 @@ pub(crate) fn window_with_weights<B: Backend>(
         .add(sum_axis(history_mean.mul(keep.clone()), 0))
         .mul(inv_count.clone());
     let window_mean_sq = row(mean_sq)
-        .add(sum_axis(history_mean_sq.mul(keep.clone()), 0))
-        .mul(inv_count.clone());
+        .add(sum_axis(history_mean_sq.mul(keep), 0))
+        .mul(inv_count);
     let var = window_mean_sq.sub(window_mean.clone().square());
-    let [window_mean, var, inv_count] = [window_mean, var, inv_count].map(|t| t.reshape([c]));
+    let [window_mean, var] = [window_mean, var].map(|t| t.reshape([c]));
     WeightedWindow {
         mean: window_mean,
         var,
-        keep,
-        kept,
-        inv_count,
     }
 }
 
@@ -154,17 +143,17 @@ pub(crate) fn window_with_weights<B: Backend>(
 /// buffers, 2 this way). Bit for bit the same buffers. Keep one and its
 /// masks for pushes every step: made anew, they are uploads every step.
 #[derive(Debug, Clone)]
-pub struct FrontPush<B: Backend> {
+pub struct FrontPush {
     /// `[0, 0, 1, ..., K - 2]`: the row of the old buffer each new row
     /// takes (row 0 is then replaced by the entry).
-    shift: Tensor<B, 1, Int>,
+    shift: Tensor<1, Int>,
     /// `[true, false, ..., false]`: the row the entry goes to.
-    front: Tensor<B, 1, Bool>,
+    front: Tensor<1, Bool>,
 }
 
-impl<B: Backend> FrontPush<B> {
+impl FrontPush {
     /// For buffers of `capacity` (`K >= 1`) entries.
-    pub fn new(capacity: usize, device: &B::Device) -> Self {
+    pub fn new(capacity: usize, device: &Device) -> Self {
         let shift: Vec<i64> = (0..capacity as i64).map(|i| (i - 1).max(0)).collect();
         let front: Vec<bool> = (0..capacity).map(|i| i == 0).collect();
         FrontPush {
@@ -174,7 +163,7 @@ impl<B: Backend> FrontPush<B> {
     }
 
     /// The device the tensors are on.
-    pub fn device(&self) -> B::Device {
+    pub fn device(&self) -> Device {
         self.shift.device()
     }
 
@@ -182,7 +171,7 @@ impl<B: Backend> FrontPush<B> {
     /// Make every buffer's mask before the first push: the views come from
     /// operations burn's fusion does not merge, and would otherwise split
     /// the pushes into one kernel each.
-    pub fn mask<const D: usize>(&self, dims: [usize; D]) -> Tensor<B, D, Bool> {
+    pub fn mask<const D: usize>(&self, dims: [usize; D]) -> Tensor<D, Bool> {
         let mut column = [1; D];
         column[0] = dims[0];
         self.front.clone().reshape(column).expand(dims)
@@ -192,10 +181,10 @@ impl<B: Backend> FrontPush<B> {
     /// the oldest entry dropped; `mask` from [`mask`](Self::mask).
     pub fn push<const D: usize>(
         &self,
-        buffer: Tensor<B, D>,
-        entry: Tensor<B, D>,
-        mask: Tensor<B, D, Bool>,
-    ) -> Tensor<B, D> {
+        buffer: Tensor<D>,
+        entry: Tensor<D>,
+        mask: Tensor<D, Bool>,
+    ) -> Tensor<D> {
         buffer.select(0, self.shift.clone()).mask_where(mask, entry)
     }
 }
@@ -204,7 +193,6 @@ impl<B: Backend> FrontPush<B> {
 mod tests {
     use super::{history_in_use, BurnInMode, FrontPush};
     use crate::test_bits::bits;
-    use burn::backend::NdArray;
     use burn::tensor::{Distribution, Tensor};
 
     /// A push is `cat([entry, buffer[..K - 1]])` bit for bit, for every
@@ -212,12 +200,12 @@ mod tests {
     /// with the same `FrontPush` and masks (as the history keeps them).
     #[test]
     fn front_push_is_a_concatenation() {
-        let device = Default::default();
+        let device = crate::test_bits::autodiff_device();
         let random = |dims: [usize; 3]| {
-            Tensor::<NdArray, 3>::random(dims, Distribution::Normal(0.0, 1.0), &device)
+            Tensor::<3>::random(dims, Distribution::Normal(0.0, 1.0), &device)
         };
         for k in [1, 2, 5] {
-            let front = FrontPush::<NdArray>::new(k, &device);
+            let front = FrontPush::new(k, &device);
             let mask3 = front.mask([k, 3, 4]);
             let mask2 = front.mask([k, 3]);
             let mut buffer3 = random([k, 3, 4]);
