@@ -1,6 +1,6 @@
 use burn::config::Config;
 use burn::module::{Initializer, Param, RunningState};
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{Device, Tensor};
 
 use bnorm_core::{BurnInMode, EpsPlacement, HostCounter};
 
@@ -119,11 +119,11 @@ impl CrossIterBatchNormConfig {
     ///
     /// If `num_features` or `window` is 0, `num_features` is not a multiple
     /// of `layout.groups`, or `momentum` is outside `[0, 1]`.
-    pub fn init<B: Backend>(
+    pub fn init(
         &self,
         layout: WeightLayout,
-        device: &B::Device,
-    ) -> CrossIterBatchNorm<B> {
+        device: &Device,
+    ) -> CrossIterBatchNorm {
         let c = self.num_features;
         assert!(
             c > 0,
@@ -143,7 +143,7 @@ impl CrossIterBatchNormConfig {
             "CrossIterBatchNormConfig: momentum must be in [0, 1], received {}",
             self.momentum
         );
-        let affine = |init: Initializer| -> Option<Param<Tensor<B, 1>>> {
+        let affine = |init: Initializer| -> Option<Param<Tensor<1>>> {
             self.affine.then(|| init.init([c], device))
         };
         let history =
@@ -151,6 +151,7 @@ impl CrossIterBatchNormConfig {
         CrossIterBatchNorm {
             gamma: affine(Initializer::Ones),
             beta: affine(Initializer::Zeros),
+            training: Param::from_bool(true),
             running_mean: RunningState::new(Tensor::zeros([c], device)),
             running_var: RunningState::new(Tensor::ones([c], device)),
             iterations: HostCounter::new(device),

@@ -2,7 +2,7 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv1d, Conv1dConfig};
 use burn::nn::{Initializer, PaddingConfig1d};
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{Device, Tensor};
 
 use bnorm_core::{conv1d_moment_jacobians, Conv1dGeometry};
 
@@ -70,7 +70,7 @@ impl Conv1dCbnConfig {
     ///
     /// As burn's `Conv1dConfig::init` (channels not divisible by groups)
     /// and [`CrossIterBatchNormConfig::init`].
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Conv1dCbn<B> {
+    pub fn init(&self, device: &Device) -> Conv1dCbn {
         let conv = Conv1dConfig::new(self.channels_in, self.channels_out, self.kernel_size)
             .with_stride(self.stride)
             .with_dilation(self.dilation)
@@ -101,14 +101,14 @@ impl Conv1dCbnConfig {
 /// training step, see [`bnorm_core::conv1d_jacobian`]), and the history,
 /// with everything a resumed run needs, is in the record.
 #[derive(Module, Debug)]
-pub struct Conv1dCbn<B: Backend> {
+pub struct Conv1dCbn {
     /// The convolution.
-    pub conv: Conv1d<B>,
+    pub conv: Conv1d,
     /// The normalization of its output.
-    pub norm: CrossIterBatchNorm<B>,
+    pub norm: CrossIterBatchNorm,
 }
 
-impl<B: Backend> Conv1dCbn<B> {
+impl Conv1dCbn {
     /// `norm(conv(x))`: training or inference as burn's `BatchNorm`.
     ///
     /// # Shapes
@@ -120,7 +120,7 @@ impl<B: Backend> Conv1dCbn<B> {
     ///
     /// If `input` does not have `channels_in` channels (the state is
     /// untouched then).
-    pub fn forward(&self, input: Tensor<B, 3>) -> Tensor<B, 3> {
+    pub fn forward(&self, input: Tensor<3>) -> Tensor<3> {
         let dims = input.dims();
         self.check_input(&dims);
         let y = self.conv.forward(input.clone());
@@ -150,9 +150,9 @@ impl<B: Backend> Conv1dCbn<B> {
     /// not the conv's output shape for it (the state is untouched then).
     pub fn forward_conv_output(
         &self,
-        input: Tensor<B, 3>,
-        conv_output: Tensor<B, 3>,
-    ) -> Tensor<B, 3> {
+        input: Tensor<3>,
+        conv_output: Tensor<3>,
+    ) -> Tensor<3> {
         let dims = input.dims();
         self.check_input(&dims);
         let geometry = self.geometry(dims[2]);
@@ -175,10 +175,10 @@ impl<B: Backend> Conv1dCbn<B> {
     /// `geometry` is the conv's for this input size.
     fn normalize_checked(
         &self,
-        input: Tensor<B, 3>,
-        y: Tensor<B, 3>,
+        input: Tensor<3>,
+        y: Tensor<3>,
         geometry: Conv1dGeometry,
-    ) -> Tensor<B, 3> {
+    ) -> Tensor<3> {
         self.norm.forward_conv(
             input,
             y,

@@ -2,7 +2,7 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, PaddingConfig2d};
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{Device, Tensor};
 
 use bnorm_core::{conv2d_moment_jacobians_in_bands, Conv2dGeometry};
 
@@ -75,7 +75,7 @@ impl Conv2dCbnConfig {
     ///
     /// As burn's `Conv2dConfig::init` (channels not divisible by groups) and
     /// [`CrossIterBatchNormConfig::init`].
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Conv2dCbn<B> {
+    pub fn init(&self, device: &Device) -> Conv2dCbn {
         let conv = Conv2dConfig::new(self.channels, self.kernel_size)
             .with_stride(self.stride)
             .with_dilation(self.dilation)
@@ -104,17 +104,17 @@ impl Conv2dCbnConfig {
 /// computed in closed form from the conv input and output (one extra
 /// weight-gradient convolution per training step, no second backward pass).
 #[derive(Module, Debug)]
-pub struct Conv2dCbn<B: Backend> {
+pub struct Conv2dCbn {
     /// The convolution.
-    pub conv: Conv2d<B>,
+    pub conv: Conv2d,
     /// The normalization of its output.
-    pub norm: CrossIterBatchNorm<B>,
+    pub norm: CrossIterBatchNorm,
     /// Bands of output rows `Q`'s reduction is split into (1: one piece;
     /// see [`Conv2dCbnConfig::jacobian_bands`]).
     pub jacobian_bands: usize,
 }
 
-impl<B: Backend> Conv2dCbn<B> {
+impl Conv2dCbn {
     /// `norm(conv(x))`: training or inference as burn's `BatchNorm`.
     ///
     /// # Shapes
@@ -126,7 +126,7 @@ impl<B: Backend> Conv2dCbn<B> {
     ///
     /// If `input` does not have `channels_in` channels (the state is
     /// untouched then).
-    pub fn forward(&self, input: Tensor<B, 4>) -> Tensor<B, 4> {
+    pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         let dims = input.dims();
         self.check_input(&dims);
         let y = self.conv.forward(input.clone());
@@ -156,9 +156,9 @@ impl<B: Backend> Conv2dCbn<B> {
     /// not the conv's output shape for it (the state is untouched then).
     pub fn forward_conv_output(
         &self,
-        input: Tensor<B, 4>,
-        conv_output: Tensor<B, 4>,
-    ) -> Tensor<B, 4> {
+        input: Tensor<4>,
+        conv_output: Tensor<4>,
+    ) -> Tensor<4> {
         let dims = input.dims();
         self.check_input(&dims);
         let geometry = self.geometry(dims[2], dims[3]);
@@ -181,10 +181,10 @@ impl<B: Backend> Conv2dCbn<B> {
     /// `geometry` is the conv's for this input size.
     fn normalize_checked(
         &self,
-        input: Tensor<B, 4>,
-        y: Tensor<B, 4>,
+        input: Tensor<4>,
+        y: Tensor<4>,
         geometry: Conv2dGeometry,
-    ) -> Tensor<B, 4> {
+    ) -> Tensor<4> {
         self.norm.forward_conv(
             input,
             y,

@@ -2,7 +2,7 @@ use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::{Initializer, PaddingConfig3d};
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{Device, Tensor};
 
 use bnorm_core::{conv3d_moment_jacobians, Conv3dGeometry};
 
@@ -70,7 +70,7 @@ impl Conv3dCbnConfig {
     /// As burn's `Conv3dConfig::init` (channels not divisible by groups,
     /// `Same` padding with an even kernel) and
     /// [`CrossIterBatchNormConfig::init`].
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Conv3dCbn<B> {
+    pub fn init(&self, device: &Device) -> Conv3dCbn {
         let conv = Conv3dConfig::new(self.channels, self.kernel_size)
             .with_stride(self.stride)
             .with_dilation(self.dilation)
@@ -102,14 +102,14 @@ impl Conv3dCbnConfig {
 /// training step, see [`bnorm_core::conv3d_jacobian`]), and the history,
 /// with everything a resumed run needs, is in the record.
 #[derive(Module, Debug)]
-pub struct Conv3dCbn<B: Backend> {
+pub struct Conv3dCbn {
     /// The convolution.
-    pub conv: Conv3d<B>,
+    pub conv: Conv3d,
     /// The normalization of its output.
-    pub norm: CrossIterBatchNorm<B>,
+    pub norm: CrossIterBatchNorm,
 }
 
-impl<B: Backend> Conv3dCbn<B> {
+impl Conv3dCbn {
     /// `norm(conv(x))`: training or inference as burn's `BatchNorm`.
     ///
     /// # Shapes
@@ -122,7 +122,7 @@ impl<B: Backend> Conv3dCbn<B> {
     /// If `input` does not have `channels_in` channels, or `Same` padding
     /// would need more on one side than the other for this input size
     /// (burn's `Conv3d` pads both sides alike). The state is untouched then.
-    pub fn forward(&self, input: Tensor<B, 5>) -> Tensor<B, 5> {
+    pub fn forward(&self, input: Tensor<5>) -> Tensor<5> {
         let dims = input.dims();
         self.check_input(&dims);
         let geometry = self.geometry([dims[2], dims[3], dims[4]]);
@@ -155,9 +155,9 @@ impl<B: Backend> Conv3dCbn<B> {
     /// untouched then).
     pub fn forward_conv_output(
         &self,
-        input: Tensor<B, 5>,
-        conv_output: Tensor<B, 5>,
-    ) -> Tensor<B, 5> {
+        input: Tensor<5>,
+        conv_output: Tensor<5>,
+    ) -> Tensor<5> {
         let dims = input.dims();
         self.check_input(&dims);
         let size = [dims[2], dims[3], dims[4]];
@@ -181,10 +181,10 @@ impl<B: Backend> Conv3dCbn<B> {
     /// `geometry` is the conv's for this input size.
     fn normalize_checked(
         &self,
-        input: Tensor<B, 5>,
-        y: Tensor<B, 5>,
+        input: Tensor<5>,
+        y: Tensor<5>,
         geometry: Conv3dGeometry,
-    ) -> Tensor<B, 5> {
+    ) -> Tensor<5> {
         self.norm.forward_conv(
             input,
             y,

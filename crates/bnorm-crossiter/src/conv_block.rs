@@ -3,7 +3,7 @@
 //! the CBN of a convolution's output.
 
 use burn::module::Param;
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::Tensor;
 
 use bnorm_core::MomentJacobians;
 
@@ -26,11 +26,11 @@ pub(crate) fn same_padding(kernel: usize, stride: usize, size: usize) -> [usize;
 /// shape `dims` has the input channels of a conv with weight `weight`
 /// `[C, C_in/G, k...]` and `groups`; `block` names the layer and `axes`
 /// its spatial axes in the message. Called before any state changes.
-pub(crate) fn check_conv_input<B: Backend, const D: usize>(
+pub(crate) fn check_conv_input<const D: usize>(
     block: &str,
     axes: &str,
     dims: &[usize; D],
-    (weight, groups): (&Param<Tensor<B, D>>, usize),
+    (weight, groups): (&Param<Tensor<D>>, usize),
 ) {
     let c_in = weight.dims()[1] * groups;
     if dims[1] != c_in {
@@ -56,13 +56,13 @@ pub(crate) fn check_conv_output<const D: usize>(
 }
 
 /// A convolution's weight `[C, C_in/G, k...]`, bias and groups `G`.
-pub(crate) type ConvParams<'a, B, const D: usize> = (
-    &'a Param<Tensor<B, D>>,
-    &'a Option<Param<Tensor<B, 1>>>,
+pub(crate) type ConvParams<'a, const D: usize> = (
+    &'a Param<Tensor<D>>,
+    &'a Option<Param<Tensor<1>>>,
     usize,
 );
 
-impl<B: Backend> CrossIterBatchNorm<B> {
+impl CrossIterBatchNorm {
     /// The normalization of `y`, the output of a convolution of `input`
     /// with `weight` `[C, C_in/G, k...]`, `groups` `G` and `bias`: in
     /// training, the weight viewed as `[G, C/G, F]` and the Jacobians from
@@ -70,12 +70,12 @@ impl<B: Backend> CrossIterBatchNorm<B> {
     /// inference, the running statistics.
     pub(crate) fn forward_conv<const D: usize>(
         &self,
-        input: Tensor<B, D>,
-        y: Tensor<B, D>,
-        (weight, bias, groups): ConvParams<'_, B, D>,
-        jacobians: impl FnOnce(Tensor<B, D>, Tensor<B, D>, [usize; D]) -> MomentJacobians<B>,
-    ) -> Tensor<B, D> {
-        if !B::ad_enabled(&y.device()) {
+        input: Tensor<D>,
+        y: Tensor<D>,
+        (weight, bias, groups): ConvParams<'_, D>,
+        jacobians: impl FnOnce(Tensor<D>, Tensor<D>, [usize; D]) -> MomentJacobians,
+    ) -> Tensor<D> {
+        if !self.is_training(&y.device()) {
             return self.forward_frozen(y);
         }
         let dims = weight.dims();

@@ -1,7 +1,6 @@
 use burn::module::{Param, RunningState};
 use burn::nn::conv::{Conv1d, Conv2d, Conv3d};
 use burn::nn::{BatchNorm, Linear};
-use burn::tensor::backend::Backend;
 
 use bnorm_core::{check_record_shape, InferenceAffine, RecordShapeError};
 
@@ -10,9 +9,9 @@ use crate::{
     WeightLayout,
 };
 
-impl<B: Backend> CrossIterBatchNorm<B> {
+impl CrossIterBatchNorm {
     /// The inference-mode transform as `x * scale + shift` per channel.
-    pub fn inference_affine(&self) -> InferenceAffine<B> {
+    pub fn inference_affine(&self) -> InferenceAffine {
         InferenceAffine::new(
             self.running_mean.value_sync(),
             self.eps_placement
@@ -28,12 +27,12 @@ impl<B: Backend> CrossIterBatchNorm<B> {
     /// eps placement) equals the BatchNorm's `sqrt(var + bn.epsilon)`: the
     /// eval-mode output is unchanged. The history starts empty.
     fn from_batch_norm(
-        bn: &BatchNorm<B>,
+        bn: &BatchNorm,
         config: CrossIterBatchNormConfig,
         layout: WeightLayout,
     ) -> Self {
         let device = bn.gamma.val().device();
-        let mut norm = config.with_affine(true).init::<B>(layout, &device);
+        let mut norm = config.with_affine(true).init(layout, &device);
         let std = bn.running_var.value_sync().add_scalar(bn.epsilon).sqrt();
         norm.gamma = Some(Param::from_tensor(bn.gamma.val().detach()));
         norm.beta = Some(Param::from_tensor(bn.beta.val().detach()));
@@ -43,7 +42,7 @@ impl<B: Backend> CrossIterBatchNorm<B> {
     }
 }
 
-impl<B: Backend> Conv2dCbn<B> {
+impl Conv2dCbn {
     /// Continues a model trained with `conv` followed by burn's `BatchNorm`:
     /// the conv is kept as it is, the BatchNorm becomes the CBN (see
     /// [`CrossIterBatchNorm`]; options from `norm`, `num_features` taken from
@@ -53,8 +52,8 @@ impl<B: Backend> Conv2dCbn<B> {
     ///
     /// If the BatchNorm's channels are not the conv's output channels.
     pub fn from_conv_batch_norm(
-        conv: Conv2d<B>,
-        bn: &BatchNorm<B>,
+        conv: Conv2d,
+        bn: &BatchNorm,
         norm: CrossIterBatchNormConfig,
     ) -> Result<Self, RecordShapeError> {
         let norm = CrossIterBatchNorm::after_conv(
@@ -74,12 +73,12 @@ impl<B: Backend> Conv2dCbn<B> {
     /// conv: one `Conv2d` whose output equals this block's eval output. For
     /// deployment only: the folded conv no longer normalizes anything and
     /// must not be trained as if it did.
-    pub fn fold(&self) -> Conv2d<B> {
+    pub fn fold(&self) -> Conv2d {
         self.norm.inference_affine().fold_into_conv2d(&self.conv)
     }
 }
 
-impl<B: Backend> Conv3dCbn<B> {
+impl Conv3dCbn {
     /// Continues a model trained with `conv` followed by burn's `BatchNorm`
     /// (see [`Conv2dCbn::from_conv_batch_norm`]). Eval-mode outputs are
     /// unchanged.
@@ -88,8 +87,8 @@ impl<B: Backend> Conv3dCbn<B> {
     ///
     /// If the BatchNorm's channels are not the conv's output channels.
     pub fn from_conv_batch_norm(
-        conv: Conv3d<B>,
-        bn: &BatchNorm<B>,
+        conv: Conv3d,
+        bn: &BatchNorm,
         norm: CrossIterBatchNormConfig,
     ) -> Result<Self, RecordShapeError> {
         let norm = CrossIterBatchNorm::after_conv(
@@ -103,12 +102,12 @@ impl<B: Backend> Conv3dCbn<B> {
 
     /// Folds the CBN, **in inference mode**, into the conv (see
     /// [`Conv2dCbn::fold`]).
-    pub fn fold(&self) -> Conv3d<B> {
+    pub fn fold(&self) -> Conv3d {
         self.norm.inference_affine().fold_into_conv3d(&self.conv)
     }
 }
 
-impl<B: Backend> Conv1dCbn<B> {
+impl Conv1dCbn {
     /// Continues a model trained with `conv` followed by burn's `BatchNorm`
     /// (see [`Conv2dCbn::from_conv_batch_norm`]). Eval-mode outputs are
     /// unchanged.
@@ -117,8 +116,8 @@ impl<B: Backend> Conv1dCbn<B> {
     ///
     /// If the BatchNorm's channels are not the conv's output channels.
     pub fn from_conv_batch_norm(
-        conv: Conv1d<B>,
-        bn: &BatchNorm<B>,
+        conv: Conv1d,
+        bn: &BatchNorm,
         norm: CrossIterBatchNormConfig,
     ) -> Result<Self, RecordShapeError> {
         let norm = CrossIterBatchNorm::after_conv(
@@ -132,19 +131,19 @@ impl<B: Backend> Conv1dCbn<B> {
 
     /// Folds the CBN, **in inference mode**, into the conv (see
     /// [`Conv2dCbn::fold`]).
-    pub fn fold(&self) -> Conv1d<B> {
+    pub fn fold(&self) -> Conv1d {
         self.norm.inference_affine().fold_into_conv1d(&self.conv)
     }
 }
 
-impl<B: Backend> CrossIterBatchNorm<B> {
+impl CrossIterBatchNorm {
     /// [`from_batch_norm`](Self::from_batch_norm) after a conv with weight
     /// shape `weight_dims` `[C, C_in/G, k...]` and `groups`, the channels
     /// checked (`caller` names the conversion in the error).
     fn after_conv(
         caller: &'static str,
         (weight_dims, groups): (&[usize], usize),
-        bn: &BatchNorm<B>,
+        bn: &BatchNorm,
         norm: CrossIterBatchNormConfig,
     ) -> Result<Self, RecordShapeError> {
         let c_out = weight_dims[0];
@@ -161,7 +160,7 @@ impl<B: Backend> CrossIterBatchNorm<B> {
     }
 }
 
-impl<B: Backend> LinearCbn<B> {
+impl LinearCbn {
     /// Continues a model trained with `linear` followed by burn's
     /// `BatchNorm` over its output features (see
     /// [`Conv2dCbn::from_conv_batch_norm`]).
@@ -170,8 +169,8 @@ impl<B: Backend> LinearCbn<B> {
     ///
     /// If the BatchNorm's channels are not the linear layer's outputs.
     pub fn from_linear_batch_norm(
-        linear: Linear<B>,
-        bn: &BatchNorm<B>,
+        linear: Linear,
+        bn: &BatchNorm,
         norm: CrossIterBatchNormConfig,
     ) -> Result<Self, RecordShapeError> {
         let [d_in, d_out] = linear.weight.dims();
@@ -198,7 +197,7 @@ impl<B: Backend> LinearCbn<B> {
 
     /// Folds the CBN, **in inference mode**, into the linear layer (see
     /// [`Conv2dCbn::fold`]).
-    pub fn fold(&self) -> Linear<B> {
+    pub fn fold(&self) -> Linear {
         self.norm.inference_affine().fold_into_linear(&self.linear)
     }
 }

@@ -1,5 +1,5 @@
-use burn::module::{Module, Param, RunningState};
-use burn::tensor::{backend::Backend, Tensor};
+use burn::module::{Flag, Module, Param, RunningState};
+use burn::tensor::{Device, Tensor};
 
 use bnorm_core::moments::{bessel, values_per_channel};
 use bnorm_core::shape::check_input;
@@ -44,46 +44,55 @@ use crate::{PlainVariance, RunningStatistics, WeightLayout};
 /// running statistics, iteration counter and the whole history — is in the
 /// record.
 #[derive(Module, Debug)]
-pub struct CrossIterBatchNorm<B: Backend> {
+pub struct CrossIterBatchNorm {
     /// Learnable scale `gamma`, `[C]` (absent when not affine).
-    pub gamma: Option<Param<Tensor<B, 1>>>,
+    pub gamma: Option<Param<Tensor<1>>>,
     /// Learnable shift `beta`, `[C]` (absent when not affine).
-    pub beta: Option<Param<Tensor<B, 1>>>,
+    pub beta: Option<Param<Tensor<1>>>,
+    /// Whether training behavior is enabled (burn's `BatchNorm`'s flag:
+    /// [`Module::freeze`](burn::module::Module::freeze) turns it off,
+    /// `unfreeze` on). Not saved in checkpoints.
+    pub training: Param<Flag>,
     /// Running mean, `[C]`.
-    pub running_mean: RunningState<Tensor<B, 1>>,
+    pub running_mean: RunningState<Tensor<1>>,
     /// Running variance, `[C]`.
-    pub running_var: RunningState<Tensor<B, 1>>,
+    pub running_var: RunningState<Tensor<1>>,
     /// Training iterations seen (saved as `[1]`).
-    pub iterations: HostCounter<B>,
+    pub iterations: HostCounter,
     /// The window's history (absent for `window = 1`).
-    pub history: Option<CbnHistory<B>>,
+    pub history: Option<CbnHistory>,
     /// Number of channels `C`.
     pub num_features: usize,
     /// The paper's `k`.
     pub window: usize,
     /// Layout of the preceding layer's weight.
+    #[module(skip)]
     pub layout: WeightLayout,
     /// Taylor compensation factor.
     pub rho: f64,
     /// Burn-in length in iterations.
     pub burn_in: usize,
     /// How the history is phased in.
+    #[module(skip)]
     pub burn_in_mode: BurnInMode,
     /// Weight of new statistics in the running ones.
     pub momentum: f64,
     /// Numerical-stability term.
     pub epsilon: f64,
     /// Where `epsilon` enters the standard deviation.
+    #[module(skip)]
     pub eps_placement: EpsPlacement,
     /// Variance of plain BatchNorm steps.
+    #[module(skip)]
     pub plain_variance: PlainVariance,
     /// What the running statistics average.
+    #[module(skip)]
     pub running_statistics: RunningStatistics,
     /// Gradient through the compensated history terms.
     pub history_gradient: bool,
 }
 
-impl<B: Backend> CrossIterBatchNorm<B> {
+impl CrossIterBatchNorm {
     /// Normalizes the output `y` of a custom layer.
     ///
     /// - `y`: the layer output `[N, C, ...]` (rank 2 to 5, channels on axis 1);
@@ -104,11 +113,11 @@ impl<B: Backend> CrossIterBatchNorm<B> {
     /// is untouched then.
     pub fn forward_with<const D: usize>(
         &self,
-        y: Tensor<B, D>,
-        weight: Tensor<B, 3>,
-        bias: Option<Tensor<B, 1>>,
-        jacobians: impl FnOnce() -> MomentJacobians<B>,
-    ) -> Tensor<B, D> {
+        y: Tensor<D>,
+        weight: Tensor<3>,
+        bias: Option<Tensor<1>>,
+        jacobians: impl FnOnce() -> MomentJacobians,
+    ) -> Tensor<D> {
         check_input("CrossIterBatchNorm", &y.dims(), self.num_features);
         let expected = [
             self.layout.groups,
@@ -131,11 +140,17 @@ impl<B: Backend> CrossIterBatchNorm<B> {
                 );
             }
         }
-        if B::ad_enabled(&y.device()) {
+        if self.is_training(&y.device()) {
             self.forward_train(y, weight, bias, jacobians)
         } else {
             self.forward_frozen(y)
         }
+    }
+
+    /// Whether a forward pass on `device` trains: an autodiff device and a
+    /// layer not frozen.
+    pub(crate) fn is_training(&self, device: &Device) -> bool {
+        device.is_autodiff() && self.training.is_enabled()
     }
 
     /// Normalizes with the running statistics on any backend, state
@@ -146,7 +161,7 @@ impl<B: Backend> CrossIterBatchNorm<B> {
     /// # Panics
     ///
     /// If `y`'s rank or channel count is wrong.
-    pub fn forward_frozen<const D: usize>(&self, y: Tensor<B, D>) -> Tensor<B, D> {
+    pub fn forward_frozen<const D: usize>(&self, y: Tensor<D>) -> Tensor<D> {
         check_input("CrossIterBatchNorm", &y.dims(), self.num_features);
         self.inference_affine().apply(y)
     }
@@ -163,11 +178,11 @@ impl<B: Backend> CrossIterBatchNorm<B> {
 
     fn forward_train<const D: usize>(
         &self,
-        y: Tensor<B, D>,
-        weight: Tensor<B, 3>,
-        bias: Option<Tensor<B, 1>>,
-        jacobians: impl FnOnce() -> MomentJacobians<B>,
-    ) -> Tensor<B, D> {
+        y: Tensor<D>,
+        weight: Tensor<3>,
+        bias: Option<Tensor<1>>,
+        jacobians: impl FnOnce() -> MomentJacobians,
+    ) -> Tensor<D> {
         let count = values_per_channel(&y.dims());
         let plain = StepStatistics::Plain {
             unbiased: self.plain_variance == PlainVariance::Unbiased,
@@ -233,7 +248,7 @@ impl<B: Backend> CrossIterBatchNorm<B> {
             RunningStatistics::Window => (step.mean, step.var),
         };
         let m = self.momentum;
-        let blend = |state: &RunningState<Tensor<B, 1>>, value: Tensor<B, 1>| {
+        let blend = |state: &RunningState<Tensor<1>>, value: Tensor<1>| {
             let old = state.value_sync();
             state.update(
                 old.mul_scalar(1.0 - m)

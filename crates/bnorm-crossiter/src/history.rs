@@ -2,7 +2,7 @@ use std::any::Any;
 use std::sync::{Arc, Mutex};
 
 use burn::module::Module;
-use burn::tensor::{backend::Backend, Bool, Tensor};
+use burn::tensor::{Bool, Device, Tensor};
 
 use bnorm_core::{AveragedState, FrontPush, HistoryEntries, HostCounter};
 
@@ -18,32 +18,32 @@ use crate::WeightLayout;
 /// floats against the reference's `3|W| + 2C` (no weight copies, see
 /// `bnorm_core::jacobian`).
 #[derive(Module, Debug)]
-pub struct CbnHistory<B: Backend> {
+pub struct CbnHistory {
     /// `mu_i`, `[K, C]`.
-    pub mean: AveragedState<B, 2>,
+    pub mean: AveragedState<2>,
     /// `nu_i`, `[K, C]`.
-    pub mean_sq: AveragedState<B, 2>,
+    pub mean_sq: AveragedState<2>,
     /// `d mu_i / dW` per group, `[K, G, F]`.
-    pub jac_mean: AveragedState<B, 3>,
+    pub jac_mean: AveragedState<3>,
     /// `d nu_i / dW` per channel, `[K, C, F]`.
-    pub jac_mean_sq: AveragedState<B, 3>,
+    pub jac_mean_sq: AveragedState<3>,
     /// Linearization points `<d mu_i/dW, W_i> + b_i`, `[K, C]`.
-    pub lin_mean: AveragedState<B, 2>,
+    pub lin_mean: AveragedState<2>,
     /// Linearization points `<d nu_i/dW, W_i> + 2 mu_i b_i`, `[K, C]`.
-    pub lin_mean_sq: AveragedState<B, 2>,
+    pub lin_mean_sq: AveragedState<2>,
     /// How many entries (from the front) hold data (saved as `[1]`).
-    pub fill: HostCounter<B>,
+    pub fill: HostCounter,
     /// The device tensors a push takes (not saved).
     #[module(skip)]
     pushes: PushTensors,
 }
 
-impl<B: Backend> CbnHistory<B> {
+impl CbnHistory {
     pub(crate) fn new(
         capacity: usize,
         channels: usize,
         layout: WeightLayout,
-        device: &B::Device,
+        device: &Device,
     ) -> Self {
         let WeightLayout { groups, patch_len } = layout;
         CbnHistory {
@@ -64,7 +64,7 @@ impl<B: Backend> CbnHistory<B> {
     }
 
     /// The buffers as [`HistoryEntries`] (all `K`, filled or not).
-    pub fn entries(&self) -> HistoryEntries<B> {
+    pub fn entries(&self) -> HistoryEntries {
         HistoryEntries {
             mean: self.mean.value_sync(),
             mean_sq: self.mean_sq.value_sync(),
@@ -77,7 +77,7 @@ impl<B: Backend> CbnHistory<B> {
 
     /// Pushes `entry` (one entry) to the front, dropping the oldest, and
     /// sets the number of entries holding data to `filled`.
-    pub(crate) fn push(&self, entry: HistoryEntries<B>, filled: usize) {
+    pub(crate) fn push(&self, entry: HistoryEntries, filled: usize) {
         let device = entry.mean.device();
         let Pushes {
             front,
@@ -93,7 +93,7 @@ impl<B: Backend> CbnHistory<B> {
                 front,
             }
         });
-        let update = |state: &AveragedState<B, 2>, entry: Tensor<B, 2>| {
+        let update = |state: &AveragedState<2>, entry: Tensor<2>| {
             // Detached: built from the last step's buffer, the new one would
             // otherwise chain every step into burn-autodiff's bookkeeping,
             // and each step would get slower than the last.
@@ -106,7 +106,7 @@ impl<B: Backend> CbnHistory<B> {
         update(&self.mean_sq, entry.mean_sq);
         update(&self.lin_mean, entry.lin_mean);
         update(&self.lin_mean_sq, entry.lin_mean_sq);
-        let update = |state: &AveragedState<B, 3>, entry: Tensor<B, 3>, mask| {
+        let update = |state: &AveragedState<3>, entry: Tensor<3>, mask| {
             state.update(
                 front
                     .push(state.value_sync(), entry.detach(), mask)
@@ -146,11 +146,11 @@ impl<B: Backend> CbnHistory<B> {
 /// What a push takes on one device: the row shift and the front-row mask
 /// of each buffer shape (see [`FrontPush`]).
 #[derive(Clone)]
-struct Pushes<B: Backend> {
-    front: FrontPush<B>,
-    mask_per_channel: Tensor<B, 2, Bool>,
-    mask_jac_mean: Tensor<B, 3, Bool>,
-    mask_jac_mean_sq: Tensor<B, 3, Bool>,
+struct Pushes {
+    front: FrontPush,
+    mask_per_channel: Tensor<2, Bool>,
+    mask_jac_mean: Tensor<3, Bool>,
+    mask_jac_mean_sq: Tensor<3, Bool>,
 }
 
 /// [`Pushes`], made on the first push on each device and kept (not
@@ -165,14 +165,14 @@ struct PushTensors(Arc<Mutex<Vec<Box<dyn Any + Send>>>>);
 
 impl PushTensors {
     /// The cached tensors on `device`, or `make`'s (then cached).
-    fn on<B: Backend>(&self, device: &B::Device, make: impl FnOnce() -> Pushes<B>) -> Pushes<B> {
+    fn on(&self, device: &Device, make: impl FnOnce() -> Pushes) -> Pushes {
         let mut cached = self
             .0
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let hit = cached
             .iter()
-            .filter_map(|any| any.downcast_ref::<Pushes<B>>())
+            .filter_map(|any| any.downcast_ref::<Pushes>())
             .find(|pushes| &pushes.front.device() == device);
         if let Some(pushes) = hit {
             return pushes.clone();

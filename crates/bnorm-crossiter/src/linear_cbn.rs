@@ -1,7 +1,7 @@
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Initializer, Linear, LinearConfig};
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{Device, Tensor};
 
 use bnorm_core::linear_moment_jacobians;
 
@@ -37,7 +37,7 @@ impl LinearCbnConfig {
     }
 
     /// Initializes the linear layer (as burn's `LinearConfig::init`) and its CBN.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> LinearCbn<B> {
+    pub fn init(&self, device: &Device) -> LinearCbn {
         let linear = LinearConfig::new(self.d_input, self.d_output)
             .with_bias(self.bias)
             .with_initializer(self.initializer.clone())
@@ -59,14 +59,14 @@ impl LinearCbnConfig {
 /// features. The statistics of each feature run over every row: `N` for a
 /// `[N, d_in]` input, `N * L` for `[N, L, d_in]`.
 #[derive(Module, Debug)]
-pub struct LinearCbn<B: Backend> {
+pub struct LinearCbn {
     /// The linear layer (weight `[d_input, d_output]`, burn's layout).
-    pub linear: Linear<B>,
+    pub linear: Linear,
     /// The normalization of its output.
-    pub norm: CrossIterBatchNorm<B>,
+    pub norm: CrossIterBatchNorm,
 }
 
-impl<B: Backend> LinearCbn<B> {
+impl LinearCbn {
     /// `norm(linear(x))` over the last axis.
     ///
     /// # Shapes
@@ -77,7 +77,7 @@ impl<B: Backend> LinearCbn<B> {
     /// # Panics
     ///
     /// If the rank is not 2 or 3 or the last axis is not `d_input` long.
-    pub fn forward<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
+    pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
         let [d_in, d_out] = self.linear.weight.dims();
         let dims = input.dims();
         if !(D == 2 || D == 3) || dims[D - 1] != d_in {
@@ -91,7 +91,7 @@ impl<B: Backend> LinearCbn<B> {
         let y = self.linear.forward(x.clone());
         let mut out_dims = dims;
         out_dims[D - 1] = d_out;
-        let out = if B::ad_enabled(&y.device()) {
+        let out = if self.norm.is_training(&y.device()) {
             let weight = self
                 .linear
                 .weight

@@ -1,5 +1,5 @@
-use burn::module::{Module, Param, RunningState};
-use burn::tensor::{backend::Backend, Bool, Tensor};
+use burn::module::{Flag, Module, Param, RunningState};
+use burn::tensor::{Bool, Device, Tensor};
 
 use bnorm_core::shape::{check_input, check_mask, per_channel};
 use bnorm_core::{compose_affine, HostCounter};
@@ -26,7 +26,8 @@ use bnorm_core::{
 /// `rmax = 1, dmax = 0` the layer is BatchNorm, which is how the paper
 /// starts.
 ///
-/// Inference (`model.valid()`, a backend without autodiff):
+/// Inference (`model.valid()`, a device without autodiff, or a layer
+/// frozen with [`Module::freeze`], as burn's `BatchNorm`):
 /// `y = gamma * (x - mu) / sigma + beta`.
 ///
 /// The running statistic is a standard deviation, not a variance. Created
@@ -35,18 +36,22 @@ use bnorm_core::{
 /// Everything a resumed run needs (gamma, beta, running mean and std, the
 /// step counter) is in the record; see [`BatchRenorm::try_load_record`].
 #[derive(Module, Debug)]
-pub struct BatchRenorm<B: Backend> {
+pub struct BatchRenorm {
     /// Learnable scale `gamma`, `[C]` (absent when not affine).
-    pub gamma: Option<Param<Tensor<B, 1>>>,
+    pub gamma: Option<Param<Tensor<1>>>,
     /// Learnable shift `beta`, `[C]` (absent when not affine).
-    pub beta: Option<Param<Tensor<B, 1>>>,
+    pub beta: Option<Param<Tensor<1>>>,
+    /// Whether training behavior is enabled (burn's `BatchNorm`'s flag:
+    /// [`Module::freeze`] turns it off, [`Module::unfreeze`] on). Not
+    /// saved in checkpoints.
+    pub training: Param<Flag>,
     /// Running mean `mu`, `[C]`.
-    pub running_mean: RunningState<Tensor<B, 1>>,
+    pub running_mean: RunningState<Tensor<1>>,
     /// Running standard deviation `sigma`, `[C]`.
-    pub running_std: RunningState<Tensor<B, 1>>,
+    pub running_std: RunningState<Tensor<1>>,
     /// Training batches seen, on the host (saved as `[1]`; it saturates at
     /// 2^24, where float32 stops counting exactly).
-    pub steps: HostCounter<B>,
+    pub steps: HostCounter,
     /// Number of channels `C`.
     pub num_features: usize,
     /// Weight of the batch statistics in the running ones.
@@ -54,16 +59,20 @@ pub struct BatchRenorm<B: Backend> {
     /// Numerical-stability term of the standard deviation.
     pub epsilon: f64,
     /// Where `epsilon` enters the standard deviation.
+    #[module(skip)]
     pub eps_placement: EpsPlacement,
     /// Clip bound of `r` by step.
+    #[module(skip)]
     pub rmax: Schedule,
     /// Clip bound of `|d|` by step.
+    #[module(skip)]
     pub dmax: Schedule,
 }
 
-impl<B: Backend> BatchRenorm<B> {
+impl BatchRenorm {
     /// Normalizes `input`; training or inference mode as in burn's
-    /// `BatchNorm` (autodiff backend = training).
+    /// `BatchNorm`: training on an autodiff device unless the layer is
+    /// frozen.
     ///
     /// # Shapes
     ///
@@ -74,9 +83,9 @@ impl<B: Backend> BatchRenorm<B> {
     ///
     /// If the rank is outside 2..=5, the channel axis is not `num_features`
     /// long, or the batch is empty. The module's state is untouched then.
-    pub fn forward<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
+    pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
         check_input("BatchRenorm", &input.dims(), self.num_features);
-        if B::ad_enabled(&input.device()) {
+        if self.is_training(&input.device()) {
             self.forward_train(moments(input))
         } else {
             self.forward_inference(input)
@@ -98,10 +107,10 @@ impl<B: Backend> BatchRenorm<B> {
     ///
     /// If the channel axis is not `num_features` long or the mask's shape is
     /// not `[batch_size, length]`. The module's state is untouched then.
-    pub fn forward_masked(&self, input: Tensor<B, 3>, padding: Tensor<B, 2, Bool>) -> Tensor<B, 3> {
+    pub fn forward_masked(&self, input: Tensor<3>, padding: Tensor<2, Bool>) -> Tensor<3> {
         check_input("BatchRenorm", &input.dims(), self.num_features);
         check_mask("BatchRenorm", &input.dims(), &padding.dims());
-        if B::ad_enabled(&input.device()) {
+        if self.is_training(&input.device()) {
             self.forward_train(masked_moments(input, padding))
         } else {
             self.forward_inference(input)
@@ -119,9 +128,15 @@ impl<B: Backend> BatchRenorm<B> {
     /// # Shapes and panics
     ///
     /// As for [`forward`](Self::forward).
-    pub fn forward_frozen<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
+    pub fn forward_frozen<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
         check_input("BatchRenorm", &input.dims(), self.num_features);
         self.forward_inference(input)
+    }
+
+    /// Whether a forward pass on `device` trains: an autodiff device and a
+    /// layer not frozen.
+    fn is_training(&self, device: &Device) -> bool {
+        device.is_autodiff() && self.training.is_enabled()
     }
 
     /// The step counter `n` on the host (training batches seen).
@@ -129,7 +144,7 @@ impl<B: Backend> BatchRenorm<B> {
         self.steps.get() as usize
     }
 
-    fn forward_train<const D: usize>(&self, batch: BatchMoments<B, D>) -> Tensor<B, D> {
+    fn forward_train<const D: usize>(&self, batch: BatchMoments<D>) -> Tensor<D> {
         let batch_std = self.eps_placement.std(batch.var, self.epsilon);
         let running_mean = self.running_mean.value_sync();
         let running_std = self.running_std.value_sync();
@@ -153,8 +168,8 @@ impl<B: Backend> BatchRenorm<B> {
         let (scale, shift) = self.affine(scale, correction.d);
         let output = batch
             .centered
-            .mul(per_channel::<B, D>(scale))
-            .add(per_channel::<B, D>(shift));
+            .mul(per_channel::<D>(scale))
+            .add(per_channel::<D>(shift));
 
         let momentum = self.momentum;
         self.running_mean.update(
@@ -174,12 +189,12 @@ impl<B: Backend> BatchRenorm<B> {
         output
     }
 
-    fn forward_inference<const D: usize>(&self, input: Tensor<B, D>) -> Tensor<B, D> {
+    fn forward_inference<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
         self.inference_affine().apply(input)
     }
 
     /// `(gamma * scale, gamma * shift + beta)`, or the inputs when not affine.
-    fn affine(&self, scale: Tensor<B, 1>, shift: Tensor<B, 1>) -> (Tensor<B, 1>, Tensor<B, 1>) {
+    fn affine(&self, scale: Tensor<1>, shift: Tensor<1>) -> (Tensor<1>, Tensor<1>) {
         compose_affine(
             self.gamma.as_ref().map(|g| g.val()),
             self.beta.as_ref().map(|b| b.val()),

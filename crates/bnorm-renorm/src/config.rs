@@ -1,6 +1,6 @@
 use burn::config::Config;
 use burn::module::{Initializer, Param, RunningState};
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{Device, Tensor};
 
 use bnorm_core::{EpsPlacement, HostCounter, Schedule};
 
@@ -74,7 +74,7 @@ impl BatchRenormConfig {
     ///
     /// If `num_features` is 0, `momentum` is outside `[0, 1]` or `epsilon`
     /// is negative.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> BatchRenorm<B> {
+    pub fn init(&self, device: &Device) -> BatchRenorm {
         let c = self.num_features;
         assert!(c > 0, "BatchRenormConfig: num_features must be positive");
         assert!(
@@ -87,12 +87,13 @@ impl BatchRenormConfig {
             "BatchRenormConfig: epsilon must not be negative, received {}",
             self.epsilon
         );
-        let affine = |init: Initializer| -> Option<Param<Tensor<B, 1>>> {
+        let affine = |init: Initializer| -> Option<Param<Tensor<1>>> {
             self.affine.then(|| init.init([c], device))
         };
         BatchRenorm {
             gamma: affine(Initializer::Ones),
             beta: affine(Initializer::Zeros),
+            training: Param::from_bool(true),
             running_mean: RunningState::new(Tensor::zeros([c], device)),
             running_std: RunningState::new(Tensor::ones([c], device)),
             steps: HostCounter::new(device),

@@ -1,13 +1,12 @@
 use burn::module::{Param, RunningState};
 use burn::nn::conv::{Conv1d, Conv2d, Conv3d};
 use burn::nn::{BatchNorm, Linear};
-use burn::tensor::backend::Backend;
 
 use bnorm_core::{check_record_shape, HostCounter, InferenceAffine, RecordShapeError};
 
 use crate::{BatchRenorm, BatchRenormConfig};
 
-impl<B: Backend> BatchRenorm<B> {
+impl BatchRenorm {
     /// A BatchRenorm that continues a burn `BatchNorm`: gamma and beta are
     /// kept, the running mean is copied and the running std set to
     /// `sqrt(running_var + bn.epsilon)`, so the eval-mode output is the
@@ -23,7 +22,7 @@ impl<B: Backend> BatchRenorm<B> {
     ///
     /// If `config.num_features` is not the BatchNorm's channel count.
     pub fn from_batch_norm(
-        bn: &BatchNorm<B>,
+        bn: &BatchNorm,
         config: &BatchRenormConfig,
         step: usize,
     ) -> Result<Self, RecordShapeError> {
@@ -35,7 +34,7 @@ impl<B: Backend> BatchRenorm<B> {
             &[c],
         )?;
         let device = bn.gamma.val().device();
-        let mut layer = config.clone().with_affine(true).init::<B>(&device);
+        let mut layer = config.clone().with_affine(true).init(&device);
         layer.gamma = Some(Param::from_tensor(bn.gamma.val().detach()));
         layer.beta = Some(Param::from_tensor(bn.beta.val().detach()));
         layer.running_mean = RunningState::new(bn.running_mean.value_sync());
@@ -46,7 +45,7 @@ impl<B: Backend> BatchRenorm<B> {
     }
 
     /// The inference-mode transform as `x * scale + shift` per channel.
-    pub fn inference_affine(&self) -> InferenceAffine<B> {
+    pub fn inference_affine(&self) -> InferenceAffine {
         InferenceAffine::new(
             self.running_mean.value_sync(),
             self.running_std.value_sync(),
@@ -63,7 +62,7 @@ impl<B: Backend> BatchRenorm<B> {
     /// # Errors
     ///
     /// If the conv's output channels are not this layer's channels.
-    pub fn fold_into_conv2d(&self, conv: &Conv2d<B>) -> Result<Conv2d<B>, RecordShapeError> {
+    pub fn fold_into_conv2d(&self, conv: &Conv2d) -> Result<Conv2d, RecordShapeError> {
         self.checked_fold(
             "BatchRenorm::fold_into_conv2d",
             "conv output channels",
@@ -78,7 +77,7 @@ impl<B: Backend> BatchRenorm<B> {
     /// # Errors
     ///
     /// If the conv's output channels are not this layer's channels.
-    pub fn fold_into_conv1d(&self, conv: &Conv1d<B>) -> Result<Conv1d<B>, RecordShapeError> {
+    pub fn fold_into_conv1d(&self, conv: &Conv1d) -> Result<Conv1d, RecordShapeError> {
         self.checked_fold(
             "BatchRenorm::fold_into_conv1d",
             "conv output channels",
@@ -93,7 +92,7 @@ impl<B: Backend> BatchRenorm<B> {
     /// # Errors
     ///
     /// If the conv's output channels are not this layer's channels.
-    pub fn fold_into_conv3d(&self, conv: &Conv3d<B>) -> Result<Conv3d<B>, RecordShapeError> {
+    pub fn fold_into_conv3d(&self, conv: &Conv3d) -> Result<Conv3d, RecordShapeError> {
         self.checked_fold(
             "BatchRenorm::fold_into_conv3d",
             "conv output channels",
@@ -108,7 +107,7 @@ impl<B: Backend> BatchRenorm<B> {
     /// # Errors
     ///
     /// If the linear layer's output features are not this layer's channels.
-    pub fn fold_into_linear(&self, linear: &Linear<B>) -> Result<Linear<B>, RecordShapeError> {
+    pub fn fold_into_linear(&self, linear: &Linear) -> Result<Linear, RecordShapeError> {
         self.checked_fold(
             "BatchRenorm::fold_into_linear",
             "linear output features",
@@ -125,7 +124,7 @@ impl<B: Backend> BatchRenorm<B> {
         method: &'static str,
         what: &str,
         outputs: usize,
-    ) -> Result<InferenceAffine<B>, RecordShapeError> {
+    ) -> Result<InferenceAffine, RecordShapeError> {
         check_record_shape(method, what, &[self.num_features], &[outputs])?;
         Ok(self.inference_affine())
     }

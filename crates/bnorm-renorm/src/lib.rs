@@ -12,8 +12,8 @@
 //!
 //! type B = Autodiff<NdArray>;
 //! let device = Default::default();
-//! let brn = BatchRenormConfig::new(8).init::<B>(&device);
-//! let x = Tensor::<B, 4>::ones([2, 8, 4, 4], &device);
+//! let brn = BatchRenormConfig::new(8).init(&device);
+//! let x = Tensor::<4>::ones([2, 8, 4, 4], &device);
 //! let y = brn.forward(x); // training: batch statistics, running state updated
 //! assert_eq!(y.dims(), [2, 8, 4, 4]);
 //! ```
