@@ -15,7 +15,7 @@ use std::any::Any;
 use std::panic::{self, PanicHookInfo};
 use std::sync::{Arc, Mutex};
 
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{Device, Tensor};
 
 /// What `std::panic::take_hook` returns.
 type PanicHook = Box<dyn Fn(&PanicHookInfo<'_>) + Sync + Send>;
@@ -28,11 +28,11 @@ static PROBED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 /// Returns `device` after checking, the first time `name` is asked for,
 /// that it can run a kernel; panics with `explain(reason)` otherwise, where
 /// `reason` is the first panic message the runtime raised.
-pub(crate) fn probe<B: Backend>(
-    device: B::Device,
+pub(crate) fn probe(
+    device: Device,
     name: &str,
     explain: impl FnOnce(&str) -> String,
-) -> B::Device {
+) -> Device {
     let mut probed = PROBED
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -55,7 +55,7 @@ pub(crate) fn probe<B: Backend>(
     }
     // A device handle is plain data (an index or an adapter choice).
     let probe = panic::catch_unwind(panic::AssertUnwindSafe(|| {
-        let t = Tensor::<B, 1>::ones([2], &device);
+        let t = Tensor::<1>::ones([2], &device);
         t.sum().into_data()
     }));
     drop(panic::take_hook());

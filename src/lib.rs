@@ -17,11 +17,10 @@
 //! The `pytorch` feature (default) adds [`pytorch`]: importing the
 //! reference implementations' PyTorch checkpoints.
 //!
-//! The `cuda` feature enables burn's CUDA backend (kernels compiled at run
-//! time through NVRTC; building needs no CUDA toolkit) and the module
-//! `cuda`; the `wgpu` feature burn's wgpu backend (Vulkan, Metal, DirectX
-//! 12) and the module `wgpu`. Either also lets CBN's Jacobians run on that
-//! backend directly rather than through autodiff's wrappers.
+//! The layers run on any burn 0.22 device (`Device::flex()`,
+//! `Device::ndarray()`, `Device::wgpu(..)`, `Device::cuda(i)`, each with
+//! `.autodiff()` to train). The `wgpu` feature enables burn's wgpu backend
+//! (Vulkan, Metal, DirectX 12) and the module `wgpu`.
 
 pub use bnorm_core as core;
 pub use bnorm_crossiter as crossiter;
@@ -42,12 +41,10 @@ pub use bnorm_renorm::{BatchRenorm, BatchRenormConfig};
 #[doc = include_str!("../README.md")]
 pub struct ReadmeExamples;
 
-/// Re-export of the burn version the layers are built against (`=0.21.0`).
+/// Re-export of the burn version the layers are built against (0.22).
 pub use burn;
 
-#[cfg(feature = "cuda")]
-pub mod cuda;
-#[cfg(any(feature = "cuda", feature = "wgpu"))]
+#[cfg(feature = "wgpu")]
 mod device_probe;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;

@@ -22,9 +22,9 @@ use std::path::Path;
 
 use burn::module::{Param, RunningState};
 use burn::nn::conv::Conv2dConfig;
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use burn_store::pytorch::PytorchReader;
-use burn_store::TensorSnapshot;
+use burn_store::pytorch_reader::{DType, Tensor as StoredTensor};
 
 #[allow(unused_imports)]
 use crate::EpsPlacement;
@@ -72,9 +72,41 @@ impl fmt::Display for ImportError {
 
 impl std::error::Error for ImportError {}
 
+/// The values of a stored tensor as float32 (PyTorch writes little-endian
+/// data; float64 and integer counters are converted).
+fn float_values(key: &str, tensor: &StoredTensor) -> Result<Vec<f32>, ImportError> {
+    let bytes = tensor
+        .read()
+        .map_err(|e| ImportError::Read(format!("{key}: {e}")))?;
+    let values = match tensor.dtype() {
+        DType::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        DType::F64 => bytes
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
+            .collect(),
+        DType::I64 => bytes
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes")) as f32)
+            .collect(),
+        DType::I32 => bytes
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f32)
+            .collect(),
+        other => {
+            return Err(ImportError::Read(format!(
+                "{key}: dtype {other:?} is not supported (float32, float64, int32, int64 are)"
+            )))
+        }
+    };
+    Ok(values)
+}
+
 /// A PyTorch `state_dict` read with burn-store.
 pub struct StateDict {
-    tensors: HashMap<String, TensorSnapshot>,
+    tensors: HashMap<String, StoredTensor>,
 }
 
 impl StateDict {
@@ -104,10 +136,7 @@ impl StateDict {
                 key: key.to_string(),
                 available: self.keys(),
             })?;
-        let data = snapshot
-            .to_data()
-            .map_err(|e| ImportError::Read(format!("{key}: {e:?}")))?;
-        let found: Vec<usize> = data.shape.to_vec();
+        let found: Vec<usize> = snapshot.shape().to_vec();
         let n: usize = shape.iter().product();
         // PyTorch stores scalars with shape []; accept them for one-element shapes.
         let scalar_ok = found.is_empty() && n == 1;
@@ -118,33 +147,30 @@ impl StateDict {
                 found,
             });
         }
-        Ok(TensorData::new(
-            data.convert::<f32>().try_to_vec::<f32>().expect("float data"),
-            shape.to_vec(),
-        ))
+        Ok(TensorData::new(float_values(key, snapshot)?, shape.to_vec()))
     }
 
     /// `key` as a tensor of shape `shape` on `device`.
-    pub fn tensor<B: Backend, const D: usize>(
+    pub fn tensor<const D: usize>(
         &self,
         key: &str,
         shape: [usize; D],
-        device: &B::Device,
-    ) -> Result<Tensor<B, D>, ImportError> {
+        device: &Device,
+    ) -> Result<Tensor<D>, ImportError> {
         Ok(Tensor::from_data(self.values(key, &shape)?, device))
     }
 
     /// A [`BatchRenorm`] from ludvb/batchrenorm keys under `prefix` (e.g.
     /// `"norm."`, or `""` for a bare layer), with the other options from
     /// `config` (its `num_features` must match the checkpoint).
-    pub fn batch_renorm<B: Backend>(
+    pub fn batch_renorm(
         &self,
         prefix: &str,
         config: &BatchRenormConfig,
-        device: &B::Device,
-    ) -> Result<BatchRenorm<B>, ImportError> {
+        device: &Device,
+    ) -> Result<BatchRenorm, ImportError> {
         let c = [config.num_features];
-        let mut layer = config.init::<B>(device);
+        let mut layer = config.init(device);
         if config.affine {
             layer.gamma = Some(Param::from_tensor(self.tensor(
                 &format!("{prefix}weight"),
@@ -171,13 +197,13 @@ impl StateDict {
 
     /// The weight (and bias, if `config` has one) of a burn `Conv2d` from
     /// `{prefix}weight` / `{prefix}bias`.
-    pub fn conv2d<B: Backend>(
+    pub fn conv2d(
         &self,
         prefix: &str,
         config: &Conv2dConfig,
-        device: &B::Device,
-    ) -> Result<burn::nn::conv::Conv2d<B>, ImportError> {
-        let mut conv = config.init::<B>(device);
+        device: &Device,
+    ) -> Result<burn::nn::conv::Conv2d, ImportError> {
+        let mut conv = config.init(device);
         let dims = conv.weight.dims();
         conv.weight = Param::from_tensor(self.tensor(&format!("{prefix}weight"), dims, device)?);
         if config.bias {
@@ -194,14 +220,14 @@ impl StateDict {
     /// under `conv_prefix`, the norm under `norm_prefix`. The architecture
     /// and CBN options come from `config` (pass the reference's eps and eps
     /// placement to reproduce it).
-    pub fn conv2d_cbn<B: Backend>(
+    pub fn conv2d_cbn(
         &self,
         conv_prefix: &str,
         norm_prefix: &str,
         config: &Conv2dCbnConfig,
-        device: &B::Device,
-    ) -> Result<Conv2dCbn<B>, ImportError> {
-        let mut block = config.init::<B>(device);
+        device: &Device,
+    ) -> Result<Conv2dCbn, ImportError> {
+        let mut block = config.init(device);
         let dims = block.conv.weight.dims();
         block.conv.weight =
             Param::from_tensor(self.tensor(&format!("{conv_prefix}weight"), dims, device)?);

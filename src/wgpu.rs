@@ -1,7 +1,6 @@
 //! wgpu device selection with a readable failure.
 
-use burn::backend::wgpu::WgpuDevice;
-use burn::backend::Wgpu;
+use burn::tensor::{Device, DeviceKind};
 
 /// Returns burn-wgpu's default device (the adapter wgpu prefers, or the one
 /// `CUBECL_WGPU_DEFAULT_DEVICE` names, e.g. `Cpu` or `DiscreteGpu(1)`)
@@ -16,9 +15,9 @@ use burn::backend::Wgpu;
 /// # Panics
 ///
 /// If no adapter can be initialised.
-pub fn device_or_explain() -> WgpuDevice {
-    let device = WgpuDevice::DefaultDevice;
-    crate::device_probe::probe::<Wgpu>(device.clone(), "wgpu:default", |reason| {
+pub fn device_or_explain() -> Device {
+    let device = Device::wgpu(DeviceKind::DefaultDevice);
+    crate::device_probe::probe(device.clone(), "wgpu:default", |reason| {
         format!(
             "no usable wgpu device: burn-wgpu failed to initialise {device:?}: {reason}\n\
              A wgpu run needs a GPU driver with Vulkan, Metal or DirectX 12, or on Linux \
