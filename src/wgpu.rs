@@ -19,7 +19,7 @@ pub fn device_or_explain() -> Device {
     let device = Device::wgpu(DeviceKind::DefaultDevice);
     crate::device_probe::probe(device.clone(), "wgpu:default", |reason| {
         format!(
-            "no usable wgpu device: burn-wgpu failed to initialise {device:?}: {reason}\n\
+            "no usable wgpu device: burn-wgpu failed to initialise the default device: {reason}\n\
              A wgpu run needs a GPU driver with Vulkan, Metal or DirectX 12, or on Linux \
              without a GPU the Vulkan loader and a CPU driver (Debian: `apt-get install \
              libvulkan1 mesa-vulkan-drivers`, which brings lavapipe). Run the CPU tests \

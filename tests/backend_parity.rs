@@ -27,11 +27,11 @@ use bnorm::{
     BatchRenorm, BatchRenormConfig, BurnInMode, Conv1dCbnConfig, Conv2dCbn, Conv2dCbnConfig,
     Conv3dCbnConfig, CrossIterBatchNormConfig, LinearCbn, LinearCbnConfig,
 };
-use burn::module::{AutodiffModule, Module, ModuleVisitor, Param};
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::{PaddingConfig1d, PaddingConfig2d, PaddingConfig3d};
-use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+use burn::optim::{GradientsParams, SgdConfig};
 use burn::record::{BinBytesRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::Device;
 use burn::tensor::{Bool, Tensor, TensorData};
 use common::blocks::{CbnBlock, ConvLayer};
 use common::random::{host_seeded, uniform};
@@ -44,7 +44,7 @@ fn check_parity_at(r: f32, what: &str, gpu: &TensorData, cpu: &TensorData) {
 
 /// [`check_parity_at`] with an absolute floor of at least `floor`.
 fn check_parity_floor(r: f32, floor: f32, what: &str, gpu: &TensorData, cpu: &TensorData) {
-    let expected: Vec<f32> = cpu.to_vec().unwrap();
+    let expected: Vec<f32> = cpu.try_to_vec::<f32>().unwrap();
     let scale = expected.iter().fold(0f32, |m, v| m.max(v.abs()));
     let atol = (r * scale.max(1e-6)).max(floor);
     check_close(what, gpu, &cpu.shape, &expected, r, atol).unwrap();
@@ -57,21 +57,21 @@ struct Collect {
     out: Vec<(String, TensorData)>,
 }
 
-impl<B: Backend> ModuleVisitor<B> for Collect {
+impl ModuleVisitor for Collect {
     fn enter_module(&mut self, name: &str, _: &str) {
         self.path.push(name.to_string());
     }
     fn exit_module(&mut self, _: &str, _: &str) {
         self.path.pop();
     }
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         self.out
             .push((self.path.join("."), param.val().into_data()));
     }
 }
 
 /// The module's state (running states synchronised by `valid()`).
-fn state<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M) -> Vec<(String, TensorData)> {
+fn state<M: AutodiffModule>(module: &M) -> Vec<(String, TensorData)> {
     let mut collect = Collect {
         path: Vec::new(),
         out: Vec::new(),
@@ -113,7 +113,7 @@ fn transfer<B1: Backend, B2: Backend, M1: Module<B1>, M2: Module<B2>>(
 ) -> (M1, M2) {
     let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
     let bytes = recorder.record(module.clone().into_record(), ()).unwrap();
-    let source = module.load_record(recorder.load(bytes.clone(), &Default::default()).unwrap());
+    let source = module.load_record(recorder.load(bytes.clone(), &common::baseline()).unwrap());
     (
         source,
         target.load_record(recorder.load(bytes, device).unwrap()),
@@ -140,7 +140,7 @@ fn resync<B1: Backend, B2: Backend, M1: Module<B1>, M2: Module<B2>>(
 /// The parity tolerance of results through a convolution or matmul on `G`
 /// (float32 reductions and elementwise math use [`RTOL`]).
 fn matmul_parity<G: Backend>() -> f32 {
-    if tensor_cores::<G>() {
+    if false {
         TF32_RTOL
     } else {
         RTOL
@@ -156,7 +156,7 @@ macro_rules! step {
         let y = $forward(&module, x.clone());
         let grads = y.clone().mul($g).sum().backward();
         let gx = x.grad(&grads).unwrap().into_data();
-        let mut optim = SgdConfig::new().init::<$B, _>();
+        let mut optim = SgdConfig::new().init();
         let params = GradientsParams::from_grads(grads, &module);
         (y.into_data(), gx, optim.step($lr, module, params))
     }};
@@ -164,34 +164,34 @@ macro_rules! step {
 
 /// [`brn_rank`] at the rank of `shape` (one generic argument, for
 /// `on_device!`).
-fn brn_case<G: AutodiffBackend>(gpu_dev: &G::Device, shape: &[usize], masked: bool) {
+fn brn_case(gpu_dev: &Device, shape: &[usize], masked: bool) {
     match shape.len() {
-        2 => brn_rank::<G, 2>(gpu_dev, shape.try_into().unwrap(), masked),
-        3 => brn_rank::<G, 3>(gpu_dev, shape.try_into().unwrap(), masked),
-        4 => brn_rank::<G, 4>(gpu_dev, shape.try_into().unwrap(), masked),
-        5 => brn_rank::<G, 5>(gpu_dev, shape.try_into().unwrap(), masked),
+        2 => brn_rank::<2>(gpu_dev, shape.try_into().unwrap(), masked),
+        3 => brn_rank::<3>(gpu_dev, shape.try_into().unwrap(), masked),
+        4 => brn_rank::<4>(gpu_dev, shape.try_into().unwrap(), masked),
+        5 => brn_rank::<5>(gpu_dev, shape.try_into().unwrap(), masked),
         rank => panic!("no BRN parity case of rank {rank}"),
     }
 }
 
-fn brn_rank<G: AutodiffBackend, const D: usize>(
-    gpu_dev: &G::Device,
+fn brn_rank<const D: usize>(
+    gpu_dev: &Device,
     shape: [usize; D],
     masked: bool,
 ) {
-    let cpu_dev = Default::default();
+    let cpu_dev = common::baseline();
     let config = BatchRenormConfig::new(shape[1]).with_steps_compressed_to(6);
-    let (mut cpu, mut gpu): (BatchRenorm<NdArrayAd>, BatchRenorm<G>) =
+    let (mut cpu, mut gpu): (BatchRenorm, BatchRenorm) =
         transfer(config.init(&cpu_dev), config.init(gpu_dev), gpu_dev);
     // Every fourth position of each sequence is padding.
     let mask: Option<Vec<bool>> =
         masked.then(|| (0..shape[0] * shape[D - 1]).map(|i| i % 4 == 3).collect());
     for step in 0..7u64 {
         let what = format!("BRN {shape:?} masked={masked} step {step}");
-        let forward_cpu = |m: &BatchRenorm<NdArrayAd>, x: Tensor<NdArrayAd, D>| match mask.clone() {
+        let forward_cpu = |m: &BatchRenorm, x: Tensor<D>| match mask.clone() {
             Some(mk) => {
-                let x3: Tensor<NdArrayAd, 3> = x.reshape([shape[0], shape[1], shape[D - 1]]);
-                let mk = Tensor::<NdArrayAd, 2, Bool>::from_data(
+                let x3: Tensor<3> = x.reshape([shape[0], shape[1], shape[D - 1]]);
+                let mk = Tensor::<2, Bool>::from_data(
                     TensorData::new(mk, [shape[0], shape[D - 1]]),
                     &cpu_dev,
                 );
@@ -199,10 +199,10 @@ fn brn_rank<G: AutodiffBackend, const D: usize>(
             }
             None => m.forward(x),
         };
-        let forward_gpu = |m: &BatchRenorm<G>, x: Tensor<G, D>| match mask.clone() {
+        let forward_gpu = |m: &BatchRenorm, x: Tensor<D>| match mask.clone() {
             Some(mk) => {
-                let x3: Tensor<G, 3> = x.reshape([shape[0], shape[1], shape[D - 1]]);
-                let mk = Tensor::<G, 2, Bool>::from_data(
+                let x3: Tensor<3> = x.reshape([shape[0], shape[1], shape[D - 1]]);
+                let mk = Tensor::<2, Bool>::from_data(
                     TensorData::new(mk, [shape[0], shape[D - 1]]),
                     gpu_dev,
                 );
@@ -213,16 +213,16 @@ fn brn_rank<G: AutodiffBackend, const D: usize>(
         let (y1, g1, next_cpu) = step!(
             NdArrayAd,
             cpu,
-            uniform::<NdArrayAd, D>(shape, step, -1.0, 3.0, &cpu_dev),
-            uniform::<NdArrayAd, D>(shape, 100 + step, -1.0, 1.0, &cpu_dev),
+            uniform::<D>(shape, step, -1.0, 3.0, &cpu_dev),
+            uniform::<D>(shape, 100 + step, -1.0, 1.0, &cpu_dev),
             forward_cpu,
             0.05
         );
         let (y2, g2, next_gpu) = step!(
             G,
             gpu,
-            uniform::<G, D>(shape, step, -1.0, 3.0, gpu_dev),
-            uniform::<G, D>(shape, 100 + step, -1.0, 1.0, gpu_dev),
+            uniform::<D>(shape, step, -1.0, 3.0, gpu_dev),
+            uniform::<D>(shape, 100 + step, -1.0, 1.0, gpu_dev),
             forward_gpu,
             0.05
         );
@@ -246,50 +246,50 @@ fn brn_rank<G: AutodiffBackend, const D: usize>(
 // a runner with a process per test (tools/gpu-test-parallel.sh) compiles
 // their kernels in parallel.
 #[rstest]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn brn_parity_rank_2(#[case] device: TestDevice) {
     on_device!(device, brn_case, &[4, 3], false);
 }
 
 #[rstest]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn brn_parity_rank_3(#[case] device: TestDevice) {
     on_device!(device, brn_case, &[2, 3, 5], false);
 }
 
 #[rstest]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn brn_parity_rank_3_masked(#[case] device: TestDevice) {
     on_device!(device, brn_case, &[2, 3, 8], true);
 }
 
 #[rstest]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn brn_parity_rank_4(#[case] device: TestDevice) {
     on_device!(device, brn_case, &[2, 3, 4, 4], false);
 }
 
 #[rstest]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn brn_parity_rank_5(#[case] device: TestDevice) {
     on_device!(device, brn_case, &[2, 2, 3, 3, 2], false);
 }
 
-fn conv_case<G: AutodiffBackend>(
-    gpu_dev: &G::Device,
+fn conv_case(
+    gpu_dev: &Device,
     config: Conv2dCbnConfig,
     input: [usize; 4],
     lr: f64,
     name: &str,
 ) {
-    let cpu_dev = Default::default();
-    let r = matmul_parity::<G>();
-    let (mut cpu, mut gpu): (Conv2dCbn<NdArrayAd>, Conv2dCbn<G>) = transfer(
+    let cpu_dev = common::baseline();
+    let r = matmul_parity();
+    let (mut cpu, mut gpu): (Conv2dCbn, Conv2dCbn) = transfer(
         host_seeded(config.init(&cpu_dev), 1),
         config.init(gpu_dev),
         gpu_dev,
@@ -310,21 +310,21 @@ fn conv_case<G: AutodiffBackend>(
                 uniform(input, step, -1.0, 2.0, &cpu_dev),
                 uniform(out_shape, 300 + step, -1.0, 1.0, &cpu_dev),
             );
-        let fwd_cpu = |m: &Conv2dCbn<NdArrayAd>, x| m.forward(x);
-        let fwd_gpu = |m: &Conv2dCbn<G>, x| m.forward(x);
+        let fwd_cpu = |m: &Conv2dCbn, x| m.forward(x);
+        let fwd_gpu = |m: &Conv2dCbn, x| m.forward(x);
         let (y1, g1, next_cpu) = step!(
             NdArrayAd,
             cpu,
-            uniform::<NdArrayAd, 4>(input, step, -1.0, 2.0, &cpu_dev),
-            uniform::<NdArrayAd, 4>(out_shape, 300 + step, -1.0, 1.0, &cpu_dev),
+            uniform::<4>(input, step, -1.0, 2.0, &cpu_dev),
+            uniform::<4>(out_shape, 300 + step, -1.0, 1.0, &cpu_dev),
             fwd_cpu,
             lr
         );
         let (y2, g2, next_gpu) = step!(
             G,
             gpu,
-            uniform::<G, 4>(input, step, -1.0, 2.0, gpu_dev),
-            uniform::<G, 4>(out_shape, 300 + step, -1.0, 1.0, gpu_dev),
+            uniform::<4>(input, step, -1.0, 2.0, gpu_dev),
+            uniform::<4>(out_shape, 300 + step, -1.0, 1.0, gpu_dev),
             fwd_gpu,
             lr
         );
@@ -371,13 +371,13 @@ fn conv_case<G: AutodiffBackend>(
 /// is untouched).
 fn conv_output_grad_norm(
     config: &Conv2dCbnConfig,
-    module: &Conv2dCbn<NdArrayAd>,
-    x: Tensor<NdArrayAd, 4>,
-    g: Tensor<NdArrayAd, 4>,
+    module: &Conv2dCbn,
+    x: Tensor<4>,
+    g: Tensor<4>,
 ) -> f32 {
     // Loaded into a fresh module: a clone would share the running buffers.
     let copy = config
-        .init::<NdArrayAd>(&x.device())
+        .init(&x.device())
         .load_record(module.clone().into_record());
     let z = copy.conv.forward(x.clone()).detach().require_grad();
     let grads = copy
@@ -396,7 +396,7 @@ fn conv_output_grad_norm(
 
 /// Ramp burn-in into a full window, stride, groups, bias.
 #[rstest]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn cbn_conv_parity_ramp_burn_in(#[case] device: TestDevice) {
     on_device!(
@@ -420,7 +420,7 @@ fn cbn_conv_parity_ramp_burn_in(#[case] device: TestDevice) {
 
 /// Reference settings, two-stage burn-in, batch of one.
 #[rstest]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn cbn_conv_parity_reference_batch_of_one(#[case] device: TestDevice) {
     on_device!(
@@ -444,7 +444,7 @@ fn cbn_conv_parity_reference_batch_of_one(#[case] device: TestDevice) {
 /// Large steps: stale entries whose compensated variance turns negative get
 /// dropped.
 #[rstest]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn cbn_conv_parity_negative_variance_drop(#[case] device: TestDevice) {
     on_device!(
@@ -461,7 +461,7 @@ fn cbn_conv_parity_negative_variance_drop(#[case] device: TestDevice) {
 }
 
 #[rstest]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn cbn_linear_parity(#[case] device: TestDevice) {
     on_device!(device, linear_case);
@@ -472,36 +472,36 @@ fn cbn_linear_parity(#[case] device: TestDevice) {
 /// each (then resynchronized, see [`resync`]) at tolerance `r`: inputs
 /// `input` and upstream gradients of shape `output`, SGD at `lr`.
 #[allow(clippy::too_many_arguments)]
-fn block_parity<G, M1, M2, const D: usize>(
-    gpu_dev: &G::Device,
+fn block_parity<M1, M2, const D: usize>(
+    gpu_dev: &Device,
     (mut cpu, mut gpu): (M1, M2),
     [input, output]: [[usize; D]; 2],
     (steps, lr, r): (u64, f64, f32),
     name: &str,
-    fwd_cpu: impl Fn(&M1, Tensor<NdArrayAd, D>) -> Tensor<NdArrayAd, D>,
-    fwd_gpu: impl Fn(&M2, Tensor<G, D>) -> Tensor<G, D>,
+    fwd_cpu: impl Fn(&M1, Tensor<D>) -> Tensor<D>,
+    fwd_gpu: impl Fn(&M2, Tensor<D>) -> Tensor<D>,
 ) -> (M1, M2)
 where
     G: AutodiffBackend,
-    M1: AutodiffModule<NdArrayAd>,
-    M2: AutodiffModule<G>,
+    M1: AutodiffModule,
+    M2: AutodiffModule,
 {
-    let cpu_dev = Default::default();
+    let cpu_dev = common::baseline();
     for step in 0..steps {
         let what = format!("{name} step {step}");
         let (y1, g1, next_cpu) = step!(
             NdArrayAd,
             cpu,
-            uniform::<NdArrayAd, D>(input, step, -1.0, 1.0, &cpu_dev),
-            uniform::<NdArrayAd, D>(output, 40 + step, -1.0, 1.0, &cpu_dev),
+            uniform::<D>(input, step, -1.0, 1.0, &cpu_dev),
+            uniform::<D>(output, 40 + step, -1.0, 1.0, &cpu_dev),
             fwd_cpu,
             lr
         );
         let (y2, g2, next_gpu) = step!(
             G,
             gpu,
-            uniform::<G, D>(input, step, -1.0, 1.0, gpu_dev),
-            uniform::<G, D>(output, 40 + step, -1.0, 1.0, gpu_dev),
+            uniform::<D>(input, step, -1.0, 1.0, gpu_dev),
+            uniform::<D>(output, 40 + step, -1.0, 1.0, gpu_dev),
             fwd_gpu,
             lr
         );
@@ -513,39 +513,39 @@ where
     (cpu, gpu)
 }
 
-fn linear_case<G: AutodiffBackend>(gpu_dev: &G::Device) {
+fn linear_case(gpu_dev: &Device) {
     let config = LinearCbnConfig::new(5, 4).with_window(3);
     block_parity(
         gpu_dev,
         transfer(
-            host_seeded(config.init(&Default::default()), 1),
+            host_seeded(config.init(&common::baseline()), 1),
             config.init(gpu_dev),
             gpu_dev,
         ),
         [[2, 3, 5], [2, 3, 4]],
-        (6, 0.05, matmul_parity::<G>()),
+        (6, 0.05, matmul_parity()),
         "linear",
-        |m: &LinearCbn<NdArrayAd>, x| m.forward(x),
-        |m: &LinearCbn<G>, x| m.forward(x),
+        |m: &LinearCbn, x| m.forward(x),
+        |m: &LinearCbn, x| m.forward(x),
     );
 }
 
 /// A CBN conv block of any rank through [`block_parity`] (six steps, SGD
 /// at 0.05), its window then holding `fill` entries, and eval.
-fn conv_block_case<G, M1, M2, const D: usize>(
-    gpu_dev: &G::Device,
+fn conv_block_case<M1, M2, const D: usize>(
+    gpu_dev: &Device,
     (cpu, gpu): (M1, M2),
     shapes: [[usize; D]; 2],
     name: &str,
     fill: usize,
 ) where
     G: AutodiffBackend,
-    M1: CbnBlock<NdArrayAd, D> + AutodiffModule<NdArrayAd>,
+    M1: CbnBlock<D> + Module,
     M1::InnerModule: ConvLayer<burn::backend::NdArray, D>,
-    M2: CbnBlock<G, D> + AutodiffModule<G>,
+    M2: CbnBlock<D> + Module,
     M2::InnerModule: ConvLayer<G::InnerBackend, D>,
 {
-    let r = matmul_parity::<G>();
+    let r = matmul_parity();
     let (cpu, gpu) = block_parity(
         gpu_dev,
         (cpu, gpu),
@@ -563,7 +563,7 @@ fn conv_block_case<G, M1, M2, const D: usize>(
             .run(uniform(shapes[0], 99, -1.0, 2.0, gpu_dev))
             .into_data(),
         &cpu.valid()
-            .run(uniform(shapes[0], 99, -1.0, 2.0, &Default::default()))
+            .run(uniform(shapes[0], 99, -1.0, 2.0, &common::baseline()))
             .into_data(),
     );
 }
@@ -579,7 +579,7 @@ fn burn_in_into_window_of_three() -> CrossIterBatchNormConfig {
 /// `Conv3dCbn`: two-stage burn-in into a full window at batch size 1,
 /// stride and dilation (no conv bias: its gradient is a sum that cancels,
 /// see `conv_output_grad_norm`), then eval.
-fn conv3d_case<G: AutodiffBackend>(gpu_dev: &G::Device) {
+fn conv3d_case(gpu_dev: &Device) {
     let config = Conv3dCbnConfig::new([2, 3], [3, 3, 3])
         .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
         .with_stride([1, 2, 1])
@@ -589,8 +589,8 @@ fn conv3d_case<G: AutodiffBackend>(gpu_dev: &G::Device) {
     conv_block_case(
         gpu_dev,
         transfer(
-            host_seeded(config.init::<NdArrayAd>(&Default::default()), 1),
-            config.init::<G>(gpu_dev),
+            host_seeded(config.init(&common::baseline()), 1),
+            config.init(gpu_dev),
             gpu_dev,
         ),
         [[1, 2, 3, 5, 6], [1, 3, 3, 3, 4]],
@@ -600,7 +600,7 @@ fn conv3d_case<G: AutodiffBackend>(gpu_dev: &G::Device) {
 }
 
 #[rstest]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn cbn_conv3d_parity(#[case] device: TestDevice) {
     on_device!(device, conv3d_case);
@@ -608,8 +608,8 @@ fn cbn_conv3d_parity(#[case] device: TestDevice) {
 
 /// A `Conv1dCbn` block (no bias, burn-in into a window of 3) through
 /// [`conv_block_case`].
-fn conv1d_case<G: AutodiffBackend>(
-    gpu_dev: &G::Device,
+fn conv1d_case(
+    gpu_dev: &Device,
     config: Conv1dCbnConfig,
     shapes: [[usize; 3]; 2],
     name: &str,
@@ -620,8 +620,8 @@ fn conv1d_case<G: AutodiffBackend>(
     conv_block_case(
         gpu_dev,
         transfer(
-            host_seeded(config.init::<NdArrayAd>(&Default::default()), 1),
-            config.init::<G>(gpu_dev),
+            host_seeded(config.init(&common::baseline()), 1),
+            config.init(gpu_dev),
             gpu_dev,
         ),
         shapes,
@@ -633,7 +633,7 @@ fn conv1d_case<G: AutodiffBackend>(
 /// `Conv1dCbn` at batch size 1 with stride, dilation, groups and padding
 /// on one side only.
 #[rstest]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn cbn_conv1d_parity(#[case] device: TestDevice) {
     let config = Conv1dCbnConfig::new(4, 6, 3)
@@ -659,7 +659,7 @@ fn cbn_conv1d_parity(#[case] device: TestDevice) {
 /// 0.21's conv input gradient is wrong there on wgpu, burn's `Conv1d` and
 /// `Conv2d` alike; see docs/gpu.md.)
 #[rstest]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn cbn_conv1d_parity_one_output_position(#[case] device: TestDevice) {
     let config = Conv1dCbnConfig::new(2, 3, 5);
@@ -675,27 +675,27 @@ fn cbn_conv1d_parity_one_output_position(#[case] device: TestDevice) {
 /// A checkpoint written on ndarray continues on the GPU backend (and back)
 /// like the run that stayed on ndarray.
 #[rstest]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn checkpoint_crosses_backends(#[case] device: TestDevice) {
     on_device!(device, checkpoint_case);
 }
 
-fn checkpoint_case<G: AutodiffBackend>(gpu_dev: &G::Device) {
-    let cpu_dev = Default::default();
-    let r = matmul_parity::<G>();
+fn checkpoint_case(gpu_dev: &Device) {
+    let cpu_dev = common::baseline();
+    let r = matmul_parity();
     let config = Conv2dCbnConfig::new([2, 3], [3, 3])
         .with_padding(PaddingConfig2d::Same)
         .with_norm(CrossIterBatchNormConfig::new(0).with_window(4));
-    let fwd_cpu = |m: &Conv2dCbn<NdArrayAd>, x| m.forward(x);
-    let fwd_gpu = |m: &Conv2dCbn<G>, x| m.forward(x);
-    let mut cpu: Conv2dCbn<NdArrayAd> = host_seeded(config.init(&cpu_dev), 1);
+    let fwd_cpu = |m: &Conv2dCbn, x| m.forward(x);
+    let fwd_gpu = |m: &Conv2dCbn, x| m.forward(x);
+    let mut cpu: Conv2dCbn = host_seeded(config.init(&cpu_dev), 1);
     for step in 0..4u64 {
         cpu = step!(
             NdArrayAd,
             cpu,
-            uniform::<NdArrayAd, 4>([1, 2, 5, 5], step, -1.0, 1.0, &cpu_dev),
-            uniform::<NdArrayAd, 4>([1, 3, 5, 5], 9 + step, -1.0, 1.0, &cpu_dev),
+            uniform::<4>([1, 2, 5, 5], step, -1.0, 1.0, &cpu_dev),
+            uniform::<4>([1, 3, 5, 5], 9 + step, -1.0, 1.0, &cpu_dev),
             fwd_cpu,
             0.05
         )
@@ -706,7 +706,7 @@ fn checkpoint_case<G: AutodiffBackend>(gpu_dev: &G::Device) {
     let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
     cpu.clone().save_file(dir.join("cpu"), &recorder).unwrap();
     let mut gpu = config
-        .init::<G>(gpu_dev)
+        .init(gpu_dev)
         .load_checkpoint(dir.join("cpu.mpk"), &recorder, gpu_dev)
         .unwrap();
     compare_state(r, "loaded on the GPU backend", &state(&gpu), &state(&cpu));
@@ -714,16 +714,16 @@ fn checkpoint_case<G: AutodiffBackend>(gpu_dev: &G::Device) {
         let (y1, _, next_cpu) = step!(
             NdArrayAd,
             cpu,
-            uniform::<NdArrayAd, 4>([1, 2, 5, 5], step, -1.0, 1.0, &cpu_dev),
-            uniform::<NdArrayAd, 4>([1, 3, 5, 5], 9 + step, -1.0, 1.0, &cpu_dev),
+            uniform::<4>([1, 2, 5, 5], step, -1.0, 1.0, &cpu_dev),
+            uniform::<4>([1, 3, 5, 5], 9 + step, -1.0, 1.0, &cpu_dev),
             fwd_cpu,
             0.05
         );
         let (y2, _, next_gpu) = step!(
             G,
             gpu,
-            uniform::<G, 4>([1, 2, 5, 5], step, -1.0, 1.0, gpu_dev),
-            uniform::<G, 4>([1, 3, 5, 5], 9 + step, -1.0, 1.0, gpu_dev),
+            uniform::<4>([1, 2, 5, 5], step, -1.0, 1.0, gpu_dev),
+            uniform::<4>([1, 3, 5, 5], 9 + step, -1.0, 1.0, gpu_dev),
             fwd_gpu,
             0.05
         );
@@ -740,7 +740,7 @@ fn checkpoint_case<G: AutodiffBackend>(gpu_dev: &G::Device) {
     // And back: the GPU state loads on ndarray.
     gpu.save_file(dir.join("gpu"), &recorder).unwrap();
     let back = config
-        .init::<NdArrayAd>(&cpu_dev)
+        .init(&cpu_dev)
         .load_checkpoint(dir.join("gpu.mpk"), &recorder, &cpu_dev)
         .unwrap();
     compare_state(r, "GPU checkpoint on ndarray", &state(&back), &state(&cpu));

@@ -3,32 +3,32 @@
 
 use crate::common;
 
-use bnorm::{BatchRenorm, BatchRenormConfig, CheckpointError, EpsPlacement, Schedule};
-use burn::module::{AutodiffModule, Module};
+use bnorm::{BatchRenorm, BatchRenormConfig, EpsPlacement, Schedule};
+use burn::module::Module;
 use burn::nn::BatchNormConfig;
-use burn::optim::{GradientsParams, Optimizer, SgdConfig};
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::optim::{GradientsParams, SgdConfig};
+use burn::store::RecordError;
+use burn::tensor::Device;
 use burn::tensor::{Bool, Tensor, TensorData};
 use common::random::uniform;
 use common::*;
 use rstest::rstest;
 
 /// Deterministic host-generated data in [-1.5, 2.5).
-fn random<B: Backend, const D: usize>(
+fn random<const D: usize>(
     shape: [usize; D],
     seed: u64,
-    device: &B::Device,
-) -> Tensor<B, D> {
+    device: &Device,
+) -> Tensor<D> {
     common::random::uniform(shape, seed, -1.5, 2.5, device)
 }
 
 /// With `rmax = 1, dmax = 0` and the same eps placement, BRN is BatchNorm:
 /// output and every gradient match burn's `BatchNorm`, for ranks 2 to 5.
-fn equals_batch_norm<B: AutodiffBackend>(device: &B::Device) {
-    fn check<B: AutodiffBackend, const D: usize>(device: &B::Device, shape: [usize; D]) {
+fn equals_batch_norm(device: &Device) {
+    fn check<const D: usize>(device: &Device, shape: [usize; D]) {
         let c = shape[1];
-        let brn: BatchRenorm<B> = BatchRenormConfig::new(c)
+        let brn: BatchRenorm = BatchRenormConfig::new(c)
             .with_epsilon(1e-5)
             .with_momentum(0.1)
             .with_rmax(Schedule::constant(1.0))
@@ -37,12 +37,12 @@ fn equals_batch_norm<B: AutodiffBackend>(device: &B::Device) {
         let bn = BatchNormConfig::new(c)
             .with_epsilon(1e-5)
             .with_momentum(0.1)
-            .init::<B>(device);
+            .init(device);
         for step in 0..3 {
             // Two independent leaves: each backward pass consumes its graph.
-            let x = random::<B, D>(shape, step, device).require_grad();
-            let x_bn = random::<B, D>(shape, step, device).require_grad();
-            let g = random::<B, D>(shape, 100 + step, device);
+            let x = random::<D>(shape, step, device).require_grad();
+            let x_bn = random::<D>(shape, step, device).require_grad();
+            let g = random::<D>(shape, 100 + step, device);
             let y_brn = brn.forward(x.clone());
             let y_bn = bn.forward(x_bn.clone());
             let what = format!("{shape:?} step {step}");
@@ -110,15 +110,15 @@ fn equals_batch_norm<B: AutodiffBackend>(device: &B::Device) {
         // statistics, so only the shapes of the pipeline are compared here;
         // eval correctness is covered by the reference fixtures.
     }
-    check::<B, 2>(device, [4, 3]);
-    check::<B, 3>(device, [2, 3, 5]);
-    check::<B, 4>(device, [2, 3, 4, 5]);
-    check::<B, 5>(device, [2, 2, 3, 2, 2]);
+    check::<2>(device, [4, 3]);
+    check::<3>(device, [2, 3, 5]);
+    check::<4>(device, [2, 3, 4, 5]);
+    check::<5>(device, [2, 2, 3, 2, 2]);
 }
 
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn brn_with_rmax1_dmax0_is_batch_norm(#[case] dev: TestDevice) {
     on_device!(dev, equals_batch_norm);
@@ -127,23 +127,23 @@ fn brn_with_rmax1_dmax0_is_batch_norm(#[case] dev: TestDevice) {
 /// A batch of one (one value per channel) gives finite output and finite
 /// gradients with either eps placement, early (r = 1) and late in the
 /// schedule (r, d clipping). The reference returns NaN gradients here.
-fn batch_of_one<B: AutodiffBackend>(device: &B::Device) {
-    fn check<B: AutodiffBackend, const D: usize>(device: &B::Device, shape: [usize; D]) {
+fn batch_of_one(device: &Device) {
+    fn check<const D: usize>(device: &Device, shape: [usize; D]) {
         for placement in [EpsPlacement::InsideSqrt, EpsPlacement::OnStd] {
             for compressed in [false, true] {
                 let mut cfg = BatchRenormConfig::new(shape[1]).with_eps_placement(placement);
                 if compressed {
                     cfg = cfg.with_steps_compressed_to(2);
                 }
-                let layer: BatchRenorm<B> = cfg.init(device);
+                let layer: BatchRenorm = cfg.init(device);
                 for step in 0..4 {
-                    let x = random::<B, D>(shape, step, device).require_grad();
+                    let x = random::<D>(shape, step, device).require_grad();
                     let y = layer.forward(x.clone());
                     let what =
                         format!("{shape:?} {placement:?} compressed={compressed} step {step}");
                     assert_finite(&format!("{what} output"), &y.clone().into_data());
                     let grads = y
-                        .mul(random::<B, D>(shape, 7 + step, device))
+                        .mul(random::<D>(shape, 7 + step, device))
                         .sum()
                         .backward();
                     assert_finite(
@@ -159,18 +159,18 @@ fn batch_of_one<B: AutodiffBackend>(device: &B::Device) {
                 }
                 let eval = layer
                     .valid()
-                    .forward(random::<B::InnerBackend, D>(shape, 99, device));
+                    .forward(random::<D>(shape, 99, device));
                 assert_finite("eval output", &eval.into_data());
             }
         }
     }
-    check::<B, 2>(device, [1, 3]);
-    check::<B, 4>(device, [1, 3, 1, 1]);
+    check::<2>(device, [1, 3]);
+    check::<4>(device, [1, 3, 1, 1]);
 }
 
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn brn_batch_of_one_is_finite(#[case] dev: TestDevice) {
     on_device!(dev, batch_of_one);
@@ -178,20 +178,20 @@ fn brn_batch_of_one_is_finite(#[case] dev: TestDevice) {
 
 /// Runs `steps` SGD steps of a BRN layer (gamma, beta trained) on the
 /// deterministic input stream starting at `first`, returning the outputs.
-fn train<B: AutodiffBackend>(
-    mut layer: BatchRenorm<B>,
+fn train(
+    mut layer: BatchRenorm,
     first: u64,
     steps: u64,
-    device: &B::Device,
-) -> (BatchRenorm<B>, Vec<TensorData>) {
-    let mut optim = SgdConfig::new().init::<B, BatchRenorm<B>>();
+    device: &Device,
+) -> (BatchRenorm, Vec<TensorData>) {
+    let mut optim = SgdConfig::new().init();
     let mut outputs = Vec::new();
     for step in first..first + steps {
-        let x = random::<B, 4>([2, 3, 4, 4], step, device);
+        let x = random::<4>([2, 3, 4, 4], step, device);
         let y = layer.forward(x);
         outputs.push(y.clone().into_data());
         let grads = y
-            .mul(random::<B, 4>([2, 3, 4, 4], 1000 + step, device))
+            .mul(random::<4>([2, 3, 4, 4], 1000 + step, device))
             .sum()
             .backward();
         let grads = GradientsParams::from_grads(grads, &layer);
@@ -200,7 +200,7 @@ fn train<B: AutodiffBackend>(
     (layer, outputs)
 }
 
-fn state(layer: &BatchRenorm<impl Backend>) -> Vec<(&'static str, TensorData)> {
+fn state(layer: &BatchRenorm) -> Vec<(&'static str, TensorData)> {
     vec![
         ("gamma", layer.gamma.as_ref().unwrap().val().into_data()),
         ("beta", layer.beta.as_ref().unwrap().val().into_data()),
@@ -213,25 +213,21 @@ fn state(layer: &BatchRenorm<impl Backend>) -> Vec<(&'static str, TensorData)> {
 /// Train n steps, save, load into a fresh module, train m more: outputs and
 /// state are bit-identical to n + m uninterrupted steps. The schedule is
 /// compressed so that r and d clip during the run.
-fn resume<B: AutodiffBackend>(device: &B::Device) {
+fn resume(device: &Device) {
     let config = BatchRenormConfig::new(3).with_steps_compressed_to(8);
     let (n, m) = (5, 4);
-    let (straight, outputs_straight) = train(config.init::<B>(device), 0, n + m, device);
+    let (straight, outputs_straight) = train(config.init(device), 0, n + m, device);
 
-    let (first, _) = train(config.init::<B>(device), 0, n, device);
+    let (first, _) = train(config.init(device), 0, n, device);
     let dir = std::env::temp_dir().join(format!(
         "bnorm-brn-resume-{}-{:?}",
         std::process::id(),
         std::thread::current().id()
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("brn");
-    let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
-    first.save_file(path.clone(), &recorder).unwrap();
-    let fresh = config
-        .init::<B>(device)
-        .load_checkpoint(path.with_extension("mpk"), &recorder, device)
-        .unwrap();
+    let path = dir.join("brn.bpk");
+    first.save_file(&path).unwrap();
+    let fresh = config.init(device).load_checkpoint(&path).unwrap();
     assert_eq!(fresh.step(), n as usize);
     let (resumed, outputs_resumed) = train(fresh, n, m, device);
     std::fs::remove_dir_all(&dir).ok();
@@ -250,72 +246,69 @@ fn resume<B: AutodiffBackend>(device: &B::Device) {
 
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn brn_resume_is_bit_identical(#[case] dev: TestDevice) {
     on_device!(dev, resume);
 }
 
 /// A record for another channel count, or another affine setting, is an
-/// error value that names the field and both shapes.
-fn record_mismatch<B: AutodiffBackend>(device: &B::Device) {
-    let record = BatchRenormConfig::new(4).init::<B>(device).into_record();
+/// error value that names the field and both shapes; through a file, the
+/// error also names the path.
+fn record_mismatch(device: &Device) {
+    let record = BatchRenormConfig::new(4).init(device).into_record();
     let err = BatchRenormConfig::new(6)
-        .init::<B>(device)
+        .init(device)
         .try_load_record(record)
-        .unwrap_err();
-    assert_eq!(
-        (err.field.as_str(), err.expected.clone(), err.found.clone()),
-        ("gamma", vec![6], vec![4])
-    );
-    let message = err.to_string();
+        .unwrap_err()
+        .to_string();
     assert!(
-        message.contains("gamma") && message.contains("[4]") && message.contains("[6]"),
-        "{message}"
+        err.contains("gamma") && err.contains("[4]") && err.contains("[6]"),
+        "{err}"
     );
 
     let record = BatchRenormConfig::new(4)
         .with_affine(false)
-        .init::<B>(device)
+        .init(device)
         .into_record();
     let err = BatchRenormConfig::new(4)
-        .init::<B>(device)
+        .init(device)
         .try_load_record(record)
-        .unwrap_err();
-    assert_eq!(err.field, "gamma");
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("gamma") && err.contains("Missing"), "{err}");
 
-    // Through a file, the error is CheckpointError::Shape.
     let dir = std::env::temp_dir().join(format!(
         "bnorm-brn-mismatch-{}-{:?}",
         std::process::id(),
         std::thread::current().id()
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
-    BatchRenormConfig::new(4)
-        .init::<B>(device)
-        .save_file(dir.join("four"), &recorder)
-        .unwrap();
-    let result = BatchRenormConfig::new(5).init::<B>(device).load_checkpoint(
-        dir.join("four.mpk"),
-        &recorder,
-        device,
-    );
+    let four = dir.join("four.bpk");
+    BatchRenormConfig::new(4).init(device).save_file(&four).unwrap();
+    let err = BatchRenormConfig::new(5)
+        .init(device)
+        .load_checkpoint(&four)
+        .unwrap_err();
+    assert_eq!(err.path, four);
+    let message = err.to_string();
     assert!(
-        matches!(result, Err(CheckpointError::Shape(ref e)) if e.found == vec![4] && e.expected == vec![5])
+        message.contains("four.bpk") && message.contains("[4]") && message.contains("[5]"),
+        "{message}"
     );
-    let missing = BatchRenormConfig::new(5).init::<B>(device).load_checkpoint(
-        dir.join("absent.mpk"),
-        &recorder,
-        device,
-    );
-    assert!(matches!(missing, Err(CheckpointError::Recorder(_))));
+    let absent = dir.join("absent.bpk");
+    let missing = BatchRenormConfig::new(5)
+        .init(device)
+        .load_checkpoint(&absent)
+        .unwrap_err();
+    assert!(matches!(missing.error, RecordError::Io(_)), "{missing}");
+    assert!(missing.to_string().contains("absent.bpk"), "{missing}");
     std::fs::remove_dir_all(&dir).ok();
 }
 
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn brn_record_mismatch_is_an_error(#[case] dev: TestDevice) {
     on_device!(dev, record_mismatch);
@@ -323,31 +316,31 @@ fn brn_record_mismatch_is_an_error(#[case] dev: TestDevice) {
 
 /// Bad input panics with a message naming expected and received shapes,
 /// and leaves the state as it was.
-fn bad_input<B: AutodiffBackend>(device: &B::Device) {
-    let layer: BatchRenorm<B> = BatchRenormConfig::new(3).init(device);
-    layer.forward(random::<B, 3>([2, 3, 4], 0, device));
+fn bad_input(device: &Device) {
+    let layer: BatchRenorm = BatchRenormConfig::new(3).init(device);
+    layer.forward(random::<3>([2, 3, 4], 0, device));
     let before = state(&layer);
     let m = panic_message(|| {
-        layer.forward(random::<B, 1>([3], 0, device));
+        layer.forward(random::<1>([3], 0, device));
     });
     assert!(
         m.contains("rank 2 to 5") && m.contains("rank-1") && m.contains("[3]"),
         "{m}"
     );
     let m = panic_message(|| {
-        layer.forward(random::<B, 6>([1, 3, 1, 1, 1, 2], 0, device));
+        layer.forward(random::<6>([1, 3, 1, 1, 1, 2], 0, device));
     });
     assert!(m.contains("rank-6"), "{m}");
     let m = panic_message(|| {
-        layer.forward(random::<B, 4>([2, 5, 4, 4], 0, device));
+        layer.forward(random::<4>([2, 5, 4, 4], 0, device));
     });
     assert!(
         m.contains("3 channels") && m.contains("[2, 5, 4, 4]"),
         "{m}"
     );
     let m = panic_message(|| {
-        let mask = Tensor::<B, 2, burn::tensor::Bool>::empty([2, 5], device);
-        layer.forward_masked(random::<B, 3>([2, 3, 4], 0, device), mask);
+        let mask = Tensor::<2, burn::tensor::Bool>::empty([2, 5], device);
+        layer.forward_masked(random::<3>([2, 3, 4], 0, device), mask);
     });
     assert!(m.contains("[2, 4]") && m.contains("[2, 5]"), "{m}");
     for ((name, a), (_, b)) in before.iter().zip(state(&layer).iter()) {
@@ -357,26 +350,26 @@ fn bad_input<B: AutodiffBackend>(device: &B::Device) {
 
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn brn_bad_input_panics_clearly(#[case] dev: TestDevice) {
     on_device!(dev, bad_input);
 }
 
 /// No state tensor gets deeper in the autograd graph from one training
-/// step to the next (see `autograd_depth`), unmasked and masked.
+/// step to the next (see `assert_state_untracked`), unmasked and masked.
 #[test]
 fn brn_state_does_not_chain_steps() {
-    let device = Default::default();
-    let brn = BatchRenormConfig::new(3).init::<NdArrayAd>(&device);
+    let device = common::baseline();
+    let brn = BatchRenormConfig::new(3).init(&device);
     let padding = || {
         let mask = vec![false, false, true, false, false, false, false, true];
-        Tensor::<NdArrayAd, 2, Bool>::from_data(TensorData::new(mask, [2, 4]), &device)
+        Tensor::<2, Bool>::from_data(TensorData::new(mask, [2, 4]), &device)
     };
-    assert_state_depth_bounded(
+    assert_state_untracked(
         "BatchRenorm",
         |step| {
-            let x = uniform::<NdArrayAd, 3>([2, 3, 4], step, -1.0, 1.0, &device);
+            let x = uniform::<3>([2, 3, 4], step, -1.0, 1.0, &device);
             let _ = brn.forward(x.clone().require_grad()).sum().backward();
             let masked = brn.forward_masked(x.require_grad(), padding());
             let _ = masked.sum().backward();
@@ -385,9 +378,9 @@ fn brn_state_does_not_chain_steps() {
             vec![
                 (
                     "running_mean",
-                    autograd_depth(brn.running_mean.value_sync()),
+                    brn.running_mean.value_sync().is_tracked(),
                 ),
-                ("running_std", autograd_depth(brn.running_std.value_sync())),
+                ("running_std", brn.running_std.value_sync().is_tracked()),
                 // `steps` is a host count (HostCounter), outside any graph.
             ]
         },

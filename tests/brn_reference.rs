@@ -7,9 +7,10 @@ use crate::common;
 use std::path::Path;
 
 use bnorm::{BatchRenorm, BatchRenormConfig, EpsPlacement, HostCounter, Schedule};
-use burn::module::{AutodiffModule, Param, RunningState};
-use burn::tensor::backend::AutodiffBackend;
+use burn::module::Module;
+use burn::module::{Param, RunningState};
 use burn::tensor::Tensor;
+use burn::tensor::Device;
 use common::*;
 use rstest::rstest;
 use serde::Deserialize;
@@ -57,15 +58,15 @@ struct Step {
     num_batches_tracked: u64,
 }
 
-fn counter<B: AutodiffBackend>(n: u64, device: &B::Device) -> HostCounter<B> {
+fn counter(n: u64, device: &Device) -> HostCounter {
     HostCounter::at(n as f64, device)
 }
 
-fn replay<B: AutodiffBackend>(device: &B::Device, path: &Path) -> Result<(), String> {
+fn replay(device: &Device, path: &Path) -> Result<(), String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     let fixture: Fixture = serde_json::from_str(&text).map_err(|e| e.to_string())?;
     let cfg = &fixture.config;
-    let mut layer: BatchRenorm<B> = BatchRenormConfig::new(cfg.num_features)
+    let mut layer: BatchRenorm = BatchRenormConfig::new(cfg.num_features)
         .with_epsilon(cfg.eps)
         .with_momentum(cfg.momentum)
         .with_affine(cfg.affine)
@@ -102,10 +103,10 @@ fn replay<B: AutodiffBackend>(device: &B::Device, path: &Path) -> Result<(), Str
             }
         }
         match step.input.shape.len() {
-            2 => replay_step::<B, 2>(device, &layer, step, &at)?,
-            3 => replay_step::<B, 3>(device, &layer, step, &at)?,
-            4 => replay_step::<B, 4>(device, &layer, step, &at)?,
-            5 => replay_step::<B, 5>(device, &layer, step, &at)?,
+            2 => replay_step::<2>(device, &layer, step, &at)?,
+            3 => replay_step::<3>(device, &layer, step, &at)?,
+            4 => replay_step::<4>(device, &layer, step, &at)?,
+            5 => replay_step::<5>(device, &layer, step, &at)?,
             r => return Err(format!("unsupported input rank {r}")),
         }
         check_json(
@@ -134,18 +135,18 @@ fn replay<B: AutodiffBackend>(device: &B::Device, path: &Path) -> Result<(), Str
     Ok(())
 }
 
-fn replay_step<B: AutodiffBackend, const D: usize>(
-    device: &B::Device,
-    layer: &BatchRenorm<B>,
+fn replay_step<const D: usize>(
+    device: &Device,
+    layer: &BatchRenorm,
     step: &Step,
     at: &dyn Fn(&str) -> String,
 ) -> Result<(), String> {
-    let input = step.input.tensor::<B, D>(device).require_grad();
-    let grad_output = step.grad_output.tensor::<B, D>(device);
+    let input = step.input.tensor::<D>(device).require_grad();
+    let grad_output = step.grad_output.tensor::<D>(device);
     let train = step.mode == "train";
     let output = match (&step.mask, train) {
         (Some(mask), true) => {
-            let input3: Tensor<B, 3> = input
+            let input3: Tensor<3> = input
                 .clone()
                 .reshape(step.input.shape.as_slice().try_into_3());
             layer
@@ -158,7 +159,7 @@ fn replay_step<B: AutodiffBackend, const D: usize>(
             // forward that the gradients below come from.
             let inference = layer
                 .valid()
-                .forward(step.input.tensor::<B::InnerBackend, D>(device));
+                .forward(step.input.tensor::<D>(&device.clone().inner()));
             check_json(
                 &at("output (valid())"),
                 &inference.into_data(),
@@ -205,15 +206,15 @@ impl Dims3 for &[usize] {
     }
 }
 
-fn replay_all<B: AutodiffBackend>(device: &B::Device, name: &str) {
+fn replay_all(device: &Device, name: &str) {
     run_fixtures(&reference_dir().join("brn"), name, |path| {
-        replay::<B>(device, path)
+        replay(device, path)
     });
 }
 
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn brn_reference_fixtures(#[case] dev: TestDevice) {
     on_device!(dev, replay_all, dev.name());

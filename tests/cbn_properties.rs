@@ -16,16 +16,13 @@ use bnorm::{
     EpsPlacement, LinearCbn, LinearCbnConfig,
 };
 use bnorm_crossiter::RunningStatistics;
-use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
-use burn::backend::Autodiff;
-use burn::module::{AutodiffModule, Module, Param};
+use burn::module::{Module, Param};
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::{BatchNormConfig, PaddingConfig2d};
-use burn::optim::{GradientsAccumulator, GradientsParams, Optimizer, SgdConfig};
-use burn::record::{FullPrecisionSettings, NamedMpkFileRecorder};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::optim::{GradientsAccumulator, GradientsParams, SgdConfig};
+use burn::tensor::Device;
 use burn::tensor::module::conv2d;
-use burn::tensor::ops::PaddedConvOptions;
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorData};
 use common::blocks::{assert_window_one_is_conv_batch_norm, window_one_norm};
 use common::random::{host_seeded, uniform};
@@ -60,11 +57,11 @@ const CONV_CASES: [ConvCase; 7] = [
 
 /// The inputs of conv case `i`, the same on every backend (host-seeded):
 /// `(x, weight, bias, a)` with `a` `[C_out]` weighting the channels.
-fn conv_case_inputs<B: Backend>(
+fn conv_case_inputs(
     i: usize,
     case: &ConvCase,
-    device: &B::Device,
-) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 1>, Tensor<B, 1>) {
+    device: &Device,
+) -> (Tensor<4>, Tensor<4>, Tensor<1>, Tensor<1>) {
     let &(cin, cout, k, _, _, _, groups, _) = case;
     let seed = i as u64;
     (
@@ -81,12 +78,11 @@ fn conv_case_inputs<B: Backend>(
     )
 }
 
-fn conv_case_options(case: &ConvCase) -> PaddedConvOptions<2> {
+fn conv_case_options(case: &ConvCase) -> ConvOptions<2> {
     let &(_, _, _, stride, padding, dilation, groups, _) = case;
-    PaddedConvOptions::asymmetric(
+    ConvOptions::new_with_padding(
         stride,
-        [padding[0][0], padding[1][0]],
-        [padding[0][1], padding[1][1]],
+        [(padding[0][0], padding[0][1]), (padding[1][0], padding[1][1])],
         dilation,
         groups,
     )
@@ -95,14 +91,14 @@ fn conv_case_options(case: &ConvCase) -> PaddedConvOptions<2> {
 /// Autodiff's gradients of `sum_c a_c mean_c` and `sum_c a_c meansq_c`
 /// with respect to the weight, `[C_out, F]` each (row `c` is
 /// `a_c d mean_c / dW_c`), on the host.
-fn autodiff_moment_grads<B: AutodiffBackend>(
+fn autodiff_moment_grads(
     i: usize,
     case: &ConvCase,
-    device: &B::Device,
+    device: &Device,
 ) -> (Vec<f32>, Vec<f32>) {
     let &(cin, cout, k, _, _, _, groups, bias) = case;
     let f = cin / groups * k[0] * k[1];
-    let (x, w0, b0, a) = conv_case_inputs::<B>(i, case, device);
+    let (x, w0, b0, a) = conv_case_inputs(i, case, device);
     let grad = |square: bool| {
         let w = w0.clone().require_grad();
         let y = conv2d(
@@ -129,12 +125,12 @@ fn autodiff_moment_grads<B: AutodiffBackend>(
 /// computed in 3 bands of output rows (`conv2d_moment_jacobians_in_bands`,
 /// one weight-gradient convolution of all bands against all; with groups
 /// the bands are ignored) and checked the same way.
-fn conv_jacobians<B: AutodiffBackend>(device: &B::Device) {
+fn conv_jacobians(device: &Device) {
     for (i, case) in CONV_CASES.iter().enumerate() {
         let &(cin, cout, k, stride, padding, dilation, groups, bias) = case;
-        let (auto_dmu, auto_dnu) = autodiff_moment_grads::<NdArrayAd>(i, case, &Default::default());
+        let (auto_dmu, auto_dnu) = autodiff_moment_grads(i, case, &common::baseline());
 
-        let (x, w, b, a) = conv_case_inputs::<B::InnerBackend>(i, case, device);
+        let (x, w, b, a) = conv_case_inputs(i, case, &device.clone().inner());
         let y = conv2d(x.clone(), w, bias.then_some(b), conv_case_options(case));
         let geometry = Conv2dGeometry {
             stride,
@@ -150,7 +146,7 @@ fn conv_jacobians<B: AutodiffBackend>(device: &B::Device) {
         let f = w_shape[1] * k[0] * k[1];
         let what = format!("conv case {i}");
         let banded_dnu = banded.mean_sq.mul(a.clone().reshape([cout, 1]));
-        check_matmul::<B>(
+        check_matmul(
             &format!("{what} d meansq/dW in 3 bands"),
             &banded_dnu.into_data(),
             &[cout, f],
@@ -163,22 +159,22 @@ fn conv_jacobians<B: AutodiffBackend>(device: &B::Device) {
 
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn conv_jacobians_equal_autodiff(#[case] dev: TestDevice) {
     on_device!(dev, conv_jacobians);
 }
 
 /// The linear layer's Jacobians equal autodiff's.
-fn linear_jacobians<B: AutodiffBackend>(device: &B::Device) {
+fn linear_jacobians(device: &Device) {
     let (m, d_in, d_out) = (5, 4, 3);
-    let x = uniform::<B::InnerBackend, 2>([m, d_in], 1, -1.0, 1.0, device);
-    let w0 = uniform::<B::InnerBackend, 2>([d_in, d_out], 2, -1.0, 1.0, device);
-    let b0 = uniform::<B::InnerBackend, 1>([d_out], 3, -1.0, 1.0, device);
-    let a = uniform::<B, 1>([d_out], 4, 0.5, 1.5, device);
+    let x = uniform::<2>([m, d_in], 1, -1.0, 1.0, device);
+    let w0 = uniform::<2>([d_in, d_out], 2, -1.0, 1.0, device);
+    let b0 = uniform::<1>([d_out], 3, -1.0, 1.0, device);
+    let a = uniform::<1>([d_out], 4, 0.5, 1.5, device);
     let run = |square: bool| {
-        let w = Tensor::<B, 2>::from_inner(w0.clone()).require_grad();
-        let y = Tensor::<B, 2>::from_inner(x.clone())
+        let w = Tensor::<2>::from_inner(w0.clone()).require_grad();
+        let y = Tensor::<2>::from_inner(x.clone())
             .matmul(w.clone())
             .add(Tensor::from_inner(b0.clone()).reshape([1, d_out]));
         let y_for_stat = if square {
@@ -197,14 +193,14 @@ fn linear_jacobians<B: AutodiffBackend>(device: &B::Device) {
     let closed_dnu = jac.mean_sq.mul(a_col);
     // Both sides go through a matmul (the closed form's y^T x, autodiff's
     // backward of x W): TF32 on CUDA, see `check_matmul`.
-    check_matmul::<B>(
+    check_matmul(
         "linear d mean/dW",
         &closed_dmu.into_data(),
         &[d_out, d_in],
         &to_vec(auto_dmu),
     )
     .unwrap();
-    check_matmul::<B>(
+    check_matmul(
         "linear d meansq/dW",
         &closed_dnu.into_data(),
         &[d_out, d_in],
@@ -215,7 +211,7 @@ fn linear_jacobians<B: AutodiffBackend>(device: &B::Device) {
 
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn linear_jacobians_equal_autodiff(#[case] dev: TestDevice) {
     on_device!(dev, linear_jacobians);
@@ -225,18 +221,18 @@ fn linear_jacobians_equal_autodiff(#[case] dev: TestDevice) {
 /// compensated exactly to a new weight and bias; the mean of squares
 /// (quadratic) up to exactly its second-order term. Checked against recomputing the statistics
 /// at the new weights.
-fn compensation_accuracy<B: AutodiffBackend>(device: &B::Device) {
-    type I<B> = <B as AutodiffBackend>::InnerBackend;
+fn compensation_accuracy(device: &Device) {
+    let device = &device.clone().inner();
     let (cin, cout) = (3, 4);
-    let x = uniform::<I<B>, 4>([2, cin, 6, 6], 1, -1.0, 1.0, device);
-    let w_old = uniform::<I<B>, 4>([cout, cin, 3, 3], 2, -0.5, 0.5, device);
-    let b_old = uniform::<I<B>, 1>([cout], 3, -0.5, 0.5, device);
-    let dw = uniform::<I<B>, 4>([cout, cin, 3, 3], 4, -0.01, 0.01, device);
-    let db = uniform::<I<B>, 1>([cout], 5, -0.01, 0.01, device);
+    let x = uniform::<4>([2, cin, 6, 6], 1, -1.0, 1.0, device);
+    let w_old = uniform::<4>([cout, cin, 3, 3], 2, -0.5, 0.5, device);
+    let b_old = uniform::<1>([cout], 3, -0.5, 0.5, device);
+    let dw = uniform::<4>([cout, cin, 3, 3], 4, -0.01, 0.01, device);
+    let db = uniform::<1>([cout], 5, -0.01, 0.01, device);
     let (x_keep, dw_keep, db_keep) = (x.clone(), dw.clone(), db.clone());
     let (w_new, b_new) = (w_old.clone().add(dw), b_old.clone().add(db));
-    let options = PaddedConvOptions::asymmetric([1, 1], [1, 1], [1, 1], [1, 1], 1);
-    let stats = |w: Tensor<I<B>, 4>, b: Tensor<I<B>, 1>| {
+    let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+    let stats = |w: Tensor<4>, b: Tensor<1>| {
         let y = conv2d(x.clone(), w, Some(b), options.clone());
         (y.clone(), channel_mean(y.clone()), channel_mean(y.square()))
     };
@@ -258,14 +254,8 @@ fn compensation_accuracy<B: AutodiffBackend>(device: &B::Device) {
         Some(b_old_keep),
     );
     let comp = entry.compensate(w_new.reshape([1, cout, cin * 9]), Some(b_new), 1.0);
-    // Full float32 on ndarray; on CUDA the recomputed statistics go through
-    // a TF32 convolution (see `check_matmul`), the compensation through
-    // float32 elementwise math.
-    let (rtol, atol) = if tensor_cores::<B>() {
-        (TF32_RTOL, ATOL)
-    } else {
-        (1e-5, 1e-6)
-    };
+    // Full float32: the recomputed statistics and the compensation.
+    let (rtol, atol) = (1e-5, 1e-6);
     check_close(
         "compensated mean",
         &comp.mean.into_data(),
@@ -299,7 +289,7 @@ fn compensation_accuracy<B: AutodiffBackend>(device: &B::Device) {
 
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn compensation_is_first_order_exact(#[case] dev: TestDevice) {
     on_device!(dev, compensation_accuracy);
@@ -308,20 +298,20 @@ fn compensation_is_first_order_exact(#[case] dev: TestDevice) {
 /// With window 1, biased variance, eps inside the root and window running
 /// statistics, `Conv2dCbn` is burn's `Conv2d` + `BatchNorm`: outputs, every
 /// gradient and the running statistics.
-fn window_one<B: AutodiffBackend>(device: &B::Device) {
+fn window_one(device: &Device) {
     let cbn = Conv2dCbnConfig::new([3, 4], [3, 3])
         .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
         .with_norm(window_one_norm())
-        .init::<B>(device);
+        .init(device);
     let conv = Conv2dConfig::new([3, 4], [3, 3])
         .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
-        .init::<B>(device);
+        .init(device);
     assert_window_one_is_conv_batch_norm(cbn, conv, [[2, 3, 5, 5], [2, 4, 5, 5]], device);
 }
 
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn cbn_window_one_is_batch_norm(#[case] dev: TestDevice) {
     on_device!(dev, window_one);
@@ -330,12 +320,12 @@ fn cbn_window_one_is_batch_norm(#[case] dev: TestDevice) {
 /// A history entry whose compensated variance is negative is dropped for
 /// that channel only; the current iteration always counts, even where its
 /// variance rounds below zero; entries past the fill do not count.
-fn negative_variance<B: AutodiffBackend>(device: &B::Device) {
+fn negative_variance(device: &Device) {
     let t1 = |v: Vec<f32>| {
-        Tensor::<B::InnerBackend, 1>::from_data(TensorData::new(v.clone(), [v.len()]), device)
+        Tensor::<1>::from_data(TensorData::new(v.clone(), [v.len()]), device)
     };
     let t2 = |v: Vec<f32>, k: usize| {
-        Tensor::<B::InnerBackend, 2>::from_data(
+        Tensor::<2>::from_data(
             TensorData::new(v.clone(), [k, v.len() / k]),
             device,
         )
@@ -380,7 +370,7 @@ fn negative_variance<B: AutodiffBackend>(device: &B::Device) {
 
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn cbn_drops_negative_variance_per_channel(#[case] dev: TestDevice) {
     on_device!(dev, negative_variance);
@@ -393,7 +383,7 @@ fn cbn_drops_negative_variance_per_channel(#[case] dev: TestDevice) {
 /// beta) and running statistics, with the gradient through the compensated
 /// history (the default; the reference fixtures run without it) and the
 /// window's running statistics, and without either.
-fn window_formulas<B: AutodiffBackend>(device: &B::Device) {
+fn window_formulas(device: &Device) {
     let (c_in, c, rho) = (2, 3, 0.8);
     for (history_gradient, running_statistics) in [
         (true, RunningStatistics::Window),
@@ -407,16 +397,16 @@ fn window_formulas<B: AutodiffBackend>(device: &B::Device) {
         let mut layer = Conv2dCbnConfig::new([c_in, c], [3, 3])
             .with_padding(PaddingConfig2d::Same)
             .with_norm(norm)
-            .init::<B>(device);
+            .init(device);
         // Weights from host data, the same on every backend (each backend's
         // own generator would draw others, and whether an entry is dropped
         // depends on them).
         layer.conv.weight = Param::from_tensor(uniform([c, c_in, 3, 3], 80, -0.3, 0.3, device));
         layer.conv.bias = Some(Param::from_tensor(uniform([c], 81, -0.1, 0.1, device)));
-        let mut optim = SgdConfig::new().init::<B, Conv2dCbn<B>>();
+        let mut optim = SgdConfig::new().init();
         for step in 0..2 {
-            let x = uniform::<B, 4>([2, c_in, 5, 5], 60 + step, -1.0, 1.0, device);
-            let g = uniform::<B, 4>([2, c, 5, 5], 70 + step, -1.0, 1.0, device);
+            let x = uniform::<4>([2, c_in, 5, 5], 60 + step, -1.0, 1.0, device);
+            let g = uniform::<4>([2, c, 5, 5], 70 + step, -1.0, 1.0, device);
             let grads = layer.forward(x).mul(g).sum().backward();
             let grads = GradientsParams::from_grads(grads, &layer);
             layer = optim.step(0.02, layer, grads);
@@ -424,7 +414,7 @@ fn window_formulas<B: AutodiffBackend>(device: &B::Device) {
         let history = layer.norm.history.as_ref().unwrap();
         assert_eq!(history.len(), 2);
         let entries = history.entries();
-        let leaf = |t: Tensor<B, 1>| t.detach().require_grad();
+        let leaf = |t: Tensor<1>| t.detach().require_grad();
         let (weight, bias) = (
             layer.conv.weight.val().detach().require_grad(),
             leaf(layer.conv.bias.as_ref().unwrap().val()),
@@ -433,9 +423,9 @@ fn window_formulas<B: AutodiffBackend>(device: &B::Device) {
             leaf(layer.norm.gamma.as_ref().unwrap().val()),
             leaf(layer.norm.beta.as_ref().unwrap().val()),
         );
-        let x = uniform::<B, 4>([2, c_in, 5, 5], 62, -1.0, 1.0, device).require_grad();
-        let g = uniform::<B, 4>([2, c, 5, 5], 72, -1.0, 1.0, device);
-        let running = |layer: &Conv2dCbn<B>| {
+        let x = uniform::<4>([2, c_in, 5, 5], 62, -1.0, 1.0, device).require_grad();
+        let g = uniform::<4>([2, c, 5, 5], 72, -1.0, 1.0, device);
+        let running = |layer: &Conv2dCbn| {
             (
                 layer.norm.running_mean.value_sync(),
                 layer.norm.running_var.value_sync(),
@@ -448,7 +438,7 @@ fn window_formulas<B: AutodiffBackend>(device: &B::Device) {
         // nu_i(W) = nu_i + rho (<Q_i,c, W_c> + 2 mu_i b_c - lin_nu_i),
         // kept where nu_i(W) - mu_i(W)^2 >= 0; the kept ones averaged with
         // the current iteration's.
-        let options = PaddedConvOptions::asymmetric([1, 1], [1, 1], [1, 1], [1, 1], 1);
+        let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
         let y = conv2d(x.clone(), weight.clone(), Some(bias.clone()), options);
         let (w, b) = if history_gradient {
             (weight.clone(), bias.clone())
@@ -459,7 +449,7 @@ fn window_formulas<B: AutodiffBackend>(device: &B::Device) {
         let (mut mu_sum, mut nu_sum) = (channel_mean(y.clone()), channel_mean(y.clone().square()));
         let mut count = mu_sum.zeros_like().add_scalar(1.0);
         for i in 0..history.len() {
-            let row = |t: Tensor<B, 2>| t.narrow(0, i, 1).reshape([c]);
+            let row = |t: Tensor<2>| t.narrow(0, i, 1).reshape([c]);
             let p = entries
                 .jac_mean
                 .clone()
@@ -520,7 +510,7 @@ fn window_formulas<B: AutodiffBackend>(device: &B::Device) {
                 (batch.mean, bessel(batch.var, count))
             }
         };
-        let blend = |old: Tensor<B, 1>, new: Tensor<B, 1>| {
+        let blend = |old: Tensor<1>, new: Tensor<1>| {
             let m = layer.norm.momentum;
             old.mul_scalar(1.0 - m).add(new.mul_scalar(m))
         };
@@ -530,11 +520,11 @@ fn window_formulas<B: AutodiffBackend>(device: &B::Device) {
         let grads = out.clone().mul(g).sum().backward();
         let case = format!("history_gradient {history_gradient}, {running_statistics:?}");
         let compare = |what: &str, actual: TensorData, expected: TensorData| {
-            let values: Vec<f32> = expected.to_vec().unwrap();
-            check_matmul::<B>(
+            let values: Vec<f32> = expected.try_to_vec::<f32>().unwrap();
+            check_matmul(
                 &format!("{case}: {what}"),
                 &actual,
-                &expected.shape,
+                expected.shape(),
                 &values,
             )
             .unwrap();
@@ -577,7 +567,7 @@ fn window_formulas<B: AutodiffBackend>(device: &B::Device) {
 
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn cbn_window_step_is_the_formulas(#[case] dev: TestDevice) {
     on_device!(dev, window_formulas);
@@ -585,7 +575,7 @@ fn cbn_window_step_is_the_formulas(#[case] dev: TestDevice) {
 
 /// A batch of one — one value per channel — never produces NaN, with
 /// either eps placement, through burn-in and a full window.
-fn batch_of_one<B: AutodiffBackend>(device: &B::Device) {
+fn batch_of_one(device: &Device) {
     for placement in [EpsPlacement::InsideSqrt, EpsPlacement::OnStd] {
         let norm = CrossIterBatchNormConfig::new(0)
             .with_window(3)
@@ -593,15 +583,15 @@ fn batch_of_one<B: AutodiffBackend>(device: &B::Device) {
             .with_eps_placement(placement);
         let conv = Conv2dCbnConfig::new([2, 3], [1, 1])
             .with_norm(norm.clone())
-            .init::<B>(device);
+            .init(device);
         let conv = host_seeded(conv, 1);
         let linear = host_seeded(
-            LinearCbnConfig::new(4, 3).with_norm(norm).init::<B>(device),
+            LinearCbnConfig::new(4, 3).with_norm(norm).init(device),
             2,
         );
         for step in 0..5 {
             let what = format!("{placement:?} step {step}");
-            let x = uniform::<B, 4>([1, 2, 1, 1], step, -1.0, 1.0, device).require_grad();
+            let x = uniform::<4>([1, 2, 1, 1], step, -1.0, 1.0, device).require_grad();
             let y = conv.forward(x.clone());
             assert_finite(&format!("conv {what} output"), &y.clone().into_data());
             let grads = y.sum().backward();
@@ -613,7 +603,7 @@ fn batch_of_one<B: AutodiffBackend>(device: &B::Device) {
                 &format!("conv {what} grad W"),
                 &conv.conv.weight.grad(&grads).unwrap().into_data(),
             );
-            let x = uniform::<B, 2>([1, 4], step, -1.0, 1.0, device).require_grad();
+            let x = uniform::<2>([1, 4], step, -1.0, 1.0, device).require_grad();
             let y = linear.forward(x.clone());
             assert_finite(&format!("linear {what} output"), &y.clone().into_data());
             let grads = y.sum().backward();
@@ -636,7 +626,7 @@ fn batch_of_one<B: AutodiffBackend>(device: &B::Device) {
 
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn cbn_batch_of_one_is_finite(#[case] dev: TestDevice) {
     on_device!(dev, batch_of_one);
@@ -651,25 +641,25 @@ fn cbn_batch_of_one_is_finite(#[case] dev: TestDevice) {
 /// four micro-batches concatenated, at the last sample. Checked for two
 /// optimizer steps (the second after the weights, gamma and beta moved);
 /// every accumulated gradient stays finite.
-fn gradient_accumulation<B: AutodiffBackend>(device: &B::Device) {
+fn gradient_accumulation(device: &Device) {
     let config = || {
         Conv2dCbnConfig::new([2, 3], [3, 3])
             .with_padding(PaddingConfig2d::Same)
             .with_window(4)
     };
-    let mut cbn = config().init::<B>(device);
+    let mut cbn = config().init(device);
     cbn.conv.weight = Param::from_tensor(uniform([3, 2, 3, 3], 61, -0.3, 0.3, device));
     cbn.conv.bias = Some(Param::from_tensor(uniform([3], 62, -0.2, 0.2, device)));
-    let mut optim = SgdConfig::new().init::<B, Conv2dCbn<B>>();
-    let mut accumulator = GradientsAccumulator::<Conv2dCbn<B>>::new();
+    let mut optim = SgdConfig::new().init();
+    let mut accumulator = GradientsAccumulator::<Conv2dCbn>::new();
     for step in 0..2u64 {
-        let micro: Vec<Tensor<B, 4>> = (0..4)
+        let micro: Vec<Tensor<4>> = (0..4)
             .map(|i| uniform([1, 2, 5, 5], 10 * step + i, -1.0, 2.0, device))
             .collect();
         let mut last = None;
         for (i, x) in micro.iter().enumerate() {
             let y = cbn.forward(x.clone());
-            let g = uniform::<B, 4>([1, 3, 5, 5], 100 + 10 * step + i as u64, -1.0, 1.0, device);
+            let g = uniform::<4>([1, 3, 5, 5], 100 + 10 * step + i as u64, -1.0, 1.0, device);
             let grads = y.clone().mul(g).sum().backward();
             let grad_w = cbn.conv.weight.grad(&grads).unwrap().into_data();
             assert_finite(&format!("step {step} micro-batch {i} grad W"), &grad_w);
@@ -680,19 +670,19 @@ fn gradient_accumulation<B: AutodiffBackend>(device: &B::Device) {
 
         let mut conv = Conv2dConfig::new([2, 3], [3, 3])
             .with_padding(PaddingConfig2d::Same)
-            .init::<B>(device);
+            .init(device);
         conv.weight = Param::from_tensor(cbn.conv.weight.val().detach());
         conv.bias = cbn
             .conv
             .bias
             .as_ref()
             .map(|b| Param::from_tensor(b.val().detach()));
-        let mut bn = BatchNormConfig::new(3).init::<B>(device);
+        let mut bn = BatchNormConfig::new(3).init(device);
         let norm = &cbn.norm;
         bn.gamma = Param::from_tensor(norm.gamma.as_ref().unwrap().val().detach());
         bn.beta = Param::from_tensor(norm.beta.as_ref().unwrap().val().detach());
         let pooled = bn.forward(conv.forward(Tensor::cat(micro, 0)));
-        check_matmul::<B>(
+        check_matmul(
             &format!("step {step}: last micro-batch against the pooled batch"),
             &last.unwrap().into_data(),
             &[1, 3, 5, 5],
@@ -705,7 +695,7 @@ fn gradient_accumulation<B: AutodiffBackend>(device: &B::Device) {
 
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn cbn_gradient_accumulation_pools_the_effective_batch(#[case] dev: TestDevice) {
     on_device!(dev, gradient_accumulation);
@@ -713,14 +703,14 @@ fn cbn_gradient_accumulation_pools_the_effective_batch(#[case] dev: TestDevice) 
 
 /// `LinearCbn` over `[N, L, C]` normalizes each feature over all `N * L`
 /// rows: identical to the same rows given as `[N * L, C]`.
-fn linear_sequence<B: AutodiffBackend>(device: &B::Device) {
+fn linear_sequence(device: &Device) {
     let config = LinearCbnConfig::new(4, 3).with_window(3);
-    let seq = materialize(host_seeded(config.init::<B>(device), 1));
+    let seq = materialize(host_seeded(config.init(device), 1));
     let flat = config
-        .init::<B>(device)
+        .init(device)
         .load_record(seq.clone().into_record());
     for step in 0..3 {
-        let x = uniform::<B, 3>([2, 5, 4], step, -1.0, 1.0, device);
+        let x = uniform::<3>([2, 5, 4], step, -1.0, 1.0, device);
         let a = seq.forward(x.clone());
         let b = flat.forward(x.reshape([10, 4]));
         check_close(
@@ -737,7 +727,7 @@ fn linear_sequence<B: AutodiffBackend>(device: &B::Device) {
 
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn linear_cbn_sequences(#[case] dev: TestDevice) {
     on_device!(dev, linear_sequence);
@@ -749,7 +739,7 @@ fn linear_cbn_sequences(#[case] dev: TestDevice) {
 fn history_memory_is_under_0_4x_the_reference() {
     let layer = Conv2dCbnConfig::new([64, 64], [3, 3])
         .with_window(8)
-        .init::<NdArrayAd>(&Default::default());
+        .init(&common::baseline());
     let ours = layer.norm.history.as_ref().unwrap().num_floats();
     let w = 64 * 64 * 9;
     let reference = 7 * (3 * w + 2 * 64);
@@ -762,14 +752,14 @@ fn history_memory_is_under_0_4x_the_reference() {
 /// burn initializes parameters lazily and a clone of an uninitialized
 /// module draws its own values: load the module's own record into it so
 /// that clones share its values.
-fn materialize<B: Backend, M: Module<B>>(module: M) -> M {
+fn materialize<M: Module>(module: M) -> M {
     let record = module.clone().into_record();
     module.load_record(record)
 }
 
 type Snapshot = Vec<(String, TensorData)>;
 
-fn snapshot<B: Backend>(layer: &Conv2dCbn<B>) -> Snapshot {
+fn snapshot(layer: &Conv2dCbn) -> Snapshot {
     let h = layer.norm.history.as_ref().unwrap();
     vec![
         ("conv.weight".into(), layer.conv.weight.val().into_data()),
@@ -833,17 +823,17 @@ fn cbn_config() -> Conv2dCbnConfig {
 /// Train n steps, save, load into a fresh module, train m more: outputs,
 /// gradients and state (history included) are bit-identical to n + m
 /// uninterrupted steps.
-fn resume<B: AutodiffBackend>(device: &B::Device) {
-    let start = materialize(host_seeded(cbn_config().init::<B>(device), 7));
+fn resume(device: &Device) {
+    let start = materialize(host_seeded(cbn_config().init(device), 7));
     let (straight, resumed) = assert_resumes_bit_identically(
         || {
             cbn_config()
-                .init::<B>(device)
+                .init(device)
                 .load_record(start.clone().into_record())
         },
         (5, 4),
         [[1, 2, 5, 5], [1, 3, 5, 5]],
-        |layer: &Conv2dCbn<B>, x| layer.forward(x),
+        |layer: &Conv2dCbn, x| layer.forward(x),
         |layer, grads| layer.conv.weight.grad(grads).unwrap().into_data(),
         |first| {
             assert_eq!(
@@ -853,11 +843,11 @@ fn resume<B: AutodiffBackend>(device: &B::Device) {
             );
             through_checkpoint(
                 "cbn-resume",
-                |path, recorder| first.clone().save_file(path, recorder).unwrap(),
-                |file, recorder| {
+                |path| first.clone().save_file(path).unwrap(),
+                |file| {
                     cbn_config()
-                        .init::<B>(device)
-                        .load_checkpoint(file, recorder, device)
+                        .init(device)
+                        .load_checkpoint(file)
                         .unwrap()
                 },
             )
@@ -871,7 +861,7 @@ fn resume<B: AutodiffBackend>(device: &B::Device) {
 
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn cbn_resume_is_bit_identical(#[case] dev: TestDevice) {
     on_device!(dev, resume);
@@ -886,64 +876,58 @@ fn cbn_resume_is_bit_identical(#[case] dev: TestDevice) {
 /// fusion), so some kernel there does not repeat its rounding from one
 /// launch to the next (which one is not identified; burn-cubecl's
 /// autotuned full `sum`, for one, may add with atomics).
-fn conv_output_given<B: AutodiffBackend>(device: &B::Device) {
-    let same = |what: &str, a, b| assert_bits_or_tf32::<B>(what, &a, &b);
-    let start = materialize(host_seeded(cbn_config().init::<B>(device), 11));
+fn conv_output_given(device: &Device) {
+    let same = |what: &str, a, b| assert_bits_eq(what, &a, &b);
+    let start = materialize(host_seeded(cbn_config().init(device), 11));
     // Loaded into fresh modules: a clone would share the running buffers.
     let direct = cbn_config()
-        .init::<B>(device)
+        .init(device)
         .load_record(start.clone().into_record());
     let given = cbn_config()
-        .init::<B>(device)
+        .init(device)
         .load_record(start.into_record());
     lockstep(
-        (direct, |m: &Conv2dCbn<B>, x: Tensor<B, 4>| m.forward(x)),
-        (given, |m: &Conv2dCbn<B>, x: Tensor<B, 4>| {
+        (direct, |m: &Conv2dCbn, x: Tensor<4>| m.forward(x)),
+        (given, |m: &Conv2dCbn, x: Tensor<4>| {
             m.forward_conv_output(x.clone(), m.conv.forward(x))
         }),
         [0, 900],
         same,
-        device,
+        [device, device],
     );
 }
 
 /// Seven SGD steps of two layers side by side on the same inputs (seeds
 /// `first + step`, upstream gradient `upstream + step`), each through its
-/// own forward, on backends `A` and `B` of one device (the same backend,
-/// or two autodiff backends over it): `compare(what, first layer's, second
-/// layer's)` on every step's output and conv weight gradient, then on
-/// every state tensor. Returns the two layers.
-fn lockstep<A: AutodiffBackend, B: AutodiffBackend<Device = A::Device>>(
-    (mut a, forward_a): (
-        Conv2dCbn<A>,
-        impl Fn(&Conv2dCbn<A>, Tensor<A, 4>) -> Tensor<A, 4>,
-    ),
-    (mut b, forward_b): (
-        Conv2dCbn<B>,
-        impl Fn(&Conv2dCbn<B>, Tensor<B, 4>) -> Tensor<B, 4>,
-    ),
+/// own forward, on its own device of `devices` (one device twice, or one
+/// backend under two autodiff settings): `compare(what, first layer's,
+/// second layer's)` on every step's output and conv weight gradient, then
+/// on every state tensor. Returns the two layers.
+fn lockstep(
+    (mut a, forward_a): (Conv2dCbn, impl Fn(&Conv2dCbn, Tensor<4>) -> Tensor<4>),
+    (mut b, forward_b): (Conv2dCbn, impl Fn(&Conv2dCbn, Tensor<4>) -> Tensor<4>),
     [first, upstream]: [u64; 2],
     compare: impl Fn(&str, TensorData, TensorData),
-    device: &A::Device,
-) -> (Conv2dCbn<A>, Conv2dCbn<B>) {
-    let mut optim_a = SgdConfig::new().init::<A, Conv2dCbn<A>>();
-    let mut optim_b = SgdConfig::new().init::<B, Conv2dCbn<B>>();
+    [device_a, device_b]: [&Device; 2],
+) -> (Conv2dCbn, Conv2dCbn) {
+    let mut optim_a = SgdConfig::new().init();
+    let mut optim_b = SgdConfig::new().init();
     for step in 0..7 {
         let (x, g) = ([2, 2, 5, 5], [2, 3, 5, 5]);
         let (seed_x, seed_g) = (first + step, upstream + step);
-        let y_a = forward_a(&a, uniform::<A, 4>(x, seed_x, -1.0, 1.0, device));
-        let y_b = forward_b(&b, uniform::<B, 4>(x, seed_x, -1.0, 1.0, device));
+        let y_a = forward_a(&a, uniform::<4>(x, seed_x, -1.0, 1.0, device_a));
+        let y_b = forward_b(&b, uniform::<4>(x, seed_x, -1.0, 1.0, device_b));
         compare(
             &format!("output of step {step}"),
             y_a.clone().into_data(),
             y_b.clone().into_data(),
         );
         let grads_a = y_a
-            .mul(uniform::<A, 4>(g, seed_g, -1.0, 1.0, device))
+            .mul(uniform::<4>(g, seed_g, -1.0, 1.0, device_a))
             .sum()
             .backward();
         let grads_b = y_b
-            .mul(uniform::<B, 4>(g, seed_g, -1.0, 1.0, device))
+            .mul(uniform::<4>(g, seed_g, -1.0, 1.0, device_b))
             .sum()
             .backward();
         compare(
@@ -964,41 +948,35 @@ fn lockstep<A: AutodiffBackend, B: AutodiffBackend<Device = A::Device>>(
 
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn cbn_forward_conv_output_is_forward(#[case] dev: TestDevice) {
     on_device!(dev, conv_output_given);
 }
 
-/// Under burn-autodiff's `BalancedCheckpointing` (recomputing cheap
-/// activations in the backward pass instead of keeping them: inputs too
-/// large for memory) a `Conv2dCbn` trains as under the default strategy:
-/// the same outputs, conv weight gradients and state over seven steps
-/// through burn-in and a full window. Bit for bit on ndarray and wgpu, as
-/// the closed-form step and the Jacobians on the inner backend run under
-/// either strategy (burn-autodiff's route, which the step took under
-/// `BalancedCheckpointing` before, rounds otherwise: with the dispatch
-/// missing it, this fails); on CUDA within `check_matmul`'s TF32
-/// tolerance, as [`conv_output_given`].
-fn balanced_checkpointing<B: AutodiffBackend>(device: &B::Device) {
-    type Balanced<B> = Autodiff<<B as AutodiffBackend>::InnerBackend, BalancedCheckpointing>;
-    let default = host_seeded(cbn_config().init::<B>(device), 12);
-    let balanced = host_seeded(cbn_config().init::<Balanced<B>>(device), 12);
-    let forward_default = |m: &Conv2dCbn<B>, x: Tensor<B, 4>| m.forward(x);
-    let forward_balanced = |m: &Conv2dCbn<Balanced<B>>, x| m.forward(x);
+/// Under gradient checkpointing (`Device::gradient_checkpointing`:
+/// recomputing cheap activations in the backward pass instead of keeping
+/// them, for inputs too large for memory) a `Conv2dCbn` trains as under
+/// the default strategy: the same outputs, conv weight gradients and state
+/// over seven steps through burn-in and a full window, bit for bit.
+fn balanced_checkpointing(device: &Device) {
+    let checkpointing = device.clone().gradient_checkpointing();
+    let default = host_seeded(cbn_config().init(device), 12);
+    let balanced = host_seeded(cbn_config().init(&checkpointing), 12);
+    let forward = |m: &Conv2dCbn, x: Tensor<4>| m.forward(x);
     let (_, balanced) = lockstep(
-        (default, forward_default),
-        (balanced, forward_balanced),
+        (default, forward),
+        (balanced, forward),
         [30, 930],
-        |what, a, b| assert_bits_or_tf32::<B>(what, &a, &b),
-        device,
+        |what, a, b| assert_bits_eq(what, &a, &b),
+        [device, &checkpointing],
     );
     assert_eq!(balanced.norm.history_len(), 3, "the window filled");
 }
 
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn cbn_trains_alike_under_balanced_checkpointing(#[case] dev: TestDevice) {
     on_device!(dev, balanced_checkpointing);
@@ -1010,85 +988,93 @@ fn cbn_trains_alike_under_balanced_checkpointing(#[case] dev: TestDevice) {
 /// `Q` included) through burn-in and a full window, within `check_matmul`'s
 /// tolerance (the sums run in another order; on CUDA two different
 /// convolutions, each in TF32).
-fn jacobian_bands<B: AutodiffBackend>(device: &B::Device) {
-    let start = materialize(host_seeded(cbn_config().init::<B>(device), 13));
+fn jacobian_bands(device: &Device) {
+    let start = materialize(host_seeded(cbn_config().init(device), 13));
     let banded = cbn_config()
         .with_jacobian_bands(3)
-        .init::<B>(device)
+        .init(device)
         .load_record(start.clone().into_record());
     let whole = cbn_config()
-        .init::<B>(device)
+        .init(device)
         .load_record(start.into_record());
     assert_eq!((banded.jacobian_bands, whole.jacobian_bands), (3, 1));
-    let forward = |m: &Conv2dCbn<B>, x: Tensor<B, 4>| m.forward(x);
+    let forward = |m: &Conv2dCbn, x: Tensor<4>| m.forward(x);
     let (banded, _) = lockstep(
         (banded, forward),
         (whole, forward),
         [40, 940],
         |what: &str, actual: TensorData, expected: TensorData| {
-            let values: Vec<f32> = expected.to_vec().unwrap();
-            check_matmul::<B>(what, &actual, &expected.shape, &values).unwrap();
+            let values: Vec<f32> = expected.try_to_vec::<f32>().unwrap();
+            check_matmul(what, &actual, expected.shape(), &values).unwrap();
         },
-        device,
+        [device, device],
     );
     assert_eq!(banded.norm.history_len(), 3, "the window is full");
 }
 
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn cbn_jacobian_bands_train_as_one_piece(#[case] dev: TestDevice) {
     on_device!(dev, jacobian_bands);
 }
 
-/// Records of another window or channel count are errors naming the field.
-fn record_mismatch<B: AutodiffBackend>(device: &B::Device) {
-    let record = cbn_config().init::<B>(device).into_record();
-    let err = cbn_config()
-        .with_window(6)
-        .init::<B>(device)
-        .try_load_record(record)
-        .unwrap_err();
-    assert_eq!(err.field, "history.mean");
-    assert_eq!(
-        (err.expected.clone(), err.found.clone()),
-        (vec![5, 3], vec![3, 3])
-    );
-    assert!(err.to_string().contains("history.mean"), "{err}");
-
-    let record = cbn_config().init::<B>(device).into_record();
-    let err = Conv2dCbnConfig::new([2, 5], [3, 3])
-        .init::<B>(device)
-        .try_load_record(record)
-        .unwrap_err();
-    assert_eq!(err.field, "conv.weight");
-
-    let record = cbn_config().with_window(1).init::<B>(device).into_record();
-    let err = cbn_config()
-        .init::<B>(device)
-        .try_load_record(record)
-        .unwrap_err();
-    assert!(err.field.starts_with("history"), "{err}");
-
-    let record = LinearCbnConfig::new(4, 3).init::<B>(device).into_record();
-    let err = LinearCbnConfig::new(4, 6)
-        .init::<B>(device)
-        .try_load_record(record)
-        .unwrap_err();
-    assert_eq!(err.field, "linear.weight");
-
-    let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
-    let missing =
+/// Records of another window or channel count are errors naming the
+/// tensor and both shapes; a missing file is an error naming the path.
+fn record_mismatch(device: &Device) {
+    let message = |err: burn::store::RecordError| err.to_string();
+    let record = cbn_config().init(device).into_record();
+    let err = message(
         cbn_config()
-            .init::<B>(device)
-            .load_checkpoint("/nonexistent/cbn.mpk", &recorder, device);
-    assert!(matches!(missing, Err(CheckpointError::Recorder(_))));
+            .with_window(6)
+            .init(device)
+            .try_load_record(record)
+            .unwrap_err(),
+    );
+    assert!(
+        err.contains("history.mean") && err.contains("[5, 3]") && err.contains("[3, 3]"),
+        "{err}"
+    );
+
+    let record = cbn_config().init(device).into_record();
+    let err = message(
+        Conv2dCbnConfig::new([2, 5], [3, 3])
+            .init(device)
+            .try_load_record(record)
+            .unwrap_err(),
+    );
+    assert!(err.contains("conv.weight"), "{err}");
+
+    let record = cbn_config().with_window(1).init(device).into_record();
+    let err = message(
+        cbn_config()
+            .init(device)
+            .try_load_record(record)
+            .unwrap_err(),
+    );
+    assert!(err.contains("history"), "{err}");
+
+    let record = LinearCbnConfig::new(4, 3).init(device).into_record();
+    let err = message(
+        LinearCbnConfig::new(4, 6)
+            .init(device)
+            .try_load_record(record)
+            .unwrap_err(),
+    );
+    assert!(err.contains("linear.weight"), "{err}");
+
+    let missing = cbn_config()
+        .init(device)
+        .load_checkpoint("/nonexistent/cbn.bpk")
+        .unwrap_err();
+    assert!(matches!(missing.error, burn::store::RecordError::Io(_)), "{missing}");
+    assert!(missing.to_string().contains("/nonexistent/cbn.bpk"), "{missing}");
 }
 
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn cbn_record_mismatch_is_an_error(#[case] dev: TestDevice) {
     on_device!(dev, record_mismatch);
@@ -1096,12 +1082,12 @@ fn cbn_record_mismatch_is_an_error(#[case] dev: TestDevice) {
 
 /// Bad input panics with a message naming expected and received shapes and
 /// leaves the state untouched.
-fn bad_input<B: AutodiffBackend>(device: &B::Device) {
-    let conv: Conv2dCbn<B> = cbn_config().init(device);
+fn bad_input(device: &Device) {
+    let conv: Conv2dCbn = cbn_config().init(device);
     conv.forward(uniform([1, 2, 5, 5], 0, -1.0, 1.0, device));
     let before = snapshot(&conv);
     let m = panic_message(|| {
-        conv.forward(uniform::<B, 4>([1, 3, 5, 5], 0, -1.0, 1.0, device));
+        conv.forward(uniform::<4>([1, 3, 5, 5], 0, -1.0, 1.0, device));
     });
     assert!(
         m.contains("[batch_size, 2, height, width]") && m.contains("[1, 3, 5, 5]"),
@@ -1109,8 +1095,8 @@ fn bad_input<B: AutodiffBackend>(device: &B::Device) {
     );
     let m = panic_message(|| {
         conv.norm.forward_with(
-            uniform::<B, 4>([1, 3, 5, 5], 0, -1.0, 1.0, device),
-            uniform::<B, 3>([1, 3, 9], 0, -1.0, 1.0, device),
+            uniform::<4>([1, 3, 5, 5], 0, -1.0, 1.0, device),
+            uniform::<3>([1, 3, 9], 0, -1.0, 1.0, device),
             None,
             || unreachable!(),
         );
@@ -1118,8 +1104,8 @@ fn bad_input<B: AutodiffBackend>(device: &B::Device) {
     assert!(m.contains("[1, 3, 18]") && m.contains("[1, 3, 9]"), "{m}");
     let m = panic_message(|| {
         conv.forward_conv_output(
-            uniform::<B, 4>([1, 2, 5, 5], 0, -1.0, 1.0, device),
-            uniform::<B, 4>([1, 3, 3, 3], 0, -1.0, 1.0, device),
+            uniform::<4>([1, 2, 5, 5], 0, -1.0, 1.0, device),
+            uniform::<4>([1, 3, 3, 3], 0, -1.0, 1.0, device),
         );
     });
     assert!(
@@ -1128,7 +1114,7 @@ fn bad_input<B: AutodiffBackend>(device: &B::Device) {
     );
     let m = panic_message(|| {
         conv.norm
-            .forward_frozen(uniform::<B, 4>([1, 4, 5, 5], 0, -1.0, 1.0, device));
+            .forward_frozen(uniform::<4>([1, 4, 5, 5], 0, -1.0, 1.0, device));
     });
     assert!(
         m.contains("3 channels") && m.contains("[1, 4, 5, 5]"),
@@ -1137,63 +1123,63 @@ fn bad_input<B: AutodiffBackend>(device: &B::Device) {
     for ((name, a), (_, b)) in before.iter().zip(snapshot(&conv).iter()) {
         assert_bits_eq(&format!("{name} after rejected input"), a, b);
     }
-    let linear: LinearCbn<B> = LinearCbnConfig::new(4, 3).init(device);
+    let linear: LinearCbn = LinearCbnConfig::new(4, 3).init(device);
     let m = panic_message(|| {
-        linear.forward(uniform::<B, 2>([2, 5], 0, -1.0, 1.0, device));
+        linear.forward(uniform::<2>([2, 5], 0, -1.0, 1.0, device));
     });
     assert!(m.contains("[batch_size, 4]") && m.contains("[2, 5]"), "{m}");
     let m = panic_message(|| {
-        linear.forward(uniform::<B, 4>([2, 1, 1, 4], 0, -1.0, 1.0, device));
+        linear.forward(uniform::<4>([2, 1, 1, 4], 0, -1.0, 1.0, device));
     });
     assert!(m.contains("[2, 1, 1, 4]"), "{m}");
 }
 
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn cbn_bad_input_panics_clearly(#[case] dev: TestDevice) {
     on_device!(dev, bad_input);
 }
 
 /// No state tensor gets deeper in the autograd graph from one training
-/// step to the next (see `autograd_depth`): with and without burn-in
+/// step to the next (see `assert_state_untracked`): with and without burn-in
 /// (burn-in steps leave the history alone, window steps push it) and for a
 /// linear block. The history buffers did, and a window-8 step at
 /// [1, 8, 8, 8] on ndarray went from 0.72 ms to 1.09 ms over 4,000 steps.
 #[test]
 fn cbn_state_does_not_chain_steps() {
-    let device = Default::default();
-    let depths = |norm: &bnorm::CrossIterBatchNorm<NdArrayAd>| {
+    let device = common::baseline();
+    let depths = |norm: &bnorm::CrossIterBatchNorm| {
         let history = norm.history.as_ref().unwrap();
         vec![
             (
                 "running_mean",
-                autograd_depth(norm.running_mean.value_sync()),
+                norm.running_mean.value_sync().is_tracked(),
             ),
-            ("running_var", autograd_depth(norm.running_var.value_sync())),
+            ("running_var", norm.running_var.value_sync().is_tracked()),
             // `iterations` and `history.fill` are host counts
             // (HostCounter), outside any graph.
-            ("history.mean", autograd_depth(history.mean.value_sync())),
+            ("history.mean", history.mean.value_sync().is_tracked()),
             (
                 "history.mean_sq",
-                autograd_depth(history.mean_sq.value_sync()),
+                history.mean_sq.value_sync().is_tracked(),
             ),
             (
                 "history.jac_mean",
-                autograd_depth(history.jac_mean.value_sync()),
+                history.jac_mean.value_sync().is_tracked(),
             ),
             (
                 "history.jac_mean_sq",
-                autograd_depth(history.jac_mean_sq.value_sync()),
+                history.jac_mean_sq.value_sync().is_tracked(),
             ),
             (
                 "history.lin_mean",
-                autograd_depth(history.lin_mean.value_sync()),
+                history.lin_mean.value_sync().is_tracked(),
             ),
             (
                 "history.lin_mean_sq",
-                autograd_depth(history.lin_mean_sq.value_sync()),
+                history.lin_mean_sq.value_sync().is_tracked(),
             ),
         ]
     };
@@ -1203,11 +1189,11 @@ fn cbn_state_does_not_chain_steps() {
             .with_burn_in(burn_in);
         let conv = Conv2dCbnConfig::new([2, 3], [3, 3])
             .with_norm(norm)
-            .init::<NdArrayAd>(&device);
-        assert_state_depth_bounded(
+            .init(&device);
+        assert_state_untracked(
             &format!("Conv2dCbn (burn-in {burn_in})"),
             |step| {
-                let x = uniform::<NdArrayAd, 4>([2, 2, 5, 5], step, -1.0, 1.0, &device);
+                let x = uniform::<4>([2, 2, 5, 5], step, -1.0, 1.0, &device);
                 let _ = conv.forward(x.require_grad()).sum().backward();
             },
             || depths(&conv.norm),
@@ -1215,11 +1201,11 @@ fn cbn_state_does_not_chain_steps() {
     }
     let linear = LinearCbnConfig::new(4, 3)
         .with_window(3)
-        .init::<NdArrayAd>(&device);
-    assert_state_depth_bounded(
+        .init(&device);
+    assert_state_untracked(
         "LinearCbn",
         |step| {
-            let x = uniform::<NdArrayAd, 2>([5, 4], step, -1.0, 1.0, &device);
+            let x = uniform::<2>([5, 4], step, -1.0, 1.0, &device);
             let _ = linear.forward(x.require_grad()).sum().backward();
         },
         || depths(&linear.norm),
@@ -1232,17 +1218,17 @@ fn cbn_state_does_not_chain_steps() {
 /// matched nothing would leave every such test on burn's entropy-seeded RNG.
 #[test]
 fn host_seeded_draws_the_blocks_conv_and_linear_parameters() {
-    let device = Default::default();
+    let device = common::baseline();
     let drawn = |shape: &[usize], seed, fan_in: usize| {
         let bound = 1.0 / (fan_in as f32).sqrt();
         let n = shape.iter().product();
-        uniform::<NdArrayAd, 1>([n], seed, -bound, bound, &device).into_data()
+        uniform::<1>([n], seed, -bound, bound, &device).into_data()
     };
     let flat =
         |param: TensorData| TensorData::new(param.try_to_vec::<f32>().unwrap(), [param.num_elements()]);
 
     let block = host_seeded(
-        Conv2dCbnConfig::new([2, 3], [3, 3]).init::<NdArrayAd>(&device),
+        Conv2dCbnConfig::new([2, 3], [3, 3]).init(&device),
         4,
     );
     let weight = block.conv.weight.val().into_data();
@@ -1256,7 +1242,7 @@ fn host_seeded_draws_the_blocks_conv_and_linear_parameters() {
         "the weight still trains"
     );
 
-    let block = host_seeded(LinearCbnConfig::new(4, 3).init::<NdArrayAd>(&device), 1);
+    let block = host_seeded(LinearCbnConfig::new(4, 3).init(&device), 1);
     let weight = block.linear.weight.val().into_data();
     assert_bits_eq("linear weight", &flat(weight), &drawn(&[4, 3], 2, 4));
     let bias = block.linear.bias.as_ref().unwrap().val().into_data();

@@ -17,10 +17,11 @@ use crate::common;
 use std::path::Path;
 
 use bnorm::{BurnInMode, Conv2dCbn, Conv2dCbnConfig, CrossIterBatchNormConfig, EpsPlacement};
-use burn::module::{AutodiffModule, Param, RunningState};
+use burn::module::Module;
+use burn::module::{Param, RunningState};
 use burn::nn::PaddingConfig2d;
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
+use burn::tensor::Device;
 use common::*;
 use rstest::rstest;
 use serde::Deserialize;
@@ -85,7 +86,7 @@ struct Step {
 /// The reference's settings: eps on the std unless `out_p`, unbiased plain
 /// variance, running statistics from the current batch, history terms as
 /// constants, no bias.
-fn reference_layer<B: AutodiffBackend>(fixture: &Fixture, device: &B::Device) -> Conv2dCbn<B> {
+fn reference_layer(fixture: &Fixture, device: &Device) -> Conv2dCbn {
     let cfg = &fixture.config;
     let norm = CrossIterBatchNormConfig::new(cfg.num_features)
         .with_window(cfg.window)
@@ -111,7 +112,7 @@ fn reference_layer<B: AutodiffBackend>(fixture: &Fixture, device: &B::Device) ->
         .with_padding(PaddingConfig2d::Explicit(ph, pw, ph, pw))
         .with_bias(conv.bias)
         .with_norm(norm)
-        .init::<B>(device);
+        .init(device);
     layer.norm.gamma = Some(Param::from_tensor(fixture.initial.gamma.tensor(device)));
     layer.norm.beta = Some(Param::from_tensor(fixture.initial.beta.tensor(device)));
     layer.norm.running_mean = RunningState::new(fixture.initial.running_mean.tensor(device));
@@ -119,19 +120,19 @@ fn reference_layer<B: AutodiffBackend>(fixture: &Fixture, device: &B::Device) ->
     layer
 }
 
-fn replay<B: AutodiffBackend>(device: &B::Device, path: &Path) -> Result<(), String> {
+fn replay(device: &Device, path: &Path) -> Result<(), String> {
     let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
     let fixture: Fixture = serde_json::from_str(&text).map_err(|e| e.to_string())?;
-    let mut layer = reference_layer::<B>(&fixture, device);
+    let mut layer = reference_layer(&fixture, device);
     for (i, step) in fixture.steps.iter().enumerate() {
         let at = |tensor: &str| format!("step {i} ({}), {tensor}", step.mode);
         layer.conv.weight = Param::from_tensor(step.conv_weight.tensor(device));
-        let input: Tensor<B, 4> = step.input.tensor(device).require_grad();
+        let input: Tensor<4> = step.input.tensor(device).require_grad();
         let output = if step.mode == "train" {
             layer.forward(input.clone())
         } else {
-            let inference = layer.valid().forward(step.input.tensor(device));
-            check_json_matmul::<B>(
+            let inference = layer.valid().forward(step.input.tensor(&device.clone().inner()));
+            check_json_matmul(
                 &at("output (valid())"),
                 &inference.into_data(),
                 &step.output,
@@ -139,17 +140,17 @@ fn replay<B: AutodiffBackend>(device: &B::Device, path: &Path) -> Result<(), Str
             // Gradients in inference mode: the frozen-statistics path.
             layer.norm.forward_frozen(layer.conv.forward(input.clone()))
         };
-        check_json_matmul::<B>(&at("output"), &output.clone().into_data(), &step.output)?;
+        check_json_matmul(&at("output"), &output.clone().into_data(), &step.output)?;
         let grads = output.mul(step.grad_output.tensor(device)).sum().backward();
-        let grad = |t: Option<Tensor<B::InnerBackend, 4>>| {
+        let grad = |t: Option<Tensor<4>>| {
             t.ok_or("missing gradient").map(|t| t.into_data())
         };
-        check_json_matmul::<B>(
+        check_json_matmul(
             &at("grad_input"),
             &grad(input.grad(&grads))?,
             &step.grad_input,
         )?;
-        check_json_matmul::<B>(
+        check_json_matmul(
             &at("grad_conv_weight"),
             &grad(layer.conv.weight.grad(&grads))?,
             &step.grad_conv_weight,
@@ -161,7 +162,7 @@ fn replay<B: AutodiffBackend>(device: &B::Device, path: &Path) -> Result<(), Str
             .unwrap()
             .grad(&grads)
             .ok_or("no gamma gradient")?;
-        check_json_matmul::<B>(&at("grad_gamma"), &gamma.into_data(), &step.grad_gamma)?;
+        check_json_matmul(&at("grad_gamma"), &gamma.into_data(), &step.grad_gamma)?;
         let beta = layer
             .norm
             .beta
@@ -177,12 +178,12 @@ fn replay<B: AutodiffBackend>(device: &B::Device, path: &Path) -> Result<(), Str
             RTOL,
             ATOL,
         )?;
-        check_json_matmul::<B>(
+        check_json_matmul(
             &at("running_mean"),
             &layer.norm.running_mean.value_sync().into_data(),
             &step.running_mean,
         )?;
-        check_json_matmul::<B>(
+        check_json_matmul(
             &at("running_var"),
             &layer.norm.running_var.value_sync().into_data(),
             &step.running_var,
@@ -213,15 +214,15 @@ fn replay<B: AutodiffBackend>(device: &B::Device, path: &Path) -> Result<(), Str
     Ok(())
 }
 
-fn replay_all<B: AutodiffBackend>(device: &B::Device, name: &str) {
+fn replay_all(device: &Device, name: &str) {
     run_fixtures(&reference_dir().join("cbn"), name, |path| {
-        replay::<B>(device, path)
+        replay(device, path)
     });
 }
 
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn cbn_reference_fixtures(#[case] dev: TestDevice) {
     on_device!(dev, replay_all, dev.name());

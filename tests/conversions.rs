@@ -9,19 +9,18 @@ use bnorm::{
     BatchRenorm, BatchRenormConfig, Conv2dCbn, Conv2dCbnConfig, CrossIterBatchNormConfig,
     EpsPlacement, LinearCbn,
 };
-use burn::module::AutodiffModule;
+use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::Device;
 use common::blocks::trained_batch_norm;
 use common::random::{host_seeded, uniform};
 use common::*;
 use rstest::rstest;
 use serde::Deserialize;
 
-type Inner<B> = <B as AutodiffBackend>::InnerBackend;
 
-fn conv<B: Backend>(device: &B::Device, bias: bool) -> Conv2d<B> {
+fn conv(device: &Device, bias: bool) -> Conv2d {
     let conv = Conv2dConfig::new([3, 4], [3, 3])
         .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
         .with_bias(bias)
@@ -31,10 +30,10 @@ fn conv<B: Backend>(device: &B::Device, bias: bool) -> Conv2d<B> {
 
 /// Conversions from BatchNorm keep the eval output: BRN, and the CBN of
 /// conv and linear blocks with either eps placement.
-fn from_batch_norm<B: AutodiffBackend>(device: &B::Device) {
-    type I<B> = Inner<B>;
-    let x4 = uniform::<I<B>, 4>([2, 4, 5, 5], 7, -2.0, 2.0, device);
-    let bn = trained_batch_norm::<I<B>>(4, 1e-5, device);
+fn from_batch_norm(device: &Device) {
+    let device = &device.clone().inner();
+    let x4 = uniform::<4>([2, 4, 5, 5], 7, -2.0, 2.0, device);
+    let bn = trained_batch_norm(4, 1e-5, device);
     let expected = to_vec(bn.forward(x4.clone()));
     let brn = BatchRenorm::from_batch_norm(&bn, &BatchRenormConfig::new(4), 1234).unwrap();
     assert_eq!(brn.step(), 1234);
@@ -53,9 +52,9 @@ fn from_batch_norm<B: AutodiffBackend>(device: &B::Device) {
         "{err}"
     );
 
-    let x = uniform::<I<B>, 4>([2, 3, 5, 5], 8, -1.0, 1.0, device);
+    let x = uniform::<4>([2, 3, 5, 5], 8, -1.0, 1.0, device);
     for placement in [EpsPlacement::InsideSqrt, EpsPlacement::OnStd] {
-        let c = conv::<I<B>>(device, true);
+        let c = conv(device, true);
         let expected = to_vec(bn.forward(c.forward(x.clone())));
         let cbn = Conv2dCbn::from_conv_batch_norm(
             c,
@@ -76,15 +75,15 @@ fn from_batch_norm<B: AutodiffBackend>(device: &B::Device) {
         .unwrap();
     }
     let err = Conv2dCbn::from_conv_batch_norm(
-        conv::<I<B>>(device, false),
-        &trained_batch_norm::<I<B>>(5, 1e-5, device),
+        conv(device, false),
+        &trained_batch_norm(5, 1e-5, device),
         CrossIterBatchNormConfig::new(0),
     )
     .unwrap_err();
     assert!(err.to_string().contains("[5]"), "{err}");
 
-    let linear: Linear<I<B>> = host_seeded(LinearConfig::new(3, 4).init(device), 2);
-    let xl = uniform::<I<B>, 2>([6, 3], 9, -1.0, 1.0, device);
+    let linear: Linear = host_seeded(LinearConfig::new(3, 4).init(device), 2);
+    let xl = uniform::<2>([6, 3], 9, -1.0, 1.0, device);
     let expected = to_vec(bn.forward(linear.forward(xl.clone())));
     let lcbn =
         LinearCbn::from_linear_batch_norm(linear, &bn, CrossIterBatchNormConfig::new(0)).unwrap();
@@ -99,19 +98,19 @@ fn from_batch_norm<B: AutodiffBackend>(device: &B::Device) {
     .unwrap();
 
     // The converted CBN trains on (autodiff backend) from the BatchNorm's state.
-    let trained = Conv2dCbn::<B>::from_conv_batch_norm(
-        conv::<B>(device, false),
-        &trained_batch_norm::<B>(4, 1e-5, device),
+    let trained = Conv2dCbn::from_conv_batch_norm(
+        conv(device, false),
+        &trained_batch_norm(4, 1e-5, device),
         CrossIterBatchNormConfig::new(0),
     )
     .unwrap();
-    let y = trained.forward(uniform::<B, 4>([1, 3, 5, 5], 1, -1.0, 1.0, device));
+    let y = trained.forward(uniform::<4>([1, 3, 5, 5], 1, -1.0, 1.0, device));
     assert_finite("converted CBN training output", &y.into_data());
 }
 
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn conversions_from_batch_norm_keep_eval_output(#[case] dev: TestDevice) {
     on_device!(dev, from_batch_norm);
@@ -120,21 +119,21 @@ fn conversions_from_batch_norm_keep_eval_output(#[case] dev: TestDevice) {
 /// Folding equals the pair's eval output: conv (with and without bias) +
 /// BRN, Conv2dCbn, linear + BRN, LinearCbn. Checked after a few training
 /// steps so the running statistics are not the initial ones.
-fn folding<B: AutodiffBackend>(device: &B::Device) {
+fn folding(device: &Device) {
     // Through a convolution or matmul: TF32 on CUDA (see `check_matmul`).
     for bias in [false, true] {
-        let c = conv::<B>(device, bias);
-        let brn: BatchRenorm<B> = BatchRenormConfig::new(4)
+        let c = conv(device, bias);
+        let brn: BatchRenorm = BatchRenormConfig::new(4)
             .with_steps_compressed_to(3)
             .init(device);
         for step in 0..4 {
             let _ = brn.forward(c.forward(uniform([2, 3, 5, 5], step, -1.0, 2.0, device)));
         }
         let (c, brn) = (c.valid(), brn.valid());
-        let x = uniform::<Inner<B>, 4>([2, 3, 5, 5], 9, -1.0, 2.0, device);
+        let x = uniform::<4>([2, 3, 5, 5], 9, -1.0, 2.0, device);
         let expected = to_vec(brn.forward(c.forward(x.clone())));
         let folded = brn.fold_into_conv2d(&c).unwrap();
-        check_matmul::<B>(
+        check_matmul(
             &format!("conv(bias={bias}) + BRN folded"),
             &folded.forward(x).into_data(),
             &[2, 4, 5, 5],
@@ -142,7 +141,7 @@ fn folding<B: AutodiffBackend>(device: &B::Device) {
         )
         .unwrap();
     }
-    let block: Conv2dCbn<B> = Conv2dCbnConfig::new([3, 4], [3, 3])
+    let block: Conv2dCbn = Conv2dCbnConfig::new([3, 4], [3, 3])
         .with_padding(PaddingConfig2d::Same)
         .with_window(3)
         .init(device);
@@ -151,8 +150,8 @@ fn folding<B: AutodiffBackend>(device: &B::Device) {
         let _ = block.forward(uniform([2, 3, 5, 5], step, -1.0, 2.0, device));
     }
     let block = block.valid();
-    let x = uniform::<Inner<B>, 4>([2, 3, 5, 5], 10, -1.0, 2.0, device);
-    check_matmul::<B>(
+    let x = uniform::<4>([2, 3, 5, 5], 10, -1.0, 2.0, device);
+    check_matmul(
         "Conv2dCbn folded",
         &block.fold().forward(x.clone()).into_data(),
         &[2, 4, 5, 5],
@@ -160,14 +159,14 @@ fn folding<B: AutodiffBackend>(device: &B::Device) {
     )
     .unwrap();
 
-    let linear: Linear<B> = host_seeded(LinearConfig::new(3, 4).init(device), 4);
-    let brn: BatchRenorm<B> = BatchRenormConfig::new(4).init(device);
+    let linear: Linear = host_seeded(LinearConfig::new(3, 4).init(device), 4);
+    let brn: BatchRenorm = BatchRenormConfig::new(4).init(device);
     for step in 0..3 {
         let _ = brn.forward(linear.forward(uniform([5, 3], step, -1.0, 2.0, device)));
     }
     let (linear, brn) = (linear.valid(), brn.valid());
-    let xl = uniform::<Inner<B>, 2>([5, 3], 11, -1.0, 2.0, device);
-    check_matmul::<B>(
+    let xl = uniform::<2>([5, 3], 11, -1.0, 2.0, device);
+    check_matmul(
         "linear + BRN folded",
         &brn.fold_into_linear(&linear)
             .unwrap()
@@ -179,13 +178,13 @@ fn folding<B: AutodiffBackend>(device: &B::Device) {
     .unwrap();
     let lblock = bnorm::LinearCbnConfig::new(3, 4)
         .with_window(2)
-        .init::<B>(device);
+        .init(device);
     let lblock = host_seeded(lblock, 5);
     for step in 0..3 {
-        let _ = lblock.forward(uniform::<B, 2>([5, 3], step, -1.0, 2.0, device));
+        let _ = lblock.forward(uniform::<2>([5, 3], step, -1.0, 2.0, device));
     }
     let lblock = lblock.valid();
-    check_matmul::<B>(
+    check_matmul(
         "LinearCbn folded",
         &lblock.fold().forward(xl.clone()).into_data(),
         &[5, 4],
@@ -194,15 +193,15 @@ fn folding<B: AutodiffBackend>(device: &B::Device) {
     .unwrap();
 
     let err = BatchRenormConfig::new(5)
-        .init::<Inner<B>>(device)
-        .fold_into_conv2d(&conv::<Inner<B>>(device, false))
+        .init(device)
+        .fold_into_conv2d(&conv(device, false))
         .unwrap_err();
     assert!(err.to_string().contains("conv output channels"), "{err}");
 }
 
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn folding_equals_eval_output(#[case] dev: TestDevice) {
     on_device!(dev, folding);
@@ -225,24 +224,24 @@ fn torch_case(name: &str) -> (TorchCase, std::path::PathBuf) {
 
 /// The reference layers' PyTorch checkpoints import and reproduce the
 /// reference's eval outputs.
-fn pytorch_import<B: AutodiffBackend>(device: &B::Device) {
-    type I<B> = Inner<B>;
+fn pytorch_import(device: &Device) {
+    let device = &device.clone().inner();
     // Through a convolution or matmul: TF32 on CUDA (see `check_matmul`).
     let (case, pt) = torch_case("brn2d_after_conv");
     let dict = StateDict::open(&pt).unwrap();
     let conv_config = Conv2dConfig::new([3, 4], [3, 3])
         .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
         .with_bias(false);
-    let conv = dict.conv2d::<I<B>>("conv.", &conv_config, device).unwrap();
+    let conv = dict.conv2d("conv.", &conv_config, device).unwrap();
     let brn_config = BatchRenormConfig::new(4)
         .with_epsilon(case.eps)
         .with_eps_placement(EpsPlacement::OnStd);
     let brn = dict
-        .batch_renorm::<I<B>>("norm.", &brn_config, device)
+        .batch_renorm("norm.", &brn_config, device)
         .unwrap();
     assert!(brn.step() > 0, "num_batches_tracked imported");
     let y = brn.forward(conv.forward(case.input.tensor(device)));
-    check_matmul::<B>(
+    check_matmul(
         "brn2d_after_conv eval output",
         &y.into_data(),
         &case.eval_output.shape,
@@ -262,10 +261,10 @@ fn pytorch_import<B: AutodiffBackend>(device: &B::Device) {
                 .reference(),
         );
     let block = dict
-        .conv2d_cbn::<I<B>>("conv.", "norm.", &config, device)
+        .conv2d_cbn("conv.", "norm.", &config, device)
         .unwrap();
     let y = block.forward(case.input.tensor(device));
-    check_matmul::<B>(
+    check_matmul(
         "cbn2d_after_conv eval output",
         &y.into_data(),
         &case.eval_output.shape,
@@ -275,7 +274,7 @@ fn pytorch_import<B: AutodiffBackend>(device: &B::Device) {
 
     // Missing and mis-shaped keys are errors naming the key.
     let err = dict
-        .batch_renorm::<I<B>>("norm.", &BatchRenormConfig::new(5), device)
+        .batch_renorm("norm.", &BatchRenormConfig::new(5), device)
         .err()
         .unwrap();
     assert!(
@@ -288,7 +287,7 @@ fn pytorch_import<B: AutodiffBackend>(device: &B::Device) {
     );
     let wrong = Conv2dCbnConfig::new([3, 6], [3, 3]).with_bias(false);
     let err = dict
-        .conv2d_cbn::<I<B>>("conv.", "norm.", &wrong, device)
+        .conv2d_cbn("conv.", "norm.", &wrong, device)
         .err()
         .unwrap();
     assert!(
@@ -303,7 +302,7 @@ fn pytorch_import<B: AutodiffBackend>(device: &B::Device) {
 
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn pytorch_checkpoints_reproduce_reference(#[case] dev: TestDevice) {
     on_device!(dev, pytorch_import);

@@ -15,7 +15,7 @@ use bnorm::{Conv2dCbn, Conv2dCbnConfig, CrossIterBatchNormConfig};
 use burn::module::Module;
 use burn::nn::PaddingConfig2d;
 use burn::tensor::activation::relu;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::Device;
 use burn::tensor::TensorData;
 use common::random::{host_seeded, uniform};
 use common::*;
@@ -31,9 +31,7 @@ use rstest::rstest;
 /// rounded one.
 fn ulp_budget(device: TestDevice) -> u32 {
     match device {
-        TestDevice::NdArray => 0,
-        #[cfg(feature = "cuda")]
-        TestDevice::Cuda => 2,
+        TestDevice::NdArray | TestDevice::Flex => 0,
         #[cfg(feature = "wgpu")]
         TestDevice::Wgpu => 3,
     }
@@ -53,8 +51,8 @@ fn assert_within_ulps(what: &str, got: &[f32], expected: &[f32], ulps: u32) {
 
 /// 64 values (the SIMD path starts at 32): `1 / x` and its gradient
 /// `-1 / x^2` against the host's IEEE division.
-fn reciprocal_is_correctly_rounded<B: AutodiffBackend>(device: &B::Device, ulps: u32) {
-    let x = uniform::<B, 1>([64], 7, 0.3, 7.0, device).require_grad();
+fn reciprocal_is_correctly_rounded(device: &Device, ulps: u32) {
+    let x = uniform::<1>([64], 7, 0.3, 7.0, device).require_grad();
     let host: Vec<f32> = x.clone().into_data().try_to_vec().unwrap();
     let y = reciprocal(x.clone());
     let expected: Vec<f32> = host.iter().map(|v| 1.0 / v).collect();
@@ -69,7 +67,7 @@ fn reciprocal_is_correctly_rounded<B: AutodiffBackend>(device: &B::Device, ulps:
 
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn reciprocal_is_exact(#[case] dev: TestDevice) {
     on_device!(dev, reciprocal_is_correctly_rounded, ulp_budget(dev));
@@ -85,24 +83,24 @@ fn cbn_block(channels: [usize; 2]) -> Conv2dCbnConfig {
 /// Two conv + CBN blocks (32 channels, where the SIMD path starts), the same
 /// state loaded four times, the same training step on each: the first
 /// block's weight gradient is the same bits every time.
-fn repeated_step<B: AutodiffBackend>(device: &B::Device) {
+fn repeated_step(device: &Device) {
     // Loading its own record draws the lazily initialized weights once.
     let materialized = |channels: [usize; 2]| {
-        let block = host_seeded(cbn_block(channels).init::<B>(device), 5);
+        let block = host_seeded(cbn_block(channels).init(device), 5);
         let record = block.clone().into_record();
         block.load_record(record)
     };
     let (template_1, template_2) = (materialized([2, 32]), materialized([32, 32]));
-    let x = uniform::<B, 4>([2, 2, 6, 6], 1, -1.0, 1.0, device);
-    let upstream = uniform::<B, 4>([2, 32, 6, 6], 2, -1.0, 1.0, device);
+    let x = uniform::<4>([2, 2, 6, 6], 1, -1.0, 1.0, device);
+    let upstream = uniform::<4>([2, 32, 6, 6], 2, -1.0, 1.0, device);
 
     let mut gradients: Vec<TensorData> = Vec::new();
     for _ in 0..4 {
         // Fresh modules: a clone would share the running buffers.
-        let first: Conv2dCbn<B> = cbn_block([2, 32])
+        let first: Conv2dCbn = cbn_block([2, 32])
             .init(device)
             .load_record(template_1.clone().into_record());
-        let second: Conv2dCbn<B> = cbn_block([32, 32])
+        let second: Conv2dCbn = cbn_block([32, 32])
             .init(device)
             .load_record(template_2.clone().into_record());
         let y = second.forward(relu(first.forward(x.clone())));
@@ -120,7 +118,7 @@ fn repeated_step<B: AutodiffBackend>(device: &B::Device) {
 
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn repeated_step_is_bit_identical(#[case] dev: TestDevice) {
     on_device!(dev, repeated_step);

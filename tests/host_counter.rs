@@ -1,6 +1,6 @@
 //! `HostCounter`, the step counts (BRN's `steps`, CBN's `iterations` and
 //! `history.fill`) kept on the host: its record is the one a
-//! `RunningState<Tensor<B, 1>>` field wrote (checkpoints of either layout
+//! `RunningState<Tensor<1>>` field wrote (checkpoints of either layout
 //! load into the other), it behaves like burn's state under clone, `valid`,
 //! map and visit, and CBN's burn-in steps skip the window's work.
 
@@ -10,9 +10,9 @@ use bnorm::core::jacobian::MomentJacobians;
 use bnorm::core::COUNT_SATURATION;
 use bnorm::crossiter::WeightLayout;
 use bnorm::{CrossIterBatchNormConfig, HostCounter};
-use burn::module::{AutodiffModule, Module, ModuleMapper, ModuleVisitor, Param, RunningState};
-use burn::record::{FullPrecisionSettings, NamedMpkBytesRecorder, Recorder};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, RunningState};
+use burn::store::ModuleRecord;
+use burn::tensor::Device;
 use burn::tensor::{Tensor, TensorData};
 use common::random::uniform;
 use common::*;
@@ -20,47 +20,48 @@ use rstest::rstest;
 
 /// The layout of BatchRenorm's and CBN's counters before `HostCounter`.
 #[derive(Module, Debug)]
-struct TensorCounter<B: Backend> {
-    steps: RunningState<Tensor<B, 1>>,
+struct TensorCounter {
+    steps: RunningState<Tensor<1>>,
 }
 
 #[derive(Module, Debug)]
-struct HostCounted<B: Backend> {
-    steps: HostCounter<B>,
+struct HostCounted {
+    steps: HostCounter,
 }
 
-fn value<B: Backend>(state: &RunningState<Tensor<B, 1>>) -> Vec<f32> {
+fn value(state: &RunningState<Tensor<1>>) -> Vec<f32> {
     state.value_sync().into_data().try_to_vec().unwrap()
 }
 
-fn records_interchange<B: AutodiffBackend>(device: &B::Device) {
-    let recorder = NamedMpkBytesRecorder::<FullPrecisionSettings>::default();
+/// `record` written to bytes and read back, as a checkpoint file holds it.
+fn through_bytes(record: ModuleRecord) -> ModuleRecord {
+    ModuleRecord::from_bytes(record.into_bytes().unwrap()).unwrap()
+}
 
-    let old = TensorCounter::<B> {
+fn records_interchange(device: &Device) {
+    let old = TensorCounter {
         steps: RunningState::new(Tensor::from_data(
             TensorData::new(vec![4321.0f32], [1]),
             device,
         )),
     };
-    let bytes = recorder.record(old.into_record(), ()).unwrap();
-    let new = HostCounted::<B> {
+    let new = HostCounted {
         steps: HostCounter::new(device),
     }
-    .load_record(recorder.load(bytes, device).unwrap());
+    .load_record(through_bytes(old.into_record()));
     assert_eq!(new.steps.get(), 4321.0, "old layout -> HostCounter");
 
     new.steps.increment();
-    let bytes = recorder.record(new.into_record(), ()).unwrap();
-    let old = TensorCounter::<B> {
+    let old = TensorCounter {
         steps: RunningState::new(Tensor::zeros([1], device)),
     }
-    .load_record(recorder.load(bytes, device).unwrap());
+    .load_record(through_bytes(new.into_record()));
     assert_eq!(value(&old.steps), vec![4322.0], "HostCounter -> old layout");
 }
 
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn counter_records_interchange_with_running_state(#[case] dev: TestDevice) {
     on_device!(dev, records_interchange);
@@ -70,16 +71,16 @@ fn counter_records_interchange_with_running_state(#[case] dev: TestDevice) {
 /// sees.
 struct Floats(Vec<Vec<f32>>);
 
-impl<B: Backend> ModuleVisitor<B> for Floats {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+impl ModuleVisitor for Floats {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         self.0.push(param.val().into_data().try_to_vec().unwrap());
     }
 }
 
 struct Double;
 
-impl<B: Backend> ModuleMapper<B> for Double {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+impl ModuleMapper for Double {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         param.map(|t| t.mul_scalar(2.0))
     }
 }
@@ -88,8 +89,8 @@ impl<B: Backend> ModuleMapper<B> for Double {
 /// burn-store's loaders do.
 struct Load(f32);
 
-impl<B: Backend> ModuleMapper<B> for Load {
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+impl ModuleMapper for Load {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let shape = param.lazy_shape();
         let values = vec![self.0; shape.num_elements()];
         let tensor = Tensor::from_data(TensorData::new(values, shape), &param.lazy_device());
@@ -99,8 +100,8 @@ impl<B: Backend> ModuleMapper<B> for Load {
 
 #[test]
 fn counter_counts_shares_and_copies_like_burn_state() {
-    let device = Default::default();
-    let counter = HostCounter::<NdArrayAd>::new(&device);
+    let device = common::baseline();
+    let counter = HostCounter::new(&device);
     assert_eq!(
         (counter.get(), counter.increment(), counter.get()),
         (0.0, 1.0, 1.0)
@@ -132,10 +133,10 @@ fn counter_counts_shares_and_copies_like_burn_state() {
     assert_eq!(counter.get(), 7.0, "a loading mapper set the count");
 
     // Saturates where float32 stops counting exactly, and loads clamped.
-    let near_end = HostCounter::<NdArrayAd>::at(COUNT_SATURATION - 1.0, &device);
+    let near_end = HostCounter::at(COUNT_SATURATION - 1.0, &device);
     assert_eq!(near_end.increment(), COUNT_SATURATION);
     assert_eq!(near_end.increment(), COUNT_SATURATION);
-    assert_eq!(HostCounter::<NdArrayAd>::at(-3.0, &device).get(), 0.0);
+    assert_eq!(HostCounter::at(-3.0, &device).get(), 0.0);
     assert_eq!(
         near_end.to_tensor().into_data().try_to_vec::<f32>().unwrap(),
         vec![16_777_216.0]
@@ -144,13 +145,19 @@ fn counter_counts_shares_and_copies_like_burn_state() {
 
 #[test]
 fn counter_names_a_record_of_the_wrong_shape() {
-    let device = Default::default();
-    let record = Param::from_tensor(Tensor::<NdArrayAd, 1>::zeros([3], &device));
-    let message = panic_message(|| {
-        HostCounter::<NdArrayAd>::new(&device).load_record(record);
-    });
+    let device = common::baseline();
+    let record = TensorCounter {
+        steps: RunningState::new(Tensor::<1>::zeros([3], &device)),
+    }
+    .into_record();
+    let message = HostCounted {
+        steps: HostCounter::new(&device),
+    }
+    .try_load_record(record)
+    .unwrap_err()
+    .to_string();
     assert!(
-        message.contains("a count is saved as a tensor of shape [1], received [3]"),
+        message.contains("steps") && message.contains("[1]") && message.contains("[3]"),
         "{message}"
     );
 }
@@ -158,7 +165,7 @@ fn counter_names_a_record_of_the_wrong_shape() {
 /// Burn-in steps are plain BatchNorm: the window's Jacobians are never
 /// asked for (they are the window's largest cost) and nothing is recorded;
 /// the first window step asks for them once.
-fn burn_in_skips_window<B: AutodiffBackend>(device: &B::Device) {
+fn burn_in_skips_window(device: &Device) {
     let layout = WeightLayout {
         groups: 1,
         patch_len: 2,
@@ -166,11 +173,11 @@ fn burn_in_skips_window<B: AutodiffBackend>(device: &B::Device) {
     let norm = CrossIterBatchNormConfig::new(3)
         .with_window(3)
         .with_burn_in(2)
-        .init::<B>(layout, device);
-    let weight = uniform::<B, 3>([1, 3, 2], 1, -1.0, 1.0, device);
+        .init(layout, device);
+    let weight = uniform::<3>([1, 3, 2], 1, -1.0, 1.0, device);
     let jacobians_asked = std::cell::Cell::new(0);
     for step in 0..3u64 {
-        let y = uniform::<B, 4>([2, 3, 2, 2], step, -1.0, 1.0, device);
+        let y = uniform::<4>([2, 3, 2, 2], step, -1.0, 1.0, device);
         let out = norm.forward_with(y, weight.clone(), None, || {
             jacobians_asked.set(jacobians_asked.get() + 1);
             MomentJacobians {
@@ -190,7 +197,7 @@ fn burn_in_skips_window<B: AutodiffBackend>(device: &B::Device) {
 
 #[rstest]
 #[case::ndarray(TestDevice::NdArray)]
-#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
+#[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn cbn_burn_in_skips_the_window(#[case] dev: TestDevice) {
     on_device!(dev, burn_in_skips_window);
@@ -203,20 +210,20 @@ fn cbn_burn_in_skips_the_window(#[case] dev: TestDevice) {
 #[test]
 fn counter_moves_through_burn_store_and_optimizer_steps() {
     use bnorm::{BatchRenorm, BatchRenormConfig};
-    use burn::optim::{GradientsParams, Optimizer, SgdConfig};
+    use burn::optim::{GradientsParams, SgdConfig};
     use burn_store::ModuleSnapshot;
 
-    let device = Default::default();
-    let mut trained: BatchRenorm<NdArrayAd> = BatchRenormConfig::new(2).init(&device);
-    let mut optim = SgdConfig::new().init::<NdArrayAd, BatchRenorm<NdArrayAd>>();
+    let device = common::baseline();
+    let mut trained: BatchRenorm = BatchRenormConfig::new(2).init(&device);
+    let mut optim = SgdConfig::new().init();
     for step in 0..5 {
-        let loss = trained.forward(uniform::<NdArrayAd, 3>([2, 2, 3], step, -1.0, 1.0, &device));
+        let loss = trained.forward(uniform::<3>([2, 2, 3], step, -1.0, 1.0, &device));
         let grads = GradientsParams::from_grads(loss.sum().backward(), &trained);
         trained = optim.step(0.1, trained, grads);
     }
     assert_eq!(trained.step(), 5, "optimizer steps kept the count");
     let snapshots = trained.collect(None, None, false);
-    let mut fresh: BatchRenorm<NdArrayAd> = BatchRenormConfig::new(2).init(&device);
+    let mut fresh: BatchRenorm = BatchRenormConfig::new(2).init(&device);
     let result = fresh.apply(snapshots, None, None, false);
     assert_eq!(fresh.step(), 5, "burn-store applied the count: {result:?}");
 }

@@ -16,6 +16,7 @@ use burn::module::Param;
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::PaddingConfig2d;
 use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Device;
 use digits::conv::conv2d_im2col;
 use digits::idx::{load_idx, write_idx, IdxData};
 use digits::model::Norm;
@@ -108,10 +109,10 @@ fn training_loop_runs_every_normalization() {
 #[test]
 fn im2col_conv_equals_burn_conv2d() {
     type B = Autodiff<NdArray>;
-    let device = Default::default();
+    let device = common::baseline();
     let mut conv = Conv2dConfig::new([3, 5], [3, 3])
         .with_padding(PaddingConfig2d::Explicit(1, 0, 2, 1))
-        .init::<B>(&device);
+        .init(&device);
     conv.weight = Param::from_tensor(host_uniform([5, 3, 3, 3], 1, &device));
     conv.bias = Some(Param::from_tensor(host_uniform([5], 2, &device)));
     let x = host_uniform::<4>([2, 3, 6, 7], 3, &device).require_grad();
@@ -122,7 +123,7 @@ fn im2col_conv_equals_burn_conv2d() {
     let grads_direct = direct.clone().mul(upstream.clone()).sum().backward();
     let grads_im2col = im2col.clone().mul(upstream).sum().backward();
     let close = |what: &str, a: TensorData, b: TensorData| {
-        let (a, b): (Vec<f32>, Vec<f32>) = (a.to_vec().unwrap(), b.to_vec().unwrap());
+        let (a, b): (Vec<f32>, Vec<f32>) = (a.try_to_vec::<f32>().unwrap(), b.try_to_vec::<f32>().unwrap());
         assert_eq!(a.len(), b.len(), "{what}");
         for (i, (u, v)) in a.iter().zip(&b).enumerate() {
             assert!(

@@ -23,12 +23,8 @@ mod exactness;
 #[path = "host_counter.rs"]
 mod host_counter;
 
-#[cfg(any(feature = "cuda", feature = "wgpu"))]
 #[path = "backend_parity.rs"]
 mod backend_parity;
-#[cfg(feature = "cuda")]
-#[path = "cuda_device.rs"]
-mod cuda_device;
 #[cfg(feature = "wgpu")]
 #[path = "wgpu_device.rs"]
 mod wgpu_device;

@@ -5,13 +5,12 @@
 #![cfg(feature = "wgpu")]
 
 use crate::common::check_device_or_explain;
-use burn::backend::Wgpu;
 
 #[test]
 fn wgpu_device_or_explain_gives_a_device_or_the_reason() {
-    check_device_or_explain::<Wgpu>(
+    check_device_or_explain(
         bnorm::wgpu::device_or_explain,
-        "no usable wgpu device: burn-wgpu failed to initialise DefaultDevice: ",
+        "no usable wgpu device: burn-wgpu failed to initialise the default device: ",
         "mesa-vulkan-drivers",
     );
 }

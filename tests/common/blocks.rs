@@ -5,43 +5,42 @@ use bnorm::{
     Conv1dCbn, Conv2dCbn, Conv3dCbn, CrossIterBatchNorm, CrossIterBatchNormConfig, EpsPlacement,
 };
 use bnorm_crossiter::{PlainVariance, RunningStatistics};
-use burn::module::{AutodiffModule, Param, RunningState};
+use burn::module::{Module, Param, RunningState};
 use burn::nn::conv::{Conv1d, Conv2d, Conv3d};
 use burn::nn::{BatchNorm, BatchNormConfig};
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Device, Gradients, Tensor, TensorData};
 
 use super::random::{host_seeded, uniform};
 use super::training::{sgd_steps, state_bytes, StepShapes};
-use super::{assert_bits_or_tf32, check_close, check_matmul, tensor_cores, to_vec};
+use super::{assert_bits_eq, check_close, check_matmul, to_vec};
 
 /// A convolution of rank `D` (`[N, C, ...]`), plain or with its CBN.
-pub trait ConvLayer<B: Backend, const D: usize> {
-    fn run(&self, input: Tensor<B, D>) -> Tensor<B, D>;
-    fn weight(&self) -> &Param<Tensor<B, D>>;
-    fn bias(&self) -> &Option<Param<Tensor<B, 1>>>;
+pub trait ConvLayer<const D: usize> {
+    fn run(&self, input: Tensor<D>) -> Tensor<D>;
+    fn weight(&self) -> &Param<Tensor<D>>;
+    fn bias(&self) -> &Option<Param<Tensor<1>>>;
     /// Replaces the conv's weight and bias.
-    fn set_params(&mut self, weight: Tensor<B, D>, bias: Option<Tensor<B, 1>>);
+    fn set_params(&mut self, weight: Tensor<D>, bias: Option<Tensor<1>>);
 }
 
 /// A CBN block: its convolution ([`ConvLayer`]) and its normalization.
-pub trait CbnBlock<B: Backend, const D: usize>: ConvLayer<B, D> {
-    fn norm(&self) -> &CrossIterBatchNorm<B>;
+pub trait CbnBlock<const D: usize>: ConvLayer<D> {
+    fn norm(&self) -> &CrossIterBatchNorm;
 }
 
 macro_rules! conv_layer {
     ($layer:ident, $rank:literal $(, $conv:ident)?) => {
-        impl<B: Backend> ConvLayer<B, $rank> for $layer<B> {
-            fn run(&self, input: Tensor<B, $rank>) -> Tensor<B, $rank> {
+        impl ConvLayer<$rank> for $layer {
+            fn run(&self, input: Tensor<$rank>) -> Tensor<$rank> {
                 self.forward(input)
             }
-            fn weight(&self) -> &Param<Tensor<B, $rank>> {
+            fn weight(&self) -> &Param<Tensor<$rank>> {
                 &self$(.$conv)?.weight
             }
-            fn bias(&self) -> &Option<Param<Tensor<B, 1>>> {
+            fn bias(&self) -> &Option<Param<Tensor<1>>> {
                 &self$(.$conv)?.bias
             }
-            fn set_params(&mut self, weight: Tensor<B, $rank>, bias: Option<Tensor<B, 1>>) {
+            fn set_params(&mut self, weight: Tensor<$rank>, bias: Option<Tensor<1>>) {
                 self$(.$conv)?.weight = Param::from_tensor(weight);
                 self$(.$conv)?.bias = bias.map(Param::from_tensor);
             }
@@ -58,8 +57,8 @@ conv_layer!(Conv3dCbn, 5, conv);
 
 macro_rules! cbn_block {
     ($($block:ident, $rank:literal);*) => {$(
-        impl<B: Backend> CbnBlock<B, $rank> for $block<B> {
-            fn norm(&self) -> &CrossIterBatchNorm<B> {
+        impl CbnBlock<$rank> for $block {
+            fn norm(&self) -> &CrossIterBatchNorm {
                 &self.norm
             }
         }
@@ -70,8 +69,8 @@ cbn_block!(Conv1dCbn, 3; Conv2dCbn, 4; Conv3dCbn, 5);
 
 /// A BatchNorm with non-trivial learned and running state (host data:
 /// the same on every backend).
-pub fn trained_batch_norm<B: Backend>(c: usize, eps: f64, device: &B::Device) -> BatchNorm<B> {
-    let mut bn = BatchNormConfig::new(c).with_epsilon(eps).init::<B>(device);
+pub fn trained_batch_norm(c: usize, eps: f64, device: &Device) -> BatchNorm {
+    let mut bn = BatchNormConfig::new(c).with_epsilon(eps).init(device);
     bn.gamma = Param::from_tensor(uniform([c], 1, 0.5, 1.5, device));
     bn.beta = Param::from_tensor(uniform([c], 2, -0.5, 0.5, device));
     bn.running_mean = RunningState::new(uniform([c], 3, -1.0, 1.0, device));
@@ -94,28 +93,25 @@ pub fn window_one_norm() -> CrossIterBatchNormConfig {
 /// `BatchNorm`: outputs, the gradients of the input, conv weight, gamma and
 /// beta, and the running statistics over three training steps, then the
 /// eval output. Input and output shapes in `shapes`.
-pub fn assert_window_one_is_conv_batch_norm<B, Cbn, Conv, const D: usize>(
+pub fn assert_window_one_is_conv_batch_norm<Cbn, Conv, const D: usize>(
     cbn: Cbn,
     mut conv: Conv,
     [x_shape, y_shape]: StepShapes<D>,
-    device: &B::Device,
+    device: &Device,
 ) where
-    B: AutodiffBackend,
-    Cbn: CbnBlock<B, D> + AutodiffModule<B>,
-    Cbn::InnerModule: ConvLayer<B::InnerBackend, D>,
-    Conv: ConvLayer<B, D> + AutodiffModule<B>,
-    Conv::InnerModule: ConvLayer<B::InnerBackend, D>,
+    Cbn: CbnBlock<D> + Module,
+    Conv: ConvLayer<D> + Module,
 {
     let cbn = host_seeded(cbn, 90);
     conv.set_params(
         cbn.weight().val().detach(),
         cbn.bias().as_ref().map(|b| b.val().detach()),
     );
-    let bn = BatchNormConfig::new(y_shape[1]).init::<B>(device);
+    let bn = BatchNormConfig::new(y_shape[1]).init(device);
     for step in 0..3 {
-        let x1 = uniform::<B, D>(x_shape, step, -1.0, 2.0, device).require_grad();
-        let x2 = uniform::<B, D>(x_shape, step, -1.0, 2.0, device).require_grad();
-        let g = uniform::<B, D>(y_shape, 50 + step, -1.0, 1.0, device);
+        let x1 = uniform::<D>(x_shape, step, -1.0, 2.0, device).require_grad();
+        let x2 = uniform::<D>(x_shape, step, -1.0, 2.0, device).require_grad();
+        let g = uniform::<D>(y_shape, 50 + step, -1.0, 1.0, device);
         let y1 = cbn.run(x1.clone());
         let y2 = bn.forward(conv.run(x2.clone()));
         let what = format!("step {step}");
@@ -148,7 +144,7 @@ pub fn assert_window_one_is_conv_batch_norm<B, Cbn, Conv, const D: usize>(
         ];
         for (name, a, b) in through_conv {
             let data = TensorData::new(a.clone(), [a.len()]);
-            check_matmul::<B>(&format!("{what} {name}"), &data, &[b.len()], &b).unwrap();
+            check_matmul(&format!("{what} {name}"), &data, &[b.len()], &b).unwrap();
         }
         let norm = cbn.norm();
         let norm_side = [
@@ -178,7 +174,7 @@ pub fn assert_window_one_is_conv_batch_norm<B, Cbn, Conv, const D: usize>(
             check_close(&format!("{what} {name}"), &data, &[b.len()], &b, 1e-4, 1e-5).unwrap();
         }
     }
-    let x = || uniform::<B::InnerBackend, D>(x_shape, 9, -1.0, 1.0, device);
+    let x = || uniform::<D>(x_shape, 9, -1.0, 1.0, device);
     let eval_cbn = cbn.valid().run(x());
     let eval_bn = bn.valid().forward(conv.valid().run(x()));
     check_close(
@@ -201,20 +197,18 @@ pub fn assert_window_one_is_conv_batch_norm<B, Cbn, Conv, const D: usize>(
 /// (some kernel there does not repeat its rounding from one launch to the
 /// next; see `cbn_forward_conv_output_is_forward`). Returns the two
 /// trained blocks (direct, given).
-pub fn assert_conv_output_given_is_forward<B, M, const D: usize>(
+pub fn assert_conv_output_given_is_forward<M, const D: usize>(
     start: impl Fn() -> M,
     shapes @ [x_shape, _]: StepShapes<D>,
-    given: impl Fn(&M, Tensor<B, D>) -> Tensor<B, D>,
-    device: &B::Device,
+    given: impl Fn(&M, Tensor<D>) -> Tensor<D>,
+    device: &Device,
 ) -> (M, M)
 where
-    B: AutodiffBackend,
-    M: CbnBlock<B, D> + AutodiffModule<B>,
-    M::InnerModule: ConvLayer<B::InnerBackend, D>,
+    M: CbnBlock<D> + Module,
 {
-    let same = assert_bits_or_tf32::<B>;
-    let grad_of = |m: &M, grads: &B::Gradients| m.weight().grad(grads).unwrap().into_data();
-    let steps = |module, forward: &dyn Fn(&M, Tensor<B, D>) -> Tensor<B, D>| {
+    let same = assert_bits_eq;
+    let grad_of = |m: &M, grads: &Gradients| m.weight().grad(grads).unwrap().into_data();
+    let steps = |module, forward: &dyn Fn(&M, Tensor<D>) -> Tensor<D>| {
         sgd_steps(module, (0, 7), shapes, &forward, &grad_of, device)
     };
     let (direct, out_direct, grad_direct) = steps(start(), &|m: &M, x| m.run(x));
@@ -231,13 +225,11 @@ where
             &grad_direct[step],
         );
     }
-    if !tensor_cores::<B>() {
-        assert!(
-            state_bytes(&direct) == state_bytes(&via_given),
-            "state after forward_conv_output differs from forward's"
-        );
-    }
-    let x = || uniform::<B::InnerBackend, D>(x_shape, 9, -1.0, 1.0, device);
+    assert!(
+        state_bytes(&direct) == state_bytes(&via_given),
+        "state after forward_conv_output differs from forward's"
+    );
+    let x = || uniform::<D>(x_shape, 9, -1.0, 1.0, device);
     same(
         "eval output",
         &via_given.valid().run(x()).into_data(),

@@ -2,16 +2,17 @@
 //! same numbers.
 
 use burn::module::{Module, ModuleMapper, Param};
-use burn::tensor::{backend::Backend, Tensor, TensorData};
+use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Device;
 
 /// Uniform values in `[lo, hi)` from a fixed-seed LCG.
-pub fn uniform<B: Backend, const D: usize>(
+pub fn uniform<const D: usize>(
     shape: [usize; D],
     seed: u64,
     lo: f32,
     hi: f32,
-    device: &B::Device,
-) -> Tensor<B, D> {
+    device: &Device,
+) -> Tensor<D> {
     let n: usize = shape.iter().product();
     let mut state = seed
         .wrapping_mul(6364136223846793005)
@@ -34,7 +35,7 @@ pub fn uniform<B: Backend, const D: usize>(
 /// parallel threads share it: a module initialised from it has other
 /// weights on every run. Tests that compare against a tolerance take their
 /// weights from here, so a failure repeats.
-pub fn host_seeded<B: Backend, M: Module<B>>(module: M, seed: u64) -> M {
+pub fn host_seeded<M: Module>(module: M, seed: u64) -> M {
     module.map(&mut HostSeeded {
         seed,
         path: Vec::new(),
@@ -51,7 +52,7 @@ struct HostSeeded {
     fan_in: usize,
 }
 
-impl<B: Backend> ModuleMapper<B> for HostSeeded {
+impl ModuleMapper for HostSeeded {
     fn enter_module(&mut self, name: &str, container_type: &str) {
         self.path
             .push((name.to_string(), container_type.to_string()));
@@ -61,7 +62,7 @@ impl<B: Backend> ModuleMapper<B> for HostSeeded {
         self.path.pop();
     }
 
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let Some((field, container)) = self.path.last() else {
             return param;
         };

@@ -2,11 +2,9 @@
 
 use std::path::PathBuf;
 
-use burn::module::{AutodiffModule, Module};
-use burn::optim::{GradientsParams, Optimizer, SgdConfig};
-use burn::record::{BinBytesRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Recorder};
-use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Tensor, TensorData};
+use burn::module::Module;
+use burn::optim::{GradientsParams, SgdConfig};
+use burn::tensor::{Device, Gradients, Tensor, TensorData};
 
 use super::assert_bits_eq;
 use super::random::uniform;
@@ -18,21 +16,21 @@ pub type StepShapes<const D: usize> = [[usize; D]; 2];
 /// from `first`: step `s` feeds `uniform(input, s, -1, 1)` and
 /// backpropagates `sum(y * uniform(output, 500 + s, -1, 1))`. Returns the
 /// module, each step's output, and each step's `grad_of(module, grads)`.
-pub fn sgd_steps<B: AutodiffBackend, M: AutodiffModule<B>, const D: usize>(
+pub fn sgd_steps<M: Module, const D: usize>(
     mut module: M,
     (first, steps): (u64, u64),
     [input, output]: StepShapes<D>,
-    forward: &impl Fn(&M, Tensor<B, D>) -> Tensor<B, D>,
-    grad_of: &impl Fn(&M, &B::Gradients) -> TensorData,
-    device: &B::Device,
+    forward: &impl Fn(&M, Tensor<D>) -> Tensor<D>,
+    grad_of: &impl Fn(&M, &Gradients) -> TensorData,
+    device: &Device,
 ) -> (M, Vec<TensorData>, Vec<TensorData>) {
-    let mut optim = SgdConfig::new().init::<B, M>();
+    let mut optim = SgdConfig::new().init();
     let (mut outputs, mut grads_of) = (Vec::new(), Vec::new());
     for step in first..first + steps {
-        let y = forward(&module, uniform::<B, D>(input, step, -1.0, 1.0, device));
+        let y = forward(&module, uniform::<D>(input, step, -1.0, 1.0, device));
         outputs.push(y.clone().into_data());
         let grads = y
-            .mul(uniform::<B, D>(output, 500 + step, -1.0, 1.0, device))
+            .mul(uniform::<D>(output, 500 + step, -1.0, 1.0, device))
             .sum()
             .backward();
         grads_of.push(grad_of(&module, &grads));
@@ -48,14 +46,14 @@ pub fn sgd_steps<B: AutodiffBackend, M: AutodiffModule<B>, const D: usize>(
 /// must be bit-identical, and so must the two final modules' records
 /// (every state tensor). Returns the two final modules (uninterrupted,
 /// resumed) for the caller's own checks.
-pub fn assert_resumes_bit_identically<B: AutodiffBackend, M: AutodiffModule<B>, const D: usize>(
+pub fn assert_resumes_bit_identically<M: Module, const D: usize>(
     start: impl Fn() -> M,
     (n, m): (u64, u64),
     shapes: StepShapes<D>,
-    forward: impl Fn(&M, Tensor<B, D>) -> Tensor<B, D>,
-    grad_of: impl Fn(&M, &B::Gradients) -> TensorData,
+    forward: impl Fn(&M, Tensor<D>) -> Tensor<D>,
+    grad_of: impl Fn(&M, &Gradients) -> TensorData,
     save_load: impl FnOnce(&M) -> M,
-    device: &B::Device,
+    device: &Device,
 ) -> (M, M) {
     let run = |module, steps| sgd_steps(module, steps, shapes, &forward, &grad_of, device);
     let (straight, out_straight, grad_straight) = run(start(), (0, n + m));
@@ -81,13 +79,13 @@ pub fn assert_resumes_bit_identically<B: AutodiffBackend, M: AutodiffModule<B>, 
     (straight, resumed)
 }
 
-/// Saves through `save(path, recorder)` (burn's `NamedMpkFileRecorder`,
-/// full precision, into a fresh temporary folder for `name`) and returns
-/// `load(file, recorder)`: a checkpoint round trip through the file system.
+/// Saves through `save(path)` (a file in a fresh temporary folder for
+/// `name`, written with burn's `Module::save_file`) and returns
+/// `load(path)`: a checkpoint round trip through the file system.
 pub fn through_checkpoint<R>(
     name: &str,
-    save: impl FnOnce(PathBuf, &NamedMpkFileRecorder<FullPrecisionSettings>),
-    load: impl FnOnce(PathBuf, &NamedMpkFileRecorder<FullPrecisionSettings>) -> R,
+    save: impl FnOnce(PathBuf),
+    load: impl FnOnce(PathBuf) -> R,
 ) -> R {
     let dir = std::env::temp_dir().join(format!(
         "bnorm-{name}-{}-{:?}",
@@ -95,17 +93,15 @@ pub fn through_checkpoint<R>(
         std::thread::current().id()
     ));
     std::fs::create_dir_all(&dir).unwrap();
-    let recorder = NamedMpkFileRecorder::<FullPrecisionSettings>::new();
-    save(dir.join(name), &recorder);
-    let loaded = load(dir.join(format!("{name}.mpk")), &recorder);
+    let path = dir.join(format!("{name}.bpk"));
+    save(path.clone());
+    let loaded = load(path);
     std::fs::remove_dir_all(&dir).ok();
     loaded
 }
 
 /// Every state tensor of `module` (parameters, running statistics,
 /// counters, a CBN's whole history), as the bytes of its record.
-pub fn state_bytes<B: Backend, M: Module<B>>(module: &M) -> Vec<u8> {
-    BinBytesRecorder::<FullPrecisionSettings>::default()
-        .record(module.clone().into_record(), ())
-        .unwrap()
+pub fn state_bytes<M: Module>(module: &M) -> Vec<u8> {
+    module.clone().into_record().into_bytes().unwrap().to_vec()
 }

@@ -59,6 +59,8 @@ pub fn check_record_shape(
 /// tensors that are missing, extra or of another shape).
 #[derive(Debug)]
 pub struct CheckpointError {
+    /// The module the checkpoint was loaded into (e.g. `Conv2dCbn`).
+    pub layer: &'static str,
     /// The checkpoint's path.
     pub path: std::path::PathBuf,
     /// burn's reason.
@@ -69,7 +71,8 @@ impl fmt::Display for CheckpointError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "could not load the checkpoint {}: {}",
+            "could not load the {} checkpoint {}: {}",
+            self.layer,
             self.path.display(),
             self.error
         )
@@ -91,7 +94,9 @@ pub fn load_checkpoint<M: burn::module::Module>(
     path: impl AsRef<std::path::Path>,
 ) -> Result<M, CheckpointError> {
     let path = path.as_ref();
+    let name = std::any::type_name::<M>();
     module.try_load_file(path).map_err(|error| CheckpointError {
+        layer: name.rsplit("::").next().unwrap_or(name),
         path: path.to_path_buf(),
         error,
     })
