@@ -27,7 +27,8 @@ pub use bnorm_crossiter as crossiter;
 pub use bnorm_renorm as renorm;
 
 pub use bnorm_core::{
-    BurnInMode, CheckpointError, EpsPlacement, HostCounter, InferenceAffine, RecordShapeError,
+    AveragedState, BurnInMode, CheckpointError, EpsPlacement, HostCounter, InferenceAffine,
+    RecordShapeError,
     Schedule,
 };
 pub use bnorm_crossiter::{

@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 
-use burn::module::{Param, RunningState};
+use burn::module::Param;
 use burn::nn::conv::Conv2dConfig;
 use burn::tensor::{Device, Tensor, TensorData};
 use burn_store::pytorch::PytorchReader;
@@ -28,7 +28,7 @@ use burn_store::pytorch_reader::{DType, Tensor as StoredTensor};
 
 #[allow(unused_imports)]
 use crate::EpsPlacement;
-use crate::{BatchRenorm, BatchRenormConfig, Conv2dCbn, Conv2dCbnConfig, HostCounter};
+use crate::{AveragedState, BatchRenorm, BatchRenormConfig, Conv2dCbn, Conv2dCbnConfig, HostCounter};
 
 /// Why a checkpoint could not be imported.
 #[derive(Debug)]
@@ -184,9 +184,9 @@ impl StateDict {
             )?));
         }
         layer.running_mean =
-            RunningState::new(self.tensor(&format!("{prefix}running_mean"), c, device)?);
+            AveragedState::new(self.tensor(&format!("{prefix}running_mean"), c, device)?);
         layer.running_std =
-            RunningState::new(self.tensor(&format!("{prefix}running_std"), c, device)?);
+            AveragedState::new(self.tensor(&format!("{prefix}running_std"), c, device)?);
         layer.steps = HostCounter::from_tensor(self.tensor(
             &format!("{prefix}num_batches_tracked"),
             [1],
@@ -252,9 +252,9 @@ impl StateDict {
             )?));
         }
         block.norm.running_mean =
-            RunningState::new(self.tensor(&format!("{norm_prefix}running_mean"), c, device)?);
+            AveragedState::new(self.tensor(&format!("{norm_prefix}running_mean"), c, device)?);
         block.norm.running_var =
-            RunningState::new(self.tensor(&format!("{norm_prefix}running_var"), c, device)?);
+            AveragedState::new(self.tensor(&format!("{norm_prefix}running_var"), c, device)?);
         Ok(block)
     }
 }

@@ -7,8 +7,9 @@ use crate::common;
 use std::path::Path;
 
 use bnorm::{BatchRenorm, BatchRenormConfig, EpsPlacement, HostCounter, Schedule};
+use bnorm::AveragedState;
 use burn::module::Module;
-use burn::module::{Param, RunningState};
+use burn::module::Param;
 use burn::tensor::Tensor;
 use burn::tensor::Device;
 use common::*;
@@ -80,8 +81,8 @@ fn replay(device: &Device, path: &Path) -> Result<(), String> {
         layer.gamma = Some(Param::from_tensor(fixture.initial.weight.tensor(device)));
         layer.beta = Some(Param::from_tensor(fixture.initial.bias.tensor(device)));
     }
-    layer.running_mean = RunningState::new(fixture.initial.running_mean.tensor(device));
-    layer.running_std = RunningState::new(fixture.initial.running_std.tensor(device));
+    layer.running_mean = AveragedState::new(fixture.initial.running_mean.tensor(device));
+    layer.running_std = AveragedState::new(fixture.initial.running_std.tensor(device));
     layer.steps = counter(fixture.initial.num_batches_tracked, device);
 
     for (i, step) in fixture.steps.iter().enumerate() {

@@ -345,7 +345,6 @@ fn mismatches(device: &Device) {
         .unwrap_err()
         .to_string();
     assert!(err.contains("conv.weight"), "{err}");
-    assert!(err.to_string().contains("Conv3dCbn"), "{err}");
 
     let layer = cbn_config().init(device);
     layer.forward(uniform([1, 2, 3, 4, 4], 0, -1.0, 1.0, device));
@@ -447,17 +446,17 @@ fn conv3d_cbn_single_voxel_is_finite(#[case] dev: TestDevice) {
 /// `Conv3dCbn` folded into one `Conv3d` equal to their eval output after a
 /// few training steps.
 fn conversions(device: &Device) {
-    let device = &device.clone().inner();
+    let inner = &device.clone().inner();
     // burn's default epsilon, as `BatchNormConfig::new`.
-    let bn = trained_batch_norm(3, 1e-5, device);
+    let bn = trained_batch_norm(3, 1e-5, inner);
     let conv = |seed| {
         let conv = Conv3dConfig::new([2, 3], [3, 3, 3])
             .with_padding(PaddingConfig3d::Explicit(1, 1, 1))
-            .init(device);
+            .init(inner);
         host_seeded(conv, seed)
     };
     let (conv, other) = (conv(1), conv(2));
-    let x = uniform::<5>([2, 2, 3, 4, 4], 8, -1.0, 1.0, device);
+    let x = uniform::<5>([2, 2, 3, 4, 4], 8, -1.0, 1.0, inner);
     let expected = to_vec(bn.forward(conv.forward(x.clone())));
     let cbn = Conv3dCbn::from_conv_batch_norm(conv, &bn, CrossIterBatchNormConfig::new(0)).unwrap();
     check_close(
@@ -492,7 +491,7 @@ fn conversions(device: &Device) {
         let _ = brn.forward(conv.forward(uniform([2, 2, 3, 4, 4], step, -1.0, 2.0, device)));
     }
     let (conv, brn) = (conv.valid(), brn.valid());
-    let x = uniform::<5>([2, 2, 3, 4, 4], 9, -1.0, 2.0, device);
+    let x = uniform::<5>([2, 2, 3, 4, 4], 9, -1.0, 2.0, inner);
     check_matmul(
         "Conv3d + BRN folded",
         &brn.fold_into_conv3d(&conv)
@@ -504,7 +503,7 @@ fn conversions(device: &Device) {
     )
     .unwrap();
     let err = BatchRenormConfig::new(4)
-        .init(device)
+        .init(inner)
         .fold_into_conv3d(&conv)
         .unwrap_err();
     assert!(err.to_string().contains("fold_into_conv3d"), "{err}");
@@ -515,7 +514,7 @@ fn conversions(device: &Device) {
     }
     assert_eq!(block.norm.history_len(), 3);
     let block = block.valid();
-    let x = uniform::<5>([2, 2, 3, 4, 4], 10, -1.0, 2.0, device);
+    let x = uniform::<5>([2, 2, 3, 4, 4], 10, -1.0, 2.0, inner);
     check_matmul(
         "Conv3dCbn folded",
         &block.fold().forward(x.clone()).into_data(),

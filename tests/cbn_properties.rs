@@ -126,6 +126,7 @@ fn autodiff_moment_grads(
 /// one weight-gradient convolution of all bands against all; with groups
 /// the bands are ignored) and checked the same way.
 fn conv_jacobians(device: &Device) {
+    let inner = &device.clone().inner();
     for (i, case) in CONV_CASES.iter().enumerate() {
         let &(cin, cout, k, stride, padding, dilation, groups, bias) = case;
         let (auto_dmu, auto_dnu) = autodiff_moment_grads(i, case, &common::baseline());
@@ -167,10 +168,11 @@ fn conv_jacobians_equal_autodiff(#[case] dev: TestDevice) {
 
 /// The linear layer's Jacobians equal autodiff's.
 fn linear_jacobians(device: &Device) {
+    let inner = &device.clone().inner();
     let (m, d_in, d_out) = (5, 4, 3);
-    let x = uniform::<2>([m, d_in], 1, -1.0, 1.0, device);
-    let w0 = uniform::<2>([d_in, d_out], 2, -1.0, 1.0, device);
-    let b0 = uniform::<1>([d_out], 3, -1.0, 1.0, device);
+    let x = uniform::<2>([m, d_in], 1, -1.0, 1.0, inner);
+    let w0 = uniform::<2>([d_in, d_out], 2, -1.0, 1.0, inner);
+    let b0 = uniform::<1>([d_out], 3, -1.0, 1.0, inner);
     let a = uniform::<1>([d_out], 4, 0.5, 1.5, device);
     let run = |square: bool| {
         let w = Tensor::<2>::from_inner(w0.clone()).require_grad();
@@ -222,13 +224,13 @@ fn linear_jacobians_equal_autodiff(#[case] dev: TestDevice) {
 /// (quadratic) up to exactly its second-order term. Checked against recomputing the statistics
 /// at the new weights.
 fn compensation_accuracy(device: &Device) {
-    let device = &device.clone().inner();
+    let inner = &device.clone().inner();
     let (cin, cout) = (3, 4);
-    let x = uniform::<4>([2, cin, 6, 6], 1, -1.0, 1.0, device);
-    let w_old = uniform::<4>([cout, cin, 3, 3], 2, -0.5, 0.5, device);
-    let b_old = uniform::<1>([cout], 3, -0.5, 0.5, device);
-    let dw = uniform::<4>([cout, cin, 3, 3], 4, -0.01, 0.01, device);
-    let db = uniform::<1>([cout], 5, -0.01, 0.01, device);
+    let x = uniform::<4>([2, cin, 6, 6], 1, -1.0, 1.0, inner);
+    let w_old = uniform::<4>([cout, cin, 3, 3], 2, -0.5, 0.5, inner);
+    let b_old = uniform::<1>([cout], 3, -0.5, 0.5, inner);
+    let dw = uniform::<4>([cout, cin, 3, 3], 4, -0.01, 0.01, inner);
+    let db = uniform::<1>([cout], 5, -0.01, 0.01, inner);
     let (x_keep, dw_keep, db_keep) = (x.clone(), dw.clone(), db.clone());
     let (w_new, b_new) = (w_old.clone().add(dw), b_old.clone().add(db));
     let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
@@ -321,8 +323,9 @@ fn cbn_window_one_is_batch_norm(#[case] dev: TestDevice) {
 /// that channel only; the current iteration always counts, even where its
 /// variance rounds below zero; entries past the fill do not count.
 fn negative_variance(device: &Device) {
+    let inner = &device.clone().inner();
     let t1 = |v: Vec<f32>| {
-        Tensor::<1>::from_data(TensorData::new(v.clone(), [v.len()]), device)
+        Tensor::<1>::from_data(TensorData::new(v.clone(), [v.len()]), inner)
     };
     let t2 = |v: Vec<f32>, k: usize| {
         Tensor::<2>::from_data(

@@ -17,8 +17,9 @@ use crate::common;
 use std::path::Path;
 
 use bnorm::{BurnInMode, Conv2dCbn, Conv2dCbnConfig, CrossIterBatchNormConfig, EpsPlacement};
+use bnorm::AveragedState;
 use burn::module::Module;
-use burn::module::{Param, RunningState};
+use burn::module::Param;
 use burn::nn::PaddingConfig2d;
 use burn::tensor::Tensor;
 use burn::tensor::Device;
@@ -115,8 +116,8 @@ fn reference_layer(fixture: &Fixture, device: &Device) -> Conv2dCbn {
         .init(device);
     layer.norm.gamma = Some(Param::from_tensor(fixture.initial.gamma.tensor(device)));
     layer.norm.beta = Some(Param::from_tensor(fixture.initial.beta.tensor(device)));
-    layer.norm.running_mean = RunningState::new(fixture.initial.running_mean.tensor(device));
-    layer.norm.running_var = RunningState::new(fixture.initial.running_var.tensor(device));
+    layer.norm.running_mean = AveragedState::new(fixture.initial.running_mean.tensor(device));
+    layer.norm.running_var = AveragedState::new(fixture.initial.running_var.tensor(device));
     layer
 }
 

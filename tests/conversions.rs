@@ -31,9 +31,9 @@ fn conv(device: &Device, bias: bool) -> Conv2d {
 /// Conversions from BatchNorm keep the eval output: BRN, and the CBN of
 /// conv and linear blocks with either eps placement.
 fn from_batch_norm(device: &Device) {
-    let device = &device.clone().inner();
-    let x4 = uniform::<4>([2, 4, 5, 5], 7, -2.0, 2.0, device);
-    let bn = trained_batch_norm(4, 1e-5, device);
+    let inner = &device.clone().inner();
+    let x4 = uniform::<4>([2, 4, 5, 5], 7, -2.0, 2.0, inner);
+    let bn = trained_batch_norm(4, 1e-5, inner);
     let expected = to_vec(bn.forward(x4.clone()));
     let brn = BatchRenorm::from_batch_norm(&bn, &BatchRenormConfig::new(4), 1234).unwrap();
     assert_eq!(brn.step(), 1234);
@@ -52,9 +52,9 @@ fn from_batch_norm(device: &Device) {
         "{err}"
     );
 
-    let x = uniform::<4>([2, 3, 5, 5], 8, -1.0, 1.0, device);
+    let x = uniform::<4>([2, 3, 5, 5], 8, -1.0, 1.0, inner);
     for placement in [EpsPlacement::InsideSqrt, EpsPlacement::OnStd] {
-        let c = conv(device, true);
+        let c = conv(inner, true);
         let expected = to_vec(bn.forward(c.forward(x.clone())));
         let cbn = Conv2dCbn::from_conv_batch_norm(
             c,
@@ -75,15 +75,15 @@ fn from_batch_norm(device: &Device) {
         .unwrap();
     }
     let err = Conv2dCbn::from_conv_batch_norm(
-        conv(device, false),
-        &trained_batch_norm(5, 1e-5, device),
+        conv(inner, false),
+        &trained_batch_norm(5, 1e-5, inner),
         CrossIterBatchNormConfig::new(0),
     )
     .unwrap_err();
     assert!(err.to_string().contains("[5]"), "{err}");
 
-    let linear: Linear = host_seeded(LinearConfig::new(3, 4).init(device), 2);
-    let xl = uniform::<2>([6, 3], 9, -1.0, 1.0, device);
+    let linear: Linear = host_seeded(LinearConfig::new(3, 4).init(inner), 2);
+    let xl = uniform::<2>([6, 3], 9, -1.0, 1.0, inner);
     let expected = to_vec(bn.forward(linear.forward(xl.clone())));
     let lcbn =
         LinearCbn::from_linear_batch_norm(linear, &bn, CrossIterBatchNormConfig::new(0)).unwrap();
@@ -120,6 +120,7 @@ fn conversions_from_batch_norm_keep_eval_output(#[case] dev: TestDevice) {
 /// BRN, Conv2dCbn, linear + BRN, LinearCbn. Checked after a few training
 /// steps so the running statistics are not the initial ones.
 fn folding(device: &Device) {
+    let inner = &device.clone().inner();
     // Through a convolution or matmul: TF32 on CUDA (see `check_matmul`).
     for bias in [false, true] {
         let c = conv(device, bias);
@@ -130,7 +131,7 @@ fn folding(device: &Device) {
             let _ = brn.forward(c.forward(uniform([2, 3, 5, 5], step, -1.0, 2.0, device)));
         }
         let (c, brn) = (c.valid(), brn.valid());
-        let x = uniform::<4>([2, 3, 5, 5], 9, -1.0, 2.0, device);
+        let x = uniform::<4>([2, 3, 5, 5], 9, -1.0, 2.0, inner);
         let expected = to_vec(brn.forward(c.forward(x.clone())));
         let folded = brn.fold_into_conv2d(&c).unwrap();
         check_matmul(
@@ -150,7 +151,7 @@ fn folding(device: &Device) {
         let _ = block.forward(uniform([2, 3, 5, 5], step, -1.0, 2.0, device));
     }
     let block = block.valid();
-    let x = uniform::<4>([2, 3, 5, 5], 10, -1.0, 2.0, device);
+    let x = uniform::<4>([2, 3, 5, 5], 10, -1.0, 2.0, inner);
     check_matmul(
         "Conv2dCbn folded",
         &block.fold().forward(x.clone()).into_data(),
@@ -165,7 +166,7 @@ fn folding(device: &Device) {
         let _ = brn.forward(linear.forward(uniform([5, 3], step, -1.0, 2.0, device)));
     }
     let (linear, brn) = (linear.valid(), brn.valid());
-    let xl = uniform::<2>([5, 3], 11, -1.0, 2.0, device);
+    let xl = uniform::<2>([5, 3], 11, -1.0, 2.0, inner);
     check_matmul(
         "linear + BRN folded",
         &brn.fold_into_linear(&linear)
@@ -193,8 +194,8 @@ fn folding(device: &Device) {
     .unwrap();
 
     let err = BatchRenormConfig::new(5)
-        .init(device)
-        .fold_into_conv2d(&conv(device, false))
+        .init(inner)
+        .fold_into_conv2d(&conv(inner, false))
         .unwrap_err();
     assert!(err.to_string().contains("conv output channels"), "{err}");
 }
@@ -225,22 +226,22 @@ fn torch_case(name: &str) -> (TorchCase, std::path::PathBuf) {
 /// The reference layers' PyTorch checkpoints import and reproduce the
 /// reference's eval outputs.
 fn pytorch_import(device: &Device) {
-    let device = &device.clone().inner();
+    let inner = &device.clone().inner();
     // Through a convolution or matmul: TF32 on CUDA (see `check_matmul`).
     let (case, pt) = torch_case("brn2d_after_conv");
     let dict = StateDict::open(&pt).unwrap();
     let conv_config = Conv2dConfig::new([3, 4], [3, 3])
         .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
         .with_bias(false);
-    let conv = dict.conv2d("conv.", &conv_config, device).unwrap();
+    let conv = dict.conv2d("conv.", &conv_config, inner).unwrap();
     let brn_config = BatchRenormConfig::new(4)
         .with_epsilon(case.eps)
         .with_eps_placement(EpsPlacement::OnStd);
     let brn = dict
-        .batch_renorm("norm.", &brn_config, device)
+        .batch_renorm("norm.", &brn_config, inner)
         .unwrap();
     assert!(brn.step() > 0, "num_batches_tracked imported");
-    let y = brn.forward(conv.forward(case.input.tensor(device)));
+    let y = brn.forward(conv.forward(case.input.tensor(inner)));
     check_matmul(
         "brn2d_after_conv eval output",
         &y.into_data(),
@@ -261,9 +262,9 @@ fn pytorch_import(device: &Device) {
                 .reference(),
         );
     let block = dict
-        .conv2d_cbn("conv.", "norm.", &config, device)
+        .conv2d_cbn("conv.", "norm.", &config, inner)
         .unwrap();
-    let y = block.forward(case.input.tensor(device));
+    let y = block.forward(case.input.tensor(inner));
     check_matmul(
         "cbn2d_after_conv eval output",
         &y.into_data(),
@@ -274,7 +275,7 @@ fn pytorch_import(device: &Device) {
 
     // Missing and mis-shaped keys are errors naming the key.
     let err = dict
-        .batch_renorm("norm.", &BatchRenormConfig::new(5), device)
+        .batch_renorm("norm.", &BatchRenormConfig::new(5), inner)
         .err()
         .unwrap();
     assert!(
@@ -287,7 +288,7 @@ fn pytorch_import(device: &Device) {
     );
     let wrong = Conv2dCbnConfig::new([3, 6], [3, 3]).with_bias(false);
     let err = dict
-        .conv2d_cbn("conv.", "norm.", &wrong, device)
+        .conv2d_cbn("conv.", "norm.", &wrong, inner)
         .err()
         .unwrap();
     assert!(

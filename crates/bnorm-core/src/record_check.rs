@@ -8,6 +8,9 @@
 
 use core::fmt;
 
+use burn::store::{ModuleRecord, RecordError};
+use burn::tensor::Bytes;
+
 /// A record whose tensors do not have the shapes the module expects.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordShapeError {
@@ -64,7 +67,7 @@ pub struct CheckpointError {
     /// The checkpoint's path.
     pub path: std::path::PathBuf,
     /// burn's reason.
-    pub error: burn::store::RecordError,
+    pub error: RecordError,
 }
 
 impl fmt::Display for CheckpointError {
@@ -89,17 +92,25 @@ impl std::error::Error for CheckpointError {
 /// `module` with burn's checked loader (every tensor present, none extra,
 /// every shape the module's): the one path every layer's
 /// `load_checkpoint` takes.
+///
+/// The whole file is read into memory first: burn's own `load_file` may
+/// leave tensors backed by the file (memory-mapped on burn-flex), which a
+/// training run that rotates its checkpoints would then delete under the
+/// model.
 pub fn load_checkpoint<M: burn::module::Module>(
     module: M,
     path: impl AsRef<std::path::Path>,
 ) -> Result<M, CheckpointError> {
     let path = path.as_ref();
     let name = std::any::type_name::<M>();
-    module.try_load_file(path).map_err(|error| CheckpointError {
+    let fail = |error| CheckpointError {
         layer: name.rsplit("::").next().unwrap_or(name),
         path: path.to_path_buf(),
         error,
-    })
+    };
+    let bytes = std::fs::read(path).map_err(|e| fail(RecordError::Io(e.to_string())))?;
+    let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes)).map_err(fail)?;
+    module.try_load_record(record).map_err(fail)
 }
 
 /// Shape of an optional parameter, `[]` when absent (a layer without

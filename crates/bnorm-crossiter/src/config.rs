@@ -1,5 +1,6 @@
+use bnorm_core::AveragedState;
 use burn::config::Config;
-use burn::module::{Initializer, Param, RunningState};
+use burn::module::{Initializer, Param};
 use burn::tensor::{Device, Tensor};
 
 use bnorm_core::{BurnInMode, EpsPlacement, HostCounter};
@@ -152,8 +153,8 @@ impl CrossIterBatchNormConfig {
             gamma: affine(Initializer::Ones),
             beta: affine(Initializer::Zeros),
             training: Param::from_bool(true),
-            running_mean: RunningState::new(Tensor::zeros([c], device)),
-            running_var: RunningState::new(Tensor::ones([c], device)),
+            running_mean: AveragedState::new(Tensor::zeros([c], device)),
+            running_var: AveragedState::new(Tensor::ones([c], device)),
             iterations: HostCounter::new(device),
             history,
             num_features: c,

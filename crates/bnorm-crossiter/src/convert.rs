@@ -1,4 +1,5 @@
-use burn::module::{Param, RunningState};
+use bnorm_core::AveragedState;
+use burn::module::Param;
 use burn::nn::conv::{Conv1d, Conv2d, Conv3d};
 use burn::nn::{BatchNorm, Linear};
 
@@ -36,8 +37,8 @@ impl CrossIterBatchNorm {
         let std = bn.running_var.value_sync().add_scalar(bn.epsilon).sqrt();
         norm.gamma = Some(Param::from_tensor(bn.gamma.val().detach()));
         norm.beta = Some(Param::from_tensor(bn.beta.val().detach()));
-        norm.running_mean = RunningState::new(bn.running_mean.value_sync());
-        norm.running_var = RunningState::new(norm.eps_placement.var_for_std(std, norm.epsilon));
+        norm.running_mean = AveragedState::new(bn.running_mean.value_sync());
+        norm.running_var = AveragedState::new(norm.eps_placement.var_for_std(std, norm.epsilon));
         norm
     }
 }

@@ -1,4 +1,5 @@
-use burn::module::{Flag, Module, Param, RunningState};
+use bnorm_core::AveragedState;
+use burn::module::{Flag, Module, Param};
 use burn::tensor::{Device, Tensor};
 
 use bnorm_core::moments::{bessel, values_per_channel};
@@ -54,9 +55,9 @@ pub struct CrossIterBatchNorm {
     /// `unfreeze` on). Not saved in checkpoints.
     pub training: Param<Flag>,
     /// Running mean, `[C]`.
-    pub running_mean: RunningState<Tensor<1>>,
+    pub running_mean: AveragedState<1>,
     /// Running variance, `[C]`.
-    pub running_var: RunningState<Tensor<1>>,
+    pub running_var: AveragedState<1>,
     /// Training iterations seen (saved as `[1]`).
     pub iterations: HostCounter,
     /// The window's history (absent for `window = 1`).
@@ -248,7 +249,7 @@ impl CrossIterBatchNorm {
             RunningStatistics::Window => (step.mean, step.var),
         };
         let m = self.momentum;
-        let blend = |state: &RunningState<Tensor<1>>, value: Tensor<1>| {
+        let blend = |state: &AveragedState<1>, value: Tensor<1>| {
             let old = state.value_sync();
             state.update(
                 old.mul_scalar(1.0 - m)

@@ -36,7 +36,8 @@ mod history;
 mod linear_cbn;
 
 pub use bnorm_core::{
-    BurnInMode, CheckpointError, EpsPlacement, HostCounter, MomentJacobians, RecordShapeError,
+    AveragedState, BurnInMode, CheckpointError, EpsPlacement, HostCounter, MomentJacobians,
+    RecordShapeError,
 };
 pub use config::{CrossIterBatchNormConfig, PlainVariance, RunningStatistics, WeightLayout};
 pub use conv1d_cbn::{Conv1dCbn, Conv1dCbnConfig};

@@ -1,4 +1,5 @@
-use burn::module::{Flag, Module, Param, RunningState};
+use bnorm_core::AveragedState;
+use burn::module::{Flag, Module, Param};
 use burn::tensor::{Bool, Device, Tensor};
 
 use bnorm_core::shape::{check_input, check_mask, per_channel};
@@ -46,9 +47,9 @@ pub struct BatchRenorm {
     /// saved in checkpoints.
     pub training: Param<Flag>,
     /// Running mean `mu`, `[C]`.
-    pub running_mean: RunningState<Tensor<1>>,
+    pub running_mean: AveragedState<1>,
     /// Running standard deviation `sigma`, `[C]`.
-    pub running_std: RunningState<Tensor<1>>,
+    pub running_std: AveragedState<1>,
     /// Training batches seen, on the host (saved as `[1]`; it saturates at
     /// 2^24, where float32 stops counting exactly).
     pub steps: HostCounter,

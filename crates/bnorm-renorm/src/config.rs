@@ -1,5 +1,6 @@
+use bnorm_core::AveragedState;
 use burn::config::Config;
-use burn::module::{Initializer, Param, RunningState};
+use burn::module::{Initializer, Param};
 use burn::tensor::{Device, Tensor};
 
 use bnorm_core::{EpsPlacement, HostCounter, Schedule};
@@ -94,8 +95,8 @@ impl BatchRenormConfig {
             gamma: affine(Initializer::Ones),
             beta: affine(Initializer::Zeros),
             training: Param::from_bool(true),
-            running_mean: RunningState::new(Tensor::zeros([c], device)),
-            running_std: RunningState::new(Tensor::ones([c], device)),
+            running_mean: AveragedState::new(Tensor::zeros([c], device)),
+            running_std: AveragedState::new(Tensor::ones([c], device)),
             steps: HostCounter::new(device),
             num_features: c,
             momentum: self.momentum,

@@ -1,4 +1,5 @@
-use burn::module::{Param, RunningState};
+use bnorm_core::AveragedState;
+use burn::module::Param;
 use burn::nn::conv::{Conv1d, Conv2d, Conv3d};
 use burn::nn::{BatchNorm, Linear};
 
@@ -37,9 +38,9 @@ impl BatchRenorm {
         let mut layer = config.clone().with_affine(true).init(&device);
         layer.gamma = Some(Param::from_tensor(bn.gamma.val().detach()));
         layer.beta = Some(Param::from_tensor(bn.beta.val().detach()));
-        layer.running_mean = RunningState::new(bn.running_mean.value_sync());
+        layer.running_mean = AveragedState::new(bn.running_mean.value_sync());
         layer.running_std =
-            RunningState::new(bn.running_var.value_sync().add_scalar(bn.epsilon).sqrt());
+            AveragedState::new(bn.running_var.value_sync().add_scalar(bn.epsilon).sqrt());
         layer.steps = HostCounter::at(step as f64, &device);
         Ok(layer)
     }

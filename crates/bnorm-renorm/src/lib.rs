@@ -25,6 +25,7 @@ mod convert;
 
 pub use batch_renorm::BatchRenorm;
 pub use bnorm_core::{
-    CheckpointError, EpsPlacement, HostCounter, InferenceAffine, RecordShapeError, Schedule,
+    AveragedState, CheckpointError, EpsPlacement, HostCounter, InferenceAffine, RecordShapeError,
+    Schedule,
 };
 pub use config::BatchRenormConfig;
