@@ -10,26 +10,26 @@ mod common;
 
 use bnorm::BatchRenormConfig;
 use burn::nn::BatchNormConfig;
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Tensor};
+use burn::tensor::Device;
 use common::{print_ratios, settle, shape_name, shapes, train_step};
 use criterion::{BenchmarkId, Criterion};
 
-fn bench_backend<B: AutodiffBackend>(
+fn bench_backend(
     c: &mut Criterion,
     backend: &str,
-    device: &B::Device,
+    device: &Device,
 ) -> Vec<String> {
     let mut groups = Vec::new();
     for shape in shapes() {
         let name = format!("brn-{backend}-{}", shape_name(shape));
         let mut group = c.benchmark_group(&name);
-        let x = Tensor::<B, 4>::random(shape, Distribution::Normal(0.5, 2.0), device);
-        let bn = BatchNormConfig::new(shape[1]).init::<B>(device);
+        let x = Tensor::<4>::random(shape, Distribution::Normal(0.5, 2.0), device);
+        let bn = BatchNormConfig::new(shape[1]).init(device);
         // Late in the schedule: r and d clip, the full BRN path runs.
         let brn = BatchRenormConfig::new(shape[1])
             .with_steps_compressed_to(1)
-            .init::<B>(device);
+            .init(device);
         let bn_step = || train_step(&x, |x| bn.forward(x));
         let brn_step = || train_step(&x, |x| brn.forward(x));
         settle(&format!("{name}/BatchNorm"), bn_step);

@@ -17,8 +17,8 @@ mod common;
 use bnorm::{Conv3dCbnConfig, CrossIterBatchNormConfig};
 use burn::nn::conv::Conv3dConfig;
 use burn::nn::{BatchNormConfig, PaddingConfig3d};
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Distribution, Tensor};
+use burn::tensor::Device;
 use common::{print_ratios, selected, settle, shape_name, train_step};
 use criterion::{BenchmarkId, Criterion};
 
@@ -27,29 +27,29 @@ use criterion::{BenchmarkId, Criterion};
 /// operation, not arithmetic, decides.
 const VOLUMES: [[usize; 5]; 3] = [[1, 16, 32, 32, 32], [2, 32, 16, 16, 16], [1, 8, 8, 8, 8]];
 
-fn bench_backend<B: AutodiffBackend>(
+fn bench_backend(
     c: &mut Criterion,
     backend: &str,
-    device: &B::Device,
+    device: &Device,
 ) -> Vec<String> {
     let mut groups = Vec::new();
     for shape in selected(&VOLUMES) {
         let channels = shape[1];
         let name = format!("cbn3d-{backend}-{}", shape_name(shape));
         let mut group = c.benchmark_group(&name);
-        let x = Tensor::<B, 5>::random(shape, Distribution::Normal(0.0, 1.0), device);
+        let x = Tensor::<5>::random(shape, Distribution::Normal(0.0, 1.0), device);
         let padding = PaddingConfig3d::Explicit(1, 1, 1);
         let conv = Conv3dConfig::new([channels, channels], [3, 3, 3])
             .with_padding(padding.clone())
             .with_bias(false)
-            .init::<B>(device);
-        let bn = BatchNormConfig::new(channels).init::<B>(device);
+            .init(device);
+        let bn = BatchNormConfig::new(channels).init(device);
         let cbn_with = |window: usize| {
             Conv3dCbnConfig::new([channels, channels], [3, 3, 3])
                 .with_padding(padding.clone())
                 .with_bias(false)
                 .with_norm(CrossIterBatchNormConfig::new(0).with_window(window))
-                .init::<B>(device)
+                .init(device)
         };
         // Window 1 is plain BatchNorm statistics through the same layer
         // (no history, no Jacobians): `k1 / Conv3d+BatchNorm` is the

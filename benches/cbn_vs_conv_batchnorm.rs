@@ -24,35 +24,35 @@ use bnorm::core::{conv2d_moment_jacobians_in_bands, Conv2dGeometry};
 use bnorm::{Conv2dCbnConfig, CrossIterBatchNormConfig};
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::{BatchNormConfig, PaddingConfig2d};
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::Device;
 use burn::tensor::{Distribution, Tensor};
 use common::{print_ratios, settle, shape_name, shapes, train_step};
 use criterion::{BenchmarkId, Criterion};
 
-fn bench_backend<B: AutodiffBackend>(
+fn bench_backend(
     c: &mut Criterion,
     backend: &str,
-    device: &B::Device,
+    device: &Device,
 ) -> Vec<String> {
     let mut groups = Vec::new();
     for shape in shapes() {
         let channels = shape[1];
         let name = format!("cbn-{backend}-{}", shape_name(shape));
         let mut group = c.benchmark_group(&name);
-        let x = Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), device);
+        let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), device);
         let padding = PaddingConfig2d::Explicit(1, 1, 1, 1);
         let conv = Conv2dConfig::new([channels, channels], [3, 3])
             .with_padding(padding.clone())
             .with_bias(false)
-            .init::<B>(device);
-        let bn = BatchNormConfig::new(channels).init::<B>(device);
+            .init(device);
+        let bn = BatchNormConfig::new(channels).init(device);
         // The layer under test with a given normalization, all else equal.
         let cbn_with = |norm: CrossIterBatchNormConfig| {
             Conv2dCbnConfig::new([channels, channels], [3, 3])
                 .with_padding(padding.clone())
                 .with_bias(false)
                 .with_norm(norm)
-                .init::<B>(device)
+                .init(device)
         };
         let window = |k: usize| CrossIterBatchNormConfig::new(0).with_window(k);
         // The breakdown: window 1 is plain BatchNorm statistics through the
@@ -115,9 +115,9 @@ fn bench_backend<B: AutodiffBackend>(
             // experiment for GPUs, where the weight-gradient GEMM's few
             // output tiles may leave most cores idle).
             let values = (x.clone().inner(), conv.forward(x.clone()).inner());
-            let on_inner = || jacobians_step::<B>(&values, 1);
-            let in_4_bands = || jacobians_step::<B>(&values, 4);
-            let in_16_bands = || jacobians_step::<B>(&values, 16);
+            let on_inner = || jacobians_step(&values, 1);
+            let in_4_bands = || jacobians_step(&values, 4);
+            let in_16_bands = || jacobians_step(&values, 16);
             for (label, work) in [
                 ("Jacobians-inner", &on_inner as &dyn Fn()),
                 ("Jacobians-inner-4-bands", &in_4_bands),
@@ -163,17 +163,12 @@ const CONV_GEOMETRY: Conv2dGeometry = Conv2dGeometry {
     groups: 1,
 };
 
-/// The Jacobians of the bench's conv (3x3, padding 1, `C -> C`) on `E`,
-/// from the conv's input and output values, `Q` in `bands` bands.
-fn jacobians_step<E: AutodiffBackend>(
-    (x, y): &(Tensor<E::InnerBackend, 4>, Tensor<E::InnerBackend, 4>),
-    bands: usize,
-) {
+/// The Jacobians of the bench's conv (3x3, padding 1, `C -> C`) on the
+/// autodiff device, from the conv's input and output values, `Q` in
+/// `bands` bands.
+fn jacobians_step((x, y): &(Tensor<4>, Tensor<4>), bands: usize) {
     let channels = x.dims()[1];
-    let (x, y) = (
-        Tensor::<E, 4>::from_inner(x.clone()),
-        Tensor::<E, 4>::from_inner(y.clone()),
-    );
+    let (x, y) = (x.clone().autodiff(), y.clone().autodiff());
     let jacobians =
         conv2d_moment_jacobians_in_bands(x, y, [channels, channels, 3, 3], CONV_GEOMETRY, bands);
     let _ = jacobians.mean_sq.into_data();
@@ -181,7 +176,7 @@ fn jacobians_step<E: AutodiffBackend>(
 
 /// One weight-gradient convolution of the bench's conv (3x3, padding 1),
 /// input `x`, output gradient `grad` (any number of channels), read back.
-fn weight_gradient<I: Backend>(x: &Tensor<I, 4>, grad: Tensor<I, 4>) {
+fn weight_gradient(x: &Tensor<4>, grad: Tensor<4>) {
     let [_, c_in, _, _] = x.dims();
     let c_out = grad.dims()[1];
     let gradient = conv2d_weight_gradient(x.clone(), grad, [c_out, c_in, 3, 3], CONV_GEOMETRY);

@@ -6,21 +6,19 @@
 //! ```
 
 use bnorm::{BatchRenorm, BatchRenormConfig, Conv2dCbn, CrossIterBatchNormConfig};
-use burn::backend::NdArray;
 use burn::module::{Param, RunningState};
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::{BatchNormConfig, PaddingConfig2d};
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{Device, Distribution, Tensor};
 
 fn main() {
-    type B = NdArray;
-    let device = Default::default();
+    let device = Device::flex();
     // Stand-in for a pretrained conv + BatchNorm pair (in practice: loaded
     // from your checkpoint with `load_record`).
     let conv = Conv2dConfig::new([3, 8], [3, 3])
         .with_padding(PaddingConfig2d::Same)
-        .init::<B>(&device);
-    let mut bn = BatchNormConfig::new(8).init::<B>(&device);
+        .init(&device);
+    let mut bn = BatchNormConfig::new(8).init(&device);
     bn.gamma = Param::from_tensor(Tensor::random(
         [8],
         Distribution::Uniform(0.5, 1.5),
@@ -41,7 +39,7 @@ fn main() {
         Distribution::Uniform(0.2, 3.0),
         &device,
     ));
-    let x = Tensor::<B, 4>::random([2, 3, 16, 16], Distribution::Normal(0.0, 1.0), &device);
+    let x = Tensor::<4>::random([2, 3, 16, 16], Distribution::Normal(0.0, 1.0), &device);
     let before = bn.forward(conv.forward(x.clone()));
 
     // BatchNorm -> BatchRenorm, starting the rmax/dmax schedule at step 0.
@@ -59,7 +57,7 @@ fn main() {
             .expect("channel counts match");
     let after_cbn = cbn.forward(x);
 
-    let diff = |a: Tensor<B, 4>| before.clone().sub(a).abs().max().into_scalar();
+    let diff = |a: Tensor<4>| before.clone().sub(a).abs().max().into_scalar::<f32>();
     println!(
         "max |BatchNorm - BatchRenorm| in eval: {:e}",
         diff(after_brn)

@@ -10,10 +10,9 @@ use std::path::Path;
 
 use bnorm::pytorch::StateDict;
 use bnorm::{BatchRenormConfig, Conv2dCbnConfig, CrossIterBatchNormConfig, EpsPlacement};
-use burn::backend::NdArray;
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::PaddingConfig2d;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 
 fn json_tensor(value: &serde_json::Value) -> TensorData {
     let shape: Vec<usize> = serde_json::from_value(value["shape"].clone()).unwrap();
@@ -22,8 +21,7 @@ fn json_tensor(value: &serde_json::Value) -> TensorData {
 }
 
 fn main() {
-    type B = NdArray;
-    let device = Default::default();
+    let device = Device::flex();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/torch");
     let case = |name: &str| -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{name}.json"))).unwrap())
@@ -35,7 +33,7 @@ fn main() {
     let dict = StateDict::open(dir.join("brn2d_after_conv.pt")).unwrap_or_else(|e| panic!("{e}"));
     println!("brn2d_after_conv.pt keys: {:?}", dict.keys());
     let conv = dict
-        .conv2d::<B>(
+        .conv2d(
             "conv.",
             &Conv2dConfig::new([3, 4], [3, 3])
                 .with_padding(padding.clone())
@@ -44,7 +42,7 @@ fn main() {
         )
         .unwrap_or_else(|e| panic!("{e}"));
     let brn = dict
-        .batch_renorm::<B>(
+        .batch_renorm(
             "norm.",
             &BatchRenormConfig::new(4).with_eps_placement(EpsPlacement::OnStd),
             &device,
@@ -52,11 +50,11 @@ fn main() {
         .unwrap_or_else(|e| panic!("{e}"));
     let reference = case("brn2d_after_conv");
     let y = brn.forward(conv.forward(Tensor::from_data(json_tensor(&reference["input"]), &device)));
-    let expected = Tensor::<B, 4>::from_data(json_tensor(&reference["eval_output"]), &device);
+    let expected = Tensor::<4>::from_data(json_tensor(&reference["eval_output"]), &device);
     println!(
         "BatchRenorm2d (step {}): max |ours - reference| = {:e}",
         brn.step(),
-        y.sub(expected).abs().max().into_scalar()
+        y.sub(expected).abs().max().into_scalar::<f32>()
     );
 
     // Howal/Cross-iterationBatchNorm: conv.weight + norm.{weight,bias,running_mean,running_var}
@@ -66,13 +64,13 @@ fn main() {
         .with_bias(false)
         .with_norm(CrossIterBatchNormConfig::new(0).with_window(4).reference());
     let block = dict
-        .conv2d_cbn::<B>("conv.", "norm.", &config, &device)
+        .conv2d_cbn("conv.", "norm.", &config, &device)
         .unwrap_or_else(|e| panic!("{e}"));
     let reference = case("cbn2d_after_conv");
     let y = block.forward(Tensor::from_data(json_tensor(&reference["input"]), &device));
-    let expected = Tensor::<B, 4>::from_data(json_tensor(&reference["eval_output"]), &device);
+    let expected = Tensor::<4>::from_data(json_tensor(&reference["eval_output"]), &device);
     println!(
         "CBatchNorm2d: max |ours - reference| = {:e}",
-        y.sub(expected).abs().max().into_scalar()
+        y.sub(expected).abs().max().into_scalar::<f32>()
     );
 }

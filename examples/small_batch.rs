@@ -18,11 +18,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use burn::backend::{Autodiff, NdArray};
 use digits::model::{Norm, CBN_BURN_IN, CBN_WINDOW};
 use digits::report::{csv, markdown_table, svg_plot, RunResult};
 use digits::train::{steps_per_epoch, train_and_evaluate, RunConfig, Sampling};
-use digits::Digits;
+use digits::{training_device, Digits, DEVICE_NAMES};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 const HELP: &str = "\
@@ -51,6 +50,7 @@ FLAGS:
                                                                               [default: iid,paired]
   --out DIR             where results.md, results.csv and accuracy.svg go     [default: target/small_batch]
   --jobs N              runs trained in parallel                              [default: CPU cores]
+  --device NAME         flex or ndarray (CPU), wgpu (with --features wgpu)     [default: flex]
   --quick               2 epochs, 1 seed, batch sizes 1,2,32: under a minute on 2 cores
   --help                this text
 ";
@@ -65,6 +65,7 @@ struct Options {
     jobs: usize,
     idx: Option<(PathBuf, PathBuf)>,
     idx_test: Option<(PathBuf, PathBuf)>,
+    device: String,
 }
 
 fn fail(message: &str) -> ! {
@@ -108,6 +109,7 @@ fn parse_args() -> Options {
             .unwrap_or(1),
         idx: None,
         idx_test: None,
+        device: "flex".to_string(),
     };
     let (mut images, mut labels, mut test_images, mut test_labels) = (None, None, None, None);
     let mut args = std::env::args().skip(1);
@@ -150,6 +152,7 @@ fn parse_args() -> Options {
                 )
             }
             "--out" => opts.out = PathBuf::from(value()),
+            "--device" => opts.device = value(),
             "--quick" => {
                 opts.epochs = 2;
                 opts.seeds = 1;
@@ -205,6 +208,12 @@ fn load(opts: &Options) -> (Digits, Digits, String) {
 
 fn main() {
     let opts = parse_args();
+    let device = training_device(&opts.device).unwrap_or_else(|| {
+        fail(&format!(
+            "unknown device {:?} (one of: {DEVICE_NAMES})",
+            opts.device
+        ))
+    });
     let (train, test, source) = load(&opts);
     let mut jobs = VecDeque::new();
     for &norm in &opts.norms {
@@ -273,11 +282,11 @@ fn main() {
                     cfg.seed
                 ));
                 let start = Instant::now();
-                let accuracy = train_and_evaluate::<Autodiff<NdArray>>(
+                let accuracy = train_and_evaluate(
                     &cfg,
                     &train,
                     &test,
-                    &Default::default(),
+                    &device,
                     |step, _, loss| {
                         if step % 20 == 0 {
                             bar.set_position(step as u64);

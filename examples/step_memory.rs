@@ -24,12 +24,9 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use bnorm::{BatchRenormConfig, Conv2dCbnConfig, CrossIterBatchNormConfig};
-use burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing;
-use burn::backend::{Autodiff, NdArray};
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::{BatchNormConfig, PaddingConfig2d};
-use burn::tensor::backend::AutodiffBackend;
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{Device, Distribution, Tensor};
 
 /// The system allocator, counting the bytes it holds and their peak.
 struct Counting;
@@ -84,9 +81,9 @@ static ALLOCATOR: Counting = Counting;
 /// forward on `x`, tracked, backward of the output's sum, the input
 /// gradient read back) beyond those held before it, in the forward pass
 /// and in the whole step, and the bytes held after the forward pass.
-fn step_peak<B: AutodiffBackend>(
-    x: &Tensor<B, 4>,
-    forward: impl FnOnce(Tensor<B, 4>) -> Tensor<B, 4>,
+fn step_peak(
+    x: &Tensor<4>,
+    forward: impl FnOnce(Tensor<4>) -> Tensor<4>,
 ) -> Peaks {
     let before = HELD.load(Relaxed);
     PEAK.store(before, Relaxed);
@@ -119,10 +116,10 @@ struct Peaks {
 
 /// `step_peak` of the layer's step after `warm_up` steps (a full window),
 /// the largest of two measured steps.
-fn measured<B: AutodiffBackend>(
-    x: &Tensor<B, 4>,
+fn measured(
+    x: &Tensor<4>,
     warm_up: usize,
-    forward: impl Fn(Tensor<B, 4>) -> Tensor<B, 4>,
+    forward: impl Fn(Tensor<4>) -> Tensor<4>,
 ) -> Peaks {
     for _ in 0..warm_up {
         step_peak(x, &forward);
@@ -132,23 +129,22 @@ fn measured<B: AutodiffBackend>(
 
 /// The rows for one shape on backend `B`: (label, peaks), each candidate
 /// after its baseline.
-fn layer_rows<B: AutodiffBackend>(shape: [usize; 4], label: &str) -> Vec<(String, Peaks)> {
-    let device = Default::default();
+fn layer_rows(shape: [usize; 4], label: &str, device: Device) -> Vec<(String, Peaks)> {
     let channels = shape[1];
-    let x = Tensor::<B, 4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
-    let bn = BatchNormConfig::new(channels).init::<B>(&device);
-    let brn = BatchRenormConfig::new(channels).init::<B>(&device);
+    let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+    let bn = BatchNormConfig::new(channels).init(&device);
+    let brn = BatchRenormConfig::new(channels).init(&device);
     let padding = PaddingConfig2d::Explicit(1, 1, 1, 1);
     let conv = Conv2dConfig::new([channels, channels], [3, 3])
         .with_padding(padding.clone())
         .with_bias(false)
-        .init::<B>(&device);
+        .init(&device);
     let cbn = |window: usize| {
         Conv2dCbnConfig::new([channels, channels], [3, 3])
             .with_padding(padding.clone())
             .with_bias(false)
             .with_norm(CrossIterBatchNormConfig::new(0).with_window(window))
-            .init::<B>(&device)
+            .init(&device)
     };
     let (cbn_1, cbn_8) = (cbn(1), cbn(8));
     // Four blocks in a row, as in a network: what each keeps for the
@@ -158,7 +154,7 @@ fn layer_rows<B: AutodiffBackend>(shape: [usize; 4], label: &str) -> Vec<(String
         .map(|_| {
             (
                 conv.clone(),
-                BatchNormConfig::new(channels).init::<B>(&device),
+                BatchNormConfig::new(channels).init(&device),
             )
         })
         .collect();
@@ -204,10 +200,13 @@ fn main() {
     println!("in input sizes (N*C*H*W float32 values), and against burn's layer:");
     for shape in shapes {
         let input_bytes = shape.iter().product::<usize>() * size_of::<f32>();
-        let mut rows = layer_rows::<Autodiff<NdArray>>(shape, "");
-        rows.extend(layer_rows::<Autodiff<NdArray, BalancedCheckpointing>>(
+        #[allow(deprecated)]
+        let device = Device::ndarray().autodiff();
+        let mut rows = layer_rows(shape, "", device.clone());
+        rows.extend(layer_rows(
             shape,
-            ", balanced checkpointing",
+            ", gradient checkpointing",
+            device.gradient_checkpointing(),
         ));
         println!();
         println!("input {}", bench_common::shape_name(shape));

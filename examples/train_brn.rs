@@ -7,10 +7,10 @@
 
 mod digits;
 
+use burn::tensor::Device;
 use std::path::Path;
 use std::time::Instant;
 
-use burn::backend::{Autodiff, NdArray};
 use digits::model::Norm;
 use digits::train::{train_and_evaluate, RunConfig, Sampling};
 use digits::Digits;
@@ -25,7 +25,7 @@ fn main() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     let (train, test) = data.split(0);
-    let device = Default::default();
+    let device = Device::flex().autodiff();
     println!(
         "UCI optical digits: {} train / {} test images, batch size 2, {epochs} epochs",
         train.len(),
@@ -42,7 +42,7 @@ fn main() {
                 seed: 1,
             };
             let acc =
-                train_and_evaluate::<Autodiff<NdArray>>(&cfg, &train, &test, &device, |_, _, _| {});
+                train_and_evaluate(&cfg, &train, &test, &device, |_, _, _| {});
             println!(
                 "{:<12} {:<7} test accuracy {acc:5.1}%  ({:.1}s)",
                 norm.name(),

@@ -12,7 +12,7 @@ use bnorm::core::jacobian::{
 use bnorm::core::moments::{bessel, channel_mean, moments, values_per_channel};
 use bnorm::core::window::{window_statistics, WindowHistory};
 use bnorm::{
-    BurnInMode, CheckpointError, Conv2dCbn, Conv2dCbnConfig, CrossIterBatchNormConfig,
+    BurnInMode, Conv2dCbn, Conv2dCbnConfig, CrossIterBatchNormConfig,
     EpsPlacement, LinearCbn, LinearCbnConfig,
 };
 use bnorm_crossiter::RunningStatistics;
@@ -126,7 +126,6 @@ fn autodiff_moment_grads(
 /// one weight-gradient convolution of all bands against all; with groups
 /// the bands are ignored) and checked the same way.
 fn conv_jacobians(device: &Device) {
-    let inner = &device.clone().inner();
     for (i, case) in CONV_CASES.iter().enumerate() {
         let &(cin, cout, k, stride, padding, dilation, groups, bias) = case;
         let (auto_dmu, auto_dnu) = autodiff_moment_grads(i, case, &common::baseline());

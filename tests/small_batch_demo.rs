@@ -3,7 +3,7 @@
 //! reads what it should and rejects what it should not.
 //!
 //! A test binary of its own (not in `suite`): the training test checks that
-//! a seed reproduces a run, and the run's weights come from burn-ndarray's
+//! a seed reproduces a run, and the run's weights come from the backend's
 //! one global generator, which every other test drawing weights in the same
 //! process would advance in between (a CI run of the suite failed so). No
 //! other test here draws from it: their data comes from the host.
@@ -11,12 +11,10 @@
 #[path = "../examples/digits/mod.rs"]
 mod digits;
 
-use burn::backend::{Autodiff, NdArray};
 use burn::module::Param;
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::PaddingConfig2d;
-use burn::tensor::{Tensor, TensorData};
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor, TensorData};
 use digits::conv::conv2d_im2col;
 use digits::idx::{load_idx, write_idx, IdxData};
 use digits::model::Norm;
@@ -62,11 +60,11 @@ fn training_loop_runs_every_normalization() {
             };
             let mut steps = 0;
             let run = |steps: &mut usize| {
-                train_and_evaluate::<Autodiff<NdArray>>(
+                train_and_evaluate(
                     &cfg,
                     &train,
                     &test,
-                    &Default::default(),
+                    &Device::flex().autodiff(),
                     |_, _, _| *steps += 1,
                 )
             };
@@ -93,11 +91,11 @@ fn training_loop_runs_every_normalization() {
         sampling: Sampling::Iid,
         seed: 1,
     };
-    let acc = train_and_evaluate::<Autodiff<NdArray>>(
+    let acc = train_and_evaluate(
         &cfg,
         &tiny_digits(12, 8),
         &test,
-        &Default::default(),
+        &Device::flex().autodiff(),
         |_, _, _| {},
     );
     assert!(acc.is_finite());
@@ -108,8 +106,7 @@ fn training_loop_runs_every_normalization() {
 /// 1e-5 relative), for a non-square input with bias and asymmetric padding.
 #[test]
 fn im2col_conv_equals_burn_conv2d() {
-    type B = Autodiff<NdArray>;
-    let device = common::baseline();
+    let device = Device::flex().autodiff();
     let mut conv = Conv2dConfig::new([3, 5], [3, 3])
         .with_padding(PaddingConfig2d::Explicit(1, 0, 2, 1))
         .init(&device);
@@ -156,8 +153,8 @@ fn im2col_conv_equals_burn_conv2d() {
 fn host_uniform<const D: usize>(
     shape: [usize; D],
     seed: u64,
-    device: &burn::tensor::Device<NdArray>,
-) -> Tensor<Autodiff<NdArray>, D> {
+    device: &Device,
+) -> Tensor<D> {
     let mut rng = SplitMix64(seed);
     let n = shape.iter().product();
     let values: Vec<f32> = (0..n)

@@ -6,7 +6,6 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::Tensor;
 
 /// `[N, C, H, W]` shapes every comparison runs on: the design card's three,
@@ -86,9 +85,9 @@ pub fn criterion(sample_size: usize, measurement_secs: u64) -> criterion::Criter
 
 /// One training step as the benches time it: `forward` on `x`, backward,
 /// and a read of the input gradient's sum, which waits for the device.
-pub fn train_step<B: AutodiffBackend, const D: usize>(
-    x: &Tensor<B, D>,
-    forward: impl FnOnce(Tensor<B, D>) -> Tensor<B, D>,
+pub fn train_step<const D: usize>(
+    x: &Tensor<D>,
+    forward: impl FnOnce(Tensor<D>) -> Tensor<D>,
 ) {
     let x = x.clone().require_grad();
     let grads = forward(x.clone()).sum().backward();
@@ -131,12 +130,23 @@ pub fn settle(label: &str, mut step: impl FnMut()) {
     );
 }
 
-/// Whether to run `backend` ("ndarray", "cuda"): `BNORM_BENCH_BACKENDS` is a
-/// comma-separated list (default: every compiled backend).
+/// Whether to run `backend` ("ndarray", "flex"): `BNORM_BENCH_BACKENDS` is
+/// a comma-separated list (default: both).
 pub fn wants(backend: &str) -> bool {
     std::env::var("BNORM_BENCH_BACKENDS")
         .map(|list| list.split(',').any(|b| b.trim() == backend))
         .unwrap_or(true)
+}
+
+/// The autodiff device a bench named `name` ("ndarray", "flex") runs on.
+pub fn bench_device(name: &str) -> burn::tensor::Device {
+    let device = match name {
+        #[allow(deprecated)]
+        "ndarray" => burn::tensor::Device::ndarray(),
+        "flex" => burn::tensor::Device::flex(),
+        other => panic!("unknown bench backend {other:?} (ndarray, flex)"),
+    };
+    device.autodiff()
 }
 
 /// Mean time in nanoseconds criterion estimated for `group/function`.
@@ -169,7 +179,7 @@ pub fn print_ratios(title: &str, groups: &[String], baseline: &str, candidate: &
     }
 }
 
-/// A comparison bench's `main`: `$bench::<B>(&mut criterion, backend,
+/// A comparison bench's `main`: `$bench(&mut criterion, backend,
 /// &device) -> Vec<String>` (its criterion groups) on ndarray and, with the
 /// `cuda` feature, on CUDA (each as [`wants`] allows), then
 /// `$summary(backend_title, &groups)` for each.
@@ -178,29 +188,17 @@ macro_rules! comparison_main {
     ($samples:expr, $seconds:expr, $bench:ident, $summary:ident) => {
         fn main() {
             let mut c = common::criterion($samples, $seconds);
-            let groups = if common::wants("ndarray") {
-                $bench::<burn::backend::Autodiff<burn::backend::NdArray>>(
-                    &mut c,
-                    "ndarray",
-                    &Default::default(),
-                )
-            } else {
-                Vec::new()
-            };
-            #[cfg(feature = "cuda")]
-            let cuda_groups = if common::wants("cuda") {
-                $bench::<burn::backend::Autodiff<burn::backend::Cuda>>(
-                    &mut c,
-                    "cuda",
-                    &bnorm::cuda::device_or_explain(0),
-                )
-            } else {
-                Vec::new()
-            };
+            let mut summaries = Vec::new();
+            for name in ["ndarray", "flex"] {
+                if common::wants(name) {
+                    let device = common::bench_device(name);
+                    summaries.push((name, $bench(&mut c, name, &device)));
+                }
+            }
             c.final_summary();
-            $summary("ndarray", &groups);
-            #[cfg(feature = "cuda")]
-            $summary("CUDA", &cuda_groups);
+            for (name, groups) in &summaries {
+                $summary(name, groups);
+            }
         }
     };
 }

@@ -12,7 +12,7 @@
 use burn::nn::conv::Conv2d;
 use burn::nn::PaddingConfig2d;
 use burn::tensor::ops::PadMode;
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{Tensor};
 
 /// `conv.forward(x)` for a `Conv2d` with stride 1, dilation 1, one group and
 /// explicit padding (the demo's 3x3 convs).
@@ -20,7 +20,7 @@ use burn::tensor::{backend::Backend, Tensor};
 /// # Panics
 ///
 /// If `conv` has another stride, dilation, groups or padding kind.
-pub fn conv2d_im2col<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+pub fn conv2d_im2col(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     assert!(
         conv.stride == [1, 1] && conv.dilation == [1, 1] && conv.groups == 1,
         "conv2d_im2col handles stride 1, dilation 1, groups 1; got stride {:?}, dilation {:?}, groups {}",

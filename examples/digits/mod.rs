@@ -11,6 +11,24 @@ pub mod train;
 use std::io::Read;
 use std::path::Path;
 
+use burn::tensor::Device;
+
+/// The backends the examples train on, by name (`--device`).
+pub const DEVICE_NAMES: &str = "flex, ndarray (CPU), wgpu (with `--features wgpu`)";
+
+/// The autodiff device called `name` (see [`DEVICE_NAMES`]), or `None`.
+pub fn training_device(name: &str) -> Option<Device> {
+    let device = match name {
+        "flex" => Device::flex(),
+        #[allow(deprecated)]
+        "ndarray" => Device::ndarray(),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => bnorm::wgpu::device_or_explain(),
+        _ => return None,
+    };
+    Some(device.autodiff())
+}
+
 /// Grayscale images (`[1, rows, cols]` each, row-major, values in
 /// `[0, 1]`) and their labels 0..=9.
 #[derive(Debug, Clone)]

@@ -12,7 +12,8 @@ use burn::nn::{
     BatchNorm, BatchNormConfig, GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d,
 };
 use burn::tensor::activation::relu;
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::Device;
+use burn::tensor::{Tensor};
 
 /// CBN window `k` in the demo: the current iteration and 7 earlier ones.
 pub const CBN_WINDOW: usize = 8;
@@ -73,16 +74,16 @@ impl Norm {
 
 /// A conv followed by one normalization (exactly one of the options is set).
 #[derive(Module, Debug)]
-pub struct Block<B: Backend> {
-    conv: Option<Conv2d<B>>,
-    cbn: Option<Conv2dCbn<B>>,
-    bn: Option<BatchNorm<B>>,
-    brn: Option<BatchRenorm<B>>,
-    gn: Option<GroupNorm<B>>,
+pub struct Block {
+    conv: Option<Conv2d>,
+    cbn: Option<Conv2dCbn>,
+    bn: Option<BatchNorm>,
+    brn: Option<BatchRenorm>,
+    gn: Option<GroupNorm>,
 }
 
-impl<B: Backend> Block<B> {
-    fn new(norm: Norm, channels: [usize; 2], total_steps: usize, device: &B::Device) -> Self {
+impl Block {
+    fn new(norm: Norm, channels: [usize; 2], total_steps: usize, device: &Device) -> Self {
         let padding = PaddingConfig2d::Explicit(1, 1, 1, 1);
         let c = channels[1];
         let cross_iter = matches!(norm, Norm::CrossIter | Norm::CrossIterReference);
@@ -119,7 +120,7 @@ impl<B: Backend> Block<B> {
         }
     }
 
-    fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let Some(conv) = &self.conv else {
             let cbn = self.cbn.as_ref().expect("a conv");
             let y = conv2d_im2col(&cbn.conv, x.clone());
@@ -138,15 +139,15 @@ impl<B: Backend> Block<B> {
 }
 
 #[derive(Module, Debug)]
-pub struct DigitsNet<B: Backend> {
-    blocks: Vec<Block<B>>,
+pub struct DigitsNet {
+    blocks: Vec<Block>,
     pool: MaxPool2d,
-    head: Linear<B>,
+    head: Linear,
 }
 
-impl<B: Backend> DigitsNet<B> {
+impl DigitsNet {
     /// `total_steps` sizes schedules that depend on the run length (BRN's).
-    pub fn new(norm: Norm, total_steps: usize, device: &B::Device) -> Self {
+    pub fn new(norm: Norm, total_steps: usize, device: &Device) -> Self {
         DigitsNet {
             blocks: vec![
                 Block::new(norm, [1, 16], total_steps, device),
@@ -159,7 +160,7 @@ impl<B: Backend> DigitsNet<B> {
     }
 
     /// `[N, 1, 8, 8]` images to `[N, 10]` logits.
-    pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 2> {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let x = self.blocks[0].forward(x);
         let x = self.blocks[1].forward(x);
         let x = self.pool.forward(x);

@@ -2,13 +2,13 @@
 //! lr = max(0.1 * batch / 32, 0.01) with cosine decay to 0, evaluation in
 //! inference mode (running statistics).
 
-use burn::module::{AutodiffModule, Module};
+use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, SgdConfig};
-use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::Device;
 
 use super::model::{DigitsNet, Norm};
 use super::{Digits, SplitMix64};
@@ -88,11 +88,11 @@ pub fn steps_per_epoch(data: &Digits, batch: usize, sampling: Sampling) -> usize
     }
 }
 
-pub fn images<B: burn::tensor::backend::Backend>(
+pub fn images(
     data: &Digits,
     idx: &[usize],
-    device: &B::Device,
-) -> Tensor<B, 4> {
+    device: &Device,
+) -> Tensor<4> {
     let values: Vec<f32> = idx
         .iter()
         .flat_map(|&i| data.images[i].iter().copied())
@@ -103,34 +103,34 @@ pub fn images<B: burn::tensor::backend::Backend>(
     )
 }
 
-pub fn labels<B: burn::tensor::backend::Backend>(
+pub fn labels(
     data: &Digits,
     idx: &[usize],
-    device: &B::Device,
-) -> Tensor<B, 1, Int> {
+    device: &Device,
+) -> Tensor<1, Int> {
     let values: Vec<i64> = idx.iter().map(|&i| data.labels[i] as i64).collect();
     Tensor::from_data(TensorData::new(values, [idx.len()]), device)
 }
 
 /// Trains one model and returns its test accuracy in percent. `on_step`
 /// is called after every step with (step, total, loss).
-pub fn train_and_evaluate<B: AutodiffBackend>(
+pub fn train_and_evaluate(
     cfg: &RunConfig,
     train: &Digits,
     test: &Digits,
-    device: &B::Device,
+    device: &Device,
     mut on_step: impl FnMut(usize, usize, f32),
 ) -> f64 {
     let per_epoch = steps_per_epoch(train, cfg.batch_size, cfg.sampling);
     let total = per_epoch * cfg.epochs;
-    let mut model = seeded_model::<B>(cfg, total, device);
+    let mut model = seeded_model(cfg, total, device);
     let mut optim = SgdConfig::new()
         // PyTorch's SGD momentum: burn's default dampening is 0.1.
         .with_momentum(Some(
             MomentumConfig::new().with_momentum(0.9).with_dampening(0.0),
         ))
         .with_weight_decay(Some(WeightDecayConfig::new(5e-4)))
-        .init::<B, DigitsNet<B>>();
+        .init();
     let base_lr = (0.1 * cfg.batch_size as f64 / 32.0).max(0.01);
     let loss_fn = CrossEntropyLossConfig::new().init(device);
     let mut rng = SplitMix64(cfg.seed ^ 0x5EED);
@@ -139,10 +139,10 @@ pub fn train_and_evaluate<B: AutodiffBackend>(
         for batch in epoch_batches(train, cfg.batch_size, cfg.sampling, &mut rng) {
             let lr =
                 base_lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos());
-            let logits = model.forward(images::<B>(train, &batch, device));
-            let loss = loss_fn.forward(logits, labels::<B>(train, &batch, device));
+            let logits = model.forward(images(train, &batch, device));
+            let loss = loss_fn.forward(logits, labels(train, &batch, device));
             let loss_value = if step % 50 == 0 {
-                loss.clone().into_scalar().elem::<f32>()
+                loss.clone().into_scalar::<f32>()
             } else {
                 f32::NAN
             };
@@ -152,7 +152,7 @@ pub fn train_and_evaluate<B: AutodiffBackend>(
             on_step(step, total, loss_value);
         }
     }
-    evaluate(&model.valid(), test, device)
+    evaluate(&model.valid(), test, &device.clone().inner())
 }
 
 /// The model for `cfg`, its weights drawn from `cfg.seed`.
@@ -160,36 +160,35 @@ pub fn train_and_evaluate<B: AutodiffBackend>(
 /// burn's seed is global to the backend and parameters are drawn lazily at
 /// first use, so runs training in parallel would interleave their draws:
 /// the draws happen here, under a lock, by materializing the record.
-fn seeded_model<B: AutodiffBackend>(
+fn seeded_model(
     cfg: &RunConfig,
     total_steps: usize,
-    device: &B::Device,
-) -> DigitsNet<B> {
+    device: &Device,
+) -> DigitsNet {
     static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
-    B::seed(device, cfg.seed);
-    let model = DigitsNet::<B>::new(cfg.norm, total_steps, device);
+    device.seed(cfg.seed);
+    let model = DigitsNet::new(cfg.norm, total_steps, device);
     let record = model.clone().into_record();
     model.load_record(record)
 }
 
 /// Accuracy in percent of `model` in inference mode.
-pub fn evaluate<B: burn::tensor::backend::Backend>(
-    model: &DigitsNet<B>,
+pub fn evaluate(
+    model: &DigitsNet,
     test: &Digits,
-    device: &B::Device,
+    device: &Device,
 ) -> f64 {
     let mut correct = 0usize;
     let idx: Vec<usize> = (0..test.len()).collect();
     for chunk in idx.chunks(128) {
         let pred = model
-            .forward(images::<B>(test, chunk, device))
+            .forward(images(test, chunk, device))
             .argmax(1)
             .reshape([chunk.len()]);
-        let truth = labels::<B>(test, chunk, device);
-        correct += pred.equal(truth).int().sum().into_scalar().elem::<i64>() as usize;
+        let truth = labels(test, chunk, device);
+        correct += pred.equal(truth).int().sum().into_scalar::<i64>() as usize;
     }
     100.0 * correct as f64 / test.len() as f64
 }
 
-use burn::tensor::ElementConversion as _;

@@ -5,7 +5,6 @@ use bnorm::{
     Conv1dCbn, Conv2dCbn, Conv3dCbn, CrossIterBatchNorm, CrossIterBatchNormConfig, EpsPlacement,
 };
 use bnorm_crossiter::{PlainVariance, RunningStatistics};
-use bnorm::AveragedState;
 use burn::module::{Module, Param, RunningState};
 use burn::nn::conv::{Conv1d, Conv2d, Conv3d};
 use burn::nn::{BatchNorm, BatchNormConfig};
