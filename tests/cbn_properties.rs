@@ -870,16 +870,12 @@ fn cbn_resume_is_bit_identical(#[case] dev: TestDevice) {
 }
 
 /// `forward_conv_output(x, conv.forward(x))` is `forward(x)`: the same
-/// outputs, gradients and state, bit for bit, through burn-in and a full
-/// window. Bit for bit on ndarray and wgpu; on CUDA within `check_matmul`'s
-/// TF32 tolerance: two H100 runs had the two paths one or two ulp apart
-/// (a weight gradient at step 2 in one, an output at step 4 in the other,
-/// also after running the whole sequence once first to settle autotune and
-/// fusion), so some kernel there does not repeat its rounding from one
-/// launch to the next (which one is not identified; burn-cubecl's
-/// autotuned full `sum`, for one, may add with atomics).
+/// outputs, gradients and state through burn-in and a full window, bit for
+/// bit on the CPU backends; on wgpu within `check_matmul`'s tolerance (a
+/// full wgpu suite run had the two paths apart in one run and not in three
+/// alone: autotune's picks while other tests tune the same shapes).
 fn conv_output_given(device: &Device) {
-    let same = |what: &str, a, b| assert_bits_eq(what, &a, &b);
+    let same = |what: &str, a, b| assert_bits_or_close(device, what, &a, &b);
     let start = materialize(host_seeded(cbn_config().init(device), 11));
     // Loaded into fresh modules: a clone would share the running buffers.
     let direct = cbn_config()
@@ -960,7 +956,10 @@ fn cbn_forward_conv_output_is_forward(#[case] dev: TestDevice) {
 /// recomputing cheap activations in the backward pass instead of keeping
 /// them, for inputs too large for memory) a `Conv2dCbn` trains as under
 /// the default strategy: the same outputs, conv weight gradients and state
-/// over seven steps through burn-in and a full window, bit for bit.
+/// over seven steps through burn-in and a full window, bit for bit on the
+/// CPU backends. On wgpu within `check_matmul`'s tolerance: a recomputed
+/// activation is fused with other operations than a kept one (step 0's
+/// conv weight gradient came out -3.9469812 against -3.9469817).
 fn balanced_checkpointing(device: &Device) {
     let checkpointing = device.clone().gradient_checkpointing();
     let default = host_seeded(cbn_config().init(device), 12);
@@ -970,7 +969,7 @@ fn balanced_checkpointing(device: &Device) {
         (default, forward),
         (balanced, forward),
         [30, 930],
-        |what, a, b| assert_bits_eq(what, &a, &b),
+        |what, a, b| assert_bits_or_close(device, what, &a, &b),
         [device, &checkpointing],
     );
     assert_eq!(balanced.norm.history_len(), 3, "the window filled");

@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use burn::backend::DispatchDevice;
 use burn::tensor::{Bool, Device, Tensor, TensorData};
 use serde::Deserialize;
 
@@ -216,6 +217,30 @@ pub fn check_matmul(
     expected: &[f32],
 ) -> Result<(), String> {
     check_close(what, actual, shape, expected, RTOL, ATOL)
+}
+
+/// Whether `device` runs burn-cubecl's kernels (wgpu): fused, autotuned
+/// kernels whose grouping, and so rounding, depends on the surrounding
+/// operations (a recomputed activation, a conv output handed in rather than
+/// computed in place) and on which kernel autotune has picked so far.
+pub fn is_cube(device: &Device) -> bool {
+    #[allow(deprecated)]
+    let cpu = matches!(
+        device.clone().inner().as_dispatch(),
+        DispatchDevice::NdArray(_) | DispatchDevice::Flex(_)
+    );
+    !cpu
+}
+
+/// `actual` equal to `expected` bit for bit on the CPU backends, within
+/// [`check_matmul`]'s tolerance on wgpu (see [`is_cube`]).
+pub fn assert_bits_or_close(device: &Device, what: &str, actual: &TensorData, expected: &TensorData) {
+    if is_cube(device) {
+        let values: Vec<f32> = expected.try_to_vec::<f32>().unwrap();
+        check_matmul(what, actual, expected.shape(), &values).unwrap();
+    } else {
+        assert_bits_eq(what, actual, expected);
+    }
 }
 
 /// [`check_matmul`] against a fixture tensor.

@@ -45,6 +45,9 @@ pub struct CbnStep<const D: usize> {
 
 /// The statistics a training step normalizes with.
 #[derive(Debug, Clone)]
+// One is built per training step and moved once: boxing the window's
+// terms would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum StepStatistics {
     /// Plain BatchNorm (burn-in, window 1): the batch's mean and biased
     /// variance, times `M / (M - 1)` when `unbiased` (and `M > 1`).

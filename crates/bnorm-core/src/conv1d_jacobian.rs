@@ -53,8 +53,7 @@ impl Conv1dGeometry {
 ///
 /// `x` `[N, C_in, L]` and `y` `[N, C, L']` are used as values (the result
 /// carries no autodiff graph); `weight_dims` is `W`'s shape
-/// `[C, C_in/G, k]`. Runs on the inner backend of `Autodiff<NdArray>` (and
-/// of `Autodiff<Cuda>`, `Autodiff<Wgpu>` with their features), as
+/// `[C, C_in/G, k]`. Runs without autodiff, as
 /// [`crate::conv2d_moment_jacobians`]. The result's `mean` is `[G, F]` and
 /// `mean_sq` `[C, F]` with `F = C_in/G * k`.
 pub fn conv1d_moment_jacobians(

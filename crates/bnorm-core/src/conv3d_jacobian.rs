@@ -49,9 +49,8 @@ impl Conv3dGeometry {
 ///
 /// `x` `[N, C_in, D, H, W]` and `y` `[N, C, D', H', W']` are used as values
 /// (the result carries no autodiff graph); `weight_dims` is `W`'s shape
-/// `[C, C_in/G, kd, kh, kw]`. Runs on the inner backend of
-/// `Autodiff<NdArray>` (and of `Autodiff<Cuda>`, `Autodiff<Wgpu>` with
-/// their features), as [`crate::conv2d_moment_jacobians`]. The result's
+/// `[C, C_in/G, kd, kh, kw]`. Runs without autodiff, as
+/// [`crate::conv2d_moment_jacobians`]. The result's
 /// `mean` is `[G, F]` and `mean_sq` `[C, F]` with `F = C_in/G kd kh kw`.
 pub fn conv3d_moment_jacobians(
     x: Tensor<5>,
@@ -157,9 +156,9 @@ mod tests {
     use burn::tensor::{Distribution, Tensor};
 
 
-    /// On `Autodiff<NdArray>` the 3D Jacobians run on `NdArray`: bit for
-    /// bit the same work through the autodiff wrappers, for a grouped,
-    /// strided, padded, dilated conv and a batch of one.
+    /// On an autodiff device the 3D Jacobians run without autodiff: bit
+    /// for bit the same work through autodiff, for a grouped, strided,
+    /// padded, dilated conv and a batch of one.
     #[test]
     fn inner_backend_conv3d_jacobians_are_bit_identical() {
         let device = crate::test_bits::autodiff_device();

@@ -112,11 +112,10 @@ pub(crate) fn weight_backward<const D: usize>(
 ///
 /// `x` `[N, C_in, H, W]` and `y` `[N, C, H', W']` are used as values (the
 /// result carries no autodiff graph); `weight_dims` is `W`'s shape
-/// `[C, C_in/G, kh, kw]`. On
-/// `Autodiff<NdArray>` and `Autodiff<Cuda>` the work runs on the inner
-/// backend (see `inner`): no autodiff bookkeeping, and `Q` through the
-/// backend's own weight-gradient kernel (on burn-ndarray, which has none,
-/// as one matrix product per kernel tap).
+/// `[C, C_in/G, kh, kw]`. The work runs
+/// without autodiff (see `inner`): no autodiff bookkeeping, and `Q`
+/// through the backend's own weight-gradient kernel (on burn-ndarray,
+/// whose kernel is slow, as one matrix product per kernel tap).
 pub fn conv2d_moment_jacobians(
     x: Tensor<4>,
     y: Tensor<4>,
@@ -689,8 +688,8 @@ mod tests {
         })
     }
 
-    /// On `Autodiff<NdArray>` the Jacobians run on `NdArray` (`inner`):
-    /// bit for bit what the same work gives through the autodiff wrappers,
+    /// On an autodiff device the Jacobians run without autodiff (`inner`):
+    /// bit for bit what the same work gives through autodiff,
     /// for a grouped, strided, asymmetrically padded, dilated conv and for
     /// a linear layer.
     #[test]

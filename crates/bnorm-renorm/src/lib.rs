@@ -7,11 +7,9 @@
 //!
 //! ```
 //! use bnorm_renorm::BatchRenormConfig;
-//! use burn::backend::{Autodiff, NdArray};
-//! use burn::tensor::Tensor;
+//! use burn::tensor::{Device, Tensor};
 //!
-//! type B = Autodiff<NdArray>;
-//! let device = Default::default();
+//! let device = Device::flex().autodiff();
 //! let brn = BatchRenormConfig::new(8).init(&device);
 //! let x = Tensor::<4>::ones([2, 8, 4, 4], &device);
 //! let y = brn.forward(x); // training: batch statistics, running state updated
