@@ -2,8 +2,8 @@
 //! side by side in one run, with the ratios printed at the end.
 //!
 //! ```sh
-//! cargo bench --bench brn_vs_batchnorm                    # ndarray
-//! cargo bench --bench brn_vs_batchnorm --features cuda    # + CUDA
+//! cargo bench --bench brn_vs_batchnorm                              # ndarray and flex
+//! BNORM_BENCH_BACKENDS=flex cargo bench --bench brn_vs_batchnorm    # flex only
 //! ```
 
 mod common;

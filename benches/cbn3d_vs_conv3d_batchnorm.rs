@@ -5,7 +5,6 @@
 //!
 //! ```sh
 //! cargo bench --bench cbn3d_vs_conv3d_batchnorm                    # ndarray
-//! cargo bench --bench cbn3d_vs_conv3d_batchnorm --features cuda    # + CUDA
 //! ```
 //!
 //! `BNORM_BENCH_SHAPES` picks shapes by name (`1x16x32x32x32`; a list of

@@ -3,8 +3,7 @@
 //! printed at the end, with the same layer at window 1 as a breakdown.
 //!
 //! ```sh
-//! cargo bench --bench cbn_vs_conv_batchnorm                    # ndarray
-//! cargo bench --bench cbn_vs_conv_batchnorm --features cuda    # + CUDA
+//! cargo bench --bench cbn_vs_conv_batchnorm                    # ndarray and flex
 //! BNORM_BENCH_WINDOW_PARTS=1 BNORM_BENCH_SHAPES=1x8x8x8 cargo bench --bench cbn_vs_conv_batchnorm
 //! ```
 //!
@@ -106,10 +105,7 @@ fn bench_backend(
         }
         if parts.is_some() {
             // The Jacobians alone (patch sums and the `Q` weight gradient),
-            // on the inner backend as the layer runs them. (A row through
-            // autodiff's wrappers ran them on `Autodiff<_,
-            // BalancedCheckpointing>`, until the dispatch recognised that
-            // too; its numbers are in docs/performance.md.)
+            // without autodiff, as the layer runs them.
             // Then `Q` split into 4 and 16 bands of output rows
             // (`conv2d_moment_jacobians_in_bands`, split-K by hand: an
             // experiment for GPUs, where the weight-gradient GEMM's few

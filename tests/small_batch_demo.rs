@@ -11,11 +11,7 @@
 #[path = "../examples/digits/mod.rs"]
 mod digits;
 
-use burn::module::Param;
-use burn::nn::conv::Conv2dConfig;
-use burn::nn::PaddingConfig2d;
-use burn::tensor::{Device, Tensor, TensorData};
-use digits::conv::conv2d_im2col;
+use burn::tensor::Device;
 use digits::idx::{load_idx, write_idx, IdxData};
 use digits::model::Norm;
 use digits::train::{epoch_batches, train_and_evaluate, RunConfig, Sampling};
@@ -99,68 +95,6 @@ fn training_loop_runs_every_normalization() {
         |_, _, _| {},
     );
     assert!(acc.is_finite());
-}
-
-/// The demo's im2col convolution is burn's `Conv2d`: the same output, input
-/// gradient and weight/bias gradients (float32 sums in another order, so to
-/// 1e-5 relative), for a non-square input with bias and asymmetric padding.
-#[test]
-fn im2col_conv_equals_burn_conv2d() {
-    let device = Device::flex().autodiff();
-    let mut conv = Conv2dConfig::new([3, 5], [3, 3])
-        .with_padding(PaddingConfig2d::Explicit(1, 0, 2, 1))
-        .init(&device);
-    conv.weight = Param::from_tensor(host_uniform([5, 3, 3, 3], 1, &device));
-    conv.bias = Some(Param::from_tensor(host_uniform([5], 2, &device)));
-    let x = host_uniform::<4>([2, 3, 6, 7], 3, &device).require_grad();
-    let direct = conv.forward(x.clone());
-    let im2col = conv2d_im2col(&conv, x.clone());
-    assert_eq!(direct.dims(), im2col.dims());
-    let upstream = host_uniform(direct.dims(), 4, &device);
-    let grads_direct = direct.clone().mul(upstream.clone()).sum().backward();
-    let grads_im2col = im2col.clone().mul(upstream).sum().backward();
-    let close = |what: &str, a: TensorData, b: TensorData| {
-        let (a, b): (Vec<f32>, Vec<f32>) = (a.try_to_vec::<f32>().unwrap(), b.try_to_vec::<f32>().unwrap());
-        assert_eq!(a.len(), b.len(), "{what}");
-        for (i, (u, v)) in a.iter().zip(&b).enumerate() {
-            assert!(
-                (u - v).abs() <= 1e-5 * u.abs().max(1.0),
-                "{what}: element {i}: burn {u} vs im2col {v}"
-            );
-        }
-    };
-    close("output", direct.into_data(), im2col.into_data());
-    close(
-        "input gradient",
-        x.grad(&grads_direct).unwrap().into_data(),
-        x.grad(&grads_im2col).unwrap().into_data(),
-    );
-    close(
-        "weight gradient",
-        conv.weight.grad(&grads_direct).unwrap().into_data(),
-        conv.weight.grad(&grads_im2col).unwrap().into_data(),
-    );
-    let bias = conv.bias.as_ref().unwrap();
-    close(
-        "bias gradient",
-        bias.grad(&grads_direct).unwrap().into_data(),
-        bias.grad(&grads_im2col).unwrap().into_data(),
-    );
-}
-
-/// Values in `[-1, 1)` from the demo's host generator (see the module
-/// docs for why not burn's).
-fn host_uniform<const D: usize>(
-    shape: [usize; D],
-    seed: u64,
-    device: &Device,
-) -> Tensor<D> {
-    let mut rng = SplitMix64(seed);
-    let n = shape.iter().product();
-    let values: Vec<f32> = (0..n)
-        .map(|_| (rng.next_u64() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0)
-        .collect();
-    Tensor::from_data(TensorData::new(values, shape), device)
 }
 
 /// Paired batches: every batch is batch/2 same-class pairs.

@@ -180,10 +180,9 @@ pub fn print_ratios(title: &str, groups: &[String], baseline: &str, candidate: &
 }
 
 /// A comparison bench's `main`: `$bench(&mut criterion, backend,
-/// &device) -> Vec<String>` (its criterion groups) on ndarray and, with the
-/// `cuda` feature, on CUDA (each as [`wants`] allows), then
-/// `$summary(backend_title, &groups)` for each.
-#[allow(unused_macros)] // kernel_count shares this file and has its own main
+/// &device) -> Vec<String>` (its criterion groups) on ndarray and flex
+/// (each as [`wants`] allows), then `$summary(backend, &groups)` for each.
+#[allow(unused_macros)] // step_memory shares this file and has its own main
 macro_rules! comparison_main {
     ($samples:expr, $seconds:expr, $bench:ident, $summary:ident) => {
         fn main() {

@@ -2,7 +2,6 @@
 //! and the small CNN the examples train on them.
 #![allow(dead_code)]
 
-pub mod conv;
 pub mod idx;
 pub mod model;
 pub mod report;

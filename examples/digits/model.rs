@@ -3,7 +3,6 @@
 //! and ReLU, a 2x2 max-pool after the second, global average pool, linear to
 //! 10 classes.
 
-use super::conv::conv2d_im2col;
 use bnorm::{BatchRenorm, BatchRenormConfig, Conv2dCbn, Conv2dCbnConfig, CrossIterBatchNormConfig};
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -12,8 +11,7 @@ use burn::nn::{
     BatchNorm, BatchNormConfig, GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d,
 };
 use burn::tensor::activation::relu;
-use burn::tensor::Device;
-use burn::tensor::{Tensor};
+use burn::tensor::{Device, Tensor};
 
 /// CBN window `k` in the demo: the current iteration and 7 earlier ones.
 pub const CBN_WINDOW: usize = 8;
@@ -72,67 +70,81 @@ impl Norm {
     }
 }
 
-/// A conv followed by one normalization (exactly one of the options is set).
+/// The normalization after a plain conv.
 #[derive(Module, Debug)]
-pub struct Block {
-    conv: Option<Conv2d>,
-    cbn: Option<Conv2dCbn>,
-    bn: Option<BatchNorm>,
-    brn: Option<BatchRenorm>,
-    gn: Option<GroupNorm>,
+pub enum Normalization {
+    BatchNorm(BatchNorm),
+    BatchRenorm(BatchRenorm),
+    GroupNorm(GroupNorm),
+}
+
+impl Normalization {
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        match self {
+            Normalization::BatchNorm(norm) => norm.forward(x),
+            Normalization::BatchRenorm(norm) => norm.forward(x),
+            Normalization::GroupNorm(norm) => norm.forward(x),
+        }
+    }
+}
+
+/// A conv and its normalization.
+#[derive(Module, Debug)]
+pub struct ConvNorm {
+    conv: Conv2d,
+    norm: Normalization,
+}
+
+/// A conv block: a conv followed by a normalization, or a `Conv2dCbn`
+/// (CBN comes fused with its conv).
+#[derive(Module, Debug)]
+pub enum Block {
+    Plain(ConvNorm),
+    CrossIter(Conv2dCbn),
 }
 
 impl Block {
     fn new(norm: Norm, channels: [usize; 2], total_steps: usize, device: &Device) -> Self {
         let padding = PaddingConfig2d::Explicit(1, 1, 1, 1);
         let c = channels[1];
-        let cross_iter = matches!(norm, Norm::CrossIter | Norm::CrossIterReference);
-        let cbn = cross_iter.then(|| {
-            let mut options = CrossIterBatchNormConfig::new(c)
-                .with_window(CBN_WINDOW)
-                .with_burn_in(CBN_BURN_IN);
-            if norm == Norm::CrossIterReference {
-                options = options.reference();
+        let normalization = match norm {
+            Norm::CrossIter | Norm::CrossIterReference => {
+                let mut options = CrossIterBatchNormConfig::new(c)
+                    .with_window(CBN_WINDOW)
+                    .with_burn_in(CBN_BURN_IN);
+                if norm == Norm::CrossIterReference {
+                    options = options.reference();
+                }
+                let cbn = Conv2dCbnConfig::new(channels, [3, 3])
+                    .with_padding(padding)
+                    .with_bias(false)
+                    .with_norm(options)
+                    .init(device);
+                return Block::CrossIter(cbn);
             }
-            Conv2dCbnConfig::new(channels, [3, 3])
-                .with_padding(padding.clone())
-                .with_bias(false)
-                .with_norm(options)
-                .init(device)
-        });
-        let conv = (!cross_iter).then(|| {
-            Conv2dConfig::new(channels, [3, 3])
-                .with_padding(padding)
-                .with_bias(false)
-                .init(device)
-        });
-        Block {
-            conv,
-            cbn,
-            bn: (norm == Norm::BatchNorm).then(|| BatchNormConfig::new(c).init(device)),
-            brn: (norm == Norm::BatchRenorm).then(|| {
+            Norm::BatchNorm => Normalization::BatchNorm(BatchNormConfig::new(c).init(device)),
+            Norm::BatchRenorm => Normalization::BatchRenorm(
                 BatchRenormConfig::new(c)
                     .with_momentum(brn_momentum(total_steps))
                     .with_steps_compressed_to(total_steps)
-                    .init(device)
-            }),
-            gn: (norm == Norm::GroupNorm).then(|| GroupNormConfig::new(4, c).init(device)),
-        }
+                    .init(device),
+            ),
+            Norm::GroupNorm => Normalization::GroupNorm(GroupNormConfig::new(4, c).init(device)),
+        };
+        let conv = Conv2dConfig::new(channels, [3, 3])
+            .with_padding(padding)
+            .with_bias(false)
+            .init(device);
+        Block::Plain(ConvNorm {
+            conv,
+            norm: normalization,
+        })
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let Some(conv) = &self.conv else {
-            let cbn = self.cbn.as_ref().expect("a conv");
-            let y = conv2d_im2col(&cbn.conv, x.clone());
-            return relu(cbn.forward_conv_output(x, y));
-        };
-        let y = conv2d_im2col(conv, x);
-        let y = if let Some(bn) = &self.bn {
-            bn.forward(y)
-        } else if let Some(brn) = &self.brn {
-            brn.forward(y)
-        } else {
-            self.gn.as_ref().expect("one normalization").forward(y)
+        let y = match self {
+            Block::Plain(ConvNorm { conv, norm }) => norm.forward(conv.forward(x)),
+            Block::CrossIter(cbn) => cbn.forward(x),
         };
         relu(y)
     }

@@ -1,6 +1,5 @@
 //! The Cross-Iteration BN training step, from the layer output `y` to the
-//! normalized output, as one autodiff operation with its gradient in
-//! closed form.
+//! normalized output.
 //!
 //! Forward, per channel, over the `M` values of the channel (see
 //! [`crate::window`] and [`crate::jacobian`] for the window's terms):
@@ -14,9 +13,7 @@
 //! ```
 //!
 //! [`CbnStep::run`] differentiates this forward pass through burn's
-//! autodiff, operation by operation. (The 0.1 line, on burn 0.21, also
-//! had a closed-form backward registered as one autodiff operation; it has
-//! not been ported to burn 0.22's dispatch backend yet.)
+//! autodiff, operation by operation.
 
 use std::sync::Arc;
 
@@ -133,8 +130,8 @@ impl<const D: usize> CbnStep<D> {
         self.through_autodiff()
     }
 
-    /// Runs the step with burn-autodiff differentiating every operation
-    /// (any backend; the reference the closed form is tested against).
+    /// Runs the step with burn's autodiff differentiating every operation
+    /// (what [`run`](Self::run) does on every device).
     pub fn through_autodiff(self) -> CbnStepOutput<D> {
         let forward = self.forward();
         CbnStepOutput {

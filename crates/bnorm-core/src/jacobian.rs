@@ -483,8 +483,7 @@ fn tap_rows(
 
 /// Jacobians of the per-feature moments of `y = x W + b` (burn's `Linear`
 /// layout: `x` `[M, d_in]`, `W` `[d_in, d_out]`, `y` `[M, d_out]`), from
-/// their values, on the inner backend where known, as
-/// [`conv2d_moment_jacobians`].
+/// their values, without autodiff, as [`conv2d_moment_jacobians`].
 pub fn linear_moment_jacobians(x: Tensor<2>, y: Tensor<2>) -> MomentJacobians {
     LinearJacobians.run_on_inner(x, y)
 }
