@@ -71,6 +71,8 @@ impl Norm {
 }
 
 /// The normalization after a plain conv.
+// Three blocks a network, built once: the variants' sizes do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Normalization {
     BatchNorm(BatchNorm),
@@ -97,6 +99,7 @@ pub struct ConvNorm {
 
 /// A conv block: a conv followed by a normalization, or a `Conv2dCbn`
 /// (CBN comes fused with its conv).
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Block {
     Plain(ConvNorm),
