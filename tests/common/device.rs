@@ -115,7 +115,9 @@ pub fn check_device_or_explain(
 ) {
     let expect_none = std::env::var_os("BNORM_EXPECT_NO_DEVICE").is_some();
     match std::panic::catch_unwind(device_or_explain) {
-        Ok(_) if expect_none => panic!("BNORM_EXPECT_NO_DEVICE is set, but a device came"),
+        Ok(device) if expect_none => {
+            panic!("BNORM_EXPECT_NO_DEVICE is set, but a device came: {device:?}")
+        }
         Ok(device) => {
             let sum: f32 = burn::tensor::Tensor::<1>::from_floats([1.0, 2.0, 4.0], &device)
                 .sum()
