@@ -42,6 +42,11 @@ pub use bnorm_renorm::{BatchRenorm, BatchRenormConfig};
 #[doc = include_str!("../README.md")]
 pub struct ReadmeExamples;
 
+/// The guide's Rust examples, likewise.
+#[cfg(doctest)]
+#[doc = include_str!("../docs/guide.md")]
+pub struct GuideExamples;
+
 /// Re-export of the burn version the layers are built against (0.22).
 pub use burn;
 
