@@ -327,13 +327,10 @@ fn conv3d_cbn_forward_conv_output_is_forward(#[case] dev: TestDevice) {
 /// field; bad input panics naming expected and received shapes, and
 /// leaves the state untouched.
 fn mismatches(device: &Device) {
-    let record = cbn_config().init(device).into_record();
-    let err = cbn_config()
-        .with_window(6)
-        .init(device)
-        .try_load_record(record)
-        .unwrap_err()
-        .to_string();
+    let err = load_error(
+        cbn_config().init(device),
+        cbn_config().with_window(6).init(device),
+    );
     assert!(
         err.contains("history.mean") && err.contains("[5, 3]") && err.contains("[3, 3]"),
         "{err}"

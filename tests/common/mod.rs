@@ -278,6 +278,15 @@ pub fn assert_state_untracked(
     }
 }
 
+/// burn's error, as text, for loading the record of `saved` into `target`
+/// (which must fail).
+pub fn load_error<M: burn::module::Module>(saved: M, target: M) -> String {
+    target
+        .try_load_record(saved.into_record())
+        .expect_err("a record that does not fit the module")
+        .to_string()
+}
+
 /// A float tensor's values on the host.
 pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().try_to_vec().unwrap()
