@@ -62,7 +62,7 @@ impl ModuleVisitor for Collect {
     }
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         self.out
-            .push((self.path.join("."), param.val().into_data()));
+            .push((self.path.join("."), owned(param.val().into_data())));
     }
 }
 
@@ -132,10 +132,11 @@ macro_rules! step {
         let x = $x.require_grad();
         let y = $forward(&module, x.clone());
         let grads = y.clone().mul($g).sum().backward();
-        let gx = x.grad(&grads).unwrap().into_data();
+        let gx = owned(x.grad(&grads).unwrap().into_data());
         let mut optim = SgdConfig::new().init();
         let params = GradientsParams::from_grads(grads, &module);
-        (y.into_data(), gx, optim.step($lr, module, params))
+        let y = owned(y.into_data());
+        (y, gx, optim.step($lr, module, params))
     }};
 }
 

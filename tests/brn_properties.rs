@@ -189,7 +189,7 @@ fn train(
     for step in first..first + steps {
         let x = random::<4>([2, 3, 4, 4], step, device);
         let y = layer.forward(x);
-        outputs.push(y.clone().into_data());
+        outputs.push(owned(y.clone().into_data()));
         let grads = y
             .mul(random::<4>([2, 3, 4, 4], 1000 + step, device))
             .sum()
@@ -202,11 +202,11 @@ fn train(
 
 fn state(layer: &BatchRenorm) -> Vec<(&'static str, TensorData)> {
     vec![
-        ("gamma", layer.gamma.as_ref().unwrap().val().into_data()),
-        ("beta", layer.beta.as_ref().unwrap().val().into_data()),
-        ("running_mean", layer.running_mean.value_sync().into_data()),
-        ("running_std", layer.running_std.value_sync().into_data()),
-        ("steps", layer.steps.to_tensor().into_data()),
+        ("gamma", owned(layer.gamma.as_ref().unwrap().val().into_data())),
+        ("beta", owned(layer.beta.as_ref().unwrap().val().into_data())),
+        ("running_mean", owned(layer.running_mean.value_sync().into_data())),
+        ("running_std", owned(layer.running_std.value_sync().into_data())),
+        ("steps", owned(layer.steps.to_tensor().into_data())),
     ]
 }
 

@@ -287,6 +287,16 @@ pub fn load_error<M: burn::module::Module>(saved: M, target: M) -> String {
         .to_string()
 }
 
+/// `data` copied into memory of its own. Needed for values kept while the
+/// device goes on working: on wgpu over lavapipe, burn 0.22's `into_data`
+/// can hand back memory that later operations overwrite (a BRN test's
+/// stored step outputs changed under it: -1.2055883 read back as
+/// -2.0995624 after the step's backward pass).
+pub fn owned(data: TensorData) -> TensorData {
+    let values: Vec<f32> = data.try_to_vec::<f32>().expect("float data");
+    TensorData::new(values, data.shape().clone())
+}
+
 /// A float tensor's values on the host.
 pub fn to_vec<const D: usize>(t: Tensor<D>) -> Vec<f32> {
     t.into_data().try_to_vec().unwrap()

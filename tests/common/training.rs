@@ -6,7 +6,7 @@ use burn::module::Module;
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::tensor::{Device, Gradients, Tensor, TensorData};
 
-use super::assert_bits_eq;
+use super::{assert_bits_eq, owned};
 use super::random::uniform;
 
 /// Shapes of a step's input and of its output (the upstream gradient).
@@ -28,12 +28,12 @@ pub fn sgd_steps<M: Module, const D: usize>(
     let (mut outputs, mut grads_of) = (Vec::new(), Vec::new());
     for step in first..first + steps {
         let y = forward(&module, uniform::<D>(input, step, -1.0, 1.0, device));
-        outputs.push(y.clone().into_data());
+        outputs.push(owned(y.clone().into_data()));
         let grads = y
             .mul(uniform::<D>(output, 500 + step, -1.0, 1.0, device))
             .sum()
             .backward();
-        grads_of.push(grad_of(&module, &grads));
+        grads_of.push(owned(grad_of(&module, &grads)));
         let grads = GradientsParams::from_grads(grads, &module);
         module = optim.step(0.05, module, grads);
     }
