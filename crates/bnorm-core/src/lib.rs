@@ -16,7 +16,7 @@
 //! - [`schedule`]: values as a function of the training step (the `rmax` /
 //!   `dmax` ramps), evaluated on the host.
 //! - [`shape`]: the shape checks and broadcast helpers shared by the layers.
-//! - [`record_check`]: validating a loaded record against the module.
+//! - [`record_check`]: shape errors of conversions and checkpoints.
 //! - [`jacobian`]: closed-form Jacobians of moments with respect to a conv
 //!   or linear weight, and the Taylor compensation of history entries
 //!   (computed without autodiff: `inner`, private).

@@ -1,10 +1,8 @@
-//! Checking a record against the module it is loaded into.
-//!
-//! burn's `Module::load_record` takes whatever tensors the record holds: a
-//! checkpoint written for 32 channels loads into a 64-channel layer and only
-//! fails (or silently broadcasts) at the next forward pass. The layers of
-//! this workspace compare every recorded tensor's shape with the module's
-//! first and return a [`RecordShapeError`] naming the first mismatch.
+//! Shape errors a user can act on: a conversion or fold between layers of
+//! different channel counts ([`RecordShapeError`]), and a checkpoint that
+//! cannot be read or does not fit the module ([`CheckpointError`], over
+//! burn's checked loader, which compares every tensor's shape with the
+//! module's).
 
 use core::fmt;
 
