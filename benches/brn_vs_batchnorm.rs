@@ -10,16 +10,12 @@ mod common;
 
 use bnorm::BatchRenormConfig;
 use burn::nn::BatchNormConfig;
-use burn::tensor::{Distribution, Tensor};
 use burn::tensor::Device;
+use burn::tensor::{Distribution, Tensor};
 use common::{print_ratios, settle, shape_name, shapes, train_step};
 use criterion::{BenchmarkId, Criterion};
 
-fn bench_backend(
-    c: &mut Criterion,
-    backend: &str,
-    device: &Device,
-) -> Vec<String> {
+fn bench_backend(c: &mut Criterion, backend: &str, device: &Device) -> Vec<String> {
     let mut groups = Vec::new();
     for shape in shapes() {
         let name = format!("brn-{backend}-{}", shape_name(shape));

@@ -16,8 +16,8 @@ mod common;
 use bnorm::{Conv3dCbnConfig, CrossIterBatchNormConfig};
 use burn::nn::conv::Conv3dConfig;
 use burn::nn::{BatchNormConfig, PaddingConfig3d};
-use burn::tensor::{Distribution, Tensor};
 use burn::tensor::Device;
+use burn::tensor::{Distribution, Tensor};
 use common::{print_ratios, selected, settle, shape_name, train_step};
 use criterion::{BenchmarkId, Criterion};
 
@@ -26,11 +26,7 @@ use criterion::{BenchmarkId, Criterion};
 /// operation, not arithmetic, decides.
 const VOLUMES: [[usize; 5]; 3] = [[1, 16, 32, 32, 32], [2, 32, 16, 16, 16], [1, 8, 8, 8, 8]];
 
-fn bench_backend(
-    c: &mut Criterion,
-    backend: &str,
-    device: &Device,
-) -> Vec<String> {
+fn bench_backend(c: &mut Criterion, backend: &str, device: &Device) -> Vec<String> {
     let mut groups = Vec::new();
     for shape in selected(&VOLUMES) {
         let channels = shape[1];

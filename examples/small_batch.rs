@@ -282,20 +282,14 @@ fn main() {
                     cfg.seed
                 ));
                 let start = Instant::now();
-                let accuracy = train_and_evaluate(
-                    &cfg,
-                    &train,
-                    &test,
-                    &device,
-                    |step, _, loss| {
-                        if step % 20 == 0 {
-                            bar.set_position(step as u64);
-                        }
-                        if loss.is_finite() {
-                            bar.set_message(format!("loss {loss:.3}"));
-                        }
-                    },
-                );
+                let accuracy = train_and_evaluate(&cfg, &train, &test, &device, |step, _, loss| {
+                    if step % 20 == 0 {
+                        bar.set_position(step as u64);
+                    }
+                    if loss.is_finite() {
+                        bar.set_message(format!("loss {loss:.3}"));
+                    }
+                });
                 bar.finish_and_clear();
                 let line = format!(
                     "{:<14} batch {:>2} {:<6} seed {}: {accuracy:5.1}%  ({:.0}s)",

@@ -81,10 +81,7 @@ static ALLOCATOR: Counting = Counting;
 /// forward on `x`, tracked, backward of the output's sum, the input
 /// gradient read back) beyond those held before it, in the forward pass
 /// and in the whole step, and the bytes held after the forward pass.
-fn step_peak(
-    x: &Tensor<4>,
-    forward: impl FnOnce(Tensor<4>) -> Tensor<4>,
-) -> Peaks {
+fn step_peak(x: &Tensor<4>, forward: impl FnOnce(Tensor<4>) -> Tensor<4>) -> Peaks {
     let before = HELD.load(Relaxed);
     PEAK.store(before, Relaxed);
     let (mut forward_peak, mut kept) = (0, 0);
@@ -116,11 +113,7 @@ struct Peaks {
 
 /// `step_peak` of the layer's step after `warm_up` steps (a full window),
 /// the largest of two measured steps.
-fn measured(
-    x: &Tensor<4>,
-    warm_up: usize,
-    forward: impl Fn(Tensor<4>) -> Tensor<4>,
-) -> Peaks {
+fn measured(x: &Tensor<4>, warm_up: usize, forward: impl Fn(Tensor<4>) -> Tensor<4>) -> Peaks {
     for _ in 0..warm_up {
         step_peak(x, &forward);
     }
@@ -151,12 +144,7 @@ fn layer_rows(shape: [usize; 4], label: &str, device: Device) -> Vec<(String, Pe
     // backward pass adds up, a forward pass's transient does not.
     let blocks = 4;
     let conv_bns: Vec<_> = (0..blocks)
-        .map(|_| {
-            (
-                conv.clone(),
-                BatchNormConfig::new(channels).init(&device),
-            )
-        })
+        .map(|_| (conv.clone(), BatchNormConfig::new(channels).init(&device)))
         .collect();
     let cbns: Vec<_> = (0..blocks).map(|_| cbn(8)).collect();
     let row = |name: &str, bytes| (format!("{name}{label}"), bytes);

@@ -41,8 +41,7 @@ fn main() {
                 sampling,
                 seed: 1,
             };
-            let acc =
-                train_and_evaluate(&cfg, &train, &test, &device, |_, _, _| {});
+            let acc = train_and_evaluate(&cfg, &train, &test, &device, |_, _, _| {});
             println!(
                 "{:<12} {:<7} test accuracy {acc:5.1}%  ({:.1}s)",
                 norm.name(),

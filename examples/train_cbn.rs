@@ -46,8 +46,7 @@ fn main() {
             sampling: Sampling::Iid,
             seed: 1,
         };
-        let acc =
-            train_and_evaluate(&cfg, &train, &test, &device, |_, _, _| {});
+        let acc = train_and_evaluate(&cfg, &train, &test, &device, |_, _, _| {});
         println!(
             "{:<16} test accuracy {acc:5.1}%  ({:.1}s)",
             norm.name(),

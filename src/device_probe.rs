@@ -28,11 +28,7 @@ static PROBED: Mutex<Vec<String>> = Mutex::new(Vec::new());
 /// Returns `device` after checking, the first time `name` is asked for,
 /// that it can run a kernel; panics with `explain(reason)` otherwise, where
 /// `reason` is the first panic message the runtime raised.
-pub(crate) fn probe(
-    device: Device,
-    name: &str,
-    explain: impl FnOnce(&str) -> String,
-) -> Device {
+pub(crate) fn probe(device: Device, name: &str, explain: impl FnOnce(&str) -> String) -> Device {
     let mut probed = PROBED
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());

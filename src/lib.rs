@@ -28,8 +28,7 @@ pub use bnorm_renorm as renorm;
 
 pub use bnorm_core::{
     AveragedState, BurnInMode, CheckpointError, EpsPlacement, HostCounter, InferenceAffine,
-    RecordShapeError,
-    Schedule,
+    RecordShapeError, Schedule,
 };
 pub use bnorm_crossiter::{
     Conv1dCbn, Conv1dCbnConfig, Conv2dCbn, Conv2dCbnConfig, Conv3dCbn, Conv3dCbnConfig,

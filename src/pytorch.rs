@@ -28,7 +28,9 @@ use burn_store::pytorch_reader::{DType, Tensor as StoredTensor};
 
 #[allow(unused_imports)]
 use crate::EpsPlacement;
-use crate::{AveragedState, BatchRenorm, BatchRenormConfig, Conv2dCbn, Conv2dCbnConfig, HostCounter};
+use crate::{
+    AveragedState, BatchRenorm, BatchRenormConfig, Conv2dCbn, Conv2dCbnConfig, HostCounter,
+};
 
 /// Why a checkpoint could not be imported.
 #[derive(Debug)]
@@ -147,7 +149,10 @@ impl StateDict {
                 found,
             });
         }
-        Ok(TensorData::new(float_values(key, snapshot)?, shape.to_vec()))
+        Ok(TensorData::new(
+            float_values(key, snapshot)?,
+            shape.to_vec(),
+        ))
     }
 
     /// `key` as a tensor of shape `shape` on `device`.

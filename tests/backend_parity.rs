@@ -104,7 +104,10 @@ fn compare_state_floors(
 /// an uninitialized module would draw its own.
 fn transfer<M: Module>(module: M, target: M) -> (M, M) {
     let record = module.clone().into_record();
-    (module.load_record(record.clone()), target.load_record(record))
+    (
+        module.load_record(record.clone()),
+        target.load_record(record),
+    )
 }
 
 /// Both modules after a compared step, each starting the next step from
@@ -152,11 +155,7 @@ fn brn_case(gpu_dev: &Device, shape: &[usize], masked: bool) {
     }
 }
 
-fn brn_rank<const D: usize>(
-    gpu_dev: &Device,
-    shape: [usize; D],
-    masked: bool,
-) {
+fn brn_rank<const D: usize>(gpu_dev: &Device, shape: [usize; D], masked: bool) {
     let cpu_dev = common::baseline();
     let config = BatchRenormConfig::new(shape[1]).with_steps_compressed_to(6);
     let (mut cpu, mut gpu): (BatchRenorm, BatchRenorm) =
@@ -256,19 +255,11 @@ fn brn_parity_rank_5(#[case] device: TestDevice) {
     on_device!(device, brn_case, &[2, 2, 3, 3, 2], false);
 }
 
-fn conv_case(
-    gpu_dev: &Device,
-    config: Conv2dCbnConfig,
-    input: [usize; 4],
-    lr: f64,
-    name: &str,
-) {
+fn conv_case(gpu_dev: &Device, config: Conv2dCbnConfig, input: [usize; 4], lr: f64, name: &str) {
     let cpu_dev = common::baseline();
     let r = MATMUL_PARITY;
-    let (mut cpu, mut gpu): (Conv2dCbn, Conv2dCbn) = transfer(
-        host_seeded(config.init(&cpu_dev), 1),
-        config.init(gpu_dev),
-    );
+    let (mut cpu, mut gpu): (Conv2dCbn, Conv2dCbn) =
+        transfer(host_seeded(config.init(&cpu_dev), 1), config.init(gpu_dev));
     let out_shape = {
         let y = cpu.valid().forward(uniform(input, 0, 0.0, 1.0, &cpu_dev));
         y.dims()
@@ -571,12 +562,7 @@ fn cbn_conv3d_parity(#[case] device: TestDevice) {
 
 /// A `Conv1dCbn` block (no bias, burn-in into a window of 3) through
 /// [`conv_block_case`].
-fn conv1d_case(
-    gpu_dev: &Device,
-    config: Conv1dCbnConfig,
-    shapes: [[usize; 3]; 2],
-    name: &str,
-) {
+fn conv1d_case(gpu_dev: &Device, config: Conv1dCbnConfig, shapes: [[usize; 3]; 2], name: &str) {
     let config = config
         .with_bias(false)
         .with_norm(burn_in_into_window_of_three());

@@ -15,11 +15,7 @@ use common::*;
 use rstest::rstest;
 
 /// Deterministic host-generated data in [-1.5, 2.5).
-fn random<const D: usize>(
-    shape: [usize; D],
-    seed: u64,
-    device: &Device,
-) -> Tensor<D> {
+fn random<const D: usize>(shape: [usize; D], seed: u64, device: &Device) -> Tensor<D> {
     common::random::uniform(shape, seed, -1.5, 2.5, device)
 }
 
@@ -142,10 +138,7 @@ fn batch_of_one(device: &Device) {
                     let what =
                         format!("{shape:?} {placement:?} compressed={compressed} step {step}");
                     assert_finite(&format!("{what} output"), &y.clone().into_data());
-                    let grads = y
-                        .mul(random::<D>(shape, 7 + step, device))
-                        .sum()
-                        .backward();
+                    let grads = y.mul(random::<D>(shape, 7 + step, device)).sum().backward();
                     assert_finite(
                         &format!("{what} grad_input"),
                         &x.grad(&grads).unwrap().into_data(),
@@ -157,9 +150,7 @@ fn batch_of_one(device: &Device) {
                         &layer.running_std.value_sync().into_data(),
                     );
                 }
-                let eval = layer
-                    .valid()
-                    .forward(random::<D>(shape, 99, device));
+                let eval = layer.valid().forward(random::<D>(shape, 99, device));
                 assert_finite("eval output", &eval.into_data());
             }
         }
@@ -202,10 +193,22 @@ fn train(
 
 fn state(layer: &BatchRenorm) -> Vec<(&'static str, TensorData)> {
     vec![
-        ("gamma", owned(layer.gamma.as_ref().unwrap().val().into_data())),
-        ("beta", owned(layer.beta.as_ref().unwrap().val().into_data())),
-        ("running_mean", owned(layer.running_mean.value_sync().into_data())),
-        ("running_std", owned(layer.running_std.value_sync().into_data())),
+        (
+            "gamma",
+            owned(layer.gamma.as_ref().unwrap().val().into_data()),
+        ),
+        (
+            "beta",
+            owned(layer.beta.as_ref().unwrap().val().into_data()),
+        ),
+        (
+            "running_mean",
+            owned(layer.running_mean.value_sync().into_data()),
+        ),
+        (
+            "running_std",
+            owned(layer.running_std.value_sync().into_data()),
+        ),
         ("steps", owned(layer.steps.to_tensor().into_data())),
     ]
 }
@@ -285,7 +288,10 @@ fn record_mismatch(device: &Device) {
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let four = dir.join("four.bpk");
-    BatchRenormConfig::new(4).init(device).save_file(&four).unwrap();
+    BatchRenormConfig::new(4)
+        .init(device)
+        .save_file(&four)
+        .unwrap();
     let err = BatchRenormConfig::new(5)
         .init(device)
         .load_checkpoint(&four)
@@ -376,10 +382,7 @@ fn brn_state_does_not_chain_steps() {
         },
         || {
             vec![
-                (
-                    "running_mean",
-                    brn.running_mean.value_sync().is_tracked(),
-                ),
+                ("running_mean", brn.running_mean.value_sync().is_tracked()),
                 ("running_std", brn.running_std.value_sync().is_tracked()),
                 // `steps` is a host count (HostCounter), outside any graph.
             ]

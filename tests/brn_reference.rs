@@ -6,12 +6,12 @@ use crate::common;
 
 use std::path::Path;
 
-use bnorm::{BatchRenorm, BatchRenormConfig, EpsPlacement, HostCounter, Schedule};
 use bnorm::AveragedState;
+use bnorm::{BatchRenorm, BatchRenormConfig, EpsPlacement, HostCounter, Schedule};
 use burn::module::Module;
 use burn::module::Param;
-use burn::tensor::Tensor;
 use burn::tensor::Device;
+use burn::tensor::Tensor;
 use common::*;
 use rstest::rstest;
 use serde::Deserialize;

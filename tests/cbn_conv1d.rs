@@ -16,9 +16,9 @@ use bnorm::{
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv1dConfig;
 use burn::nn::{BatchNormConfig, PaddingConfig1d};
-use burn::tensor::Device;
 use burn::tensor::module::conv1d;
 use burn::tensor::ops::ConvOptions;
+use burn::tensor::Device;
 use burn::tensor::Tensor;
 use common::blocks::{
     assert_conv_output_given_is_forward, assert_window_one_is_conv_batch_norm, trained_batch_norm,
@@ -76,12 +76,7 @@ fn case_inputs(
     )
 }
 
-fn case_conv(
-    x: Tensor<3>,
-    w: Tensor<3>,
-    b: Option<Tensor<1>>,
-    g: &Conv1dGeometry,
-) -> Tensor<3> {
+fn case_conv(x: Tensor<3>, w: Tensor<3>, b: Option<Tensor<1>>, g: &Conv1dGeometry) -> Tensor<3> {
     let options = ConvOptions::new_with_padding(
         [g.stride],
         [(g.padding[0], g.padding[1])],
@@ -240,12 +235,7 @@ fn resume(device: &Device) {
             through_checkpoint(
                 "cbn1d-resume",
                 |path| first.clone().save_file(path).unwrap(),
-                |file| {
-                    cbn_config()
-                        .init(device)
-                        .load_checkpoint(file)
-                        .unwrap()
-                },
+                |file| cbn_config().init(device).load_checkpoint(file).unwrap(),
             )
         },
         device,
@@ -344,9 +334,7 @@ fn mismatches_and_single_value(device: &Device) {
     let norm = CrossIterBatchNormConfig::new(0)
         .with_window(3)
         .with_burn_in(1);
-    let layer = Conv1dCbnConfig::new(2, 3, 1)
-        .with_norm(norm)
-        .init(device);
+    let layer = Conv1dCbnConfig::new(2, 3, 1).with_norm(norm).init(device);
     let layer = host_seeded(layer, 1);
     for step in 0..5 {
         let x = uniform::<3>([1, 2, 1], step, -1.0, 1.0, device).require_grad();

@@ -15,9 +15,9 @@ use bnorm::{
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv3dConfig;
 use burn::nn::{BatchNormConfig, PaddingConfig3d};
-use burn::tensor::Device;
 use burn::tensor::module::conv3d;
 use burn::tensor::ops::ConvOptions;
+use burn::tensor::Device;
 use burn::tensor::Tensor;
 use common::blocks::{
     assert_conv_output_given_is_forward, assert_window_one_is_conv_batch_norm, trained_batch_norm,
@@ -101,12 +101,7 @@ fn case_inputs(
     )
 }
 
-fn case_conv(
-    x: Tensor<5>,
-    w: Tensor<5>,
-    b: Option<Tensor<1>>,
-    g: &Conv3dGeometry,
-) -> Tensor<5> {
+fn case_conv(x: Tensor<5>, w: Tensor<5>, b: Option<Tensor<1>>, g: &Conv3dGeometry) -> Tensor<5> {
     conv3d(
         x,
         w,
@@ -274,12 +269,7 @@ fn resume(device: &Device) {
             through_checkpoint(
                 "cbn3d-resume",
                 |path| first.clone().save_file(path).unwrap(),
-                |file| {
-                    cbn_config()
-                        .init(device)
-                        .load_checkpoint(file)
-                        .unwrap()
-                },
+                |file| cbn_config().init(device).load_checkpoint(file).unwrap(),
             )
         },
         device,

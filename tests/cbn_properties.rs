@@ -12,17 +12,17 @@ use bnorm::core::jacobian::{
 use bnorm::core::moments::{bessel, channel_mean, moments, values_per_channel};
 use bnorm::core::window::{window_statistics, WindowHistory};
 use bnorm::{
-    BurnInMode, Conv2dCbn, Conv2dCbnConfig, CrossIterBatchNormConfig,
-    EpsPlacement, LinearCbn, LinearCbnConfig,
+    BurnInMode, Conv2dCbn, Conv2dCbnConfig, CrossIterBatchNormConfig, EpsPlacement, LinearCbn,
+    LinearCbnConfig,
 };
 use bnorm_crossiter::RunningStatistics;
 use burn::module::{Module, Param};
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::{BatchNormConfig, PaddingConfig2d};
 use burn::optim::{GradientsAccumulator, GradientsParams, SgdConfig};
-use burn::tensor::Device;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
+use burn::tensor::Device;
 use burn::tensor::{Tensor, TensorData};
 use common::blocks::{assert_window_one_is_conv_batch_norm, window_one_norm};
 use common::random::{host_seeded, uniform};
@@ -82,7 +82,10 @@ fn conv_case_options(case: &ConvCase) -> ConvOptions<2> {
     let &(_, _, _, stride, padding, dilation, groups, _) = case;
     ConvOptions::new_with_padding(
         stride,
-        [(padding[0][0], padding[0][1]), (padding[1][0], padding[1][1])],
+        [
+            (padding[0][0], padding[0][1]),
+            (padding[1][0], padding[1][1]),
+        ],
         dilation,
         groups,
     )
@@ -91,11 +94,7 @@ fn conv_case_options(case: &ConvCase) -> ConvOptions<2> {
 /// Autodiff's gradients of `sum_c a_c mean_c` and `sum_c a_c meansq_c`
 /// with respect to the weight, `[C_out, F]` each (row `c` is
 /// `a_c d mean_c / dW_c`), on the host.
-fn autodiff_moment_grads(
-    i: usize,
-    case: &ConvCase,
-    device: &Device,
-) -> (Vec<f32>, Vec<f32>) {
+fn autodiff_moment_grads(i: usize, case: &ConvCase, device: &Device) -> (Vec<f32>, Vec<f32>) {
     let &(cin, cout, k, _, _, _, groups, bias) = case;
     let f = cin / groups * k[0] * k[1];
     let (x, w0, b0, a) = conv_case_inputs(i, case, device);
@@ -323,14 +322,9 @@ fn cbn_window_one_is_batch_norm(#[case] dev: TestDevice) {
 /// variance rounds below zero; entries past the fill do not count.
 fn negative_variance(device: &Device) {
     let inner = &device.clone().inner();
-    let t1 = |v: Vec<f32>| {
-        Tensor::<1>::from_data(TensorData::new(v.clone(), [v.len()]), inner)
-    };
+    let t1 = |v: Vec<f32>| Tensor::<1>::from_data(TensorData::new(v.clone(), [v.len()]), inner);
     let t2 = |v: Vec<f32>, k: usize| {
-        Tensor::<2>::from_data(
-            TensorData::new(v.clone(), [k, v.len() / k]),
-            device,
-        )
+        Tensor::<2>::from_data(TensorData::new(v.clone(), [k, v.len() / k]), device)
     };
     // Current: mean (1, 2, 3), mean_sq (2, 5, just under 9: a variance of
     // -1 ulp). History entry 0: channel 0 has mean 3, mean_sq 4 (variance
@@ -587,10 +581,7 @@ fn batch_of_one(device: &Device) {
             .with_norm(norm.clone())
             .init(device);
         let conv = host_seeded(conv, 1);
-        let linear = host_seeded(
-            LinearCbnConfig::new(4, 3).with_norm(norm).init(device),
-            2,
-        );
+        let linear = host_seeded(LinearCbnConfig::new(4, 3).with_norm(norm).init(device), 2);
         for step in 0..5 {
             let what = format!("{placement:?} step {step}");
             let x = uniform::<4>([1, 2, 1, 1], step, -1.0, 1.0, device).require_grad();
@@ -708,9 +699,7 @@ fn cbn_gradient_accumulation_pools_the_effective_batch(#[case] dev: TestDevice) 
 fn linear_sequence(device: &Device) {
     let config = LinearCbnConfig::new(4, 3).with_window(3);
     let seq = materialize(host_seeded(config.init(device), 1));
-    let flat = config
-        .init(device)
-        .load_record(seq.clone().into_record());
+    let flat = config.init(device).load_record(seq.clone().into_record());
     for step in 0..3 {
         let x = uniform::<3>([2, 5, 4], step, -1.0, 1.0, device);
         let a = seq.forward(x.clone());
@@ -846,12 +835,7 @@ fn resume(device: &Device) {
             through_checkpoint(
                 "cbn-resume",
                 |path| first.clone().save_file(path).unwrap(),
-                |file| {
-                    cbn_config()
-                        .init(device)
-                        .load_checkpoint(file)
-                        .unwrap()
-                },
+                |file| cbn_config().init(device).load_checkpoint(file).unwrap(),
             )
         },
         device,
@@ -881,9 +865,7 @@ fn conv_output_given(device: &Device) {
     let direct = cbn_config()
         .init(device)
         .load_record(start.clone().into_record());
-    let given = cbn_config()
-        .init(device)
-        .load_record(start.into_record());
+    let given = cbn_config().init(device).load_record(start.into_record());
     lockstep(
         (direct, |m: &Conv2dCbn, x: Tensor<4>| m.forward(x)),
         (given, |m: &Conv2dCbn, x: Tensor<4>| {
@@ -995,9 +977,7 @@ fn jacobian_bands(device: &Device) {
         .with_jacobian_bands(3)
         .init(device)
         .load_record(start.clone().into_record());
-    let whole = cbn_config()
-        .init(device)
-        .load_record(start.into_record());
+    let whole = cbn_config().init(device).load_record(start.into_record());
     assert_eq!((banded.jacobian_bands, whole.jacobian_bands), (3, 1));
     let forward = |m: &Conv2dCbn, x: Tensor<4>| m.forward(x);
     let (banded, _) = lockstep(
@@ -1069,8 +1049,14 @@ fn record_mismatch(device: &Device) {
         .init(device)
         .load_checkpoint("/nonexistent/cbn.bpk")
         .unwrap_err();
-    assert!(matches!(missing.error, burn::store::RecordError::Io(_)), "{missing}");
-    assert!(missing.to_string().contains("/nonexistent/cbn.bpk"), "{missing}");
+    assert!(
+        matches!(missing.error, burn::store::RecordError::Io(_)),
+        "{missing}"
+    );
+    assert!(
+        missing.to_string().contains("/nonexistent/cbn.bpk"),
+        "{missing}"
+    );
 }
 
 #[rstest]
@@ -1154,18 +1140,12 @@ fn cbn_state_does_not_chain_steps() {
     let depths = |norm: &bnorm::CrossIterBatchNorm| {
         let history = norm.history.as_ref().unwrap();
         vec![
-            (
-                "running_mean",
-                norm.running_mean.value_sync().is_tracked(),
-            ),
+            ("running_mean", norm.running_mean.value_sync().is_tracked()),
             ("running_var", norm.running_var.value_sync().is_tracked()),
             // `iterations` and `history.fill` are host counts
             // (HostCounter), outside any graph.
             ("history.mean", history.mean.value_sync().is_tracked()),
-            (
-                "history.mean_sq",
-                history.mean_sq.value_sync().is_tracked(),
-            ),
+            ("history.mean_sq", history.mean_sq.value_sync().is_tracked()),
             (
                 "history.jac_mean",
                 history.jac_mean.value_sync().is_tracked(),
@@ -1200,9 +1180,7 @@ fn cbn_state_does_not_chain_steps() {
             || depths(&conv.norm),
         );
     }
-    let linear = LinearCbnConfig::new(4, 3)
-        .with_window(3)
-        .init(&device);
+    let linear = LinearCbnConfig::new(4, 3).with_window(3).init(&device);
     assert_state_untracked(
         "LinearCbn",
         |step| {
@@ -1225,13 +1203,11 @@ fn host_seeded_draws_the_blocks_conv_and_linear_parameters() {
         let n = shape.iter().product();
         uniform::<1>([n], seed, -bound, bound, &device).into_data()
     };
-    let flat =
-        |param: TensorData| TensorData::new(param.try_to_vec::<f32>().unwrap(), [param.num_elements()]);
+    let flat = |param: TensorData| {
+        TensorData::new(param.try_to_vec::<f32>().unwrap(), [param.num_elements()])
+    };
 
-    let block = host_seeded(
-        Conv2dCbnConfig::new([2, 3], [3, 3]).init(&device),
-        4,
-    );
+    let block = host_seeded(Conv2dCbnConfig::new([2, 3], [3, 3]).init(&device), 4);
     let weight = block.conv.weight.val().into_data();
     assert_bits_eq("conv weight", &flat(weight), &drawn(&[3, 2, 3, 3], 5, 18));
     let bias = block.conv.bias.as_ref().unwrap().val().into_data();

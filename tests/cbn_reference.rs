@@ -16,13 +16,13 @@ use crate::common;
 
 use std::path::Path;
 
-use bnorm::{BurnInMode, Conv2dCbn, Conv2dCbnConfig, CrossIterBatchNormConfig, EpsPlacement};
 use bnorm::AveragedState;
+use bnorm::{BurnInMode, Conv2dCbn, Conv2dCbnConfig, CrossIterBatchNormConfig, EpsPlacement};
 use burn::module::Module;
 use burn::module::Param;
 use burn::nn::PaddingConfig2d;
-use burn::tensor::Tensor;
 use burn::tensor::Device;
+use burn::tensor::Tensor;
 use common::*;
 use rstest::rstest;
 use serde::Deserialize;
@@ -132,7 +132,9 @@ fn replay(device: &Device, path: &Path) -> Result<(), String> {
         let output = if step.mode == "train" {
             layer.forward(input.clone())
         } else {
-            let inference = layer.valid().forward(step.input.tensor(&device.clone().inner()));
+            let inference = layer
+                .valid()
+                .forward(step.input.tensor(&device.clone().inner()));
             check_json_matmul(
                 &at("output (valid())"),
                 &inference.into_data(),
@@ -143,9 +145,7 @@ fn replay(device: &Device, path: &Path) -> Result<(), String> {
         };
         check_json_matmul(&at("output"), &output.clone().into_data(), &step.output)?;
         let grads = output.mul(step.grad_output.tensor(device)).sum().backward();
-        let grad = |t: Option<Tensor<4>>| {
-            t.ok_or("missing gradient").map(|t| t.into_data())
-        };
+        let grad = |t: Option<Tensor<4>>| t.ok_or("missing gradient").map(|t| t.into_data());
         check_json_matmul(
             &at("grad_input"),
             &grad(input.grad(&grads))?,

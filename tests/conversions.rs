@@ -19,7 +19,6 @@ use common::*;
 use rstest::rstest;
 use serde::Deserialize;
 
-
 fn conv(device: &Device, bias: bool) -> Conv2d {
     let conv = Conv2dConfig::new([3, 4], [3, 3])
         .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
@@ -237,9 +236,7 @@ fn pytorch_import(device: &Device) {
     let brn_config = BatchRenormConfig::new(4)
         .with_epsilon(case.eps)
         .with_eps_placement(EpsPlacement::OnStd);
-    let brn = dict
-        .batch_renorm("norm.", &brn_config, inner)
-        .unwrap();
+    let brn = dict.batch_renorm("norm.", &brn_config, inner).unwrap();
     assert!(brn.step() > 0, "num_batches_tracked imported");
     let y = brn.forward(conv.forward(case.input.tensor(inner)));
     check_matmul(
@@ -261,9 +258,7 @@ fn pytorch_import(device: &Device) {
                 .with_epsilon(case.eps)
                 .reference(),
         );
-    let block = dict
-        .conv2d_cbn("conv.", "norm.", &config, inner)
-        .unwrap();
+    let block = dict.conv2d_cbn("conv.", "norm.", &config, inner).unwrap();
     let y = block.forward(case.input.tensor(inner));
     check_matmul(
         "cbn2d_after_conv eval output",

@@ -138,7 +138,11 @@ fn counter_counts_shares_and_copies_like_burn_state() {
     assert_eq!(near_end.increment(), COUNT_SATURATION);
     assert_eq!(HostCounter::at(-3.0, &device).get(), 0.0);
     assert_eq!(
-        near_end.to_tensor().into_data().try_to_vec::<f32>().unwrap(),
+        near_end
+            .to_tensor()
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap(),
         vec![16_777_216.0]
     );
 }

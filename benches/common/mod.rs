@@ -85,10 +85,7 @@ pub fn criterion(sample_size: usize, measurement_secs: u64) -> criterion::Criter
 
 /// One training step as the benches time it: `forward` on `x`, backward,
 /// and a read of the input gradient's sum, which waits for the device.
-pub fn train_step<const D: usize>(
-    x: &Tensor<D>,
-    forward: impl FnOnce(Tensor<D>) -> Tensor<D>,
-) {
+pub fn train_step<const D: usize>(x: &Tensor<D>, forward: impl FnOnce(Tensor<D>) -> Tensor<D>) {
     let x = x.clone().require_grad();
     let grads = forward(x.clone()).sum().backward();
     let _ = x.grad(&grads).unwrap().sum().into_data();

@@ -7,8 +7,8 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{GradientsParams, SgdConfig};
-use burn::tensor::{Int, Tensor, TensorData};
 use burn::tensor::Device;
+use burn::tensor::{Int, Tensor, TensorData};
 
 use super::model::{DigitsNet, Norm};
 use super::{Digits, SplitMix64};
@@ -88,11 +88,7 @@ pub fn steps_per_epoch(data: &Digits, batch: usize, sampling: Sampling) -> usize
     }
 }
 
-pub fn images(
-    data: &Digits,
-    idx: &[usize],
-    device: &Device,
-) -> Tensor<4> {
+pub fn images(data: &Digits, idx: &[usize], device: &Device) -> Tensor<4> {
     let values: Vec<f32> = idx
         .iter()
         .flat_map(|&i| data.images[i].iter().copied())
@@ -103,11 +99,7 @@ pub fn images(
     )
 }
 
-pub fn labels(
-    data: &Digits,
-    idx: &[usize],
-    device: &Device,
-) -> Tensor<1, Int> {
+pub fn labels(data: &Digits, idx: &[usize], device: &Device) -> Tensor<1, Int> {
     let values: Vec<i64> = idx.iter().map(|&i| data.labels[i] as i64).collect();
     Tensor::from_data(TensorData::new(values, [idx.len()]), device)
 }
@@ -160,11 +152,7 @@ pub fn train_and_evaluate(
 /// burn's seed is global to the backend and parameters are drawn lazily at
 /// first use, so runs training in parallel would interleave their draws:
 /// the draws happen here, under a lock, by materializing the record.
-fn seeded_model(
-    cfg: &RunConfig,
-    total_steps: usize,
-    device: &Device,
-) -> DigitsNet {
+fn seeded_model(cfg: &RunConfig, total_steps: usize, device: &Device) -> DigitsNet {
     static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
     device.seed(cfg.seed);
@@ -174,11 +162,7 @@ fn seeded_model(
 }
 
 /// Accuracy in percent of `model` in inference mode.
-pub fn evaluate(
-    model: &DigitsNet,
-    test: &Digits,
-    device: &Device,
-) -> f64 {
+pub fn evaluate(model: &DigitsNet, test: &Digits, device: &Device) -> f64 {
     let mut correct = 0usize;
     let idx: Vec<usize> = (0..test.len()).collect();
     for chunk in idx.chunks(128) {
@@ -191,4 +175,3 @@ pub fn evaluate(
     }
     100.0 * correct as f64 / test.len() as f64
 }
-

@@ -205,7 +205,8 @@ pub fn assert_conv_output_given_is_forward<M, const D: usize>(
 where
     M: CbnBlock<D> + Module,
 {
-    let same = |what: &str, a: &TensorData, b: &TensorData| assert_bits_or_close(device, what, a, b);
+    let same =
+        |what: &str, a: &TensorData, b: &TensorData| assert_bits_or_close(device, what, a, b);
     let grad_of = |m: &M, grads: &Gradients| m.weight().grad(grads).unwrap().into_data();
     let steps = |module, forward: &dyn Fn(&M, Tensor<D>) -> Tensor<D>| {
         sgd_steps(module, (0, 7), shapes, &forward, &grad_of, device)

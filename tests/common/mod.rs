@@ -94,7 +94,8 @@ pub fn check_close(
     if actual.shape().as_slice() != expected_shape {
         return Err(format!(
             "{what}: shape {:?}, expected {:?}",
-            actual.shape(), expected_shape
+            actual.shape(),
+            expected_shape
         ));
     }
     let actual: Vec<f32> = actual.try_to_vec::<f32>().expect("float data");
@@ -234,7 +235,12 @@ pub fn is_cube(device: &Device) -> bool {
 
 /// `actual` equal to `expected` bit for bit on the CPU backends, within
 /// [`check_matmul`]'s tolerance on wgpu (see [`is_cube`]).
-pub fn assert_bits_or_close(device: &Device, what: &str, actual: &TensorData, expected: &TensorData) {
+pub fn assert_bits_or_close(
+    device: &Device,
+    what: &str,
+    actual: &TensorData,
+    expected: &TensorData,
+) {
     if is_cube(device) {
         let values: Vec<f32> = expected.try_to_vec::<f32>().unwrap();
         check_matmul(what, actual, expected.shape(), &values).unwrap();

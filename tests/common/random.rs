@@ -2,8 +2,8 @@
 //! same numbers.
 
 use burn::module::{Module, ModuleMapper, Param};
-use burn::tensor::{Tensor, TensorData};
 use burn::tensor::Device;
+use burn::tensor::{Tensor, TensorData};
 
 /// Uniform values in `[lo, hi)` from a fixed-seed LCG.
 pub fn uniform<const D: usize>(

@@ -6,8 +6,8 @@ use burn::module::Module;
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::tensor::{Device, Gradients, Tensor, TensorData};
 
-use super::{assert_bits_eq, owned};
 use super::random::uniform;
+use super::{assert_bits_eq, owned};
 
 /// Shapes of a step's input and of its output (the upstream gradient).
 pub type StepShapes<const D: usize> = [[usize; D]; 2];

@@ -20,8 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 
 use burn::module::{
-    Content, Module, ModuleDisplay, ModuleDisplayDefault, ModuleMapper,
-    ModuleVisitor, Param, ParamId,
+    Content, Module, ModuleDisplay, ModuleDisplayDefault, ModuleMapper, ModuleVisitor, Param,
+    ParamId,
 };
 use burn::tensor::{Device, Tensor};
 
@@ -226,11 +226,11 @@ mod tests {
         // The record syncs pending updates and is the Param a RunningState
         // record holds: it loads into one, and back.
         let record = state.clone().into_record();
-        let running = burn::module::RunningState::new(Tensor::<1>::zeros([2], &device))
-            .load_record(record);
+        let running =
+            burn::module::RunningState::new(Tensor::<1>::zeros([2], &device)).load_record(record);
         assert_eq!(values(running.value_sync()), [6.0, 8.0]);
-        let back = AveragedState::<1>::new(Tensor::zeros([2], &device))
-            .load_record(running.into_record());
+        let back =
+            AveragedState::<1>::new(Tensor::zeros([2], &device)).load_record(running.into_record());
         assert_eq!(values(back.value()), [6.0, 8.0]);
     }
 }

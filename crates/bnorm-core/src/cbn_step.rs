@@ -165,7 +165,10 @@ impl<const D: usize> CbnStep<D> {
                 (batch_mean.clone(), var)
             }
             StepStatistics::Window(Some(terms)) => {
-                let moments = terms.entries.read().compensate(terms.weight, terms.bias, terms.rho);
+                let moments = terms
+                    .entries
+                    .read()
+                    .compensate(terms.weight, terms.bias, terms.rho);
                 let history = WindowHistory {
                     moments,
                     filled: terms.filled,
@@ -182,22 +185,14 @@ impl<const D: usize> CbnStep<D> {
         // multiply and an add, which a fusing backend runs as one kernel. On
         // the `[N, C, S]` view, reshaped at the end: a reshape between them
         // would split it.
-        let (scale, beta) = compose_affine(
-            self.gamma,
-            self.beta,
-            inv_std,
-            batch_mean.zeros_like(),
-        );
+        let (scale, beta) = compose_affine(self.gamma, self.beta, inv_std, batch_mean.zeros_like());
         let shift = beta.add(batch_mean.clone().sub(mean.clone()).mul(scale.clone()));
         // The reshapes first: one between the subtraction and the rest
         // would end the kernel there.
         let column = |t: Tensor<1>| t.reshape([1, dims[1], 1]);
         let (scale_column, shift_column) = (column(scale.clone()), column(shift));
         let centered = flat_y.sub(mean_t);
-        let output = centered
-            .mul(scale_column)
-            .add(shift_column)
-            .reshape(dims);
+        let output = centered.mul(scale_column).add(shift_column).reshape(dims);
         Forward {
             output,
             batch_mean,

@@ -22,8 +22,8 @@
 //! reshape, or burn-cubecl without fusion, gives the right ones), and `Q`
 //! computed through that view was off by up to 2.3 on values of about 1.
 
-use burn::backend::Dispatch;
 use burn::backend::ops::ModuleOps;
+use burn::backend::Dispatch;
 use burn::tensor::ops::{ConvOptions, PadMode};
 use burn::tensor::{Tensor, TensorData};
 

@@ -14,8 +14,8 @@
 //! matrix products over all planes at once), then the depth tap selection
 //! (one more), so a `3 x 3 x 3` kernel costs three products, not 27 slices.
 
-use burn::backend::Dispatch;
 use burn::backend::ops::ModuleOps;
+use burn::backend::Dispatch;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorData};
 
@@ -155,7 +155,6 @@ mod tests {
     use burn::tensor::ops::ConvOptions;
     use burn::tensor::{Distribution, Tensor};
 
-
     /// On an autodiff device the 3D Jacobians run without autodiff: bit
     /// for bit the same work through autodiff, for a grouped, strided,
     /// padded, dilated conv and a batch of one.
@@ -169,13 +168,9 @@ mod tests {
             groups: 2,
         };
         for batch in [1, 2] {
-            let x = Tensor::<5>::random(
-                [batch, 4, 5, 6, 4],
-                Distribution::Normal(0.0, 1.0),
-                &device,
-            );
-            let w =
-                Tensor::<5>::random([6, 2, 3, 2, 3], Distribution::Normal(0.0, 1.0), &device);
+            let x =
+                Tensor::<5>::random([batch, 4, 5, 6, 4], Distribution::Normal(0.0, 1.0), &device);
+            let w = Tensor::<5>::random([6, 2, 3, 2, 3], Distribution::Normal(0.0, 1.0), &device);
             let options = ConvOptions::new([2, 1, 1], [1, 0, 2], [1, 2, 1], 2);
             let y = conv3d(x.clone(), w, None, options);
             let dims = [6, 2, 3, 2, 3];

@@ -17,7 +17,7 @@
 use burn::module::Param;
 use burn::nn::conv::{Conv1d, Conv2d, Conv3d};
 use burn::nn::Linear;
-use burn::tensor::{Tensor};
+use burn::tensor::Tensor;
 
 /// The per-channel affine map `y = x * scale + shift`, `[C]` each.
 #[derive(Debug, Clone)]

@@ -62,10 +62,19 @@ mod tests {
         let y = Tensor::<2>::from_floats([[3.0, 4.0]], &device);
         let jacobians = Probe.run_on_inner(x.clone(), y.clone());
         assert!(!jacobians.mean.is_autodiff());
-        assert_eq!(jacobians.mean.to_data().try_to_vec::<f32>().unwrap(), [1.0, 2.0]);
-        assert_eq!(jacobians.mean_sq.to_data().try_to_vec::<f32>().unwrap(), [3.0, 4.0]);
+        assert_eq!(
+            jacobians.mean.to_data().try_to_vec::<f32>().unwrap(),
+            [1.0, 2.0]
+        );
+        assert_eq!(
+            jacobians.mean_sq.to_data().try_to_vec::<f32>().unwrap(),
+            [3.0, 4.0]
+        );
         let on_autodiff = Probe.run(x, y);
-        assert_eq!(on_autodiff.mean.to_data().try_to_vec::<f32>().unwrap(), [2.0, 3.0]);
+        assert_eq!(
+            on_autodiff.mean.to_data().try_to_vec::<f32>().unwrap(),
+            [2.0, 3.0]
+        );
     }
 
     #[test]

@@ -50,8 +50,8 @@
 //! per group, `F` values per patch (`C_in/G * kh * kw` for a conv, `d_in`
 //! for a linear layer).
 
-use burn::backend::{Dispatch, DispatchTensor};
 use burn::backend::ops::ModuleOps;
+use burn::backend::{Dispatch, DispatchTensor};
 use burn::tensor::ops::{ConvOptions, PadMode};
 use burn::tensor::{Slice, Tensor, TensorData};
 
@@ -674,7 +674,6 @@ mod tests {
     use burn::tensor::module::conv2d;
     use burn::tensor::ops::ConvOptions;
     use burn::tensor::{Distribution, Tensor};
-
 
     fn bits(jacobians: MomentJacobians) -> [Vec<u32>; 2] {
         [jacobians.mean, jacobians.mean_sq].map(|t| {

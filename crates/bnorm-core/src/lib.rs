@@ -42,9 +42,7 @@ pub use reciprocal::reciprocal;
 pub use renorm::{renorm_correction, EpsPlacement, RenormCorrection};
 pub use schedule::Schedule;
 pub mod record_check;
-pub use record_check::{
-    check_record_shape, load_checkpoint, optional_dims, CheckpointError, RecordShapeError,
-};
+pub use record_check::{check_record_shape, load_checkpoint, CheckpointError, RecordShapeError};
 pub mod cbn_step;
 pub mod conv1d_jacobian;
 pub mod conv3d_jacobian;

@@ -116,10 +116,7 @@ pub(crate) fn moments_per_channel<const D: usize>(
 /// normalize the whole tensor. The number of kept positions stays on the
 /// device (no host synchronisation); it is clamped to at least 1, so an
 /// all-padding batch gives mean 0 and variance 0 instead of NaN.
-pub fn masked_moments(
-    x: Tensor<3>,
-    padding: Tensor<2, Bool>,
-) -> BatchMoments<3> {
+pub fn masked_moments(x: Tensor<3>, padding: Tensor<2, Bool>) -> BatchMoments<3> {
     let [n, _, l] = x.dims();
     let keep = padding.bool_not().float().reshape([n, 1, l]);
     let count = keep.clone().sum().clamp_min(1.0);

@@ -11,7 +11,7 @@
 //! catches both. A division is correctly rounded on the CPU, and so is its
 //! gradient (`-1 / x^2`, a multiply and a divide).
 
-use burn::tensor::{Tensor};
+use burn::tensor::Tensor;
 
 /// `1 / x` elementwise, correctly rounded, with an exact gradient.
 pub fn reciprocal<const D: usize>(x: Tensor<D>) -> Tensor<D> {

@@ -110,14 +110,3 @@ pub fn load_checkpoint<M: burn::module::Module>(
     let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes)).map_err(fail)?;
     module.try_load_record(record).map_err(fail)
 }
-
-/// Shape of an optional parameter, `[]` when absent (a layer without
-/// affine parameters, a conv without bias), for [`check_record_shape`].
-pub fn optional_dims(
-    param: &Option<burn::module::Param<burn::tensor::Tensor<1>>>,
-) -> Vec<usize> {
-    param
-        .as_ref()
-        .map(|p| p.dims().to_vec())
-        .unwrap_or_default()
-}

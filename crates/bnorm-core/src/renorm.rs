@@ -13,7 +13,7 @@
 //! With `rmax = 1, dmax = 0` this is exactly BatchNorm.
 
 use burn::config::Config;
-use burn::tensor::{Tensor};
+use burn::tensor::Tensor;
 
 /// Where the numerical-stability `epsilon` enters the standard deviation.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 //! names what was expected and what came. The checks run before any state is
 //! touched, so a rejected call leaves the module exactly as it was.
 
-use burn::tensor::{Tensor};
+use burn::tensor::Tensor;
 
 /// The output length of a convolution along one axis for an input of
 /// `size` (burn's formula): `(size + before + after - dilation (kernel - 1)
@@ -103,7 +103,6 @@ mod tests {
     use super::sum_axis;
     use crate::test_bits::bits;
     use burn::tensor::{Distribution, Tensor};
-
 
     /// `sum_axis` is `sum_dim`, value and gradient, bit for bit, on axes of
     /// one value (where it skips the reduction) and of several.

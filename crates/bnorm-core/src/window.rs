@@ -201,9 +201,8 @@ mod tests {
     #[test]
     fn front_push_is_a_concatenation() {
         let device = crate::test_bits::autodiff_device();
-        let random = |dims: [usize; 3]| {
-            Tensor::<3>::random(dims, Distribution::Normal(0.0, 1.0), &device)
-        };
+        let random =
+            |dims: [usize; 3]| Tensor::<3>::random(dims, Distribution::Normal(0.0, 1.0), &device);
         for k in [1, 2, 5] {
             let front = FrontPush::new(k, &device);
             let mask3 = front.mask([k, 3, 4]);

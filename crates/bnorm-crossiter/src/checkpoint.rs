@@ -23,4 +23,10 @@ macro_rules! checkpoint {
     )*};
 }
 
-checkpoint!(CrossIterBatchNorm, Conv1dCbn, Conv2dCbn, Conv3dCbn, LinearCbn);
+checkpoint!(
+    CrossIterBatchNorm,
+    Conv1dCbn,
+    Conv2dCbn,
+    Conv3dCbn,
+    LinearCbn
+);

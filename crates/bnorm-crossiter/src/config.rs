@@ -120,11 +120,7 @@ impl CrossIterBatchNormConfig {
     ///
     /// If `num_features` or `window` is 0, `num_features` is not a multiple
     /// of `layout.groups`, or `momentum` is outside `[0, 1]`.
-    pub fn init(
-        &self,
-        layout: WeightLayout,
-        device: &Device,
-    ) -> CrossIterBatchNorm {
+    pub fn init(&self, layout: WeightLayout, device: &Device) -> CrossIterBatchNorm {
         let c = self.num_features;
         assert!(
             c > 0,

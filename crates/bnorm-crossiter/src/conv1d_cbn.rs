@@ -148,11 +148,7 @@ impl Conv1dCbn {
     ///
     /// If `input` does not have `channels_in` channels or `conv_output` is
     /// not the conv's output shape for it (the state is untouched then).
-    pub fn forward_conv_output(
-        &self,
-        input: Tensor<3>,
-        conv_output: Tensor<3>,
-    ) -> Tensor<3> {
+    pub fn forward_conv_output(&self, input: Tensor<3>, conv_output: Tensor<3>) -> Tensor<3> {
         let dims = input.dims();
         self.check_input(&dims);
         let geometry = self.geometry(dims[2]);

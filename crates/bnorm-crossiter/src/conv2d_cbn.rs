@@ -154,11 +154,7 @@ impl Conv2dCbn {
     ///
     /// If `input` does not have `channels_in` channels or `conv_output` is
     /// not the conv's output shape for it (the state is untouched then).
-    pub fn forward_conv_output(
-        &self,
-        input: Tensor<4>,
-        conv_output: Tensor<4>,
-    ) -> Tensor<4> {
+    pub fn forward_conv_output(&self, input: Tensor<4>, conv_output: Tensor<4>) -> Tensor<4> {
         let dims = input.dims();
         self.check_input(&dims);
         let geometry = self.geometry(dims[2], dims[3]);

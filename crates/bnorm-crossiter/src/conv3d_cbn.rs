@@ -153,11 +153,7 @@ impl Conv3dCbn {
     /// not the conv's output shape for it, or `Same` padding would need
     /// more on one side than the other for this input size (the state is
     /// untouched then).
-    pub fn forward_conv_output(
-        &self,
-        input: Tensor<5>,
-        conv_output: Tensor<5>,
-    ) -> Tensor<5> {
+    pub fn forward_conv_output(&self, input: Tensor<5>, conv_output: Tensor<5>) -> Tensor<5> {
         let dims = input.dims();
         self.check_input(&dims);
         let size = [dims[2], dims[3], dims[4]];

@@ -56,11 +56,8 @@ pub(crate) fn check_conv_output<const D: usize>(
 }
 
 /// A convolution's weight `[C, C_in/G, k...]`, bias and groups `G`.
-pub(crate) type ConvParams<'a, const D: usize> = (
-    &'a Param<Tensor<D>>,
-    &'a Option<Param<Tensor<1>>>,
-    usize,
-);
+pub(crate) type ConvParams<'a, const D: usize> =
+    (&'a Param<Tensor<D>>, &'a Option<Param<Tensor<1>>>, usize);
 
 impl CrossIterBatchNorm {
     /// The normalization of `y`, the output of a convolution of `input`
