@@ -25,9 +25,8 @@ pub const CBN_BURN_IN: usize = 100;
 /// (100 steps) is a sliver of its 40k-step schedule; in a 264-step run
 /// (batch 32, 6 epochs) it would leave 7% of the initial values in the
 /// running statistics at the end, and `r`, `d` would pull towards stale
-/// ones (measured with 0.01: 94.2% / 92.1% at batch 32 iid / paired; with
-/// this rule, the README's 2026-11-29 run: 97.8% / 98.1%). So the averaging spans at
-/// most 1/20 of the run:
+/// ones (see the guide's protocol for the measured effect). So the
+/// averaging spans at most 1/20 of the run:
 /// `max(0.01, 20 / total_steps)`, which leaves batch sizes 1, 2 and 4 at 0.01.
 pub fn brn_momentum(total_steps: usize) -> f64 {
     (20.0 / total_steps.max(1) as f64).clamp(0.01, 1.0)

@@ -14,8 +14,8 @@
 //! `tap_products`).
 //!
 //! `Q` takes the backend's 1D weight gradient on the 3D tensors as they
-//! are, not the 2D one on a height-1 view: with burn-fusion 0.21 (wgpu
-//! over lavapipe, 2026-11-28), a 1D conv's output of length 1 (stride 6,
+//! are, not the 2D one on a height-1 view: with burn-fusion (wgpu over
+//! lavapipe), a 1D conv's output of length 1 (stride 6,
 //! padding 2 and 1: burn-cubecl leaves it with strides `[9, 3, 3]` for
 //! shape `[2, 3, 1]`) reads back wrong once reshaped to 4D (two of its six
 //! values right, zeros for the rest; an elementwise operation before the

@@ -17,6 +17,7 @@
 //!   `dmax` ramps), evaluated on the host.
 //! - [`shape`]: the shape checks and broadcast helpers shared by the layers.
 //! - [`record_check`]: shape errors of conversions and checkpoints.
+//! - [`mode`]: training or inference, as burn's `BatchNorm` decides.
 //! - [`jacobian`]: closed-form Jacobians of moments with respect to a conv
 //!   or linear weight, and the Taylor compensation of history entries
 //!   (computed without autodiff: `inner`, private).
@@ -29,6 +30,7 @@
 
 pub mod averaged_state;
 pub mod counter;
+pub mod mode;
 pub mod moments;
 pub mod reciprocal;
 pub mod renorm;
@@ -37,6 +39,7 @@ pub mod shape;
 
 pub use averaged_state::AveragedState;
 pub use counter::{HostCounter, COUNT_SATURATION};
+pub use mode::trains;
 pub use moments::{masked_moments, moments, BatchMoments};
 pub use reciprocal::reciprocal;
 pub use renorm::{renorm_correction, EpsPlacement, RenormCorrection};

@@ -5,9 +5,9 @@
 //! it into a forward convolution of the input with the output gradient as
 //! the kernel, and burn-ndarray's convolution loops innermost along the
 //! *output's* width — for a weight gradient, the kernel's three values.
-//! With `Q` computed so, a window-8 `Conv3dCbn` step cost 1.51–1.56x
-//! Conv3d + BatchNorm on ndarray (`benches/cbn3d_vs_conv3d_batchnorm`,
-//! 2026-11-27); with the products here, 0.99–1.04x.
+//! Computed so, `Q` made a window-8 `Conv3dCbn` step cost about half as
+//! much again as Conv3d + BatchNorm on ndarray; with the products here, on
+//! par (`benches/cbn3d_vs_conv3d_batchnorm`, docs/performance.md).
 //!
 //! Tap `t` of the kernel reads the (padded) input at every output position
 //! shifted by `t * dilation`: a strided slice the size of one input. Per

@@ -151,7 +151,7 @@ impl CrossIterBatchNorm {
     /// Whether a forward pass on `device` trains: an autodiff device and a
     /// layer not frozen.
     pub(crate) fn is_training(&self, device: &Device) -> bool {
-        device.is_autodiff() && self.training.is_enabled()
+        bnorm_core::trains(device, &self.training)
     }
 
     /// Normalizes with the running statistics on any backend, state

@@ -137,7 +137,7 @@ impl BatchRenorm {
     /// Whether a forward pass on `device` trains: an autodiff device and a
     /// layer not frozen.
     fn is_training(&self, device: &Device) -> bool {
-        device.is_autodiff() && self.training.is_enabled()
+        bnorm_core::trains(device, &self.training)
     }
 
     /// The step counter `n` on the host (training batches seen).
