@@ -12,15 +12,18 @@
 //! out = (y - mu) * s + beta,   s = gamma * inv_std,   inv_std = 1 / std(var)
 //! ```
 //!
-//! [`CbnStep::run`] differentiates this forward pass through burn's
-//! autodiff, operation by operation.
+//! [`CbnStep::run`] registers the step as one autodiff operation with its
+//! gradient in closed form (see [`crate::closed_form`] for the formulas and
+//! the devices it covers) and differentiates the same forward pass through
+//! burn's autodiff, operation by operation, elsewhere
+//! ([`CbnStep::through_autodiff`], which the tests compare it with).
 
 use std::sync::Arc;
 
 use burn::tensor::Tensor;
 
 use crate::moments::{bessel, moments_per_channel, values_per_channel};
-use crate::window::{window_with_weights, WindowHistory};
+use crate::window::{window_with_weights, WeightedWindow, WindowHistory};
 use crate::{compose_affine, reciprocal, EpsPlacement, HistoryEntries};
 
 /// One training step of Cross-Iteration BN on the output `y` of a layer.
@@ -125,13 +128,18 @@ pub struct CbnStepOutput<const D: usize> {
 }
 
 impl<const D: usize> CbnStep<D> {
-    /// Runs the step: the output with its graph, the statistics detached.
+    /// Runs the step: the output with its graph, the statistics detached;
+    /// the gradient in closed form where [`crate::closed_form`] covers the
+    /// device, else through burn's autodiff.
     pub fn run(self) -> CbnStepOutput<D> {
-        self.through_autodiff()
+        match crate::closed_form::closed_form(self) {
+            Ok(output) => output,
+            Err(step) => step.through_autodiff(),
+        }
     }
 
     /// Runs the step with burn's autodiff differentiating every operation
-    /// (what [`run`](Self::run) does on every device).
+    /// (any device; the reference the closed form is tested against).
     pub fn through_autodiff(self) -> CbnStepOutput<D> {
         let forward = self.forward();
         CbnStepOutput {
@@ -145,54 +153,63 @@ impl<const D: usize> CbnStep<D> {
     }
 
     /// The forward pass, every value the backward pass may need.
-    fn forward(self) -> Forward<D> {
+    pub(crate) fn forward(self) -> Forward<D> {
         let dims = self.y.dims();
         let count = values_per_channel(&dims);
         let (flat_y, mean_t, var) = moments_per_channel(self.y);
         let mean_sq = var.clone().add(mean_t.clone().square());
         let [batch_mean, batch_var, batch_mean_sq] =
             [mean_t.clone(), var, mean_sq].map(|t| t.reshape([dims[1]]));
-        let (mean, var) = match self.statistics {
+        let mut entries = None;
+        let (mean, var, window) = match self.statistics {
             StepStatistics::Plain { unbiased } => {
                 let var = match unbiased {
                     true => bessel(batch_var.clone(), count),
                     false => batch_var.clone(),
                 };
-                (batch_mean.clone(), var)
+                (batch_mean.clone(), var, None)
             }
             StepStatistics::Window(None) => {
                 let var = batch_mean_sq.clone().sub(batch_mean.clone().square());
-                (batch_mean.clone(), var)
+                (batch_mean.clone(), var, None)
             }
             StepStatistics::Window(Some(terms)) => {
-                let moments = terms
-                    .entries
-                    .read()
-                    .compensate(terms.weight, terms.bias, terms.rho);
+                let read = terms.entries.read();
+                entries = Some(read.clone());
+                let moments = read.compensate(terms.weight, terms.bias, terms.rho);
                 let history = WindowHistory {
                     moments,
                     filled: terms.filled,
                 };
                 let window =
                     window_with_weights(batch_mean.clone(), batch_mean_sq.clone(), history);
-                (window.mean, window.var)
+                (window.mean.clone(), window.var.clone(), Some(window))
             }
         };
         let std = self.eps_placement.std(var.clone(), self.epsilon);
-        let inv_std = reciprocal(std);
+        let inv_std = reciprocal(std.clone());
         // out = gamma (y - mu) / std + beta = (y - mu_t) s + (beta + (mu_t - mu) s)
         // with s = gamma / std: the full-size tensor sees a subtraction, a
         // multiply and an add, which a fusing backend runs as one kernel. On
         // the `[N, C, S]` view, reshaped at the end: a reshape between them
         // would split it.
-        let (scale, beta) = compose_affine(self.gamma, self.beta, inv_std, batch_mean.zeros_like());
+        let (scale, beta) = compose_affine(
+            self.gamma,
+            self.beta,
+            inv_std.clone(),
+            batch_mean.zeros_like(),
+        );
         let shift = beta.add(batch_mean.clone().sub(mean.clone()).mul(scale.clone()));
         // The reshapes first: one between the subtraction and the rest
         // would end the kernel there.
         let column = |t: Tensor<1>| t.reshape([1, dims[1], 1]);
         let (scale_column, shift_column) = (column(scale.clone()), column(shift));
         let centered = flat_y.sub(mean_t);
-        let output = centered.mul(scale_column).add(shift_column).reshape(dims);
+        let output = centered
+            .clone()
+            .mul(scale_column)
+            .add(shift_column)
+            .reshape(dims);
         Forward {
             output,
             batch_mean,
@@ -200,16 +217,32 @@ impl<const D: usize> CbnStep<D> {
             batch_mean_sq,
             mean,
             var,
+            centered,
+            std,
+            inv_std,
+            scale,
+            window,
+            entries,
         }
     }
 }
 
 /// Every value of the forward pass.
-struct Forward<const D: usize> {
-    output: Tensor<D>,
-    batch_mean: Tensor<1>,
-    batch_var: Tensor<1>,
-    batch_mean_sq: Tensor<1>,
-    mean: Tensor<1>,
-    var: Tensor<1>,
+pub(crate) struct Forward<const D: usize> {
+    pub(crate) output: Tensor<D>,
+    pub(crate) batch_mean: Tensor<1>,
+    pub(crate) batch_var: Tensor<1>,
+    pub(crate) batch_mean_sq: Tensor<1>,
+    pub(crate) mean: Tensor<1>,
+    pub(crate) var: Tensor<1>,
+    /// `y - mu_t` on the `[N, C, S]` view.
+    pub(crate) centered: Tensor<3>,
+    pub(crate) std: Tensor<1>,
+    pub(crate) inv_std: Tensor<1>,
+    /// `s = gamma * inv_std`.
+    pub(crate) scale: Tensor<1>,
+    /// The window's weights (a window step with entries).
+    pub(crate) window: Option<WeightedWindow>,
+    /// The entries read (a window step with entries).
+    pub(crate) entries: Option<HistoryEntries>,
 }

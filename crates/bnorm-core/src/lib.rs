@@ -24,7 +24,8 @@
 //! - [`conv1d_jacobian`], [`conv3d_jacobian`]: the same Jacobians for a
 //!   1D and a 3D convolution.
 //! - [`window`]: Cross-Iteration BN window statistics and burn-in.
-//! - [`cbn_step`]: the CBN training step, `y` to the normalized output.
+//! - [`cbn_step`]: the CBN training step, `y` to the normalized output,
+//!   with its gradient in closed form (`closed_form`, private).
 //! - [`inference`]: inference-mode normalization as one affine map, and
 //!   folding it into the preceding layer.
 
@@ -47,6 +48,7 @@ pub use schedule::Schedule;
 pub mod record_check;
 pub use record_check::{check_record_shape, load_checkpoint, CheckpointError, RecordShapeError};
 pub mod cbn_step;
+mod closed_form;
 pub mod conv1d_jacobian;
 pub mod conv3d_jacobian;
 pub mod inference;

@@ -79,13 +79,20 @@ pub fn window_statistics(
     (window.mean, window.var)
 }
 
-/// [`window_statistics`] of a window holding entries.
+/// [`window_statistics`] of a window holding entries, with the weights
+/// the closed-form gradient needs (`crate::closed_form`).
 #[derive(Debug, Clone)]
 pub(crate) struct WeightedWindow {
     /// Window mean, `[C]`.
     pub mean: Tensor<1>,
     /// Window biased variance, `[C]`.
     pub var: Tensor<1>,
+    /// 1 where entry `i` is kept for channel `c`, else 0, `[K, C]`.
+    pub keep: Tensor<2>,
+    /// `sum_i keep_i` (`n - 1`), `[1, C]`.
+    pub kept: Tensor<2>,
+    /// `1 / n`, `n` the values averaged per channel, `[C]`.
+    pub inv_count: Tensor<1>,
 }
 
 pub(crate) fn window_with_weights(
@@ -116,7 +123,8 @@ pub(crate) fn window_with_weights(
     // not merge a sum over the entries with what follows across a reshape
     // of the sum.
     let row = |t: Tensor<1>| t.reshape([1, c]);
-    let count = sum_axis(keep.clone(), 0).add_scalar(1.0);
+    let kept = sum_axis(keep.clone(), 0);
+    let count = kept.clone().add_scalar(1.0);
     // A multiply by the exact reciprocal, not a division: burn's gradient of
     // `a / b` with respect to `a` uses `recip(b)`, approximate on
     // burn-ndarray with SIMD (see `reciprocal`).
@@ -125,13 +133,16 @@ pub(crate) fn window_with_weights(
         .add(sum_axis(history_mean.mul(keep.clone()), 0))
         .mul(inv_count.clone());
     let window_mean_sq = row(mean_sq)
-        .add(sum_axis(history_mean_sq.mul(keep), 0))
-        .mul(inv_count);
+        .add(sum_axis(history_mean_sq.mul(keep.clone()), 0))
+        .mul(inv_count.clone());
     let var = window_mean_sq.sub(window_mean.clone().square());
-    let [window_mean, var] = [window_mean, var].map(|t| t.reshape([c]));
+    let [window_mean, var, inv_count] = [window_mean, var, inv_count].map(|t| t.reshape([c]));
     WeightedWindow {
         mean: window_mean,
         var,
+        keep,
+        kept,
+        inv_count,
     }
 }
 
