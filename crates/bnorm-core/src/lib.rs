@@ -43,7 +43,7 @@ pub use counter::{HostCounter, COUNT_SATURATION};
 pub use mode::trains;
 pub use moments::{masked_moments, moments, BatchMoments};
 pub use reciprocal::reciprocal;
-pub use renorm::{renorm_correction, EpsPlacement, RenormCorrection};
+pub use renorm::{renorm_correction, renorm_train, EpsPlacement, RenormCorrection, RenormStep};
 pub use schedule::Schedule;
 pub mod record_check;
 pub use record_check::{check_record_shape, load_checkpoint, CheckpointError, RecordShapeError};

@@ -114,3 +114,62 @@ pub fn renorm_correction(
         d: d.detach(),
     }
 }
+
+/// A Batch Renormalization training step's results.
+#[derive(Debug, Clone)]
+pub struct RenormStep<const D: usize> {
+    /// `gamma * ((x - mu_B) / sigma_B * r + d) + beta`, shape of the input.
+    pub output: Tensor<D>,
+    /// The batch mean `mu_B`, `[C]`, detached.
+    pub batch_mean: Tensor<1>,
+    /// The batch standard deviation `sigma_B = sqrt(var_B + eps)`, `[C]`,
+    /// detached.
+    pub batch_std: Tensor<1>,
+}
+
+/// A Batch Renormalization training step with `eps` inside the square
+/// root, through burn's fused `batch_norm_train`: `r` and `d` are
+/// constants of the backward pass, so
+///
+/// ```text
+/// gamma * ((x - mu_B) / sigma_B * r + d) + beta = BN(x; gamma r, gamma d + beta)
+/// ```
+///
+/// is burn's BatchNorm with a scale `gamma r` and a shift `gamma d + beta`
+/// (`r` and `d` alone without `gamma`, `beta`), and its gradient is
+/// BatchNorm's closed form. The batch statistics that `r` and `d` need come
+/// first, from the input's values without autodiff.
+///
+/// `input` is `[N, C, ...]`; `running_mean`, `running_std` `[C]`; `rmax`,
+/// `dmax` the clip bounds (see [`renorm_correction`]).
+#[allow(clippy::too_many_arguments)]
+pub fn renorm_train<const D: usize>(
+    input: Tensor<D>,
+    gamma: Option<Tensor<1>>,
+    beta: Option<Tensor<1>>,
+    running_mean: Tensor<1>,
+    running_std: Tensor<1>,
+    rmax: f64,
+    dmax: f64,
+    epsilon: f64,
+) -> RenormStep<D> {
+    let channels = input.dims()[1];
+    let (_, mean, var) = crate::moments::moments_per_channel(input.clone().inner());
+    let [batch_mean, var] = [mean, var].map(|t| t.reshape([channels]));
+    let batch_std = EpsPlacement::InsideSqrt.std(var, epsilon);
+    let correction = renorm_correction(
+        batch_mean.clone(),
+        batch_std.clone(),
+        running_mean.inner(),
+        running_std.inner(),
+        rmax,
+        dmax,
+    );
+    let (scale, shift) = crate::compose_affine(gamma, beta, correction.r, correction.d);
+    let output = burn::tensor::module::batch_norm_train(input, scale, shift, epsilon).output;
+    RenormStep {
+        output,
+        batch_mean,
+        batch_std,
+    }
+}

@@ -5,7 +5,7 @@ use burn::tensor::{Bool, Device, Tensor};
 use bnorm_core::shape::{check_input, check_mask, per_channel};
 use bnorm_core::{compose_affine, HostCounter};
 use bnorm_core::{
-    masked_moments, moments, renorm_correction, BatchMoments, EpsPlacement, Schedule,
+    masked_moments, moments, renorm_correction, renorm_train, BatchMoments, EpsPlacement, Schedule,
 };
 
 /// Batch Renormalization over a `[N, C, ...]` input.
@@ -86,10 +86,12 @@ impl BatchRenorm {
     /// long, or the batch is empty. The module's state is untouched then.
     pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
         check_input("BatchRenorm", &input.dims(), self.num_features);
-        if self.is_training(&input.device()) {
-            self.forward_train(moments(input))
-        } else {
+        if !self.is_training(&input.device()) {
             self.forward_inference(input)
+        } else if self.eps_placement == EpsPlacement::InsideSqrt {
+            self.forward_train_fused(input)
+        } else {
+            self.forward_train(moments(input))
         }
     }
 
@@ -172,11 +174,24 @@ impl BatchRenorm {
             .mul(per_channel::<D>(scale))
             .add(per_channel::<D>(shift));
 
+        self.update_running(running_mean, running_std, batch.mean, batch_std);
+        output
+    }
+
+    /// Moves the running statistics towards the batch's (after `r` and `d`
+    /// were computed from them) and counts the step.
+    fn update_running(
+        &self,
+        running_mean: Tensor<1>,
+        running_std: Tensor<1>,
+        batch_mean: Tensor<1>,
+        batch_std: Tensor<1>,
+    ) {
         let momentum = self.momentum;
         self.running_mean.update(
             running_mean
                 .clone()
-                .add(batch.mean.detach().sub(running_mean).mul_scalar(momentum))
+                .add(batch_mean.detach().sub(running_mean).mul_scalar(momentum))
                 .detach(),
         );
         self.running_std.update(
@@ -186,8 +201,31 @@ impl BatchRenorm {
                 .detach(),
         );
         self.steps.increment();
+    }
 
-        output
+    /// The training step through burn's fused BatchNorm (`eps` inside the
+    /// square root; see [`renorm_train`]).
+    fn forward_train_fused<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
+        let running_mean = self.running_mean.value_sync();
+        let running_std = self.running_std.value_sync();
+        let step = self.steps.get();
+        let renorm = renorm_train(
+            input,
+            self.gamma.as_ref().map(|g| g.val()),
+            self.beta.as_ref().map(|b| b.val()),
+            running_mean.clone(),
+            running_std.clone(),
+            self.rmax.value_at(step),
+            self.dmax.value_at(step),
+            self.epsilon,
+        );
+        self.update_running(
+            running_mean,
+            running_std,
+            renorm.batch_mean,
+            renorm.batch_std,
+        );
+        renorm.output
     }
 
     fn forward_inference<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
