@@ -6,9 +6,8 @@
 //! data-parallel training needs (every device updates the same module; the
 //! state is the mean of their updates). It divides by the number of
 //! updates even when there is one: `x / 1`, a kernel per buffer on a GPU
-//! backend, every step. CBN's history reads six buffers a step; with burn's
-//! fusion that was 4 of the 66 kernels of a window-8 training step, for
-//! values bit for bit the ones they started from.
+//! backend, every step, for values bit for bit the ones they started from
+//! (CBN's history reads six buffers a step).
 //!
 //! [`AveragedState`] is the same state with the same record (a float
 //! [`Param`], so checkpoints load either way), the same thread semantics,

@@ -80,9 +80,8 @@ pub struct WindowTerms {
 /// after the batch moments. Reading a state that merges updates (burn's
 /// `RunningState::value_sync` always, [`AveragedState`](crate::AveragedState)
 /// when several threads updated it) queues a division by the thread count;
-/// queued before the moments, it led burn-fusion's planner to run the
-/// moments' operations one kernel each (measured with `RunningState`: 8
-/// kernels where they fused into 4 then).
+/// queued before the moments, it keeps a fusing backend from merging the
+/// moments' operations into their reductions.
 #[derive(Clone)]
 pub struct EntriesSource(Arc<dyn Fn() -> HistoryEntries>);
 

@@ -145,8 +145,8 @@ pub fn conv2d_moment_jacobians(
 /// where arithmetic is the cost (the CPU), a possible gain where the
 /// reduction's length is (a GPU whose kernel leaves cores idle), which is
 /// what `BNORM_BENCH_WINDOW_PARTS=1` measures. Not a grouped convolution
-/// (one group per band) because burn-cubecl 0.21 has no implicit-GEMM
-/// weight gradient for groups: it loops over them, one convolution each.
+/// (one group per band) because a backend without an implicit-GEMM weight
+/// gradient for groups loops over them, one convolution each.
 ///
 /// Only for `groups = 1` (with groups the bands are ignored: `Q` in one
 /// piece). `bands = 1` is [`conv2d_moment_jacobians`]; more bands than
@@ -519,10 +519,9 @@ pub fn linearize(
     let [k, c] = mean.dims();
     let bias_free = bias.is_none();
     let (p_w, q_w) = linearize_per_entry(jac_mean, jac_mean_sq, mean, weight, bias);
-    // `* 1` (exact) gives each sum an operation after it, the one thing that
-    // makes burn-fusion 0.21 merge the product before a sum into the sum's
-    // kernel (without one it runs two kernels; with a bias, its addition
-    // plays that part).
+    // `* 1` (exact) gives each sum an operation after it, which lets a
+    // fusing backend merge the product before a sum into the sum's kernel
+    // (with a bias, its addition plays that part).
     let (p_w, q_w) = if bias_free {
         (p_w.mul_scalar(1.0), q_w.mul_scalar(1.0))
     } else {

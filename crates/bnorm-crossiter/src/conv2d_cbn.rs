@@ -55,9 +55,9 @@ pub struct Conv2dCbnConfig {
     pub norm: CrossIterBatchNormConfig,
     /// Bands of output rows the Jacobian `Q`'s reduction is split into
     /// (see [`bnorm_core::conv2d_moment_jacobians_in_bands`]; groups = 1
-    /// only). Default: 1, one piece. An experiment for GPUs, not yet
-    /// measured on one; `bands` times `Q`'s arithmetic, so on the CPU only
-    /// slower. Results equal to float32 rounding.
+    /// only). Default: 1, one piece. An experiment for GPUs: `bands` times
+    /// `Q`'s arithmetic, so on the CPU only slower. Results equal to
+    /// float32 rounding.
     #[config(default = 1)]
     pub jacobian_bands: usize,
 }
