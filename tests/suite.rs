@@ -22,6 +22,8 @@ mod conversions;
 mod exactness;
 #[path = "host_counter.rs"]
 mod host_counter;
+#[path = "non_finite.rs"]
+mod non_finite;
 
 #[path = "backend_parity.rs"]
 mod backend_parity;

@@ -131,9 +131,9 @@ impl<const D: usize> CbnStep<D> {
     /// the gradient in closed form where [`crate::closed_form`] covers the
     /// device, else through burn's autodiff.
     pub fn run(self) -> CbnStepOutput<D> {
-        match crate::closed_form::closed_form(self) {
-            Ok(output) => output,
-            Err(step) => step.through_autodiff(),
+        match crate::closed_form::covers(&self) {
+            true => crate::closed_form::closed_form(self),
+            false => self.through_autodiff(),
         }
     }
 

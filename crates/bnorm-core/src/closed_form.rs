@@ -30,8 +30,8 @@
 //! with the `wgpu` feature, burn's cubecl backend (wgpu, CUDA and the other
 //! cubecl runtimes share one backend type), under either of burn's
 //! gradient-checkpointing strategies (the operation is compute-bound and
-//! keeps its own state, so it is the same under both). [`closed_form`]
-//! hands the step back on any other device.
+//! keeps its own state, so it is the same under both). Elsewhere
+//! [`CbnStep::run`] takes burn's autodiff route.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::{
@@ -54,34 +54,61 @@ use crate::moments::{bessel_factor, values_per_channel};
 use crate::shape::{flatten_spatial, sum_axis};
 use crate::HistoryEntries;
 
-/// The step as one operation with the closed-form gradient, where the
-/// step's device allows it (see the module docs), else the step back.
-pub(crate) fn closed_form<const D: usize>(
-    step: CbnStep<D>,
-) -> Result<CbnStepOutput<D>, CbnStep<D>> {
-    let Some(strategy) = step.y.gradient_checkpointing_strategy() else {
-        // Not an autodiff device: no graph to record.
-        return Err(step);
+/// The backend a covered device runs on (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    NdArray,
+    Flex,
+    #[cfg(feature = "wgpu")]
+    Cube,
+}
+
+/// The route for a step on `y`'s device and its checkpointing strategy,
+/// if the closed form covers it.
+fn route<const D: usize>(y: &Tensor<D>) -> Option<(Route, GradientCheckpointingStrategy)> {
+    // Without autodiff there is no graph to record.
+    let strategy = y.gradient_checkpointing_strategy()?;
+    #[allow(deprecated, unreachable_patterns)]
+    let route = match y.device().inner().as_dispatch() {
+        DispatchDevice::NdArray(_) => Route::NdArray,
+        DispatchDevice::Flex(_) => Route::Flex,
+        #[cfg(feature = "wgpu")]
+        DispatchDevice::Cube(_) => Route::Cube,
+        _ => return None,
     };
+    Some((route, strategy))
+}
+
+/// Whether [`closed_form`] covers `step`'s device.
+pub(crate) fn covers<const D: usize>(step: &CbnStep<D>) -> bool {
+    route(&step.y).is_some()
+}
+
+/// The step as one operation with the closed-form gradient.
+///
+/// # Panics
+///
+/// If the step's device is not one the closed form [`covers`].
+pub(crate) fn closed_form<const D: usize>(step: CbnStep<D>) -> CbnStepOutput<D> {
+    let (route, strategy) = route(&step.y).expect("a device the closed form covers");
     macro_rules! on {
         ($backend:ty) => {
-            Ok(match strategy {
+            match strategy {
                 GradientCheckpointingStrategy::Disabled => {
                     on_backend::<$backend, NoCheckpointing, D>(step, strategy)
                 }
                 GradientCheckpointingStrategy::Balanced => {
                     on_backend::<$backend, BalancedCheckpointing, D>(step, strategy)
                 }
-            })
+            }
         };
     }
-    #[allow(deprecated, unreachable_patterns)]
-    match step.y.device().inner().as_dispatch() {
-        DispatchDevice::NdArray(_) => on!(burn::backend::NdArray),
-        DispatchDevice::Flex(_) => on!(burn::backend::Flex),
+    #[allow(deprecated)]
+    match route {
+        Route::NdArray => on!(burn::backend::NdArray),
+        Route::Flex => on!(burn::backend::Flex),
         #[cfg(feature = "wgpu")]
-        DispatchDevice::Cube(_) => on!(burn::backend::Cube),
-        _ => Err(step),
+        Route::Cube => on!(burn::backend::Cube),
     }
 }
 
@@ -458,7 +485,7 @@ fn register_grad<B: Backend, const R: usize>(
 
 #[cfg(test)]
 mod tests {
-    use super::closed_form;
+    use super::{closed_form, covers};
     use crate::cbn_step::{CbnStep, EntriesSource, StepStatistics, WindowTerms};
     use crate::{EpsPlacement, HistoryEntries};
     use burn::tensor::{Device, Tensor, TensorData};
@@ -644,9 +671,9 @@ mod tests {
         );
     }
 
-    /// Without autodiff there is no graph: the step comes back.
+    /// Without autodiff there is no graph to record: not covered.
     #[test]
-    fn closed_form_declines_a_device_without_autodiff() {
+    fn closed_form_does_not_cover_a_device_without_autodiff() {
         let device = Device::flex();
         let step = CbnStep {
             y: Tensor::<2>::from_floats([[1.0, 2.0], [3.0, 5.0]], &device),
@@ -656,7 +683,12 @@ mod tests {
             epsilon: 1e-5,
             eps_placement: EpsPlacement::InsideSqrt,
         };
-        assert!(closed_form(step).is_err());
+        assert!(!covers(&step));
+        let autodiff = CbnStep {
+            y: step.y.clone().autodiff(),
+            ..step
+        };
+        assert!(covers(&autodiff));
     }
 
     /// One configuration of [`closed_form_gradient_is_autodiffs`].
@@ -728,8 +760,8 @@ mod tests {
             eps_placement,
         };
         let leaves = (&y, &weight, &bias, &gamma, &beta);
-        let closed = closed_form(step.clone())
-            .unwrap_or_else(|_| panic!("{device:?} takes the closed form"));
+        assert!(covers(&step), "{device:?} takes the closed form");
+        let closed = closed_form(step.clone());
         let closed = evaluate(closed.output, &probe, leaves);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         let routed = evaluate(step.clone().run().output, &probe, leaves);

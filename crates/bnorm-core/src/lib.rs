@@ -7,6 +7,7 @@
 //! formula exists exactly once.
 //!
 //! - [`counter`]: step counts kept on the host and saved in the record.
+//! - [`guard`]: state updates only where the batch statistics are finite.
 //! - [`averaged_state`]: burn's `RunningState` without its division by
 //!   one (CBN's history buffers).
 //! - [`moments`](mod@moments): per-channel moments of `[N, C, ...]` tensors (rank 2..=5)
@@ -31,6 +32,7 @@
 
 pub mod averaged_state;
 pub mod counter;
+pub mod guard;
 pub mod mode;
 pub mod moments;
 pub mod reciprocal;

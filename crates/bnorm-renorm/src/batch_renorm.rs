@@ -2,6 +2,7 @@ use bnorm_core::AveragedState;
 use burn::module::{Flag, Module, Param};
 use burn::tensor::{Bool, Device, Tensor};
 
+use bnorm_core::guard::{finite_channels, keep_where_not_finite};
 use bnorm_core::shape::{check_input, check_mask, per_channel};
 use bnorm_core::{compose_affine, HostCounter};
 use bnorm_core::{
@@ -62,6 +63,9 @@ pub struct BatchRenorm {
     /// Where `epsilon` enters the standard deviation.
     #[module(skip)]
     pub eps_placement: EpsPlacement,
+    /// Update the running statistics only where the batch's are finite
+    /// (see [`BatchRenormConfig::state_guard`](crate::BatchRenormConfig::state_guard)).
+    pub state_guard: bool,
     /// Clip bound of `r` by step.
     #[module(skip)]
     pub rmax: Schedule,
@@ -179,7 +183,8 @@ impl BatchRenorm {
     }
 
     /// Moves the running statistics towards the batch's (after `r` and `d`
-    /// were computed from them) and counts the step.
+    /// were computed from them), only where they are finite when the state
+    /// guard is on, and counts the step.
     fn update_running(
         &self,
         running_mean: Tensor<1>,
@@ -188,18 +193,20 @@ impl BatchRenorm {
         batch_std: Tensor<1>,
     ) {
         let momentum = self.momentum;
-        self.running_mean.update(
-            running_mean
-                .clone()
-                .add(batch_mean.detach().sub(running_mean).mul_scalar(momentum))
-                .detach(),
-        );
-        self.running_std.update(
-            running_std
-                .clone()
-                .add(batch_std.detach().sub(running_std).mul_scalar(momentum))
-                .detach(),
-        );
+        let (batch_mean, batch_std) = (batch_mean.detach(), batch_std.detach());
+        let finite = self
+            .state_guard
+            .then(|| finite_channels(&[&batch_mean, &batch_std]));
+        let blend = |old: Tensor<1>, batch: Tensor<1>| {
+            let updated = old.clone().add(batch.sub(old.clone()).mul_scalar(momentum));
+            match &finite {
+                Some(finite) => keep_where_not_finite(finite, updated, old),
+                None => updated,
+            }
+            .detach()
+        };
+        self.running_mean.update(blend(running_mean, batch_mean));
+        self.running_std.update(blend(running_std, batch_std));
         self.steps.increment();
     }
 

@@ -47,6 +47,15 @@ pub struct BatchRenormConfig {
     /// implementation (ludvb/batchrenorm).
     #[config(default = "EpsPlacement::InsideSqrt")]
     pub eps_placement: EpsPlacement,
+    /// Update the running statistics only where the batch's are finite
+    /// (see [`bnorm_core::guard`]): a batch with a NaN or an infinity
+    /// leaves the running mean and std of the channels it reaches as they
+    /// were. The step counter still counts the step (it is kept on the
+    /// host, and a per-channel decision on the device costs no
+    /// synchronization), so the `rmax` / `dmax` schedules move on. Default:
+    /// true.
+    #[config(default = true)]
+    pub state_guard: bool,
 }
 
 impl BatchRenormConfig {
@@ -102,6 +111,7 @@ impl BatchRenormConfig {
             momentum: self.momentum,
             epsilon: self.epsilon,
             eps_placement: self.eps_placement,
+            state_guard: self.state_guard,
             rmax: self.rmax.clone(),
             dmax: self.dmax.clone(),
         }
