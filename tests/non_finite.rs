@@ -1,9 +1,10 @@
 //! The state guard: a batch with a NaN or an infinity leaves the running
-//! statistics of the channels it reaches as they were.
+//! statistics (and CBN's history) of the channels it reaches as they were.
 
 use crate::common;
 
-use bnorm::{BatchRenorm, BatchRenormConfig};
+use bnorm::{BatchRenorm, BatchRenormConfig, Conv2dCbn, Conv2dCbnConfig, CrossIterBatchNormConfig};
+use burn::nn::PaddingConfig2d;
 use burn::tensor::{Device, Tensor, TensorData};
 use common::*;
 use rstest::rstest;
@@ -85,4 +86,116 @@ fn brn_non_finite_batch_leaves_state(device: &Device) {
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn brn_non_finite_batch_leaves_state_guarded(#[case] dev: TestDevice) {
     on_device!(dev, brn_non_finite_batch_leaves_state);
+}
+
+/// `[2, 2, 3, 3]` inputs in [-1.5, 2.5), `bad` written into input channel
+/// 0 (which reaches output group 0 only) when given.
+fn image(seed: u64, bad: Option<f32>, device: &Device) -> Tensor<4> {
+    let shape = [2, 2, 3, 3];
+    let mut values = to_vec(common::random::uniform(shape, seed, -1.5, 2.5, device));
+    if let Some(bad) = bad {
+        values[4] = bad;
+    }
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+/// A `Conv2dCbn` (2 groups, 4 output channels, window 3) after `steps`
+/// training steps on the inputs `image(seed, bad)`.
+fn trained_cbn(guard: bool, steps: &[(u64, Option<f32>)], device: &Device) -> Conv2dCbn {
+    let block = Conv2dCbnConfig::new([2, 4], [3, 3])
+        .with_groups(2)
+        .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+        .with_norm(
+            CrossIterBatchNormConfig::new(4)
+                .with_window(3)
+                .with_momentum(0.5)
+                .with_state_guard(guard),
+        )
+        .init(device);
+    for &(seed, bad) in steps {
+        let _ = block.forward(image(seed, bad, device)).sum().backward();
+    }
+    block
+}
+
+/// Every float of the layer's running statistics and history, by name.
+fn cbn_state(block: &Conv2dCbn) -> Vec<(&'static str, Vec<f32>)> {
+    let norm = &block.norm;
+    let history = norm.history.as_ref().expect("window 3 keeps a history");
+    let entries = history.entries();
+    vec![
+        ("running mean", to_vec(norm.running_mean.value_sync())),
+        ("running var", to_vec(norm.running_var.value_sync())),
+        ("history mean", to_vec(entries.mean)),
+        ("history mean_sq", to_vec(entries.mean_sq)),
+        ("history jac_mean", to_vec(entries.jac_mean)),
+        ("history jac_mean_sq", to_vec(entries.jac_mean_sq)),
+        ("history lin_mean", to_vec(entries.lin_mean)),
+        ("history lin_mean_sq", to_vec(entries.lin_mean_sq)),
+    ]
+}
+
+/// A NaN or an infinity reaching output group 0 (channels 0 and 1): the
+/// guarded layer keeps those channels' running statistics bit for bit,
+/// updates group 1's, records an entry the window leaves out for group 0
+/// (mean 0, mean of squares -1) and a real one for group 1, keeps every
+/// state value finite, and its next steps' outputs are finite. Without the
+/// guard the history carries the bad value and later outputs are not
+/// finite.
+fn cbn_non_finite_batch_leaves_state(device: &Device) {
+    for bad in [f32::NAN, f32::INFINITY] {
+        let block = trained_cbn(true, &[(1, None), (2, None)], device);
+        let before = cbn_state(&block);
+        let _ = block.forward(image(3, Some(bad), device)).sum().backward();
+        let after = cbn_state(&block);
+        for ((name, b), (_, a)) in before.iter().zip(&after).take(2) {
+            for c in 0..2 {
+                assert_eq!(b[c].to_bits(), a[c].to_bits(), "{bad}: {name}[{c}] kept");
+            }
+            for c in 2..4 {
+                assert_ne!(b[c].to_bits(), a[c].to_bits(), "{bad}: {name}[{c}] updated");
+            }
+        }
+        for (name, values) in &after {
+            assert!(
+                values.iter().all(|v| v.is_finite()),
+                "{bad}: {name} finite: {values:?}"
+            );
+        }
+        // The newest entry is row 0 of the `[K, C]` buffers.
+        let (mean, mean_sq) = (&after[2].1, &after[3].1);
+        assert_eq!(&mean[..2], &[0.0, 0.0], "{bad}: dropped entry's mean");
+        assert_eq!(
+            &mean_sq[..2],
+            &[-1.0, -1.0],
+            "{bad}: dropped entry's mean_sq"
+        );
+        assert!(
+            mean_sq[2] - mean[2] * mean[2] >= 0.0 && mean_sq[3] - mean[3] * mean[3] >= 0.0,
+            "{bad}: group 1's entry is a real one: {mean:?} {mean_sq:?}"
+        );
+        assert_eq!(block.norm.iterations(), 3, "{bad}: the step is counted");
+        for seed in [4, 5] {
+            let output = to_vec(block.forward(image(seed, None, device)));
+            assert!(
+                output.iter().all(|v| v.is_finite()),
+                "{bad}: output after the bad step finite"
+            );
+        }
+
+        let unguarded = trained_cbn(false, &[(1, None), (2, None), (3, Some(bad))], device);
+        let output = to_vec(unguarded.forward(image(4, None, device)));
+        assert!(
+            output.iter().any(|v| !v.is_finite()),
+            "{bad}: without the guard the history poisons later steps"
+        );
+    }
+}
+
+#[rstest]
+#[case::ndarray(TestDevice::NdArray)]
+#[case::flex(TestDevice::Flex)]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+fn cbn_non_finite_batch_leaves_state_guarded(#[case] dev: TestDevice) {
+    on_device!(dev, cbn_non_finite_batch_leaves_state);
 }

@@ -12,6 +12,8 @@
 
 use burn::tensor::{Bool, Tensor};
 
+use crate::HistoryEntries;
+
 /// `true` per channel where every one of `statistics` (each `[C]`) is
 /// finite.
 pub fn finite_channels(statistics: &[&Tensor<1>]) -> Tensor<1, Bool> {
@@ -27,6 +29,56 @@ pub fn keep_where_not_finite(
     old: Tensor<1>,
 ) -> Tensor<1> {
     updated.mask_where(finite.clone().bool_not(), old)
+}
+
+/// A history entry as [`HistoryEntries::record`] makes it (`[1, C]`,
+/// `[1, G, F]`, `[1, C, F]`), with every weight group that holds a
+/// non-finite value replaced by an entry the window leaves out (mean 0,
+/// mean of squares -1: a negative variance, however it is compensated, as
+/// the compensation adds nothing to it with zero Jacobians and offsets),
+/// and the mask `[C]` of the channels kept.
+///
+/// Per group, not per channel: the mean Jacobian `P` is one per group, and
+/// a non-finite input value reaches every channel of its group anyway.
+pub fn guard_entry(entry: HistoryEntries) -> (HistoryEntries, Tensor<1, Bool>) {
+    let [_, c] = entry.mean.dims();
+    let [_, g, f] = entry.jac_mean.dims();
+    let c_g = c / g;
+    let per_channel = [
+        &entry.mean,
+        &entry.mean_sq,
+        &entry.lin_mean,
+        &entry.lin_mean_sq,
+    ]
+    .map(|t| t.clone().is_finite())
+    .into_iter()
+    .fold(
+        entry
+            .jac_mean_sq
+            .clone()
+            .is_finite()
+            .all_dim(2)
+            .reshape([1, c]),
+        |all, next| all.bool_and(next),
+    );
+    let group = per_channel
+        .reshape([1, g, c_g])
+        .all_dim(2)
+        .bool_and(entry.jac_mean.clone().is_finite().all_dim(2));
+    let dropped_group = group.clone().bool_not();
+    let dropped = dropped_group.clone().repeat_dim(2, c_g).reshape([1, c]);
+    let dropped_rows = dropped.clone().reshape([1, c, 1]).repeat_dim(2, f);
+    let guarded = HistoryEntries {
+        mean: entry.mean.mask_fill(dropped.clone(), 0.0),
+        mean_sq: entry.mean_sq.mask_fill(dropped.clone(), -1.0),
+        jac_mean: entry
+            .jac_mean
+            .mask_fill(dropped_group.repeat_dim(2, f), 0.0),
+        jac_mean_sq: entry.jac_mean_sq.mask_fill(dropped_rows, 0.0),
+        lin_mean: entry.lin_mean.mask_fill(dropped.clone(), 0.0),
+        lin_mean_sq: entry.lin_mean_sq.mask_fill(dropped.clone(), 0.0),
+    };
+    (guarded, dropped.bool_not().reshape([c]))
 }
 
 #[cfg(test)]

@@ -99,6 +99,17 @@ pub struct CrossIterBatchNormConfig {
     /// Default: true.
     #[config(default = true)]
     pub history_gradient: bool,
+    /// Update the running statistics and the history only where the
+    /// step's statistics are finite (see [`bnorm_core::guard`]): a batch
+    /// with a NaN or an infinity leaves the running mean and variance of
+    /// the channels it reaches as they were, and records a history entry
+    /// that the window leaves out for the weight groups it reaches. The
+    /// iteration count and the history's fill still count the step (they
+    /// are kept on the host, and a decision on the device costs no
+    /// synchronization), so burn-in moves on and the bad step takes a
+    /// place in the window, empty for those channels. Default: true.
+    #[config(default = true)]
+    pub state_guard: bool,
 }
 
 impl CrossIterBatchNormConfig {
@@ -165,6 +176,7 @@ impl CrossIterBatchNormConfig {
             plain_variance: self.plain_variance,
             running_statistics: self.running_statistics,
             history_gradient: self.history_gradient,
+            state_guard: self.state_guard,
         }
     }
 }

@@ -2,6 +2,7 @@ use bnorm_core::AveragedState;
 use burn::module::{Flag, Module, Param};
 use burn::tensor::{Device, Tensor};
 
+use bnorm_core::guard::{finite_channels, guard_entry, keep_where_not_finite};
 use bnorm_core::moments::{bessel, values_per_channel};
 use bnorm_core::shape::check_input;
 use bnorm_core::{
@@ -91,6 +92,10 @@ pub struct CrossIterBatchNorm {
     pub running_statistics: RunningStatistics,
     /// Gradient through the compensated history terms.
     pub history_gradient: bool,
+    /// Update the running statistics and the history only where the
+    /// step's statistics are finite (see
+    /// [`CrossIterBatchNormConfig::state_guard`](crate::CrossIterBatchNormConfig::state_guard)).
+    pub state_guard: bool,
 }
 
 impl CrossIterBatchNorm {
@@ -241,6 +246,10 @@ impl CrossIterBatchNorm {
                 weight.detach(),
                 bias.map(Tensor::detach),
             );
+            let entry = match self.state_guard {
+                true => guard_entry(entry).0,
+                false => entry,
+            };
             history.push(entry, filled);
         }
 
@@ -248,14 +257,19 @@ impl CrossIterBatchNorm {
             RunningStatistics::CurrentBatch => (step.batch_mean, bessel(step.batch_var, count)),
             RunningStatistics::Window => (step.mean, step.var),
         };
+        let (stat_mean, stat_var) = (stat_mean.detach(), stat_var.detach());
+        let finite = self
+            .state_guard
+            .then(|| finite_channels(&[&stat_mean, &stat_var]));
         let m = self.momentum;
         let blend = |state: &AveragedState<1>, value: Tensor<1>| {
             let old = state.value_sync();
-            state.update(
-                old.mul_scalar(1.0 - m)
-                    .add(value.detach().mul_scalar(m))
-                    .detach(),
-            );
+            let updated = old.clone().mul_scalar(1.0 - m).add(value.mul_scalar(m));
+            let updated = match &finite {
+                Some(finite) => keep_where_not_finite(finite, updated, old),
+                None => updated,
+            };
+            state.update(updated.detach());
         };
         blend(&self.running_mean, stat_mean);
         blend(&self.running_var, stat_var);
