@@ -1,5 +1,6 @@
 //! BatchRenorm forward + backward against burn's BatchNorm on the same input,
-//! side by side in one run, with the ratios printed at the end.
+//! side by side in one run, with the ratios printed at the end; and
+//! BatchRenorm against itself without the state guard.
 //!
 //! ```sh
 //! cargo bench --bench brn_vs_batchnorm                              # ndarray and flex
@@ -26,15 +27,24 @@ fn bench_backend(c: &mut Criterion, backend: &str, device: &Device) -> Vec<Strin
         let brn = BatchRenormConfig::new(shape[1])
             .with_steps_compressed_to(1)
             .init(device);
+        let unguarded = BatchRenormConfig::new(shape[1])
+            .with_steps_compressed_to(1)
+            .with_state_guard(false)
+            .init(device);
         let bn_step = || train_step(&x, |x| bn.forward(x));
         let brn_step = || train_step(&x, |x| brn.forward(x));
+        let unguarded_step = || train_step(&x, |x| unguarded.forward(x));
         settle(&format!("{name}/BatchNorm"), bn_step);
         settle(&format!("{name}/BatchRenorm"), brn_step);
+        settle(&format!("{name}/BatchRenorm-no-guard"), unguarded_step);
         group.bench_function(BenchmarkId::from_parameter("BatchNorm"), |b| {
             b.iter(bn_step)
         });
         group.bench_function(BenchmarkId::from_parameter("BatchRenorm"), |b| {
             b.iter(brn_step)
+        });
+        group.bench_function(BenchmarkId::from_parameter("BatchRenorm-no-guard"), |b| {
+            b.iter(unguarded_step)
         });
         group.finish();
         groups.push(name);
@@ -49,6 +59,12 @@ fn print_summary(backend: &str, groups: &[String]) {
         &format!("BatchRenorm / BatchNorm, forward + backward, {backend}"),
         groups,
         "BatchNorm",
+        "BatchRenorm",
+    );
+    print_ratios(
+        &format!("State guard: BatchRenorm / without the guard, forward + backward, {backend}"),
+        groups,
+        "BatchRenorm-no-guard",
         "BatchRenorm",
     );
 }

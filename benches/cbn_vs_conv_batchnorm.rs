@@ -8,8 +8,8 @@
 //! ```
 //!
 //! `BNORM_BENCH_WINDOW_PARTS=1` also measures window 8 without the
-//! compensation and without the backward pass through the history, and
-//! the Jacobians alone on the inner backend and through autodiff, and with
+//! compensation, without the backward pass through the history and
+//! without the state guard, and the Jacobians alone on the inner backend and through autodiff, and with
 //! `Q` in 4 and 16 bands of output rows (alone, and 16 in the layer), and
 //! one weight-gradient convolution with `C` output channels against one
 //! with `2C` (what `Q` would cost stacked onto the conv's own weight
@@ -70,6 +70,10 @@ fn bench_backend(c: &mut Criterion, backend: &str, device: &Device) -> Vec<Strin
                     cbn_with(window(8).with_history_gradient(false)),
                 ),
                 ("Conv2dCbn-16-bands", banded),
+                (
+                    "Conv2dCbn-no-guard",
+                    cbn_with(window(8).with_state_guard(false)),
+                ),
             ]
         });
         // Fill the windows first: the steady state is what training sees.
@@ -218,6 +222,11 @@ fn print_breakdown(backend: &str, groups: &[String]) {
                 "Q in 16 bands: Conv2dCbn-16-bands / Conv2dCbn, forward + backward",
                 "Conv2dCbn",
                 "Conv2dCbn-16-bands",
+            ),
+            (
+                "State guard: Conv2dCbn / without the guard, forward + backward",
+                "Conv2dCbn-no-guard",
+                "Conv2dCbn",
             ),
             (
                 "Jacobians alone, Q in 4 bands / in one piece",

@@ -260,7 +260,7 @@ impl CrossIterBatchNorm {
         let (stat_mean, stat_var) = (stat_mean.detach(), stat_var.detach());
         let finite = self
             .state_guard
-            .then(|| finite_channels(&[&stat_mean, &stat_var]));
+            .then(|| finite_channels(&stat_mean, &stat_var));
         let m = self.momentum;
         let blend = |state: &AveragedState<1>, value: Tensor<1>| {
             let old = state.value_sync();

@@ -196,7 +196,7 @@ impl BatchRenorm {
         let (batch_mean, batch_std) = (batch_mean.detach(), batch_std.detach());
         let finite = self
             .state_guard
-            .then(|| finite_channels(&[&batch_mean, &batch_std]));
+            .then(|| finite_channels(&batch_mean, &batch_std));
         let blend = |old: Tensor<1>, batch: Tensor<1>| {
             let updated = old.clone().add(batch.sub(old.clone()).mul_scalar(momentum));
             match &finite {
