@@ -27,8 +27,8 @@ pub use bnorm_crossiter as crossiter;
 pub use bnorm_renorm as renorm;
 
 pub use bnorm_core::{
-    AveragedState, BurnInMode, CheckpointError, EpsPlacement, HostCounter, InferenceAffine,
-    RecordShapeError, Schedule,
+    AveragedState, BurnInMode, CheckpointError, CheckpointErrorKind, EpsPlacement, HostCounter,
+    InferenceAffine, RecordShapeError, Schedule,
 };
 pub use bnorm_crossiter::{
     Conv1dCbn, Conv1dCbnConfig, Conv2dCbn, Conv2dCbnConfig, Conv3dCbn, Conv3dCbnConfig,

@@ -16,6 +16,8 @@ mod cbn_conv3d;
 mod cbn_properties;
 #[path = "cbn_reference.rs"]
 mod cbn_reference;
+#[path = "checkpoint_errors.rs"]
+mod checkpoint_errors;
 #[path = "conversions.rs"]
 mod conversions;
 #[path = "exactness.rs"]

@@ -48,7 +48,9 @@ pub use reciprocal::reciprocal;
 pub use renorm::{renorm_correction, renorm_train, EpsPlacement, RenormCorrection, RenormStep};
 pub use schedule::Schedule;
 pub mod record_check;
-pub use record_check::{check_record_shape, load_checkpoint, CheckpointError, RecordShapeError};
+pub use record_check::{
+    check_record_shape, load_checkpoint, CheckpointError, CheckpointErrorKind, RecordShapeError,
+};
 pub mod cbn_step;
 mod closed_form;
 pub mod conv1d_jacobian;

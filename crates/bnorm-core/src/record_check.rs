@@ -56,7 +56,7 @@ pub fn check_record_shape(
 
 /// Loading a checkpoint file failed: the file could not be read (missing,
 /// truncated, not a burnpack file), or its tensors do not fit the module
-/// (another layer, channel count or configuration: burn names the first
+/// (another layer, channel count or configuration: burn names the
 /// tensors that are missing, extra or of another shape).
 #[derive(Debug)]
 pub struct CheckpointError {
@@ -64,17 +64,73 @@ pub struct CheckpointError {
     pub layer: &'static str,
     /// The checkpoint's path.
     pub path: std::path::PathBuf,
+    /// What went wrong, in a user's terms.
+    pub kind: CheckpointErrorKind,
     /// burn's reason.
     pub error: RecordError,
+}
+
+/// What kind of failure a [`CheckpointError`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckpointErrorKind {
+    /// There is no file at the path.
+    NotFound,
+    /// The file exists but could not be read (permissions, a directory).
+    Unreadable,
+    /// The file ends early or is empty: an interrupted save or copy.
+    Truncated,
+    /// The file is not a burnpack checkpoint (another format, or damaged
+    /// from its first bytes).
+    NotACheckpoint,
+    /// A checkpoint, of another layer, channel count or configuration
+    /// (window, affine, bias): tensors missing, extra or of another shape.
+    Mismatch,
+}
+
+impl CheckpointErrorKind {
+    /// The kind of `error`, from burn's variant and message.
+    fn of(error: &RecordError) -> Self {
+        match error {
+            RecordError::Validation(_) => CheckpointErrorKind::Mismatch,
+            RecordError::Io(message) => {
+                let message = message.to_lowercase();
+                if message.contains("no such file") || message.contains("not found") {
+                    CheckpointErrorKind::NotFound
+                } else if message.contains("truncated") || message.contains("insufficient bytes") {
+                    CheckpointErrorKind::Truncated
+                } else if message.contains("magic") || message.contains("header") {
+                    CheckpointErrorKind::NotACheckpoint
+                } else {
+                    CheckpointErrorKind::Unreadable
+                }
+            }
+        }
+    }
+
+    /// The kind, as the cause a user reads.
+    fn describe(self) -> &'static str {
+        match self {
+            CheckpointErrorKind::NotFound => "the file does not exist",
+            CheckpointErrorKind::Unreadable => "the file cannot be read",
+            CheckpointErrorKind::Truncated => {
+                "the file is truncated or empty (an interrupted save or copy?)"
+            }
+            CheckpointErrorKind::NotACheckpoint => "the file is not a burnpack checkpoint",
+            CheckpointErrorKind::Mismatch => {
+                "the checkpoint is of another layer, channel count or configuration"
+            }
+        }
+    }
 }
 
 impl fmt::Display for CheckpointError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "could not load the {} checkpoint {}: {}",
+            "could not load the {} checkpoint {}: {} ({})",
             self.layer,
             self.path.display(),
+            self.kind.describe(),
             self.error
         )
     }
@@ -89,7 +145,9 @@ impl std::error::Error for CheckpointError {
 /// Reads a checkpoint written with `Module::save_file` and loads it into
 /// `module` with burn's checked loader (every tensor present, none extra,
 /// every shape the module's): the one path every layer's
-/// `load_checkpoint` takes.
+/// `load_checkpoint` takes. Nothing is applied unless every check passes;
+/// on an error `module` is dropped (clone it first to keep it: a clone
+/// shares its tensors).
 ///
 /// The whole file is read into memory first: burn's own `load_file` may
 /// leave tensors backed by the file (memory-mapped on burn-flex), which a
@@ -104,6 +162,7 @@ pub fn load_checkpoint<M: burn::module::Module>(
     let fail = |error| CheckpointError {
         layer: name.rsplit("::").next().unwrap_or(name),
         path: path.to_path_buf(),
+        kind: CheckpointErrorKind::of(&error),
         error,
     };
     let bytes = std::fs::read(path).map_err(|e| fail(RecordError::Io(e.to_string())))?;
