@@ -22,6 +22,8 @@ mod checkpoint_errors;
 mod conversions;
 #[path = "exactness.rs"]
 mod exactness;
+#[path = "extreme.rs"]
+mod extreme;
 #[path = "host_counter.rs"]
 mod host_counter;
 #[path = "non_finite.rs"]

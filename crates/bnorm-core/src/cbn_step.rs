@@ -168,10 +168,11 @@ impl<const D: usize> CbnStep<D> {
                 };
                 (batch_mean.clone(), var, None)
             }
-            StepStatistics::Window(None) => {
-                let var = batch_mean_sq.clone().sub(batch_mean.clone().square());
-                (batch_mean.clone(), var, None)
-            }
+            // The window of the batch alone: `nu_t - mu_t^2` is `var_t`,
+            // which the two-pass moments give without the difference's
+            // cancellation (or its overflow, where `nu_t` is beyond
+            // float32).
+            StepStatistics::Window(None) => (batch_mean.clone(), batch_var.clone(), None),
             StepStatistics::Window(Some(terms)) => {
                 let read = terms.entries.read();
                 entries = Some(read.clone());
