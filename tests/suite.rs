@@ -29,6 +29,9 @@ mod host_counter;
 #[path = "non_finite.rs"]
 mod non_finite;
 
+#[path = "properties.rs"]
+mod properties;
+
 #[path = "backend_parity.rs"]
 mod backend_parity;
 #[cfg(feature = "wgpu")]

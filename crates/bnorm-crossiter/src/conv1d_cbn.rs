@@ -6,7 +6,7 @@ use burn::tensor::{Device, Tensor};
 
 use bnorm_core::{conv1d_moment_jacobians, Conv1dGeometry};
 
-use crate::conv_block::{check_conv_input, check_conv_output, same_padding};
+use crate::conv_block::{check_conv_extent, check_conv_input, check_conv_output, same_padding};
 use crate::{CrossIterBatchNorm, CrossIterBatchNormConfig, WeightLayout};
 
 /// Configuration of a [`Conv1dCbn`]: burn's `Conv1dConfig` fields with the
@@ -118,7 +118,8 @@ impl Conv1dCbn {
     ///
     /// # Panics
     ///
-    /// If `input` does not have `channels_in` channels (the state is
+    /// If `input` does not have `channels_in` channels, or its spatial
+    /// axes, padded, are smaller than the dilated kernel (the state is
     /// untouched then).
     pub fn forward(&self, input: Tensor<3>) -> Tensor<3> {
         let dims = input.dims();
@@ -164,6 +165,15 @@ impl Conv1dCbn {
             "length",
             dims,
             (&self.conv.weight, self.conv.groups),
+        );
+        let geometry = self.geometry(dims[2]);
+        check_conv_extent(
+            "Conv1dCbn",
+            "length",
+            dims,
+            &[self.conv.kernel_size],
+            &[geometry.dilation],
+            &[geometry.padding],
         );
     }
 

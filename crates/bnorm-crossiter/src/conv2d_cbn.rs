@@ -6,7 +6,7 @@ use burn::tensor::{Device, Tensor};
 
 use bnorm_core::{conv2d_moment_jacobians_in_bands, Conv2dGeometry};
 
-use crate::conv_block::{check_conv_input, check_conv_output, same_padding};
+use crate::conv_block::{check_conv_extent, check_conv_input, check_conv_output, same_padding};
 use crate::{CrossIterBatchNorm, CrossIterBatchNormConfig, WeightLayout};
 
 /// Configuration of a [`Conv2dCbn`]: burn's `Conv2dConfig` fields with the
@@ -124,7 +124,8 @@ impl Conv2dCbn {
     ///
     /// # Panics
     ///
-    /// If `input` does not have `channels_in` channels (the state is
+    /// If `input` does not have `channels_in` channels, or its spatial
+    /// axes, padded, are smaller than the dilated kernel (the state is
     /// untouched then).
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         let dims = input.dims();
@@ -170,6 +171,15 @@ impl Conv2dCbn {
             "height, width",
             dims,
             (&self.conv.weight, self.conv.groups),
+        );
+        let geometry = self.geometry(dims[2], dims[3]);
+        check_conv_extent(
+            "Conv2dCbn",
+            "height, width",
+            dims,
+            &self.conv.kernel_size,
+            &geometry.dilation,
+            &geometry.padding,
         );
     }
 

@@ -6,7 +6,7 @@ use burn::tensor::{Device, Tensor};
 
 use bnorm_core::{conv3d_moment_jacobians, Conv3dGeometry};
 
-use crate::conv_block::{check_conv_input, check_conv_output, same_padding};
+use crate::conv_block::{check_conv_extent, check_conv_input, check_conv_output, same_padding};
 use crate::{CrossIterBatchNorm, CrossIterBatchNormConfig, WeightLayout};
 
 /// Configuration of a [`Conv3dCbn`]: burn's `Conv3dConfig` fields with the
@@ -119,7 +119,8 @@ impl Conv3dCbn {
     ///
     /// # Panics
     ///
-    /// If `input` does not have `channels_in` channels, or `Same` padding
+    /// If `input` does not have `channels_in` channels, its spatial axes,
+    /// padded, are smaller than the dilated kernel, or `Same` padding
     /// would need more on one side than the other for this input size
     /// (burn's `Conv3d` pads both sides alike). The state is untouched then.
     pub fn forward(&self, input: Tensor<5>) -> Tensor<5> {
@@ -170,6 +171,15 @@ impl Conv3dCbn {
             "depth, height, width",
             dims,
             (&self.conv.weight, self.conv.groups),
+        );
+        let geometry = self.geometry([dims[2], dims[3], dims[4]]);
+        check_conv_extent(
+            "Conv3dCbn",
+            "depth, height, width",
+            dims,
+            &self.conv.kernel_size,
+            &geometry.dilation,
+            &geometry.padding.map(|p| [p, p]),
         );
     }
 

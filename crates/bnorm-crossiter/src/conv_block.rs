@@ -38,6 +38,38 @@ pub(crate) fn check_conv_input<const D: usize>(
     }
 }
 
+/// Panics, naming the input's shape, the kernel's reach and the padding,
+/// unless every spatial axis of an input of shape `dims` (`[N, C, ...]`),
+/// padded by `padding[a]` (before, after), holds the dilated kernel:
+/// `size + before + after >= dilation (kernel - 1) + 1`. `axes` names the
+/// spatial axes in the message. Called before any state changes.
+pub(crate) fn check_conv_extent(
+    block: &str,
+    axes: &str,
+    dims: &[usize],
+    kernel: &[usize],
+    dilation: &[usize],
+    padding: &[[usize; 2]],
+) {
+    let spatial = &dims[2..];
+    let reach: Vec<usize> = kernel
+        .iter()
+        .zip(dilation)
+        .map(|(k, d)| d * (k - 1) + 1)
+        .collect();
+    let fits = spatial
+        .iter()
+        .zip(&reach)
+        .zip(padding)
+        .all(|((size, reach), [before, after])| size + before + after >= *reach);
+    if !fits {
+        panic!(
+            "{block} expects an input whose {axes} {spatial:?}, padded by {padding:?}, hold the \
+             dilated kernel {reach:?}, received shape {dims:?}"
+        );
+    }
+}
+
 /// Panics, naming both shapes, unless `conv_output` is `expected`, the
 /// conv's output shape for an input of shape `input`; `block` names the
 /// layer in the message. Called before any state changes.
