@@ -1,6 +1,7 @@
 //! Property tests over generated configurations (a fixed seed, so every
 //! run checks the same cases): random shapes, ranks, windows, strides,
-//! paddings, groups and options through every layer. Each case trains
+//! dilations, paddings, groups and options through every layer (BRN at
+//! ranks 2 to 5, CBN's linear, 1D, 2D and 3D blocks). Each case trains
 //! three steps from finite input and finds finite outputs, gradients and
 //! state; then an input with the wrong channel count panics with a
 //! message naming what was expected and what came, and leaves the state
@@ -9,11 +10,11 @@
 use crate::common;
 
 use bnorm::{
-    BatchRenorm, BatchRenormConfig, BurnInMode, Conv1dCbnConfig, Conv2dCbnConfig,
+    BatchRenorm, BatchRenormConfig, BurnInMode, Conv1dCbnConfig, Conv2dCbnConfig, Conv3dCbnConfig,
     CrossIterBatchNormConfig, EpsPlacement, LinearCbnConfig,
 };
 use burn::module::Module;
-use burn::nn::{PaddingConfig1d, PaddingConfig2d};
+use burn::nn::{PaddingConfig1d, PaddingConfig2d, PaddingConfig3d};
 use burn::tensor::{Device, Tensor};
 use common::*;
 use rstest::rstest;
@@ -271,6 +272,45 @@ fn conv1d_cbn_properties(device: &Device) {
     }
 }
 
+fn conv3d_cbn_properties(device: &Device) {
+    for case in 0..cases(device) / 2 {
+        let mut draws = Draws(5000 + case);
+        let groups = draws.range(1, 2);
+        let c_in = groups * draws.range(1, 2);
+        let c_out = groups * draws.range(1, 2);
+        let kernel = [draws.range(1, 2), draws.range(1, 2), draws.range(1, 2)];
+        let stride = [draws.range(1, 2), 1, draws.range(1, 2)];
+        let padding = [draws.range(0, 1), draws.range(0, 1), 0];
+        let config = Conv3dCbnConfig::new([c_in, c_out], kernel)
+            .with_groups(groups)
+            .with_stride(stride)
+            .with_padding(PaddingConfig3d::Explicit(
+                padding[0], padding[1], padding[2],
+            ))
+            .with_bias(draws.flip())
+            .with_norm(cbn_norm(&mut draws));
+        let block = config.init(device);
+        let size = |a: usize, draws: &mut Draws| kernel[a] + draws.range(0, 1);
+        let shape = [
+            draws.range(1, 2),
+            c_in,
+            size(0, &mut draws),
+            size(1, &mut draws),
+            size(2, &mut draws),
+        ];
+        let mut bad_shape = shape;
+        bad_shape[1] = c_in + 1;
+        trains_finite_and_rejects(
+            &format!("Conv3dCbn case {case} ({config:?}), input {shape:?}"),
+            |s| uniform(shape, 10 * case + s, device),
+            uniform(bad_shape, 0, device),
+            &format!("{c_in}"),
+            |x| block.forward(x),
+            || state(&block),
+        );
+    }
+}
+
 fn linear_cbn_properties(device: &Device) {
     for case in 0..cases(device) {
         let mut draws = Draws(4000 + case);
@@ -313,6 +353,14 @@ fn conv2d_cbn_properties_generated(#[case] dev: TestDevice) {
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn conv1d_cbn_properties_generated(#[case] dev: TestDevice) {
     on_device!(dev, conv1d_cbn_properties);
+}
+
+#[rstest]
+#[case::ndarray(TestDevice::NdArray)]
+#[case::flex(TestDevice::Flex)]
+#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+fn conv3d_cbn_properties_generated(#[case] dev: TestDevice) {
+    on_device!(dev, conv3d_cbn_properties);
 }
 
 #[rstest]
