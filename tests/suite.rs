@@ -20,6 +20,8 @@ mod cbn_reference;
 mod checkpoint_errors;
 #[path = "conversions.rs"]
 mod conversions;
+#[path = "display.rs"]
+mod display;
 #[path = "exactness.rs"]
 mod exactness;
 #[path = "extreme.rs"]

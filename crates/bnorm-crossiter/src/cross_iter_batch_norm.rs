@@ -1,5 +1,5 @@
 use bnorm_core::AveragedState;
-use burn::module::{Flag, Module, Param};
+use burn::module::{Content, DisplaySettings, Flag, Module, ModuleDisplay, Param};
 use burn::tensor::{Device, Tensor};
 
 use bnorm_core::guard::{finite_channels, guard_entry, keep_where_not_finite};
@@ -46,6 +46,7 @@ use crate::{PlainVariance, RunningStatistics, WeightLayout};
 /// running statistics, iteration counter and the whole history — is in the
 /// record.
 #[derive(Module, Debug)]
+#[module(custom_display)]
 pub struct CrossIterBatchNorm {
     /// Learnable scale `gamma`, `[C]` (absent when not affine).
     pub gamma: Option<Param<Tensor<1>>>,
@@ -275,5 +276,29 @@ impl CrossIterBatchNorm {
         blend(&self.running_var, stat_var);
         self.iterations.increment();
         step.output
+    }
+}
+
+impl ModuleDisplay for CrossIterBatchNorm {
+    fn custom_settings(&self) -> Option<DisplaySettings> {
+        DisplaySettings::new()
+            .with_new_line_after_attribute(false)
+            .optional()
+    }
+
+    fn custom_content(&self, content: Content) -> Option<Content> {
+        let content = content
+            .add("num_features", &self.num_features)
+            .add("window", &self.window)
+            .add("rho", &self.rho)
+            .add("momentum", &self.momentum)
+            .add("epsilon", &self.epsilon)
+            .add("affine", &self.gamma.is_some())
+            .add("iterations", &self.iterations())
+            .add("history_len", &self.history_len());
+        match self.training.is_enabled() {
+            true => content.optional(),
+            false => content.add("training", &self.training).optional(),
+        }
     }
 }

@@ -1,5 +1,5 @@
 use bnorm_core::AveragedState;
-use burn::module::{Flag, Module, Param};
+use burn::module::{Content, DisplaySettings, Flag, Module, ModuleDisplay, Param};
 use burn::tensor::{Bool, Device, Tensor};
 
 use bnorm_core::guard::{finite_channels, keep_where_not_finite};
@@ -38,6 +38,7 @@ use bnorm_core::{
 /// Everything a resumed run needs (gamma, beta, running mean and std, the
 /// step counter) is in the record; see [`BatchRenorm::try_load_record`].
 #[derive(Module, Debug)]
+#[module(custom_display)]
 pub struct BatchRenorm {
     /// Learnable scale `gamma`, `[C]` (absent when not affine).
     pub gamma: Option<Param<Tensor<1>>>,
@@ -247,5 +248,27 @@ impl BatchRenorm {
             scale,
             shift,
         )
+    }
+}
+
+impl ModuleDisplay for BatchRenorm {
+    fn custom_settings(&self) -> Option<DisplaySettings> {
+        DisplaySettings::new()
+            .with_new_line_after_attribute(false)
+            .optional()
+    }
+
+    fn custom_content(&self, content: Content) -> Option<Content> {
+        let content = content
+            .add("num_features", &self.num_features)
+            .add("momentum", &self.momentum)
+            .add("epsilon", &self.epsilon)
+            .add("eps_placement", &format!("{:?}", self.eps_placement))
+            .add("affine", &self.gamma.is_some())
+            .add("step", &self.step());
+        match self.training.is_enabled() {
+            true => content.optional(),
+            false => content.add("training", &self.training).optional(),
+        }
     }
 }
