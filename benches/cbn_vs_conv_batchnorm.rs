@@ -9,8 +9,7 @@
 //!
 //! `BNORM_BENCH_WINDOW_PARTS=1` also measures window 8 without the
 //! compensation, without the backward pass through the history and
-//! without the state guard, and the Jacobians alone on the inner backend and through autodiff, and with
-//! `Q` in 4 and 16 bands of output rows (alone, and 16 in the layer), and
+//! without the state guard, the Jacobians alone (without autodiff), and
 //! one weight-gradient convolution with `C` output channels against one
 //! with `2C` (what `Q` would cost stacked onto the conv's own weight
 //! gradient in the backward pass); `BNORM_BENCH_SHAPES` picks shapes;
@@ -18,11 +17,12 @@
 
 mod common;
 
-use bnorm::core::jacobian::conv2d_weight_gradient;
-use bnorm::core::{conv2d_moment_jacobians_in_bands, Conv2dGeometry};
+use bnorm::core::{conv2d_moment_jacobians, Conv2dGeometry};
 use bnorm::{Conv2dCbnConfig, CrossIterBatchNormConfig};
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::{BatchNormConfig, PaddingConfig2d};
+use burn::tensor::module::conv2d_weight_backward;
+use burn::tensor::ops::ConvOptions;
 use burn::tensor::Device;
 use burn::tensor::{Distribution, Tensor};
 use common::{print_ratios, settle, shape_name, shapes, train_step};
@@ -58,18 +58,14 @@ fn bench_backend(c: &mut Criterion, backend: &str, device: &Device) -> Vec<Strin
         // Window 8 with parts of the window's work taken away (opt-in,
         // `BNORM_BENCH_WINDOW_PARTS=1`): `rho = 0` skips the compensation
         // (Jacobians still computed and recorded), a constant history skips
-        // the backward pass through it; and window 8 with `Q` in 16 bands
-        // of output rows (`jacobian_bands`, an experiment for GPUs).
+        // the backward pass through it, and the state guard off.
         let parts = window_parts().then(|| {
-            let mut banded = cbn_with(window(8));
-            banded.jacobian_bands = 16;
             [
                 ("Conv2dCbn-rho0", cbn_with(window(8).with_rho(0.0))),
                 (
                     "Conv2dCbn-const-history",
                     cbn_with(window(8).with_history_gradient(false)),
                 ),
-                ("Conv2dCbn-16-bands", banded),
                 (
                     "Conv2dCbn-no-guard",
                     cbn_with(window(8).with_state_guard(false)),
@@ -106,23 +102,13 @@ fn bench_backend(c: &mut Criterion, backend: &str, device: &Device) -> Vec<Strin
         if parts.is_some() {
             // The Jacobians alone (patch sums and the `Q` weight gradient),
             // without autodiff, as the layer runs them.
-            // Then `Q` split into 4 and 16 bands of output rows
-            // (`conv2d_moment_jacobians_in_bands`, split-K by hand: an
-            // experiment for GPUs, where the weight-gradient GEMM's few
-            // output tiles may leave most cores idle).
             let values = (x.clone().inner(), conv.forward(x.clone()).inner());
-            let on_inner = || jacobians_step(&values, 1);
-            let in_4_bands = || jacobians_step(&values, 4);
-            let in_16_bands = || jacobians_step(&values, 16);
-            for (label, work) in [
-                ("Jacobians-inner", &on_inner as &dyn Fn()),
-                ("Jacobians-inner-4-bands", &in_4_bands),
-                ("Jacobians-inner-16-bands", &in_16_bands),
-            ] {
-                settle(&format!("{name}/{label}"), work);
-                group.bench_function(BenchmarkId::from_parameter(label), |b| b.iter(work));
-            }
-            // `Q` in the backward pass, the alternative to bands: burn's
+            let jacobians = || jacobians_step(&values);
+            settle(&format!("{name}/Jacobians-inner"), jacobians);
+            group.bench_function(BenchmarkId::from_parameter("Jacobians-inner"), |b| {
+                b.iter(jacobians)
+            });
+            // `Q` in the backward pass: burn's
             // Conv2d backward already runs one weight-gradient convolution
             // of `x` with `dL/dy` (`C` output channels); with `2y/M`
             // stacked onto `dL/dy` it would give `Q` too (`2C` channels,
@@ -160,22 +146,23 @@ const CONV_GEOMETRY: Conv2dGeometry = Conv2dGeometry {
 };
 
 /// The Jacobians of the bench's conv (3x3, padding 1, `C -> C`) on the
-/// autodiff device, from the conv's input and output values, `Q` in
-/// `bands` bands.
-fn jacobians_step((x, y): &(Tensor<4>, Tensor<4>), bands: usize) {
+/// autodiff device, from the conv's input and output values.
+fn jacobians_step((x, y): &(Tensor<4>, Tensor<4>)) {
     let channels = x.dims()[1];
     let (x, y) = (x.clone().autodiff(), y.clone().autodiff());
-    let jacobians =
-        conv2d_moment_jacobians_in_bands(x, y, [channels, channels, 3, 3], CONV_GEOMETRY, bands);
+    let jacobians = conv2d_moment_jacobians(x, y, [channels, channels, 3, 3], CONV_GEOMETRY);
     let _ = jacobians.mean_sq.into_data();
 }
 
-/// One weight-gradient convolution of the bench's conv (3x3, padding 1),
-/// input `x`, output gradient `grad` (any number of channels), read back.
+/// One weight-gradient convolution of the bench's conv (3x3, padding 1,
+/// burn's own operation), input `x`, output gradient `grad` (any number of
+/// channels), read back.
 fn weight_gradient(x: &Tensor<4>, grad: Tensor<4>) {
     let [_, c_in, _, _] = x.dims();
     let c_out = grad.dims()[1];
-    let gradient = conv2d_weight_gradient(x.clone(), grad, [c_out, c_in, 3, 3], CONV_GEOMETRY);
+    let weight = Tensor::<4>::zeros([c_out, c_in, 3, 3], &x.device());
+    let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+    let gradient = conv2d_weight_backward(x.clone(), weight, grad, options);
     let _ = gradient.into_data();
 }
 
@@ -219,24 +206,9 @@ fn print_breakdown(backend: &str, groups: &[String]) {
                 "Conv2dCbn-rho0",
             ),
             (
-                "Q in 16 bands: Conv2dCbn-16-bands / Conv2dCbn, forward + backward",
-                "Conv2dCbn",
-                "Conv2dCbn-16-bands",
-            ),
-            (
                 "State guard: Conv2dCbn / without the guard, forward + backward",
                 "Conv2dCbn-no-guard",
                 "Conv2dCbn",
-            ),
-            (
-                "Jacobians alone, Q in 4 bands / in one piece",
-                "Jacobians-inner",
-                "Jacobians-inner-4-bands",
-            ),
-            (
-                "Jacobians alone, Q in 16 bands / in one piece",
-                "Jacobians-inner",
-                "Jacobians-inner-16-bands",
             ),
             (
                 "Q stacked onto the conv's weight gradient: 2C channels / C channels",

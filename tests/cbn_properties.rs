@@ -6,8 +6,8 @@
 use crate::common;
 
 use bnorm::core::jacobian::{
-    conv2d_moment_jacobians, conv2d_moment_jacobians_in_bands, linear_moment_jacobians,
-    CompensatedMoments, Conv2dGeometry, HistoryEntries,
+    conv2d_moment_jacobians, linear_moment_jacobians, CompensatedMoments, Conv2dGeometry,
+    HistoryEntries,
 };
 use bnorm::core::moments::{bessel, channel_mean, moments, values_per_channel};
 use bnorm::core::window::{window_statistics, WindowHistory};
@@ -120,10 +120,7 @@ fn autodiff_moment_grads(i: usize, case: &ConvCase, device: &Device) -> (Vec<f32
 /// closed-form `d mean / dW` (`P`) is two matrix products of 0/1 tap
 /// selections with the batch-summed input, `d meansq / dW` (`Q`) a
 /// weight-gradient convolution of a convolution's output (an H100 run with
-/// autotune: 4.4e-4 relative when autodiff also ran there). `Q` is also
-/// computed in 3 bands of output rows (`conv2d_moment_jacobians_in_bands`,
-/// one weight-gradient convolution of all bands against all; with groups
-/// the bands are ignored) and checked the same way.
+/// autotune: 4.4e-4 relative when autodiff also ran there).
 fn conv_jacobians(device: &Device) {
     for (i, case) in CONV_CASES.iter().enumerate() {
         let &(cin, cout, k, stride, padding, dilation, groups, bias) = case;
@@ -138,20 +135,8 @@ fn conv_jacobians(device: &Device) {
             groups,
         };
         let w_shape = [cout, cin / groups, k[0], k[1]];
-        // Q also in bands of output rows (3: for these cases' 3 to 9 rows,
-        // a count that divides some and not others).
-        let banded = conv2d_moment_jacobians_in_bands(x.clone(), y.clone(), w_shape, geometry, 3);
         let jac = conv2d_moment_jacobians(x, y, w_shape, geometry);
-        let f = w_shape[1] * k[0] * k[1];
         let what = format!("conv case {i}");
-        let banded_dnu = banded.mean_sq.mul(a.clone().reshape([cout, 1]));
-        check_matmul(
-            &format!("{what} d meansq/dW in 3 bands"),
-            &banded_dnu.into_data(),
-            &[cout, f],
-            &auto_dnu,
-        )
-        .unwrap();
         check_moment_jacobians(&what, (jac.mean, jac.mean_sq), a, (&auto_dmu, &auto_dnu));
     }
 }
@@ -963,42 +948,6 @@ fn balanced_checkpointing(device: &Device) {
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
 fn cbn_trains_alike_under_balanced_checkpointing(#[case] dev: TestDevice) {
     on_device!(dev, balanced_checkpointing);
-}
-
-/// A layer with `Q` in bands of output rows (`jacobian_bands = 3` over 5
-/// output rows: bands of 2, 2 and 1) trains as the layer with `Q` in one
-/// piece: outputs, conv weight gradients and every state tensor (history
-/// `Q` included) through burn-in and a full window, within `check_matmul`'s
-/// tolerance (the sums run in another order; on CUDA two different
-/// convolutions, each in TF32).
-fn jacobian_bands(device: &Device) {
-    let start = materialize(host_seeded(cbn_config().init(device), 13));
-    let banded = cbn_config()
-        .with_jacobian_bands(3)
-        .init(device)
-        .load_record(start.clone().into_record());
-    let whole = cbn_config().init(device).load_record(start.into_record());
-    assert_eq!((banded.jacobian_bands, whole.jacobian_bands), (3, 1));
-    let forward = |m: &Conv2dCbn, x: Tensor<4>| m.forward(x);
-    let (banded, _) = lockstep(
-        (banded, forward),
-        (whole, forward),
-        [40, 940],
-        |what: &str, actual: TensorData, expected: TensorData| {
-            let values: Vec<f32> = expected.try_to_vec::<f32>().unwrap();
-            check_matmul(what, &actual, expected.shape(), &values).unwrap();
-        },
-        [device, device],
-    );
-    assert_eq!(banded.norm.history_len(), 3, "the window is full");
-}
-
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn cbn_jacobian_bands_train_as_one_piece(#[case] dev: TestDevice) {
-    on_device!(dev, jacobian_bands);
 }
 
 /// Records of another window or channel count are errors naming the

@@ -122,56 +122,18 @@ pub fn conv2d_moment_jacobians(
     weight_dims: [usize; 4],
     geometry: Conv2dGeometry,
 ) -> MomentJacobians {
-    conv2d_moment_jacobians_in_bands(x, y, weight_dims, geometry, 1)
-}
-
-/// [`conv2d_moment_jacobians`] with `Q`'s reduction split by hand into
-/// `bands` bands of output rows — an experiment for GPUs, off in the layers
-/// by default (`Conv2dCbnConfig::jacobian_bands` in `bnorm-crossiter`).
-/// Equal to it up to float32 rounding (the sum over output positions is
-/// taken in another order).
-///
-/// `Q` is a GEMM with a small output (`C x F`, e.g. 32 x 288) and a long
-/// reduction over every output position (`N Ho Wo`, 16384 for one
-/// 128 x 128 image). A GPU kernel that tiles the output and does not split
-/// the reduction has only a few tiles to hand out, and a few of the GPU's
-/// cores run all of it. Here band `s` of `y`'s output rows, and the input
-/// rows it reads (with their halo), are stacked along the channels, and one
-/// weight-gradient convolution of all input bands with all output bands
-/// gives every pair's product: `bands^2` blocks of `Q`'s size, each a
-/// reduction `bands` times shorter. `Q` is the sum of the diagonal blocks
-/// (band `s`'s outputs with band `s`'s inputs); the rest is discarded. That
-/// is `bands` times the arithmetic for `bands^2` times the tiles — a loss
-/// where arithmetic is the cost (the CPU), a possible gain where the
-/// reduction's length is (a GPU whose kernel leaves cores idle), which is
-/// what `BNORM_BENCH_WINDOW_PARTS=1` measures. Not a grouped convolution
-/// (one group per band) because a backend without an implicit-GEMM weight
-/// gradient for groups loops over them, one convolution each.
-///
-/// Only for `groups = 1` (with groups the bands are ignored: `Q` in one
-/// piece). `bands = 1` is [`conv2d_moment_jacobians`]; more bands than
-/// output rows are capped at one row per band.
-pub fn conv2d_moment_jacobians_in_bands(
-    x: Tensor<4>,
-    y: Tensor<4>,
-    weight_dims: [usize; 4],
-    geometry: Conv2dGeometry,
-    bands: usize,
-) -> MomentJacobians {
     ConvJacobians {
         weight_dims,
         geometry,
-        bands: bands.max(1),
     }
     .run_on_inner(x, y)
 }
 
-/// [`conv2d_moment_jacobians_in_bands`]'s work, for any backend.
+/// [`conv2d_moment_jacobians`]'s work, for any backend.
 #[derive(Debug, Clone, Copy)]
 struct ConvJacobians {
     weight_dims: [usize; 4],
     geometry: Conv2dGeometry,
-    bands: usize,
 }
 
 impl JacobianWork<4> for ConvJacobians {
@@ -179,7 +141,6 @@ impl JacobianWork<4> for ConvJacobians {
         let ConvJacobians {
             weight_dims,
             geometry,
-            bands,
         } = self;
         let [c, cin_g, kh, kw] = weight_dims;
         let [n, _, ho, wo] = y.dims();
@@ -190,9 +151,7 @@ impl JacobianWork<4> for ConvJacobians {
         // Q: the weight gradient of grad_out = 2y/M, taken for grad_out = y
         // and scaled after (C x F values rather than every output value).
         let grad = y;
-        let mean_sq = if bands > 1 && geometry.groups == 1 {
-            banded_weight_backward(x, grad, weight_dims, geometry, bands)
-        } else if burn_ndarray(&x.device()) {
+        let mean_sq = if burn_ndarray(&x.device()) {
             // One matrix product per tap (`tap_products`): a 3D conv with a
             // depth of one.
             let [[top, bottom], [left, right]] = geometry.padding;
@@ -217,8 +176,8 @@ impl JacobianWork<4> for ConvJacobians {
 /// input `x` `[N, C_in, H, W]`, weight shape `weight_dims`
 /// `[C, C_in/G, kh, kw]` and output gradient `grad` `[N, C, Ho, Wo]`, in
 /// one weight-gradient convolution of the backend (`Q` is this with
-/// `grad = 2y/M`). Public for the benchmarks, which time it alone.
-pub fn conv2d_weight_gradient(
+/// `grad = 2y/M`).
+fn conv2d_weight_gradient(
     x: Tensor<4>,
     grad: Tensor<4>,
     weight_dims: [usize; 4],
@@ -242,107 +201,6 @@ pub fn conv2d_weight_gradient(
         Dispatch::conv2d_weight_backward(x, w, g, options)
     })
     .reshape([c, cin_g * kh * kw])
-}
-
-/// The weight gradient `[C, F]` of a conv without groups with output
-/// gradient `grad` `[N, C, Ho, Wo]`, as the sum of the partial gradients
-/// of `bands` bands of output rows, taken from the diagonal of one
-/// convolution of every input band with every output band (see
-/// [`conv2d_moment_jacobians_in_bands`]).
-fn banded_weight_backward(
-    x: Tensor<4>,
-    grad: Tensor<4>,
-    weight_dims: [usize; 4],
-    geometry: Conv2dGeometry,
-    bands: usize,
-) -> Tensor<2> {
-    let [c, c_in, kh, kw] = weight_dims;
-    let f = c_in * kh * kw;
-    let [n, _, h, _] = x.dims();
-    let [_, _, ho, wo] = grad.dims();
-    let [[top, bottom], [left, right]] = geometry.padding;
-    let stride = geometry.stride[0];
-    // Output rows per band, then the bands that holds (the last one may be
-    // short: `grad` gets zero rows, which add nothing).
-    let band = ho.div_ceil(bands.min(ho));
-    let bands = ho.div_ceil(band);
-    // Band s reads the padded input rows s * block .. s * block + band_rows:
-    // its own block and `halo` rows of the next (fewer than the block when
-    // the stride skips rows).
-    let block = band * stride;
-    let span = geometry.dilation[0] * (kh - 1) + 1;
-    let band_rows = block - stride + span;
-    let halo = span as isize - stride as isize;
-    // With halos no longer than a block, the bands come from two reshapes
-    // (blocks, and the next blocks' first rows) and one concatenation: a
-    // few operations whatever the number of bands. Else one slice each.
-    let reshaped = halo <= block as isize;
-    // Padded rows the bands need: the padding, and zero rows below for
-    // the last band's zero rows (and the reshape of the next blocks).
-    let rows = if reshaped {
-        (bands + usize::from(halo > 0)) * block
-    } else {
-        (bands - 1) * block + band_rows
-    };
-    let below = bottom.max(rows.saturating_sub(top + h));
-    let x = x.pad((left, right, top, below), PadMode::Constant(0.0));
-    let wp = x.dims()[3];
-    // [N, bands * C_in, band_rows, W']: band s in channels s * C_in ...
-    let x_bands = if reshaped {
-        let blocks = |from: usize| {
-            x.clone()
-                .narrow(2, from, bands * block)
-                .reshape([n, c_in, bands, block, wp])
-        };
-        let own = blocks(0);
-        let rows_by_band = if halo > 0 {
-            Tensor::cat(vec![own, blocks(block).narrow(3, 0, halo as usize)], 3)
-        } else {
-            own.narrow(3, 0, band_rows)
-        };
-        rows_by_band
-            .swap_dims(1, 2)
-            .reshape([n, bands * c_in, band_rows, wp])
-    } else {
-        Tensor::cat(
-            (0..bands)
-                .map(|s| x.clone().narrow(2, s * block, band_rows))
-                .collect(),
-            1,
-        )
-    };
-    let grad = if bands * band > ho {
-        grad.pad((0, 0, 0, bands * band - ho), PadMode::Constant(0.0))
-    } else {
-        grad
-    };
-    // [N, bands * C, band, Wo]: band s in channels s * C ...
-    let grad_bands = grad
-        .reshape([n, c, bands, band, wo])
-        .swap_dims(1, 2)
-        .reshape([n, bands * c, band, wo]);
-    let options = ConvOptions::new(geometry.stride, [0, 0], geometry.dilation, 1);
-    // Block (s, t) of all_pairs, [C, F] at rows s * C.., columns t * F..,
-    // is output band s against input band t.
-    let all_pairs = weight_backward(
-        x_bands,
-        [bands * c, bands * c_in, kh, kw],
-        grad_bands,
-        |x, w, g| Dispatch::conv2d_weight_backward(x, w, g, options),
-    );
-    // The diagonal blocks without a mask: flattened, block (s, s) starts
-    // at s * (L + F) with L = C * bands * F, the floats of one band's rows;
-    // so with F * bands zeros appended, rows of L + F floats start each at
-    // its diagonal block, whose C rows of F floats are `bands * F` apart.
-    let len = bands * c * bands * f;
-    let skewed = all_pairs
-        .reshape([len])
-        .pad([(0, f * bands)], PadMode::Constant(0.0))
-        .reshape([bands, c * bands * f + f])
-        .narrow(1, 0, c * bands * f)
-        .reshape([bands, c, bands * f])
-        .narrow(2, 0, f);
-    skewed.sum_dim(0).reshape([c, f])
 }
 
 /// `P = sum_p patch(p) / M` over the `M` output positions `p` of the conv
@@ -666,8 +524,8 @@ impl HistoryEntries {
 #[cfg(test)]
 mod tests {
     use super::{
-        conv2d_moment_jacobians, conv2d_moment_jacobians_in_bands, linear_moment_jacobians,
-        tap_rows, Conv2dGeometry, ConvJacobians, LinearJacobians, MomentJacobians,
+        conv2d_moment_jacobians, linear_moment_jacobians, tap_rows, Conv2dGeometry, ConvJacobians,
+        LinearJacobians, MomentJacobians,
     };
     use crate::inner::JacobianWork;
     use burn::tensor::module::conv2d;
@@ -705,7 +563,6 @@ mod tests {
         let work = ConvJacobians {
             weight_dims: [6, 2, 3, 2],
             geometry,
-            bands: 1,
         };
         assert_eq!(
             bits(conv2d_moment_jacobians(
@@ -722,76 +579,6 @@ mod tests {
             bits(linear_moment_jacobians(x.clone(), y.clone())),
             bits(LinearJacobians.run(x, y))
         );
-    }
-
-    /// `Q` computed in bands of output rows equals `Q` in one piece, to
-    /// float32 rounding (the sum runs in another order), for band counts
-    /// that do and do not divide the output rows and more bands than rows,
-    /// and for strided, dilated, asymmetrically padded convs (and a grouped
-    /// one, where the bands are ignored).
-    #[test]
-    fn banded_jacobians_equal_unbanded() {
-        let device = crate::test_bits::autodiff_device();
-        let geometry = |stride, padding, dilation, groups| Conv2dGeometry {
-            stride,
-            padding,
-            dilation,
-            groups,
-        };
-        let cases: [([usize; 4], [usize; 4], Conv2dGeometry); 4] = [
-            (
-                [2, 3, 9, 7],
-                [4, 3, 3, 3],
-                geometry([1, 1], [[1, 1], [1, 1]], [1, 1], 1),
-            ),
-            (
-                [1, 4, 11, 6],
-                [6, 4, 3, 2],
-                geometry([2, 1], [[1, 2], [0, 1]], [2, 2], 1),
-            ),
-            // Groups: the bands are ignored.
-            (
-                [1, 4, 6, 6],
-                [6, 2, 3, 3],
-                geometry([1, 1], [[1, 1], [1, 1]], [1, 1], 2),
-            ),
-            // A 1x1 kernel with stride 2: bands skip rows (negative halo).
-            (
-                [3, 2, 5, 5],
-                [3, 2, 1, 1],
-                geometry([2, 2], [[0, 0], [0, 0]], [1, 1], 1),
-            ),
-        ];
-        for (x_dims, w_dims, geometry) in cases {
-            let x = Tensor::<4>::random(x_dims, Distribution::Normal(0.0, 1.0), &device);
-            let w = Tensor::<4>::random(w_dims, Distribution::Normal(0.0, 1.0), &device);
-            let [[top, bottom], [left, right]] = geometry.padding;
-            let options = ConvOptions::new_with_padding(
-                geometry.stride,
-                [(top, bottom), (left, right)],
-                geometry.dilation,
-                geometry.groups,
-            );
-            let y = conv2d(x.clone(), w, None, options);
-            let ho = y.dims()[2];
-            let whole = conv2d_moment_jacobians(x.clone(), y.clone(), w_dims, geometry);
-            let whole_q = whole.mean_sq.to_data().try_to_vec::<f32>().unwrap();
-            let scale = whole_q.iter().fold(0.0f32, |a, v| a.max(v.abs()));
-            for bands in [2, 3, ho, ho + 4] {
-                let banded =
-                    conv2d_moment_jacobians_in_bands(x.clone(), y.clone(), w_dims, geometry, bands);
-                let case = format!("x {x_dims:?} w {w_dims:?} {geometry:?} bands {bands}");
-                assert_eq!(bits(banded.clone())[0], bits(whole.clone())[0], "P, {case}");
-                let banded_q = banded.mean_sq.to_data().try_to_vec::<f32>().unwrap();
-                assert_eq!(banded_q.len(), whole_q.len(), "{case}");
-                for (i, (a, b)) in banded_q.iter().zip(&whole_q).enumerate() {
-                    assert!(
-                        (a - b).abs() <= 1e-5 * scale,
-                        "Q[{i}]: {a} banded, {b} whole (max |Q| {scale}), {case}"
-                    );
-                }
-            }
-        }
     }
 
     /// `tap_rows` selects exactly the in-range rows `o * stride + offset -

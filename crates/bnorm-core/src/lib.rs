@@ -65,8 +65,8 @@ pub use conv1d_jacobian::{conv1d_moment_jacobians, Conv1dGeometry};
 pub use conv3d_jacobian::{conv3d_moment_jacobians, Conv3dGeometry};
 pub use inference::{compose_affine, InferenceAffine};
 pub use jacobian::{
-    conv2d_moment_jacobians, conv2d_moment_jacobians_in_bands, linear_moment_jacobians, linearize,
-    CompensatedMoments, Conv2dGeometry, HistoryEntries, MomentJacobians,
+    conv2d_moment_jacobians, linear_moment_jacobians, linearize, CompensatedMoments,
+    Conv2dGeometry, HistoryEntries, MomentJacobians,
 };
 pub use window::{history_in_use, window_statistics, BurnInMode, FrontPush, WindowHistory};
 

@@ -4,7 +4,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{Initializer, PaddingConfig2d};
 use burn::tensor::{Device, Tensor};
 
-use bnorm_core::{conv2d_moment_jacobians_in_bands, Conv2dGeometry};
+use bnorm_core::{conv2d_moment_jacobians, Conv2dGeometry};
 
 use crate::conv_block::{check_conv_extent, check_conv_input, check_conv_output, same_padding};
 use crate::{CrossIterBatchNorm, CrossIterBatchNormConfig, WeightLayout};
@@ -53,13 +53,6 @@ pub struct Conv2dCbnConfig {
     /// CBN options (`num_features` is overridden by `channels[1]`).
     #[config(default = "CrossIterBatchNormConfig::new(0)")]
     pub norm: CrossIterBatchNormConfig,
-    /// Bands of output rows the Jacobian `Q`'s reduction is split into
-    /// (see [`bnorm_core::conv2d_moment_jacobians_in_bands`]; groups = 1
-    /// only). Default: 1, one piece. An experiment for GPUs: `bands` times
-    /// `Q`'s arithmetic, so on the CPU only slower. Results equal to
-    /// float32 rounding.
-    #[config(default = 1)]
-    pub jacobian_bands: usize,
 }
 
 impl Conv2dCbnConfig {
@@ -93,7 +86,6 @@ impl Conv2dCbnConfig {
         Conv2dCbn {
             conv,
             norm: norm.init(layout, device),
-            jacobian_bands: self.jacobian_bands.max(1),
         }
     }
 }
@@ -109,9 +101,6 @@ pub struct Conv2dCbn {
     pub conv: Conv2d,
     /// The normalization of its output.
     pub norm: CrossIterBatchNorm,
-    /// Bands of output rows `Q`'s reduction is split into (1: one piece;
-    /// see [`Conv2dCbnConfig::jacobian_bands`]).
-    pub jacobian_bands: usize,
 }
 
 impl Conv2dCbn {
@@ -195,9 +184,7 @@ impl Conv2dCbn {
             input,
             y,
             (&self.conv.weight, &self.conv.bias, self.conv.groups),
-            |x, y, weight_dims| {
-                conv2d_moment_jacobians_in_bands(x, y, weight_dims, geometry, self.jacobian_bands)
-            },
+            |x, y, weight_dims| conv2d_moment_jacobians(x, y, weight_dims, geometry),
         )
     }
 

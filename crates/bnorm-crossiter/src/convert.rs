@@ -63,11 +63,7 @@ impl Conv2dCbn {
             bn,
             norm,
         )?;
-        Ok(Conv2dCbn {
-            conv,
-            norm,
-            jacobian_bands: 1,
-        })
+        Ok(Conv2dCbn { conv, norm })
     }
 
     /// Folds the CBN, **in inference mode** (running statistics), into the
