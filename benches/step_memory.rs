@@ -4,7 +4,7 @@
 //! under burn-autodiff's `BalancedCheckpointing`.
 //!
 //! ```sh
-//! cargo run --release --example step_memory -- [NxCxHxW ...]
+//! cargo bench --bench step_memory -- [NxCxHxW ...]
 //! ```
 //!
 //! On burn-ndarray every tensor is a host allocation, so a counting global
@@ -17,7 +17,7 @@
 //! (about 10 s on two cores; 1x32x128x128 takes about 3 minutes).
 
 // The benches' training step and shape names.
-#[path = "../benches/common/mod.rs"]
+#[path = "common/mod.rs"]
 mod bench_common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -174,7 +174,11 @@ fn layer_rows(shape: [usize; 4], label: &str, device: Device) -> Vec<(String, Pe
 
 fn main() {
     let shapes: Vec<[usize; 4]> = {
-        let args: Vec<String> = std::env::args().skip(1).collect();
+        // `cargo bench` passes `--bench` (and criterion's flags) along.
+        let args: Vec<String> = std::env::args()
+            .skip(1)
+            .filter(|a| !a.starts_with("--"))
+            .collect();
         let args = if args.is_empty() {
             vec!["1x16x64x64".to_string()]
         } else {
