@@ -41,6 +41,26 @@ pub struct CbnStep<const D: usize> {
     pub epsilon: f64,
     /// Where `epsilon` enters the standard deviation.
     pub eps_placement: EpsPlacement,
+    /// Batch Renormalization's correction (with `StepStatistics::Plain {
+    /// unbiased: false }`): the step normalizes with scale `gamma * r` and
+    /// shift `gamma * d + beta` (`r` and `d` without `gamma`, `beta`), `r`
+    /// and `d` computed from the batch's mean and standard deviation and
+    /// the running ones, constants of the backward pass.
+    pub renorm: Option<RenormTerms>,
+}
+
+/// What Batch Renormalization's `r` and `d` are computed from, besides the
+/// batch (see [`renorm_correction`](crate::renorm_correction)).
+#[derive(Debug, Clone)]
+pub struct RenormTerms {
+    /// Running mean `mu`, `[C]`.
+    pub running_mean: Tensor<1>,
+    /// Running standard deviation `sigma`, `[C]`.
+    pub running_std: Tensor<1>,
+    /// Clip bound of `r`.
+    pub rmax: f64,
+    /// Clip bound of `|d|`.
+    pub dmax: f64,
 }
 
 /// The statistics a training step normalizes with.
@@ -188,17 +208,31 @@ impl<const D: usize> CbnStep<D> {
         };
         let std = self.eps_placement.std(var.clone(), self.epsilon);
         let inv_std = reciprocal(std.clone());
+        // Batch Renormalization: `gamma r` and `gamma d + beta` in place of
+        // `gamma` and `beta`, `r` and `d` detached.
+        let (gamma, beta, renorm) = match self.renorm {
+            Some(terms) => {
+                let correction = crate::renorm_correction(
+                    batch_mean.clone(),
+                    std.clone(),
+                    terms.running_mean,
+                    terms.running_std,
+                    terms.rmax,
+                    terms.dmax,
+                );
+                let (r, d) = (correction.r, correction.d);
+                let (gamma, beta) = compose_affine(self.gamma, self.beta, r.clone(), d.clone());
+                (Some(gamma), Some(beta), Some((r, d)))
+            }
+            None => (self.gamma, self.beta, None),
+        };
+        let gamma_eff = gamma.clone();
         // out = gamma (y - mu) / std + beta = (y - mu_t) s + (beta + (mu_t - mu) s)
         // with s = gamma / std: the full-size tensor sees a subtraction, a
         // multiply and an add, which a fusing backend runs as one kernel. On
         // the `[N, C, S]` view, reshaped at the end: a reshape between them
         // would split it.
-        let (scale, beta) = compose_affine(
-            self.gamma,
-            self.beta,
-            inv_std.clone(),
-            batch_mean.zeros_like(),
-        );
+        let (scale, beta) = compose_affine(gamma, beta, inv_std.clone(), batch_mean.zeros_like());
         let shift = beta.add(batch_mean.clone().sub(mean.clone()).mul(scale.clone()));
         // The reshapes first: one between the subtraction and the rest
         // would end the kernel there.
@@ -223,6 +257,8 @@ impl<const D: usize> CbnStep<D> {
             scale,
             window,
             entries,
+            gamma_eff,
+            renorm,
         }
     }
 }
@@ -245,4 +281,9 @@ pub(crate) struct Forward<const D: usize> {
     pub(crate) window: Option<WeightedWindow>,
     /// The entries read (a window step with entries).
     pub(crate) entries: Option<HistoryEntries>,
+    /// The scale the step normalizes with: `gamma`, or `gamma r` (`r`)
+    /// with Batch Renormalization's correction.
+    pub(crate) gamma_eff: Option<Tensor<1>>,
+    /// `r` and `d` (with Batch Renormalization's correction).
+    pub(crate) renorm: Option<(Tensor<1>, Tensor<1>)>,
 }

@@ -48,7 +48,7 @@ use burn::backend::{
 use burn::tensor::Tensor;
 
 use crate::cbn_step::{
-    CbnStep, CbnStepOutput, EntriesSource, Forward, StepStatistics, WindowTerms,
+    CbnStep, CbnStepOutput, EntriesSource, Forward, RenormTerms, StepStatistics, WindowTerms,
 };
 use crate::moments::{bessel_factor, values_per_channel};
 use crate::shape::{flatten_spatial, sum_axis};
@@ -227,8 +227,12 @@ where
         statistics,
         epsilon: step.epsilon,
         eps_placement: step.eps_placement,
+        renorm: step.renorm.map(|terms| RenormTerms {
+            running_mean: terms.running_mean.inner(),
+            running_std: terms.running_std.inner(),
+            ..terms
+        }),
     };
-    let gamma_value = inner_step.gamma.clone();
     let eps_placement = inner_step.eps_placement;
     let forward = inner_step.forward();
     let (weight_tracked, bias_tracked) = (weight.is_tracked(), bias.is_tracked());
@@ -254,7 +258,8 @@ where
                 centered: forward.centered.clone(),
                 scale: forward.scale.clone(),
                 inv_std: forward.inv_std.clone(),
-                gamma: gamma_value,
+                gamma: forward.gamma_eff.clone(),
+                renorm: forward.renorm.clone(),
                 mean_gap: forward.mean.clone().sub(forward.batch_mean.clone()),
                 mean: forward.mean.clone(),
                 inv_std_slope: eps_placement
@@ -300,7 +305,12 @@ struct Saved {
     /// `s = gamma * inv_std`.
     scale: Tensor<1>,
     inv_std: Tensor<1>,
+    /// The scale normalized with: `gamma`, or `gamma r` (`r`) with Batch
+    /// Renormalization's correction.
     gamma: Option<Tensor<1>>,
+    /// `r` and `d` (Batch Renormalization's correction): `gamma`'s
+    /// gradient is `r dgamma_eff + d dbeta_eff`.
+    renorm: Option<(Tensor<1>, Tensor<1>)>,
     /// `mu - mu_t` (0 for a plain step).
     mean_gap: Tensor<1>,
     /// `mu`.
@@ -396,7 +406,14 @@ where
             .sub(mean_gap.clone().mul(sum_g.clone()));
         let inv_std = column(saved.inv_std);
         if gamma_node.is_some() {
-            register_grad::<B, 1>(grads, gamma_node, sum_gc.clone().mul(inv_std).reshape([c]));
+            let d_gamma = sum_gc.clone().mul(inv_std);
+            let d_gamma = match &saved.renorm {
+                Some((r, d)) => d_gamma
+                    .mul(column(r.clone()))
+                    .add(sum_g.clone().mul(column(d.clone()))),
+                None => d_gamma,
+            };
+            register_grad::<B, 1>(grads, gamma_node, d_gamma.reshape([c]));
         }
         if beta_node.is_some() {
             register_grad::<B, 1>(grads, beta_node, sum_g.clone().reshape([c]));
@@ -486,7 +503,7 @@ fn register_grad<B: Backend, const R: usize>(
 #[cfg(test)]
 mod tests {
     use super::{closed_form, covers};
-    use crate::cbn_step::{CbnStep, EntriesSource, StepStatistics, WindowTerms};
+    use crate::cbn_step::{CbnStep, EntriesSource, RenormTerms, StepStatistics, WindowTerms};
     use crate::{EpsPlacement, HistoryEntries};
     use burn::tensor::{Device, Tensor, TensorData};
 
@@ -589,9 +606,9 @@ mod tests {
     /// operation, for every kind of step (plain biased and unbiased, a
     /// window without entries, with all or some entries filled, with a
     /// negative-variance entry dropped, `rho` 0 and not), with and without
-    /// bias, affine parameters and the history gradient, both eps
-    /// placements, ranks 2 to 4 and a batch of one value per channel
-    /// (variance 0). The output is bit for bit the same (the same
+    /// bias, affine parameters and the history gradient, Batch
+    /// Renormalization's corrected step, both eps placements, ranks 2 to 4
+    /// and a batch of one value per channel (variance 0). The output is bit for bit the same (the same
     /// operations on the same backend).
     fn closed_form_gradient_is_autodiffs(device: &Device) {
         DRAWS.with(|d| d.set(0));
@@ -604,7 +621,7 @@ mod tests {
             vec![1, CHANNELS, 1, 1],
             vec![1, CHANNELS, 3],
         ] {
-            for statistics in 0..7 {
+            for statistics in 0..8 {
                 for placement in [EpsPlacement::InsideSqrt, EpsPlacement::OnStd] {
                     for (affine, with_bias, history_gradient) in [
                         (true, true, true),
@@ -630,7 +647,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(cases, 4 * 7 * 2 * 3);
+        assert_eq!(cases, 4 * 8 * 2 * 3);
         // Window steps with entries, rho != 0 and the history gradient.
         assert_eq!(weight_gradients, 4 * 3 * 2 * 2);
         // The two routes round differently somewhere, so the check that
@@ -682,6 +699,7 @@ mod tests {
             statistics: StepStatistics::Plain { unbiased: false },
             epsilon: 1e-5,
             eps_placement: EpsPlacement::InsideSqrt,
+            renorm: None,
         };
         assert!(!covers(&step));
         let autodiff = CbnStep {
@@ -694,7 +712,8 @@ mod tests {
     /// One configuration of [`closed_form_gradient_is_autodiffs`].
     #[derive(Debug)]
     struct Case {
-        /// Which `StepStatistics` (0 to 6, see `compare`).
+        /// Which `StepStatistics` (0 to 6, see `compare`; 7 is Batch
+        /// Renormalization's corrected plain step).
         statistics: usize,
         eps_placement: EpsPlacement,
         affine: bool,
@@ -742,9 +761,18 @@ mod tests {
                 rho,
             })
         };
+        // Batch Renormalization's correction: running statistics that
+        // clip `r` (bounds 1/1.5 and 1.5) and `d` (0.5) in some channels
+        // and not in others.
+        let renorm = (statistics == 7).then(|| RenormTerms {
+            running_mean: random([CHANNELS], device).add_scalar(1.5),
+            running_std: random([CHANNELS], device).abs().add_scalar(0.4),
+            rmax: 1.5,
+            dmax: 0.5,
+        });
         let statistics = match statistics {
             0 => StepStatistics::Plain { unbiased: true },
-            1 => StepStatistics::Plain { unbiased: false },
+            1 | 7 => StepStatistics::Plain { unbiased: false },
             2 => StepStatistics::Window(None),
             3 => StepStatistics::Window(terms(ENTRIES, 1.0)),
             4 => StepStatistics::Window(terms(2, 0.5)),
@@ -758,6 +786,7 @@ mod tests {
             statistics,
             epsilon: 1e-3,
             eps_placement,
+            renorm,
         };
         let leaves = (&y, &weight, &bias, &gamma, &beta);
         assert!(covers(&step), "{device:?} takes the closed form");

@@ -60,7 +60,9 @@ mod inner;
 pub mod jacobian;
 mod tap_products;
 pub mod window;
-pub use cbn_step::{CbnStep, CbnStepOutput, EntriesSource, StepStatistics, WindowTerms};
+pub use cbn_step::{
+    CbnStep, CbnStepOutput, EntriesSource, RenormTerms, StepStatistics, WindowTerms,
+};
 pub use conv1d_jacobian::{conv1d_moment_jacobians, Conv1dGeometry};
 pub use conv3d_jacobian::{conv3d_moment_jacobians, Conv3dGeometry};
 pub use inference::{compose_affine, InferenceAffine};

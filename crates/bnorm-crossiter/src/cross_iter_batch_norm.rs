@@ -237,6 +237,7 @@ impl CrossIterBatchNorm {
             statistics,
             epsilon: self.epsilon,
             eps_placement: self.eps_placement,
+            renorm: None,
         }
         .run();
         if let Some((history, filled)) = push {

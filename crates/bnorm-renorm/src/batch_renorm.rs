@@ -6,7 +6,8 @@ use bnorm_core::guard::{finite_channels, keep_where_not_finite};
 use bnorm_core::shape::{check_input, check_mask, per_channel};
 use bnorm_core::{compose_affine, HostCounter};
 use bnorm_core::{
-    masked_moments, moments, renorm_correction, renorm_train, BatchMoments, EpsPlacement, Schedule,
+    masked_moments, renorm_correction, BatchMoments, CbnStep, EpsPlacement, RenormTerms, Schedule,
+    StepStatistics,
 };
 
 /// Batch Renormalization over a `[N, C, ...]` input.
@@ -91,12 +92,10 @@ impl BatchRenorm {
     /// long, or the batch is empty. The module's state is untouched then.
     pub fn forward<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
         check_input("BatchRenorm", &input.dims(), self.num_features);
-        if !self.is_training(&input.device()) {
-            self.forward_inference(input)
-        } else if self.eps_placement == EpsPlacement::InsideSqrt {
-            self.forward_train_fused(input)
+        if self.is_training(&input.device()) {
+            self.forward_train_step(input)
         } else {
-            self.forward_train(moments(input))
+            self.forward_inference(input)
         }
     }
 
@@ -211,29 +210,32 @@ impl BatchRenorm {
         self.steps.increment();
     }
 
-    /// The training step through burn's fused BatchNorm (`eps` inside the
-    /// square root; see [`renorm_train`]).
-    fn forward_train_fused<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
+    /// The training step as one normalization step with its gradient in
+    /// closed form where the device allows it (see `bnorm_core::cbn_step`:
+    /// the plain batch statistics with `gamma r` and `gamma d + beta`).
+    fn forward_train_step<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
         let running_mean = self.running_mean.value_sync();
         let running_std = self.running_std.value_sync();
+        // The schedules on the host: the clip bounds are scalars.
         let step = self.steps.get();
-        let renorm = renorm_train(
-            input,
-            self.gamma.as_ref().map(|g| g.val()),
-            self.beta.as_ref().map(|b| b.val()),
-            running_mean.clone(),
-            running_std.clone(),
-            self.rmax.value_at(step),
-            self.dmax.value_at(step),
-            self.epsilon,
-        );
-        self.update_running(
-            running_mean,
-            running_std,
-            renorm.batch_mean,
-            renorm.batch_std,
-        );
-        renorm.output
+        let output = CbnStep {
+            y: input,
+            gamma: self.gamma.as_ref().map(|g| g.val()),
+            beta: self.beta.as_ref().map(|b| b.val()),
+            statistics: StepStatistics::Plain { unbiased: false },
+            epsilon: self.epsilon,
+            eps_placement: self.eps_placement,
+            renorm: Some(RenormTerms {
+                running_mean: running_mean.clone(),
+                running_std: running_std.clone(),
+                rmax: self.rmax.value_at(step),
+                dmax: self.dmax.value_at(step),
+            }),
+        }
+        .run();
+        let batch_std = self.eps_placement.std(output.batch_var, self.epsilon);
+        self.update_running(running_mean, running_std, output.batch_mean, batch_std);
+        output.output
     }
 
     fn forward_inference<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
