@@ -81,10 +81,10 @@ fn bench_backend(c: &mut Criterion, backend: &str, device: &Device) -> Vec<Strin
         }
         let conv_bn_step = || train_step(&x, |x| bn.forward(conv.forward(x)));
         let cbn_k1_step = || train_step(&x, |x| cbn_k1.forward(x));
-        let cbn_step = || train_step(&x, |x| cbn.forward(x));
+        let norm_step = || train_step(&x, |x| cbn.forward(x));
         settle(&format!("{name}/Conv2d+BatchNorm"), conv_bn_step);
         settle(&format!("{name}/Conv2dCbn-k1"), cbn_k1_step);
-        settle(&format!("{name}/Conv2dCbn"), cbn_step);
+        settle(&format!("{name}/Conv2dCbn"), norm_step);
         group.bench_function(BenchmarkId::from_parameter("Conv2d+BatchNorm"), |b| {
             b.iter(conv_bn_step)
         });
@@ -92,7 +92,7 @@ fn bench_backend(c: &mut Criterion, backend: &str, device: &Device) -> Vec<Strin
             b.iter(cbn_k1_step)
         });
         group.bench_function(BenchmarkId::from_parameter("Conv2dCbn"), |b| {
-            b.iter(cbn_step)
+            b.iter(norm_step)
         });
         for (label, layer) in parts.iter().flatten() {
             let step = || train_step(&x, |x| layer.forward(x));

@@ -1,9 +1,10 @@
-//! The Cross-Iteration BN training step ([`CbnStep`]) as one autodiff
-//! operation with its gradient in closed form.
+//! The normalization training step ([`NormStep`]: CBN's, and BRN's
+//! corrected plain step) as one autodiff operation with its gradient in
+//! closed form.
 //!
 //! Backward, with `g = dL/dout`, `Sg = sum g`, `Sgc = sum g (y - mu)` and
 //! the keep mask constant (it is a comparison), in the notation of
-//! [`crate::cbn_step`]:
+//! [`crate::norm_step`]:
 //!
 //! ```text
 //! dbeta  = Sg,    dgamma = inv_std Sgc,    dvar = gamma Sgc (d inv_std / d var)
@@ -19,6 +20,10 @@
 //! (<Q_i, W> + 2 mu_i b - lin)` through `dmu_i = keep_i dmu / n` and
 //! `dnu_i = keep_i dvar / n`.)
 //!
+//! With Batch Renormalization's correction, `gamma` above is `gamma r`
+//! and the parameters' gradients are `dgamma = r inv_std Sgc + d Sg` and
+//! `dbeta = Sg` (`r` and `d` constants).
+//!
 //! Why: burn's autodiff differentiates the step operation by operation and
 //! keeps every intermediate of the window's dozens of `[C]`- and
 //! `[K, C]`-sized operations; on a GPU, where a small-batch step is bound
@@ -31,7 +36,7 @@
 //! cubecl runtimes share one backend type), under either of burn's
 //! gradient-checkpointing strategies (the operation is compute-bound and
 //! keeps its own state, so it is the same under both). Elsewhere
-//! [`CbnStep::run`] takes burn's autodiff route.
+//! [`NormStep::run`] takes burn's autodiff route.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::{
@@ -47,10 +52,10 @@ use burn::backend::{
 };
 use burn::tensor::Tensor;
 
-use crate::cbn_step::{
-    CbnStep, CbnStepOutput, EntriesSource, Forward, RenormTerms, StepStatistics, WindowTerms,
-};
 use crate::moments::{bessel_factor, values_per_channel};
+use crate::norm_step::{
+    EntriesSource, Forward, NormStep, NormStepOutput, RenormTerms, StepStatistics, WindowTerms,
+};
 use crate::shape::{flatten_spatial, sum_axis};
 use crate::HistoryEntries;
 
@@ -80,7 +85,7 @@ fn route<const D: usize>(y: &Tensor<D>) -> Option<(Route, GradientCheckpointingS
 }
 
 /// Whether [`closed_form`] covers `step`'s device.
-pub(crate) fn covers<const D: usize>(step: &CbnStep<D>) -> bool {
+pub(crate) fn covers<const D: usize>(step: &NormStep<D>) -> bool {
     route(&step.y).is_some()
 }
 
@@ -89,7 +94,7 @@ pub(crate) fn covers<const D: usize>(step: &CbnStep<D>) -> bool {
 /// # Panics
 ///
 /// If the step's device is not one the closed form [`covers`].
-pub(crate) fn closed_form<const D: usize>(step: CbnStep<D>) -> CbnStepOutput<D> {
+pub(crate) fn closed_form<const D: usize>(step: NormStep<D>) -> NormStepOutput<D> {
     let (route, strategy) = route(&step.y).expect("a device the closed form covers");
     macro_rules! on {
         ($backend:ty) => {
@@ -164,9 +169,9 @@ impl HistoryEntries {
 /// registered as one operation whose parents are `y`, the weight, the
 /// bias, `gamma` and `beta`.
 fn on_backend<B: Backend, C: CheckpointStrategy, const D: usize>(
-    step: CbnStep<D>,
+    step: NormStep<D>,
     strategy: GradientCheckpointingStrategy,
-) -> CbnStepOutput<D>
+) -> NormStepOutput<D>
 where
     DispatchTensor: DispatchKindConversion<B> + DispatchKindConversion<Autodiff<B, C>>,
 {
@@ -220,7 +225,7 @@ where
     let gamma = step.gamma.map(|g| graph_primitive::<B, C, 1>(g, strategy));
     let beta = step.beta.map(|b| graph_primitive::<B, C, 1>(b, strategy));
     let value = |t: &FloatTensor<Autodiff<B, C>>| tensor::<B, 1>(t.primitive().clone());
-    let inner_step = CbnStep::<D> {
+    let inner_step = NormStep::<D> {
         y: y_value.clone(),
         gamma: gamma.as_ref().map(value),
         beta: beta.as_ref().map(value),
@@ -277,7 +282,7 @@ where
     };
     // The statistics as untracked tensors of the step's autodiff device.
     let untracked = |t: Tensor<1>| t.autodiff().with_gradient_checkpointing_strategy(strategy);
-    CbnStepOutput {
+    NormStepOutput {
         output: Tensor::from_primitive::<Autodiff<B, C>>(output),
         batch_mean: untracked(forward.batch_mean),
         batch_var: untracked(forward.batch_var),
@@ -503,7 +508,7 @@ fn register_grad<B: Backend, const R: usize>(
 #[cfg(test)]
 mod tests {
     use super::{closed_form, covers};
-    use crate::cbn_step::{CbnStep, EntriesSource, RenormTerms, StepStatistics, WindowTerms};
+    use crate::norm_step::{EntriesSource, NormStep, RenormTerms, StepStatistics, WindowTerms};
     use crate::{EpsPlacement, HistoryEntries};
     use burn::tensor::{Device, Tensor, TensorData};
 
@@ -692,7 +697,7 @@ mod tests {
     #[test]
     fn closed_form_does_not_cover_a_device_without_autodiff() {
         let device = Device::flex();
-        let step = CbnStep {
+        let step = NormStep {
             y: Tensor::<2>::from_floats([[1.0, 2.0], [3.0, 5.0]], &device),
             gamma: None,
             beta: None,
@@ -702,7 +707,7 @@ mod tests {
             renorm: None,
         };
         assert!(!covers(&step));
-        let autodiff = CbnStep {
+        let autodiff = NormStep {
             y: step.y.clone().autodiff(),
             ..step
         };
@@ -731,7 +736,7 @@ mod tests {
     }
 
     /// Compares the two routes on one case, and checks that
-    /// [`CbnStep::run`] takes the closed form: its gradients are the closed
+    /// [`NormStep::run`] takes the closed form: its gradients are the closed
     /// form's bit for bit.
     fn compare<const D: usize>(dims: &[usize], case: &Case, device: &Device) -> Compared {
         let &Case {
@@ -779,7 +784,7 @@ mod tests {
             5 => StepStatistics::Window(terms(1, 1.0)),
             _ => StepStatistics::Window(terms(ENTRIES, 0.0)),
         };
-        let step = CbnStep {
+        let step = NormStep {
             y: y.clone(),
             gamma: affine.then(|| gamma.clone()),
             beta: affine.then(|| beta.clone()),

@@ -25,8 +25,8 @@
 //! - [`conv1d_jacobian`], [`conv3d_jacobian`]: the same Jacobians for a
 //!   1D and a 3D convolution.
 //! - [`window`]: Cross-Iteration BN window statistics and burn-in.
-//! - [`cbn_step`]: the CBN training step, `y` to the normalized output,
-//!   with its gradient in closed form (`closed_form`, private).
+//! - [`norm_step`]: the CBN training step, `y` to the normalized output,
+//!   with its gradient in closed form ([`closed_form`]).
 //! - [`inference`]: inference-mode normalization as one affine map, and
 //!   folding it into the preceding layer.
 
@@ -45,30 +45,30 @@ pub use counter::{HostCounter, COUNT_SATURATION};
 pub use mode::trains;
 pub use moments::{masked_moments, moments, BatchMoments};
 pub use reciprocal::reciprocal;
-pub use renorm::{renorm_correction, renorm_train, EpsPlacement, RenormCorrection, RenormStep};
+pub use renorm::{renorm_correction, EpsPlacement, RenormCorrection};
 pub use schedule::Schedule;
 pub mod record_check;
 pub use record_check::{
     check_record_shape, load_checkpoint, CheckpointError, CheckpointErrorKind, RecordShapeError,
 };
-pub mod cbn_step;
-mod closed_form;
+pub mod closed_form;
 pub mod conv1d_jacobian;
 pub mod conv3d_jacobian;
 pub mod inference;
 mod inner;
 pub mod jacobian;
+pub mod norm_step;
 mod tap_products;
 pub mod window;
-pub use cbn_step::{
-    CbnStep, CbnStepOutput, EntriesSource, RenormTerms, StepStatistics, WindowTerms,
-};
 pub use conv1d_jacobian::{conv1d_moment_jacobians, Conv1dGeometry};
 pub use conv3d_jacobian::{conv3d_moment_jacobians, Conv3dGeometry};
 pub use inference::{compose_affine, InferenceAffine};
 pub use jacobian::{
     conv2d_moment_jacobians, linear_moment_jacobians, linearize, CompensatedMoments,
     Conv2dGeometry, HistoryEntries, MomentJacobians,
+};
+pub use norm_step::{
+    EntriesSource, NormStep, NormStepOutput, RenormTerms, StepStatistics, WindowTerms,
 };
 pub use window::{history_in_use, window_statistics, BurnInMode, FrontPush, WindowHistory};
 

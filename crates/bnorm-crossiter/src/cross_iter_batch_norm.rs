@@ -6,8 +6,8 @@ use bnorm_core::guard::{finite_channels, guard_entry, keep_where_not_finite};
 use bnorm_core::moments::{bessel, values_per_channel};
 use bnorm_core::shape::check_input;
 use bnorm_core::{
-    history_in_use, BurnInMode, CbnStep, EntriesSource, EpsPlacement, HistoryEntries, HostCounter,
-    MomentJacobians, StepStatistics, WindowTerms, COUNT_SATURATION,
+    history_in_use, BurnInMode, EntriesSource, EpsPlacement, HistoryEntries, HostCounter,
+    MomentJacobians, NormStep, StepStatistics, WindowTerms, COUNT_SATURATION,
 };
 
 use crate::history::CbnHistory;
@@ -230,7 +230,7 @@ impl CrossIterBatchNorm {
             }
             None => plain,
         };
-        let step = CbnStep {
+        let step = NormStep {
             y,
             gamma: self.gamma.as_ref().map(|g| g.val()),
             beta: self.beta.as_ref().map(|b| b.val()),

@@ -6,7 +6,7 @@ use bnorm_core::guard::{finite_channels, keep_where_not_finite};
 use bnorm_core::shape::{check_input, check_mask, per_channel};
 use bnorm_core::{compose_affine, HostCounter};
 use bnorm_core::{
-    masked_moments, renorm_correction, BatchMoments, CbnStep, EpsPlacement, RenormTerms, Schedule,
+    masked_moments, renorm_correction, BatchMoments, EpsPlacement, NormStep, RenormTerms, Schedule,
     StepStatistics,
 };
 
@@ -211,14 +211,14 @@ impl BatchRenorm {
     }
 
     /// The training step as one normalization step with its gradient in
-    /// closed form where the device allows it (see `bnorm_core::cbn_step`:
+    /// closed form where the device allows it (see `bnorm_core::norm_step`:
     /// the plain batch statistics with `gamma r` and `gamma d + beta`).
     fn forward_train_step<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
         let running_mean = self.running_mean.value_sync();
         let running_std = self.running_std.value_sync();
         // The schedules on the host: the clip bounds are scalars.
         let step = self.steps.get();
-        let output = CbnStep {
+        let output = NormStep {
             y: input,
             gamma: self.gamma.as_ref().map(|g| g.val()),
             beta: self.beta.as_ref().map(|b| b.val()),

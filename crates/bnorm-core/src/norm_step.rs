@@ -1,5 +1,6 @@
-//! The Cross-Iteration BN training step, from the layer output `y` to the
-//! normalized output.
+//! The training step both layers share, from the input `y` to the
+//! normalized output: Cross-Iteration BN's plain or window step, and Batch
+//! Renormalization's corrected plain step.
 //!
 //! Forward, per channel, over the `M` values of the channel (see
 //! [`crate::window`] and [`crate::jacobian`] for the window's terms):
@@ -12,11 +13,16 @@
 //! out = (y - mu) * s + beta,   s = gamma * inv_std,   inv_std = 1 / std(var)
 //! ```
 //!
-//! [`CbnStep::run`] registers the step as one autodiff operation with its
+//! With Batch Renormalization's correction ([`RenormTerms`], on the biased
+//! plain step) `gamma r` and `gamma d + beta` take the place of `gamma` and
+//! `beta`, `r` and `d` computed from `mu_t`, `std(var_t)` and the running
+//! statistics and held constant in the backward pass.
+//!
+//! [`NormStep::run`] registers the step as one autodiff operation with its
 //! gradient in closed form (see [`crate::closed_form`] for the formulas and
 //! the devices it covers) and differentiates the same forward pass through
 //! burn's autodiff, operation by operation, elsewhere
-//! ([`CbnStep::through_autodiff`], which the tests compare it with).
+//! ([`NormStep::through_autodiff`], which the tests compare it with).
 
 use std::sync::Arc;
 
@@ -26,9 +32,10 @@ use crate::moments::{bessel, moments_per_channel, values_per_channel};
 use crate::window::{window_with_weights, WeightedWindow, WindowHistory};
 use crate::{compose_affine, reciprocal, EpsPlacement, HistoryEntries};
 
-/// One training step of Cross-Iteration BN on the output `y` of a layer.
+/// One training step of normalization on `y` (a layer's output for CBN,
+/// the layer's input for BRN).
 #[derive(Debug, Clone)]
-pub struct CbnStep<const D: usize> {
+pub struct NormStep<const D: usize> {
     /// The layer output `[N, C, ...]`.
     pub y: Tensor<D>,
     /// Learnable scale `[C]` (with `beta`, or neither).
@@ -131,7 +138,7 @@ impl core::fmt::Debug for EntriesSource {
 /// What a training step computes: the output, with its graph, and the
 /// statistics, detached.
 #[derive(Debug, Clone)]
-pub struct CbnStepOutput<const D: usize> {
+pub struct NormStepOutput<const D: usize> {
     /// The normalized output, shape of `y`.
     pub output: Tensor<D>,
     /// The batch's mean `mu_t`, `[C]`.
@@ -146,11 +153,11 @@ pub struct CbnStepOutput<const D: usize> {
     pub var: Tensor<1>,
 }
 
-impl<const D: usize> CbnStep<D> {
+impl<const D: usize> NormStep<D> {
     /// Runs the step: the output with its graph, the statistics detached;
     /// the gradient in closed form where [`crate::closed_form`] covers the
     /// device, else through burn's autodiff.
-    pub fn run(self) -> CbnStepOutput<D> {
+    pub fn run(self) -> NormStepOutput<D> {
         match crate::closed_form::covers(&self) {
             true => crate::closed_form::closed_form(self),
             false => self.through_autodiff(),
@@ -159,9 +166,9 @@ impl<const D: usize> CbnStep<D> {
 
     /// Runs the step with burn's autodiff differentiating every operation
     /// (any device; the reference the closed form is tested against).
-    pub fn through_autodiff(self) -> CbnStepOutput<D> {
+    pub fn through_autodiff(self) -> NormStepOutput<D> {
         let forward = self.forward();
-        CbnStepOutput {
+        NormStepOutput {
             output: forward.output,
             batch_mean: forward.batch_mean.detach(),
             batch_var: forward.batch_var.detach(),
