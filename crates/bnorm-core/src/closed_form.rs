@@ -260,7 +260,8 @@ where
                 .filter(|_| weight_tracked || bias_tracked)
                 .map(|(rho, weight_dims)| CompensationSums::new(rho, weight_dims, &forward));
             let saved = Saved {
-                centered: forward.centered.clone(),
+                y: forward.flat_y.clone(),
+                batch_mean: forward.batch_mean_column.clone(),
                 scale: forward.scale.clone(),
                 inv_std: forward.inv_std.clone(),
                 gamma: forward.gamma_eff.clone(),
@@ -305,8 +306,12 @@ struct ClosedFormBackward<const D: usize>;
 /// autodiff on the step's backend.
 #[derive(Debug, Clone)]
 struct Saved {
-    /// `y - mu_t`, `[N, C, S]`.
-    centered: Tensor<3>,
+    /// `y`, `[N, C, S]`: the step's input, which its caller's graph keeps
+    /// anyway where it is a layer's input (BRN), rather than a new buffer
+    /// `y - mu_t` (recomputed in the backward pass, one subtraction).
+    y: Tensor<3>,
+    /// `mu_t`, `[1, C, 1]`.
+    batch_mean: Tensor<3>,
     /// `s = gamma * inv_std`.
     scale: Tensor<1>,
     inv_std: Tensor<1>,
@@ -407,7 +412,8 @@ where
         let sum_g = channel_sum(grad.clone());
         // sum g (y - mu) = sum g (y - mu_t) - (mu - mu_t) sum g
         let mean_gap = column(saved.mean_gap);
-        let sum_gc = channel_sum(grad.clone().mul(saved.centered.clone()))
+        let centered = saved.y.sub(saved.batch_mean);
+        let sum_gc = channel_sum(grad.clone().mul(centered.clone()))
             .sub(mean_gap.clone().mul(sum_g.clone()));
         let inv_std = column(saved.inv_std);
         if gamma_node.is_some() {
@@ -449,7 +455,7 @@ where
             let d_y = grad
                 .mul(scale)
                 .add(offset)
-                .add(saved.centered.mul(slope))
+                .add(centered.mul(slope))
                 .reshape(dims);
             register_grad::<B, D>(grads, y_node, d_y);
         }

@@ -245,12 +245,8 @@ impl<const D: usize> NormStep<D> {
         // would end the kernel there.
         let column = |t: Tensor<1>| t.reshape([1, dims[1], 1]);
         let (scale_column, shift_column) = (column(scale.clone()), column(shift));
-        let centered = flat_y.sub(mean_t);
-        let output = centered
-            .clone()
-            .mul(scale_column)
-            .add(shift_column)
-            .reshape(dims);
+        let centered = flat_y.clone().sub(mean_t.clone());
+        let output = centered.mul(scale_column).add(shift_column).reshape(dims);
         Forward {
             output,
             batch_mean,
@@ -258,7 +254,8 @@ impl<const D: usize> NormStep<D> {
             batch_mean_sq,
             mean,
             var,
-            centered,
+            flat_y,
+            batch_mean_column: mean_t,
             std,
             inv_std,
             scale,
@@ -278,8 +275,10 @@ pub(crate) struct Forward<const D: usize> {
     pub(crate) batch_mean_sq: Tensor<1>,
     pub(crate) mean: Tensor<1>,
     pub(crate) var: Tensor<1>,
-    /// `y - mu_t` on the `[N, C, S]` view.
-    pub(crate) centered: Tensor<3>,
+    /// `y` on the `[N, C, S]` view.
+    pub(crate) flat_y: Tensor<3>,
+    /// `mu_t` as `[1, C, 1]`.
+    pub(crate) batch_mean_column: Tensor<3>,
     pub(crate) std: Tensor<1>,
     pub(crate) inv_std: Tensor<1>,
     /// `s = gamma * inv_std`.
