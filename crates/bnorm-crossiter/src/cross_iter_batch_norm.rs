@@ -282,9 +282,7 @@ impl CrossIterBatchNorm {
 
 impl ModuleDisplay for CrossIterBatchNorm {
     fn custom_settings(&self) -> Option<DisplaySettings> {
-        DisplaySettings::new()
-            .with_new_line_after_attribute(false)
-            .optional()
+        bnorm_core::mode::display_settings()
     }
 
     fn custom_content(&self, content: Content) -> Option<Content> {
@@ -297,9 +295,6 @@ impl ModuleDisplay for CrossIterBatchNorm {
             .add("affine", &self.gamma.is_some())
             .add("iterations", &self.iterations())
             .add("history_len", &self.history_len());
-        match self.training.is_enabled() {
-            true => content.optional(),
-            false => content.add("training", &self.training).optional(),
-        }
+        bnorm_core::mode::with_training_flag(content, &self.training)
     }
 }

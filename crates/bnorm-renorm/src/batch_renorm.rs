@@ -255,9 +255,7 @@ impl BatchRenorm {
 
 impl ModuleDisplay for BatchRenorm {
     fn custom_settings(&self) -> Option<DisplaySettings> {
-        DisplaySettings::new()
-            .with_new_line_after_attribute(false)
-            .optional()
+        bnorm_core::mode::display_settings()
     }
 
     fn custom_content(&self, content: Content) -> Option<Content> {
@@ -268,9 +266,6 @@ impl ModuleDisplay for BatchRenorm {
             .add("eps_placement", &format!("{:?}", self.eps_placement))
             .add("affine", &self.gamma.is_some())
             .add("step", &self.step());
-        match self.training.is_enabled() {
-            true => content.optional(),
-            false => content.add("training", &self.training).optional(),
-        }
+        bnorm_core::mode::with_training_flag(content, &self.training)
     }
 }
