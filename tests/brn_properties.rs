@@ -12,7 +12,6 @@ use burn::tensor::Device;
 use burn::tensor::{Bool, Tensor, TensorData};
 use common::random::uniform;
 use common::*;
-use rstest::rstest;
 
 /// Deterministic host-generated data in [-1.5, 2.5).
 fn random<const D: usize>(shape: [usize; D], seed: u64, device: &Device) -> Tensor<D> {
@@ -112,13 +111,7 @@ fn equals_batch_norm(device: &Device) {
     check::<5>(device, [2, 2, 3, 2, 2]);
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn brn_with_rmax1_dmax0_is_batch_norm(#[case] dev: TestDevice) {
-    on_device!(dev, equals_batch_norm);
-}
+device_test!(brn_with_rmax1_dmax0_is_batch_norm, equals_batch_norm);
 
 /// A batch of one (one value per channel) gives finite output and finite
 /// gradients with either eps placement, early (r = 1) and late in the
@@ -159,13 +152,7 @@ fn batch_of_one(device: &Device) {
     check::<4>(device, [1, 3, 1, 1]);
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn brn_batch_of_one_is_finite(#[case] dev: TestDevice) {
-    on_device!(dev, batch_of_one);
-}
+device_test!(brn_batch_of_one_is_finite, batch_of_one);
 
 /// Runs `steps` SGD steps of a BRN layer (gamma, beta trained) on the
 /// deterministic input stream starting at `first`, returning the outputs.
@@ -247,13 +234,7 @@ fn resume(device: &Device) {
     }
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn brn_resume_is_bit_identical(#[case] dev: TestDevice) {
-    on_device!(dev, resume);
-}
+device_test!(brn_resume_is_bit_identical, resume);
 
 /// A record for another channel count, or another affine setting, is an
 /// error value that names the field and both shapes; through a file, the
@@ -312,13 +293,7 @@ fn record_mismatch(device: &Device) {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn brn_record_mismatch_is_an_error(#[case] dev: TestDevice) {
-    on_device!(dev, record_mismatch);
-}
+device_test!(brn_record_mismatch_is_an_error, record_mismatch);
 
 /// Bad input panics with a message naming expected and received shapes,
 /// and leaves the state as it was.
@@ -354,13 +329,7 @@ fn bad_input(device: &Device) {
     }
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn brn_bad_input_panics_clearly(#[case] dev: TestDevice) {
-    on_device!(dev, bad_input);
-}
+device_test!(brn_bad_input_panics_clearly, bad_input);
 
 /// No state tensor gets deeper in the autograd graph from one training
 /// step to the next (see `assert_state_untracked`), unmasked and masked.

@@ -27,7 +27,6 @@ use common::blocks::{
 use common::random::{host_seeded, uniform};
 use common::training::{assert_resumes_bit_identically, state_bytes, through_checkpoint};
 use common::*;
-use rstest::rstest;
 
 /// A 1D conv case: input shape, weight shape `[C, C_in/G, k]`, geometry,
 /// bias.
@@ -119,13 +118,7 @@ fn conv1d_jacobians(device: &Device) {
     }
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn conv1d_jacobians_equal_autodiff(#[case] dev: TestDevice) {
-    on_device!(dev, conv1d_jacobians);
-}
+device_test!(conv1d_jacobians_equal_autodiff, conv1d_jacobians);
 
 /// The history entry a `Conv1dCbn` training step records holds autodiff's
 /// gradients of `mean_c` and `meansq_c` of the block's own conv output
@@ -172,13 +165,7 @@ fn recorded_jacobians(device: &Device) {
     }
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn conv1d_cbn_records_its_conv_jacobians(#[case] dev: TestDevice) {
-    on_device!(dev, recorded_jacobians);
-}
+device_test!(conv1d_cbn_records_its_conv_jacobians, recorded_jacobians);
 
 /// With window 1 and BatchNorm's choices, `Conv1dCbn` is burn's `Conv1d` +
 /// `BatchNorm` (outputs, every gradient, running statistics, eval).
@@ -193,13 +180,7 @@ fn window_one(device: &Device) {
     assert_window_one_is_conv_batch_norm(cbn, conv, [[2, 2, 7], [2, 3, 7]], device);
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn conv1d_cbn_window_one_is_batch_norm(#[case] dev: TestDevice) {
-    on_device!(dev, window_one);
-}
+device_test!(conv1d_cbn_window_one_is_batch_norm, window_one);
 
 fn cbn_config() -> Conv1dCbnConfig {
     Conv1dCbnConfig::new(2, 3, 3)
@@ -242,13 +223,7 @@ fn resume(device: &Device) {
     );
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn conv1d_cbn_resume_is_bit_identical(#[case] dev: TestDevice) {
-    on_device!(dev, resume);
-}
+device_test!(conv1d_cbn_resume_is_bit_identical, resume);
 
 /// `forward_conv_output(x, conv.forward(x))` trains as `forward(x)`, bit
 /// for bit (TF32 tolerance on CUDA): `Same` padding of an even kernel with
@@ -277,13 +252,7 @@ fn conv_output_given(device: &Device) {
     assert_eq!(direct.norm.history_len(), 3, "the window is full");
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn conv1d_cbn_forward_conv_output_is_forward(#[case] dev: TestDevice) {
-    on_device!(dev, conv_output_given);
-}
+device_test!(conv1d_cbn_forward_conv_output_is_forward, conv_output_given);
 
 /// A checkpoint of another window or conv shape is an error naming the
 /// field; bad input panics naming expected and received shapes and leaves
@@ -353,13 +322,10 @@ fn mismatches_and_single_value(device: &Device) {
     assert_eq!(layer.norm.history_len(), 2);
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn conv1d_cbn_mismatches_and_single_value(#[case] dev: TestDevice) {
-    on_device!(dev, mismatches_and_single_value);
-}
+device_test!(
+    conv1d_cbn_mismatches_and_single_value,
+    mismatches_and_single_value
+);
 
 /// From burn's `Conv1d` + `BatchNorm` with the eval output unchanged (and
 /// an error naming the channels when they differ); `Conv1d` + BRN and
@@ -443,10 +409,4 @@ fn conversions(device: &Device) {
     .unwrap();
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn conv1d_cbn_conversions_keep_eval_output(#[case] dev: TestDevice) {
-    on_device!(dev, conversions);
-}
+device_test!(conv1d_cbn_conversions_keep_eval_output, conversions);

@@ -26,7 +26,6 @@ use common::blocks::{
 use common::random::{host_seeded, uniform};
 use common::training::{assert_resumes_bit_identically, state_bytes, through_checkpoint};
 use common::*;
-use rstest::rstest;
 
 /// A 3D conv case: input shape, weight shape `[C, C_in/G, kd, kh, kw]`,
 /// geometry, bias.
@@ -145,13 +144,7 @@ fn conv3d_jacobians(device: &Device) {
     }
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn conv3d_jacobians_equal_autodiff(#[case] dev: TestDevice) {
-    on_device!(dev, conv3d_jacobians);
-}
+device_test!(conv3d_jacobians_equal_autodiff, conv3d_jacobians);
 
 /// With window 1, BatchNorm's biased variance and the window's running
 /// statistics, `Conv3dCbn` is burn's `Conv3d` + `BatchNorm`: outputs,
@@ -167,13 +160,7 @@ fn window_one(device: &Device) {
     assert_window_one_is_conv_batch_norm(cbn, conv, [[2, 2, 3, 4, 4], [2, 3, 3, 4, 4]], device);
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn conv3d_cbn_window_one_is_batch_norm(#[case] dev: TestDevice) {
-    on_device!(dev, window_one);
-}
+device_test!(conv3d_cbn_window_one_is_batch_norm, window_one);
 
 /// The history entry a `Conv3dCbn` training step records holds the
 /// Jacobians of that step's moments: per channel, autodiff's gradients of
@@ -219,13 +206,7 @@ fn recorded_jacobians(device: &Device) {
     }
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn conv3d_cbn_records_its_conv_jacobians(#[case] dev: TestDevice) {
-    on_device!(dev, recorded_jacobians);
-}
+device_test!(conv3d_cbn_records_its_conv_jacobians, recorded_jacobians);
 
 fn cbn_config() -> Conv3dCbnConfig {
     Conv3dCbnConfig::new([2, 3], [3, 3, 3])
@@ -276,13 +257,7 @@ fn resume(device: &Device) {
     );
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn conv3d_cbn_resume_is_bit_identical(#[case] dev: TestDevice) {
-    on_device!(dev, resume);
-}
+device_test!(conv3d_cbn_resume_is_bit_identical, resume);
 
 /// `forward_conv_output(x, conv.forward(x))` trains as `forward(x)`, bit
 /// for bit (TF32 tolerance on CUDA): explicit padding and a stride of 2
@@ -305,13 +280,7 @@ fn conv_output_given(device: &Device) {
     assert_eq!(direct.norm.history_len(), 3, "the window is full");
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn conv3d_cbn_forward_conv_output_is_forward(#[case] dev: TestDevice) {
-    on_device!(dev, conv_output_given);
-}
+device_test!(conv3d_cbn_forward_conv_output_is_forward, conv_output_given);
 
 /// A checkpoint of another window or conv shape is an error naming the
 /// field; bad input panics naming expected and received shapes, and
@@ -381,13 +350,7 @@ fn mismatches(device: &Device) {
     );
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn conv3d_cbn_mismatches_are_clear(#[case] dev: TestDevice) {
-    on_device!(dev, mismatches);
-}
+device_test!(conv3d_cbn_mismatches_are_clear, mismatches);
 
 /// A batch of one with one voxel per channel (one value per channel)
 /// never produces NaN, through burn-in and a full window, and eval.
@@ -420,13 +383,7 @@ fn single_voxel(device: &Device) {
     assert_finite("eval", &eval.into_data());
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn conv3d_cbn_single_voxel_is_finite(#[case] dev: TestDevice) {
-    on_device!(dev, single_voxel);
-}
+device_test!(conv3d_cbn_single_voxel_is_finite, single_voxel);
 
 /// From burn's `Conv3d` + `BatchNorm` with the eval output unchanged (and
 /// an error naming the channels when they differ); `Conv3d` + BRN and
@@ -511,10 +468,4 @@ fn conversions(device: &Device) {
     .unwrap();
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn conv3d_cbn_conversions_keep_eval_output(#[case] dev: TestDevice) {
-    on_device!(dev, conversions);
-}
+device_test!(conv3d_cbn_conversions_keep_eval_output, conversions);

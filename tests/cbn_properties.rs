@@ -28,7 +28,6 @@ use common::blocks::{assert_window_one_is_conv_batch_norm, window_one_norm};
 use common::random::{host_seeded, uniform};
 use common::training::{assert_resumes_bit_identically, through_checkpoint};
 use common::*;
-use rstest::rstest;
 
 /// A conv case: (C_in, C_out, kernel, stride, padding [[t,b],[l,r]], dilation, groups, bias).
 type ConvCase = (
@@ -141,13 +140,7 @@ fn conv_jacobians(device: &Device) {
     }
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn conv_jacobians_equal_autodiff(#[case] dev: TestDevice) {
-    on_device!(dev, conv_jacobians);
-}
+device_test!(conv_jacobians_equal_autodiff, conv_jacobians);
 
 /// The linear layer's Jacobians equal autodiff's.
 fn linear_jacobians(device: &Device) {
@@ -194,13 +187,7 @@ fn linear_jacobians(device: &Device) {
     .unwrap();
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn linear_jacobians_equal_autodiff(#[case] dev: TestDevice) {
-    on_device!(dev, linear_jacobians);
-}
+device_test!(linear_jacobians_equal_autodiff, linear_jacobians);
 
 /// Compensation without weight copies: the mean (linear in W and b) is
 /// compensated exactly to a new weight and bias; the mean of squares
@@ -272,13 +259,7 @@ fn compensation_accuracy(device: &Device) {
     }
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn compensation_is_first_order_exact(#[case] dev: TestDevice) {
-    on_device!(dev, compensation_accuracy);
-}
+device_test!(compensation_is_first_order_exact, compensation_accuracy);
 
 /// With window 1, biased variance, eps inside the root and window running
 /// statistics, `Conv2dCbn` is burn's `Conv2d` + `BatchNorm`: outputs, every
@@ -294,13 +275,7 @@ fn window_one(device: &Device) {
     assert_window_one_is_conv_batch_norm(cbn, conv, [[2, 3, 5, 5], [2, 4, 5, 5]], device);
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn cbn_window_one_is_batch_norm(#[case] dev: TestDevice) {
-    on_device!(dev, window_one);
-}
+device_test!(cbn_window_one_is_batch_norm, window_one);
 
 /// A history entry whose compensated variance is negative is dropped for
 /// that channel only; the current iteration always counts, even where its
@@ -349,13 +324,7 @@ fn negative_variance(device: &Device) {
     .unwrap();
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn cbn_drops_negative_variance_per_channel(#[case] dev: TestDevice) {
-    on_device!(dev, negative_variance);
-}
+device_test!(cbn_drops_negative_variance_per_channel, negative_variance);
 
 /// A window step against the formulas written out entry by entry, with
 /// burn autodiff's gradients of them: after two SGD steps, which move the
@@ -546,13 +515,7 @@ fn window_formulas(device: &Device) {
     }
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn cbn_window_step_is_the_formulas(#[case] dev: TestDevice) {
-    on_device!(dev, window_formulas);
-}
+device_test!(cbn_window_step_is_the_formulas, window_formulas);
 
 /// A batch of one — one value per channel — never produces NaN, with
 /// either eps placement, through burn-in and a full window.
@@ -602,13 +565,7 @@ fn batch_of_one(device: &Device) {
     }
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn cbn_batch_of_one_is_finite(#[case] dev: TestDevice) {
-    on_device!(dev, batch_of_one);
-}
+device_test!(cbn_batch_of_one_is_finite, batch_of_one);
 
 /// Gradient accumulation (burn's `GradientsAccumulator`, one optimizer
 /// step per four micro-batches of one sample each): the weights do not
@@ -671,13 +628,10 @@ fn gradient_accumulation(device: &Device) {
     }
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn cbn_gradient_accumulation_pools_the_effective_batch(#[case] dev: TestDevice) {
-    on_device!(dev, gradient_accumulation);
-}
+device_test!(
+    cbn_gradient_accumulation_pools_the_effective_batch,
+    gradient_accumulation
+);
 
 /// `LinearCbn` over `[N, L, C]` normalizes each feature over all `N * L`
 /// rows: identical to the same rows given as `[N * L, C]`.
@@ -701,13 +655,7 @@ fn linear_sequence(device: &Device) {
     }
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn linear_cbn_sequences(#[case] dev: TestDevice) {
-    on_device!(dev, linear_sequence);
-}
+device_test!(linear_cbn_sequences, linear_sequence);
 
 /// History memory for a 64 -> 64 3x3 conv with window 8, against the
 /// reference's `(k - 1) * (3|W| + 2C)` floats.
@@ -830,13 +778,7 @@ fn resume(device: &Device) {
     }
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn cbn_resume_is_bit_identical(#[case] dev: TestDevice) {
-    on_device!(dev, resume);
-}
+device_test!(cbn_resume_is_bit_identical, resume);
 
 /// `forward_conv_output(x, conv.forward(x))` is `forward(x)`: the same
 /// outputs, gradients and state through burn-in and a full window, bit for
@@ -911,13 +853,7 @@ fn lockstep(
     (a, b)
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn cbn_forward_conv_output_is_forward(#[case] dev: TestDevice) {
-    on_device!(dev, conv_output_given);
-}
+device_test!(cbn_forward_conv_output_is_forward, conv_output_given);
 
 /// Under gradient checkpointing (`Device::gradient_checkpointing`:
 /// recomputing cheap activations in the backward pass instead of keeping
@@ -942,13 +878,10 @@ fn balanced_checkpointing(device: &Device) {
     assert_eq!(balanced.norm.history_len(), 3, "the window filled");
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn cbn_trains_alike_under_balanced_checkpointing(#[case] dev: TestDevice) {
-    on_device!(dev, balanced_checkpointing);
-}
+device_test!(
+    cbn_trains_alike_under_balanced_checkpointing,
+    balanced_checkpointing
+);
 
 /// Records of another window or channel count are errors naming the
 /// tensor and both shapes; a missing file is an error naming the path.
@@ -1008,13 +941,7 @@ fn record_mismatch(device: &Device) {
     );
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn cbn_record_mismatch_is_an_error(#[case] dev: TestDevice) {
-    on_device!(dev, record_mismatch);
-}
+device_test!(cbn_record_mismatch_is_an_error, record_mismatch);
 
 /// Bad input panics with a message naming expected and received shapes and
 /// leaves the state untouched.
@@ -1070,13 +997,7 @@ fn bad_input(device: &Device) {
     assert!(m.contains("[2, 1, 1, 4]"), "{m}");
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn cbn_bad_input_panics_clearly(#[case] dev: TestDevice) {
-    on_device!(dev, bad_input);
-}
+device_test!(cbn_bad_input_panics_clearly, bad_input);
 
 /// No state tensor gets deeper in the autograd graph from one training
 /// step to the next (see `assert_state_untracked`): with and without burn-in

@@ -10,7 +10,6 @@ use bnorm::{BatchRenorm, BatchRenormConfig, Conv2dCbn, Conv2dCbnConfig};
 use burn::module::Module;
 use burn::tensor::Device;
 use common::*;
-use rstest::rstest;
 use std::path::{Path, PathBuf};
 
 /// A directory of this test's own.
@@ -98,13 +97,10 @@ fn brn_checkpoint_errors_name_path_and_cause(device: &Device) {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn brn_checkpoint_errors(#[case] dev: TestDevice) {
-    on_device!(dev, brn_checkpoint_errors_name_path_and_cause);
-}
+device_test!(
+    brn_checkpoint_errors,
+    brn_checkpoint_errors_name_path_and_cause
+);
 
 /// The same files into a `Conv2dCbn`.
 fn cbn_checkpoint_errors_name_path_and_cause(device: &Device) {
@@ -123,10 +119,7 @@ fn cbn_checkpoint_errors_name_path_and_cause(device: &Device) {
     std::fs::remove_dir_all(&dir).ok();
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn cbn_checkpoint_errors(#[case] dev: TestDevice) {
-    on_device!(dev, cbn_checkpoint_errors_name_path_and_cause);
-}
+device_test!(
+    cbn_checkpoint_errors,
+    cbn_checkpoint_errors_name_path_and_cause
+);

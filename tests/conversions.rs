@@ -16,7 +16,6 @@ use burn::tensor::Device;
 use common::blocks::trained_batch_norm;
 use common::random::{host_seeded, uniform};
 use common::*;
-use rstest::rstest;
 use serde::Deserialize;
 
 fn conv(device: &Device, bias: bool) -> Conv2d {
@@ -107,13 +106,10 @@ fn from_batch_norm(device: &Device) {
     assert_finite("converted CBN training output", &y.into_data());
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn conversions_from_batch_norm_keep_eval_output(#[case] dev: TestDevice) {
-    on_device!(dev, from_batch_norm);
-}
+device_test!(
+    conversions_from_batch_norm_keep_eval_output,
+    from_batch_norm
+);
 
 /// Folding equals the pair's eval output: conv (with and without bias) +
 /// BRN, Conv2dCbn, linear + BRN, LinearCbn. Checked after a few training
@@ -199,13 +195,7 @@ fn folding(device: &Device) {
     assert!(err.to_string().contains("conv output channels"), "{err}");
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn folding_equals_eval_output(#[case] dev: TestDevice) {
-    on_device!(dev, folding);
-}
+device_test!(folding_equals_eval_output, folding);
 
 #[derive(Deserialize)]
 struct TorchCase {
@@ -296,10 +286,4 @@ fn pytorch_import(device: &Device) {
     ));
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn pytorch_checkpoints_reproduce_reference(#[case] dev: TestDevice) {
-    on_device!(dev, pytorch_import);
-}
+device_test!(pytorch_checkpoints_reproduce_reference, pytorch_import);

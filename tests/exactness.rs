@@ -116,10 +116,4 @@ fn repeated_step(device: &Device) {
     }
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn repeated_step_is_bit_identical(#[case] dev: TestDevice) {
-    on_device!(dev, repeated_step);
-}
+device_test!(repeated_step_is_bit_identical, repeated_step);

@@ -10,7 +10,6 @@ use bnorm::{
 };
 use burn::tensor::{Bool, Device, Tensor};
 use common::*;
-use rstest::rstest;
 
 /// Values in [-1, 1) times `scale`, plus `offset`.
 fn values<const D: usize>(
@@ -223,34 +222,10 @@ fn all_masked(device: &Device) {
     );
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn extreme_batch_of_one_every_rank(#[case] dev: TestDevice) {
-    on_device!(dev, batch_of_one_every_rank);
-}
+device_test!(extreme_batch_of_one_every_rank, batch_of_one_every_rank);
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn extreme_spread_underflows(#[case] dev: TestDevice) {
-    on_device!(dev, spread_underflows);
-}
+device_test!(extreme_spread_underflows, spread_underflows);
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn extreme_near_max(#[case] dev: TestDevice) {
-    on_device!(dev, near_max);
-}
+device_test!(extreme_near_max, near_max);
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn extreme_all_masked(#[case] dev: TestDevice) {
-    on_device!(dev, all_masked);
-}
+device_test!(extreme_all_masked, all_masked);

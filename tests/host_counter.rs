@@ -16,7 +16,6 @@ use burn::tensor::Device;
 use burn::tensor::{Tensor, TensorData};
 use common::random::uniform;
 use common::*;
-use rstest::rstest;
 
 /// The layout of BatchRenorm's and CBN's counters before `HostCounter`.
 #[derive(Module, Debug)]
@@ -59,13 +58,10 @@ fn records_interchange(device: &Device) {
     assert_eq!(value(&old.steps), vec![4322.0], "HostCounter -> old layout");
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn counter_records_interchange_with_running_state(#[case] dev: TestDevice) {
-    on_device!(dev, records_interchange);
-}
+device_test!(
+    counter_records_interchange_with_running_state,
+    records_interchange
+);
 
 /// Counts every float tensor a visitor sees and doubles every one a mapper
 /// sees.
@@ -199,13 +195,7 @@ fn burn_in_skips_window(device: &Device) {
     }
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn cbn_burn_in_skips_the_window(#[case] dev: TestDevice) {
-    on_device!(dev, burn_in_skips_window);
-}
+device_test!(cbn_burn_in_skips_the_window, burn_in_skips_window);
 
 /// burn-store's snapshots (a visitor to save, a mapper to load) carry the
 /// counts, as they carried the `RunningState` before; an optimizer step

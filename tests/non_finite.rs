@@ -7,7 +7,6 @@ use bnorm::{BatchRenorm, BatchRenormConfig, Conv2dCbn, Conv2dCbnConfig, CrossIte
 use burn::nn::PaddingConfig2d;
 use burn::tensor::{Device, Tensor, TensorData};
 use common::*;
-use rstest::rstest;
 
 const CHANNELS: usize = 3;
 const SHAPE: [usize; 3] = [2, CHANNELS, 4];
@@ -80,13 +79,10 @@ fn brn_non_finite_batch_leaves_state(device: &Device) {
     }
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn brn_non_finite_batch_leaves_state_guarded(#[case] dev: TestDevice) {
-    on_device!(dev, brn_non_finite_batch_leaves_state);
-}
+device_test!(
+    brn_non_finite_batch_leaves_state_guarded,
+    brn_non_finite_batch_leaves_state
+);
 
 /// `[2, 2, 3, 3]` inputs in [-1.5, 2.5), `bad` written into input channel
 /// 0 (which reaches output group 0 only) when given.
@@ -192,10 +188,7 @@ fn cbn_non_finite_batch_leaves_state(device: &Device) {
     }
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn cbn_non_finite_batch_leaves_state_guarded(#[case] dev: TestDevice) {
-    on_device!(dev, cbn_non_finite_batch_leaves_state);
-}
+device_test!(
+    cbn_non_finite_batch_leaves_state_guarded,
+    cbn_non_finite_batch_leaves_state
+);

@@ -17,7 +17,6 @@ use burn::module::Module;
 use burn::nn::{PaddingConfig1d, PaddingConfig2d, PaddingConfig3d};
 use burn::tensor::{Device, Tensor};
 use common::*;
-use rstest::rstest;
 
 /// Cases per layer on a CPU device; a GPU device compiles kernels for
 /// every new shape (seconds each on lavapipe), so it runs the first
@@ -331,42 +330,12 @@ fn linear_cbn_properties(device: &Device) {
     }
 }
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn brn_properties_generated(#[case] dev: TestDevice) {
-    on_device!(dev, brn_properties);
-}
+device_test!(brn_properties_generated, brn_properties);
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn conv2d_cbn_properties_generated(#[case] dev: TestDevice) {
-    on_device!(dev, conv2d_cbn_properties);
-}
+device_test!(conv2d_cbn_properties_generated, conv2d_cbn_properties);
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn conv1d_cbn_properties_generated(#[case] dev: TestDevice) {
-    on_device!(dev, conv1d_cbn_properties);
-}
+device_test!(conv1d_cbn_properties_generated, conv1d_cbn_properties);
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn conv3d_cbn_properties_generated(#[case] dev: TestDevice) {
-    on_device!(dev, conv3d_cbn_properties);
-}
+device_test!(conv3d_cbn_properties_generated, conv3d_cbn_properties);
 
-#[rstest]
-#[case::ndarray(TestDevice::NdArray)]
-#[case::flex(TestDevice::Flex)]
-#[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
-fn linear_cbn_properties_generated(#[case] dev: TestDevice) {
-    on_device!(dev, linear_cbn_properties);
-}
+device_test!(linear_cbn_properties_generated, linear_cbn_properties);

@@ -95,6 +95,22 @@ macro_rules! on_device {
 }
 pub(crate) use on_device;
 
+/// One test `$name` per device: ndarray, flex and, with the `wgpu`
+/// feature, wgpu (rstest cases `case_1_ndarray`, `case_2_flex`,
+/// `case_3_wgpu`), each running `$body(&device)` through [`on_device!`].
+macro_rules! device_test {
+    ($name:ident, $body:ident) => {
+        #[rstest::rstest]
+        #[case::ndarray($crate::common::TestDevice::NdArray)]
+        #[case::flex($crate::common::TestDevice::Flex)]
+        #[cfg_attr(feature = "wgpu", case::wgpu($crate::common::TestDevice::Wgpu))]
+        fn $name(#[case] dev: $crate::common::TestDevice) {
+            $crate::common::on_device!(dev, $body);
+        }
+    };
+}
+pub(crate) use device_test;
+
 /// Waits for every operation queued on `device` (see [`on_device!`]).
 pub fn sync_device(device: &Device) {
     device
