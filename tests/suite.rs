@@ -12,10 +12,14 @@ mod brn_reference;
 mod cbn_conv1d;
 #[path = "cbn_conv3d.rs"]
 mod cbn_conv3d;
+#[path = "cbn_jacobians.rs"]
+mod cbn_jacobians;
 #[path = "cbn_properties.rs"]
 mod cbn_properties;
 #[path = "cbn_reference.rs"]
 mod cbn_reference;
+#[path = "cbn_window.rs"]
+mod cbn_window;
 #[path = "checkpoint_errors.rs"]
 mod checkpoint_errors;
 #[path = "conversions.rs"]

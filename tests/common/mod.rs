@@ -347,3 +347,11 @@ pub fn check_moment_jacobians(
         .unwrap();
     }
 }
+
+/// burn initializes parameters lazily and a clone of an uninitialized
+/// module draws its own values: load the module's own record into it so
+/// that clones share its values.
+pub fn materialize<M: burn::module::Module>(module: M) -> M {
+    let record = module.clone().into_record();
+    module.load_record(record)
+}
