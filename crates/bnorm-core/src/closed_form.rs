@@ -290,6 +290,7 @@ where
         batch_mean_sq: untracked(forward.batch_mean_sq),
         mean: untracked(forward.mean),
         var: untracked(forward.var),
+        std: untracked(forward.std),
     }
 }
 

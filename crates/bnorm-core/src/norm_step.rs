@@ -151,6 +151,9 @@ pub struct NormStepOutput<const D: usize> {
     pub mean: Tensor<1>,
     /// The variance normalized with, `[C]`.
     pub var: Tensor<1>,
+    /// The standard deviation normalized with, `std(var)` under the step's
+    /// eps placement, `[C]` (for BRN's plain step, `sigma_B`).
+    pub std: Tensor<1>,
 }
 
 impl<const D: usize> NormStep<D> {
@@ -175,6 +178,7 @@ impl<const D: usize> NormStep<D> {
             batch_mean_sq: forward.batch_mean_sq.detach(),
             mean: forward.mean.detach(),
             var: forward.var.detach(),
+            std: forward.std.detach(),
         }
     }
 

@@ -122,10 +122,9 @@ impl Conv1dCbn {
     /// axes, padded, are smaller than the dilated kernel (the state is
     /// untouched then).
     pub fn forward(&self, input: Tensor<3>) -> Tensor<3> {
-        let dims = input.dims();
-        self.check_input(&dims);
+        let geometry = self.check_input(&input.dims());
         let y = self.conv.forward(input.clone());
-        self.normalize_checked(input, y, self.geometry(dims[2]))
+        self.normalize_checked(input, y, geometry)
     }
 
     /// `norm(y)` for `y = conv(input)` computed by the caller with this
@@ -147,19 +146,20 @@ impl Conv1dCbn {
     ///
     /// # Panics
     ///
-    /// If `input` does not have `channels_in` channels or `conv_output` is
-    /// not the conv's output shape for it (the state is untouched then).
+    /// As [`forward`](Self::forward), and if `conv_output` is not the conv's
+    /// output shape for `input` (the state is untouched then).
     pub fn forward_conv_output(&self, input: Tensor<3>, conv_output: Tensor<3>) -> Tensor<3> {
         let dims = input.dims();
-        self.check_input(&dims);
-        let geometry = self.geometry(dims[2]);
+        let geometry = self.check_input(&dims);
         let length = geometry.output_len(dims[2], self.conv.kernel_size);
         let expected = [dims[0], self.norm.num_features, length];
         check_conv_output("Conv1dCbn", &dims, &conv_output.dims(), expected);
         self.normalize_checked(input, conv_output, geometry)
     }
 
-    fn check_input(&self, dims: &[usize; 3]) {
+    /// Checks an input of shape `dims` (see `forward`'s panics) and returns
+    /// the conv's geometry for it.
+    fn check_input(&self, dims: &[usize; 3]) -> Conv1dGeometry {
         check_conv_input(
             "Conv1dCbn",
             "length",
@@ -175,6 +175,7 @@ impl Conv1dCbn {
             &[geometry.dilation],
             &[geometry.padding],
         );
+        geometry
     }
 
     /// The normalization of `y = conv(input)`, both shapes checked;

@@ -117,10 +117,9 @@ impl Conv2dCbn {
     /// axes, padded, are smaller than the dilated kernel (the state is
     /// untouched then).
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
-        let dims = input.dims();
-        self.check_input(&dims);
+        let geometry = self.check_input(&input.dims());
         let y = self.conv.forward(input.clone());
-        self.normalize_checked(input, y, self.geometry(dims[2], dims[3]))
+        self.normalize_checked(input, y, geometry)
     }
 
     /// `norm(y)` for `y = conv(input)` computed by the caller with this
@@ -142,19 +141,20 @@ impl Conv2dCbn {
     ///
     /// # Panics
     ///
-    /// If `input` does not have `channels_in` channels or `conv_output` is
-    /// not the conv's output shape for it (the state is untouched then).
+    /// As [`forward`](Self::forward), and if `conv_output` is not the conv's
+    /// output shape for `input` (the state is untouched then).
     pub fn forward_conv_output(&self, input: Tensor<4>, conv_output: Tensor<4>) -> Tensor<4> {
         let dims = input.dims();
-        self.check_input(&dims);
-        let geometry = self.geometry(dims[2], dims[3]);
+        let geometry = self.check_input(&dims);
         let [height, width] = geometry.output_size([dims[2], dims[3]], self.conv.kernel_size);
         let expected = [dims[0], self.norm.num_features, height, width];
         check_conv_output("Conv2dCbn", &dims, &conv_output.dims(), expected);
         self.normalize_checked(input, conv_output, geometry)
     }
 
-    fn check_input(&self, dims: &[usize; 4]) {
+    /// Checks an input of shape `dims` (see `forward`'s panics) and returns
+    /// the conv's geometry for it.
+    fn check_input(&self, dims: &[usize; 4]) -> Conv2dGeometry {
         check_conv_input(
             "Conv2dCbn",
             "height, width",
@@ -170,6 +170,7 @@ impl Conv2dCbn {
             &geometry.dilation,
             &geometry.padding,
         );
+        geometry
     }
 
     /// The normalization of `y = conv(input)`, both shapes checked;

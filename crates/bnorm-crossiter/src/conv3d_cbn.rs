@@ -124,9 +124,7 @@ impl Conv3dCbn {
     /// would need more on one side than the other for this input size
     /// (burn's `Conv3d` pads both sides alike). The state is untouched then.
     pub fn forward(&self, input: Tensor<5>) -> Tensor<5> {
-        let dims = input.dims();
-        self.check_input(&dims);
-        let geometry = self.geometry([dims[2], dims[3], dims[4]]);
+        let geometry = self.check_input(&input.dims());
         let y = self.conv.forward(input.clone());
         self.normalize_checked(input, y, geometry)
     }
@@ -150,22 +148,21 @@ impl Conv3dCbn {
     ///
     /// # Panics
     ///
-    /// If `input` does not have `channels_in` channels, `conv_output` is
-    /// not the conv's output shape for it, or `Same` padding would need
-    /// more on one side than the other for this input size (the state is
-    /// untouched then).
+    /// As [`forward`](Self::forward), and if `conv_output` is not the conv's
+    /// output shape for `input` (the state is untouched then).
     pub fn forward_conv_output(&self, input: Tensor<5>, conv_output: Tensor<5>) -> Tensor<5> {
         let dims = input.dims();
-        self.check_input(&dims);
+        let geometry = self.check_input(&dims);
         let size = [dims[2], dims[3], dims[4]];
-        let geometry = self.geometry(size);
         let [depth, height, width] = geometry.output_size(size, self.conv.kernel_size);
         let expected = [dims[0], self.norm.num_features, depth, height, width];
         check_conv_output("Conv3dCbn", &dims, &conv_output.dims(), expected);
         self.normalize_checked(input, conv_output, geometry)
     }
 
-    fn check_input(&self, dims: &[usize; 5]) {
+    /// Checks an input of shape `dims` (see `forward`'s panics) and returns
+    /// the conv's geometry for it.
+    fn check_input(&self, dims: &[usize; 5]) -> Conv3dGeometry {
         check_conv_input(
             "Conv3dCbn",
             "depth, height, width",
@@ -181,6 +178,7 @@ impl Conv3dCbn {
             &geometry.dilation,
             &geometry.padding.map(|p| [p, p]),
         );
+        geometry
     }
 
     /// The normalization of `y = conv(input)`, both shapes checked;

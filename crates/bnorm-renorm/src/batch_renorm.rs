@@ -233,8 +233,7 @@ impl BatchRenorm {
             }),
         }
         .run();
-        let batch_std = self.eps_placement.std(output.batch_var, self.epsilon);
-        self.update_running(running_mean, running_std, output.batch_mean, batch_std);
+        self.update_running(running_mean, running_std, output.batch_mean, output.std);
         output.output
     }
 
