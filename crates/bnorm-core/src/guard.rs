@@ -14,62 +14,62 @@ use burn::tensor::{Bool, Tensor};
 
 use crate::HistoryEntries;
 
-/// `true` per channel where the sum of `a` and `b` (each `[C]`) is
-/// finite: where both are, unless their sum overflows (both beyond
-/// `f32::MAX / 2`, statistics of no use either). One sum and one test: the
-/// guard runs every training step, and on small tensors its cost is its
-/// number of operations.
-pub fn finite_channels(a: &Tensor<1>, b: &Tensor<1>) -> Tensor<1, Bool> {
-    a.clone().add(b.clone()).is_finite()
-}
+/// One training step's guard over per-channel state updates: where the
+/// step's statistics are finite the update applies, elsewhere the old
+/// value stays; off, every update applies.
+#[derive(Debug, Clone)]
+pub struct StateGuard(Option<Tensor<1, Bool>>);
 
-/// `updated` where `finite`, else `old` (all `[C]`).
-pub fn keep_where_not_finite(
-    finite: &Tensor<1, Bool>,
-    updated: Tensor<1>,
-    old: Tensor<1>,
-) -> Tensor<1> {
-    old.mask_where(finite.clone(), updated)
+impl StateGuard {
+    /// The guard for statistics `a` and `b` (each `[C]`): a channel passes
+    /// where their sum is finite, so where both are, unless the sum
+    /// overflows (both beyond `f32::MAX / 2`, statistics of no use either).
+    /// One sum and one test: the guard runs every training step, and on
+    /// small tensors its cost is its number of operations. `enabled` false
+    /// lets every update through, at no cost.
+    pub fn new(enabled: bool, a: &Tensor<1>, b: &Tensor<1>) -> Self {
+        StateGuard(enabled.then(|| a.clone().add(b.clone()).is_finite()))
+    }
+
+    /// `updated` where the channel passes, else `old` (both `[C]`).
+    pub fn apply(&self, updated: Tensor<1>, old: Tensor<1>) -> Tensor<1> {
+        match &self.0 {
+            Some(finite) => old.mask_where(finite.clone(), updated),
+            None => updated,
+        }
+    }
 }
 
 /// A history entry as [`HistoryEntries::record`] makes it (`[1, C]`,
 /// `[1, G, F]`, `[1, C, F]`), with every weight group that holds a
 /// non-finite value replaced by an entry the window leaves out (mean 0,
 /// mean of squares -1: a negative variance, however it is compensated, as
-/// the compensation adds nothing to it with zero Jacobians and offsets),
-/// and the mask `[C]` of the channels kept.
+/// the compensation adds nothing to it with zero Jacobians and offsets).
 ///
 /// Per group, not per channel: the mean Jacobian `P` is one per group, and
-/// a non-finite input value reaches every channel of its group anyway.
-pub fn guard_entry(entry: HistoryEntries) -> (HistoryEntries, Tensor<1, Bool>) {
+/// a non-finite input value reaches every channel of its group anyway. A
+/// group is tested as [`StateGuard`] tests a channel, on one sum of all its
+/// values (an overflowing sum drops the entry too).
+pub fn guard_entry(entry: HistoryEntries) -> HistoryEntries {
     let [_, c] = entry.mean.dims();
     let [_, g, f] = entry.jac_mean.dims();
     let c_g = c / g;
-    let per_channel = [
-        &entry.mean,
-        &entry.mean_sq,
-        &entry.lin_mean,
-        &entry.lin_mean_sq,
-    ]
-    .map(|t| t.clone().is_finite())
-    .into_iter()
-    .fold(
-        entry
-            .jac_mean_sq
-            .clone()
-            .is_finite()
-            .all_dim(2)
-            .reshape([1, c]),
-        |all, next| all.bool_and(next),
-    );
-    let group = per_channel
+    let per_channel = entry
+        .mean
+        .clone()
+        .add(entry.mean_sq.clone())
+        .add(entry.lin_mean.clone())
+        .add(entry.lin_mean_sq.clone())
+        .add(entry.jac_mean_sq.clone().sum_dim(2).reshape([1, c]));
+    let dropped_group = per_channel
         .reshape([1, g, c_g])
-        .all_dim(2)
-        .bool_and(entry.jac_mean.clone().is_finite().all_dim(2));
-    let dropped_group = group.clone().bool_not();
+        .sum_dim(2)
+        .add(entry.jac_mean.clone().sum_dim(2))
+        .is_finite()
+        .bool_not();
     let dropped = dropped_group.clone().repeat_dim(2, c_g).reshape([1, c]);
     let dropped_rows = dropped.clone().reshape([1, c, 1]).repeat_dim(2, f);
-    let guarded = HistoryEntries {
+    HistoryEntries {
         mean: entry.mean.mask_fill(dropped.clone(), 0.0),
         mean_sq: entry.mean_sq.mask_fill(dropped.clone(), -1.0),
         jac_mean: entry
@@ -77,30 +77,29 @@ pub fn guard_entry(entry: HistoryEntries) -> (HistoryEntries, Tensor<1, Bool>) {
             .mask_fill(dropped_group.repeat_dim(2, f), 0.0),
         jac_mean_sq: entry.jac_mean_sq.mask_fill(dropped_rows, 0.0),
         lin_mean: entry.lin_mean.mask_fill(dropped.clone(), 0.0),
-        lin_mean_sq: entry.lin_mean_sq.mask_fill(dropped.clone(), 0.0),
-    };
-    (guarded, dropped.bool_not().reshape([c]))
+        lin_mean_sq: entry.lin_mean_sq.mask_fill(dropped, 0.0),
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{finite_channels, keep_where_not_finite};
+    use super::StateGuard;
     use burn::tensor::{Device, Tensor};
 
     fn guards_per_channel(device: &Device) {
         let a = Tensor::<1>::from_floats([1.0, f32::NAN, 3.0, 4.0], device);
         let b = Tensor::<1>::from_floats([1.0, 2.0, f32::INFINITY, 4.0], device);
-        let finite = finite_channels(&a, &b);
-        assert_eq!(
-            finite.clone().into_data().try_to_vec::<bool>().unwrap(),
-            [true, false, false, true]
-        );
         let old = Tensor::<1>::from_floats([-1.0, -2.0, -3.0, -4.0], device);
-        let kept = keep_where_not_finite(&finite, a.add(b), old);
+        let kept = StateGuard::new(true, &a, &b).apply(a.clone().add(b.clone()), old.clone());
         assert_eq!(
             kept.into_data().try_to_vec::<f32>().unwrap(),
             [2.0, -2.0, -3.0, 8.0]
         );
+        let off = StateGuard::new(false, &a, &b).apply(a.clone().add(b.clone()), old);
+        let sum = a.add(b).into_data().try_to_vec::<f32>().unwrap();
+        let off = off.into_data().try_to_vec::<f32>().unwrap();
+        assert_eq!(off[0], sum[0]);
+        assert!(off[1].is_nan() && off[2] == f32::INFINITY && off[3] == sum[3]);
     }
 
     #[test]

@@ -2,7 +2,7 @@ use bnorm_core::AveragedState;
 use burn::module::{Content, DisplaySettings, Flag, Module, ModuleDisplay, Param};
 use burn::tensor::{Device, Tensor};
 
-use bnorm_core::guard::{finite_channels, guard_entry, keep_where_not_finite};
+use bnorm_core::guard::{guard_entry, StateGuard};
 use bnorm_core::moments::{bessel, values_per_channel};
 use bnorm_core::shape::check_input;
 use bnorm_core::{
@@ -249,7 +249,7 @@ impl CrossIterBatchNorm {
                 bias.map(Tensor::detach),
             );
             let entry = match self.state_guard {
-                true => guard_entry(entry).0,
+                true => guard_entry(entry),
                 false => entry,
             };
             history.push(entry, filled);
@@ -260,18 +260,12 @@ impl CrossIterBatchNorm {
             RunningStatistics::Window => (step.mean, step.var),
         };
         let (stat_mean, stat_var) = (stat_mean.detach(), stat_var.detach());
-        let finite = self
-            .state_guard
-            .then(|| finite_channels(&stat_mean, &stat_var));
+        let guard = StateGuard::new(self.state_guard, &stat_mean, &stat_var);
         let m = self.momentum;
         let blend = |state: &AveragedState<1>, value: Tensor<1>| {
             let old = state.value_sync();
             let updated = old.clone().mul_scalar(1.0 - m).add(value.mul_scalar(m));
-            let updated = match &finite {
-                Some(finite) => keep_where_not_finite(finite, updated, old),
-                None => updated,
-            };
-            state.update(updated.detach());
+            state.update(guard.apply(updated, old).detach());
         };
         blend(&self.running_mean, stat_mean);
         blend(&self.running_var, stat_var);

@@ -2,7 +2,7 @@ use bnorm_core::AveragedState;
 use burn::module::{Content, DisplaySettings, Flag, Module, ModuleDisplay, Param};
 use burn::tensor::{Bool, Device, Tensor};
 
-use bnorm_core::guard::{finite_channels, keep_where_not_finite};
+use bnorm_core::guard::StateGuard;
 use bnorm_core::shape::{check_input, check_mask, per_channel};
 use bnorm_core::{compose_affine, HostCounter};
 use bnorm_core::{
@@ -194,16 +194,10 @@ impl BatchRenorm {
     ) {
         let momentum = self.momentum;
         let (batch_mean, batch_std) = (batch_mean.detach(), batch_std.detach());
-        let finite = self
-            .state_guard
-            .then(|| finite_channels(&batch_mean, &batch_std));
+        let guard = StateGuard::new(self.state_guard, &batch_mean, &batch_std);
         let blend = |old: Tensor<1>, batch: Tensor<1>| {
             let updated = old.clone().add(batch.sub(old.clone()).mul_scalar(momentum));
-            match &finite {
-                Some(finite) => keep_where_not_finite(finite, updated, old),
-                None => updated,
-            }
-            .detach()
+            guard.apply(updated, old).detach()
         };
         self.running_mean.update(blend(running_mean, batch_mean));
         self.running_std.update(blend(running_std, batch_std));
