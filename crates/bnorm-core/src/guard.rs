@@ -47,25 +47,32 @@ impl StateGuard {
 /// the compensation adds nothing to it with zero Jacobians and offsets).
 ///
 /// Per group, not per channel: the mean Jacobian `P` is one per group, and
-/// a non-finite input value reaches every channel of its group anyway. A
-/// group is tested as [`StateGuard`] tests a channel, on one sum of all its
-/// values (an overflowing sum drops the entry too).
+/// a non-finite input value reaches every channel of its group anyway.
 pub fn guard_entry(entry: HistoryEntries) -> HistoryEntries {
     let [_, c] = entry.mean.dims();
     let [_, g, f] = entry.jac_mean.dims();
     let c_g = c / g;
-    let per_channel = entry
-        .mean
-        .clone()
-        .add(entry.mean_sq.clone())
-        .add(entry.lin_mean.clone())
-        .add(entry.lin_mean_sq.clone())
-        .add(entry.jac_mean_sq.clone().sum_dim(2).reshape([1, c]));
+    let per_channel = [
+        &entry.mean,
+        &entry.mean_sq,
+        &entry.lin_mean,
+        &entry.lin_mean_sq,
+    ]
+    .map(|t| t.clone().is_finite())
+    .into_iter()
+    .fold(
+        entry
+            .jac_mean_sq
+            .clone()
+            .is_finite()
+            .all_dim(2)
+            .reshape([1, c]),
+        |all, next| all.bool_and(next),
+    );
     let dropped_group = per_channel
         .reshape([1, g, c_g])
-        .sum_dim(2)
-        .add(entry.jac_mean.clone().sum_dim(2))
-        .is_finite()
+        .all_dim(2)
+        .bool_and(entry.jac_mean.clone().is_finite().all_dim(2))
         .bool_not();
     let dropped = dropped_group.clone().repeat_dim(2, c_g).reshape([1, c]);
     let dropped_rows = dropped.clone().reshape([1, c, 1]).repeat_dim(2, f);
