@@ -11,7 +11,7 @@ use bnorm::{
 use burn::tensor::{Bool, Device, Tensor};
 use common::*;
 
-/// Values in [-1, 1) times `scale`, plus `offset`.
+/// Values in `[offset - scale, offset + scale)`.
 fn values<const D: usize>(
     shape: [usize; D],
     seed: u64,
@@ -19,9 +19,7 @@ fn values<const D: usize>(
     offset: f32,
     device: &Device,
 ) -> Tensor<D> {
-    common::random::uniform(shape, seed, -1.0, 1.0, device)
-        .mul_scalar(scale)
-        .add_scalar(offset)
+    common::random::uniform(shape, seed, offset - scale, offset + scale, device)
 }
 
 /// A small CBN window (3), full after two steps.

@@ -64,6 +64,39 @@ fn state<M: Module>(module: &M) -> Vec<u8> {
     module.clone().into_record().into_bytes().unwrap().to_vec()
 }
 
+/// A conv block's groups and input and output channels (1 or 2 groups of
+/// 1 or 2 channels each side) drawn from `draws`.
+fn conv_channels(draws: &mut Draws) -> (usize, usize, usize) {
+    let groups = draws.range(1, 2);
+    let c_in = groups * draws.range(1, 2);
+    let c_out = groups * draws.range(1, 2);
+    (groups, c_in, c_out)
+}
+
+/// [`trains_finite_and_rejects`] for a conv block built from `config` (for
+/// the case's name) on inputs of `shape`, the rejected one with one input
+/// channel more.
+fn conv_block_case<const D: usize>(
+    case: u64,
+    config: &impl std::fmt::Debug,
+    shape: [usize; D],
+    forward: impl Fn(Tensor<D>) -> Tensor<D>,
+    state: impl Fn() -> Vec<u8>,
+    device: &Device,
+) {
+    let c_in = shape[1];
+    let mut bad_shape = shape;
+    bad_shape[1] = c_in + 1;
+    trains_finite_and_rejects(
+        &format!("case {case} ({config:?}), input {shape:?}"),
+        |s| uniform(shape, 10 * case + s, device),
+        uniform(bad_shape, 0, device),
+        &format!("{c_in}"),
+        forward,
+        state,
+    );
+}
+
 /// A CBN configuration drawn from `draws`.
 fn cbn_norm(draws: &mut Draws) -> CrossIterBatchNormConfig {
     CrossIterBatchNormConfig::new(0)
@@ -175,9 +208,7 @@ fn conv2d_cbn_properties(device: &Device) {
     let mut small_inputs = 0;
     for case in 0..cases(device) {
         let mut draws = Draws(2000 + case);
-        let groups = draws.range(1, 2);
-        let c_in = groups * draws.range(1, 2);
-        let c_out = groups * draws.range(1, 2);
+        let (groups, c_in, c_out) = conv_channels(&mut draws);
         let kernel = [draws.range(1, 3), draws.range(1, 3)];
         let stride = [draws.range(1, 2), draws.range(1, 2)];
         let dilation = [draws.range(1, 2), draws.range(1, 2)];
@@ -203,15 +234,13 @@ fn conv2d_cbn_properties(device: &Device) {
             size(0, &mut draws),
             size(1, &mut draws),
         ];
-        let mut bad_shape = shape;
-        bad_shape[1] = c_in + 1;
-        trains_finite_and_rejects(
-            &format!("Conv2dCbn case {case} ({config:?}), input {shape:?}"),
-            |s| uniform(shape, 10 * case + s, device),
-            uniform(bad_shape, 0, device),
-            &format!("{c_in}"),
+        conv_block_case(
+            case,
+            &config,
+            shape,
             |x| block.forward(x),
             || state(&block),
+            device,
         );
         // An input too small for the dilated kernel, where one exists.
         let reach = dilation[0] * (kernel[0] - 1) + 1;
@@ -241,9 +270,7 @@ fn conv2d_cbn_properties(device: &Device) {
 fn conv1d_cbn_properties(device: &Device) {
     for case in 0..cases(device) {
         let mut draws = Draws(3000 + case);
-        let groups = draws.range(1, 2);
-        let c_in = groups * draws.range(1, 2);
-        let c_out = groups * draws.range(1, 2);
+        let (groups, c_in, c_out) = conv_channels(&mut draws);
         let kernel = draws.range(1, 3);
         let stride = draws.range(1, 2);
         let dilation = draws.range(1, 2);
@@ -259,14 +286,13 @@ fn conv1d_cbn_properties(device: &Device) {
         let reach = dilation * (kernel - 1) + 1;
         let length = reach.saturating_sub(2 * padding).max(1) + draws.range(0, 3);
         let shape = [draws.range(1, 2), c_in, length];
-        let bad_shape = [shape[0], c_in + 1, length];
-        trains_finite_and_rejects(
-            &format!("Conv1dCbn case {case} ({config:?}), input {shape:?}"),
-            |s| uniform(shape, 10 * case + s, device),
-            uniform(bad_shape, 0, device),
-            &format!("{c_in}"),
+        conv_block_case(
+            case,
+            &config,
+            shape,
             |x| block.forward(x),
             || state(&block),
+            device,
         );
     }
 }
@@ -274,9 +300,7 @@ fn conv1d_cbn_properties(device: &Device) {
 fn conv3d_cbn_properties(device: &Device) {
     for case in 0..cases(device) / 2 {
         let mut draws = Draws(5000 + case);
-        let groups = draws.range(1, 2);
-        let c_in = groups * draws.range(1, 2);
-        let c_out = groups * draws.range(1, 2);
+        let (groups, c_in, c_out) = conv_channels(&mut draws);
         let kernel = [draws.range(1, 2), draws.range(1, 2), draws.range(1, 2)];
         let stride = [draws.range(1, 2), 1, draws.range(1, 2)];
         let padding = [draws.range(0, 1), draws.range(0, 1), 0];
@@ -297,15 +321,13 @@ fn conv3d_cbn_properties(device: &Device) {
             size(1, &mut draws),
             size(2, &mut draws),
         ];
-        let mut bad_shape = shape;
-        bad_shape[1] = c_in + 1;
-        trains_finite_and_rejects(
-            &format!("Conv3dCbn case {case} ({config:?}), input {shape:?}"),
-            |s| uniform(shape, 10 * case + s, device),
-            uniform(bad_shape, 0, device),
-            &format!("{c_in}"),
+        conv_block_case(
+            case,
+            &config,
+            shape,
             |x| block.forward(x),
             || state(&block),
+            device,
         );
     }
 }
