@@ -3,193 +3,135 @@
 //! Cross-Iteration BN hold up. Trains the digits CNN (three 3x3 conv
 //! blocks, 16/32/64 channels) with each normalization, batch size and
 //! sampling, evaluates in inference mode, and writes a table, a CSV and an
-//! SVG plot.
+//! SVG plot. On the UCI optical digits (8x8) by default, on Fashion-MNIST
+//! (28x28) with `--data fashion`, or on IDX files of the user's own.
 //!
 //! ```sh
-//! cargo run --release --example small_batch              # the full run
-//! cargo run --release --example small_batch -- --quick   # under a minute
+//! cargo run --release --example small_batch                   # digits: 2 min on 2 cores
+//! cargo run --release --example small_batch -- --data fashion # 28x28 clothing images
+//! cargo run --release --example small_batch -- --quick        # about a minute
 //! cargo run --release --example small_batch -- --help
 //! ```
 
-mod digits;
+mod experiment;
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use digits::model::{Norm, CBN_BURN_IN, CBN_WINDOW};
-use digits::report::{csv, markdown_table, svg_plot, RunResult};
-use digits::train::{steps_per_epoch, train_and_evaluate, RunConfig, Sampling};
-use digits::{training_device, Digits, DEVICE_NAMES};
+use experiment::model::{Norm, CBN_BURN_IN, CBN_WINDOW};
+use experiment::report::{csv, markdown_table, svg_plot, RunResult};
+use experiment::train::{steps_per_epoch, train_and_evaluate, RunConfig, Sampling};
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser};
+use experiment::{training_device, DataSet, LabeledImages, DEVICE_NAMES};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-const HELP: &str = "\
-small_batch: BatchNorm vs Batch Renormalization vs Cross-Iteration BN vs GroupNorm at small batch sizes
+/// BatchNorm vs Batch Renormalization vs Cross-Iteration BN vs GroupNorm at
+/// small batch sizes: trains a small CNN with each normalization, batch size
+/// and sampling, evaluates in inference mode, and writes a table, a CSV and
+/// an SVG plot.
+#[derive(Parser, Debug)]
+#[command(name = "small_batch", after_help = PROTOCOL)]
+struct Args {
+    /// The built-in data set.
+    #[arg(long, value_enum, default_value_t = DataSet::Digits)]
+    data: DataSet,
+    /// Epochs per run, the same for every batch size [default: digits 6, fashion 2].
+    #[arg(long, value_parser = positive)]
+    epochs: Option<usize>,
+    /// Seeds per configuration; accuracies are averaged [default: digits 2, fashion 1].
+    #[arg(long, value_parser = positive)]
+    seeds: Option<usize>,
+    /// Comma-separated batch sizes [default: digits 1,2,4,32, fashion 1,2,32].
+    #[arg(long, value_delimiter = ',', value_parser = positive)]
+    batch_sizes: Option<Vec<usize>>,
+    /// Comma-separated normalizations.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "bn,brn,cbn,gn")]
+    norms: Vec<Norm>,
+    /// Comma-separated samplings: iid (shuffled) and/or paired (the BRN
+    /// paper's non-i.i.d. batches of same-class pairs; batch 1 has none).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "iid,paired")]
+    sampling: Vec<Sampling>,
+    /// Where results.md, results.csv and accuracy.svg go [default: target/small_batch/<data>].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Runs trained in parallel [default: the CPU cores].
+    #[arg(long, value_parser = positive)]
+    jobs: Option<usize>,
+    /// flex or ndarray (CPU), wgpu (with --features wgpu).
+    #[arg(long, default_value = "flex")]
+    device: String,
+    /// 2 epochs (fashion: 1), 1 seed, batch sizes 1,2,32: about a minute on 2 cores.
+    #[arg(long)]
+    quick: bool,
+    /// Training images in MNIST's IDX format (unsigned bytes, plain or
+    /// gzipped), instead of --data; the digits protocol's defaults apply.
+    #[arg(long, requires = "idx_labels", conflicts_with = "data")]
+    idx_images: Option<PathBuf>,
+    /// Training labels (IDX).
+    #[arg(long, requires = "idx_images")]
+    idx_labels: Option<PathBuf>,
+    /// Test images (IDX); without them the last 20% of the training files,
+    /// permuted with seed 0, are held out.
+    #[arg(long, requires_all = ["idx_test_labels", "idx_images"])]
+    idx_test_images: Option<PathBuf>,
+    /// Test labels (IDX).
+    #[arg(long, requires = "idx_test_images")]
+    idx_test_labels: Option<PathBuf>,
+}
 
-USAGE: cargo run --release --example small_batch -- [FLAGS]
-
-Data: the UCI optical digits shipped in data/ (1797 8x8 images; 1437 train / 360 test after a
-fixed-seed permutation), or MNIST-format IDX files:
-  --idx-images FILE --idx-labels FILE            training images/labels (IDX, unsigned bytes)
-  --idx-test-images FILE --idx-test-labels FILE  test set (without it, the last 20% of the training
-                                                 files, permuted with seed 0, are held out)
-
+const PROTOCOL: &str = "\
 Protocol (every run): SGD, momentum 0.9, weight decay 5e-4, lr = max(0.1 * batch / 32, 0.01) with
 cosine decay to 0; evaluation in inference mode (running statistics).
-
-FLAGS:
-  --epochs N            epochs per run, the same for every batch size        [default: 6]
-  --seeds N             seeds per configuration; accuracies are averaged       [default: 2]
-  --batch-sizes LIST    comma-separated batch sizes                           [default: 1,2,4,32]
-  --norms LIST          of bn (burn BatchNorm), brn (BatchRenorm), cbn (Conv2dCbn),
-                        cbn-ref (Conv2dCbn with the reference's choices), gn (GroupNorm, 4 groups)
-                                                                              [default: bn,brn,cbn,gn]
-  --sampling LIST       iid (shuffled) and/or paired (the BRN paper's non-i.i.d. batches: same-class
-                        pairs, batch/2 pairs per batch; batch 1 has no paired variant)
-                                                                              [default: iid,paired]
-  --out DIR             where results.md, results.csv and accuracy.svg go     [default: target/small_batch]
-  --jobs N              runs trained in parallel                              [default: CPU cores]
-  --device NAME         flex or ndarray (CPU), wgpu (with --features wgpu)     [default: flex]
-  --quick               2 epochs, 1 seed, batch sizes 1,2,32: under a minute on 2 cores
-  --help                this text
 ";
 
-struct Options {
+fn positive(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(format!("expected a positive whole number, got {value:?}")),
+    }
+}
+
+/// What one invocation runs, with each data set's defaults filled in.
+struct Protocol {
     epochs: usize,
     seeds: usize,
     batch_sizes: Vec<usize>,
-    norms: Vec<Norm>,
-    samplings: Vec<Sampling>,
-    out: PathBuf,
-    jobs: usize,
-    idx: Option<(PathBuf, PathBuf)>,
-    idx_test: Option<(PathBuf, PathBuf)>,
-    device: String,
+}
+
+impl Protocol {
+    fn of(args: &Args) -> Self {
+        let (epochs, seeds, batch_sizes) = match (args.data, args.quick) {
+            (DataSet::Digits, false) => (6, 2, vec![1, 2, 4, 32]),
+            (DataSet::Digits, true) => (2, 1, vec![1, 2, 32]),
+            (DataSet::Fashion, false) => (2, 1, vec![1, 2, 32]),
+            (DataSet::Fashion, true) => (1, 1, vec![1, 2, 32]),
+        };
+        Protocol {
+            epochs: args.epochs.unwrap_or(epochs),
+            seeds: args.seeds.unwrap_or(seeds),
+            batch_sizes: args.batch_sizes.clone().unwrap_or(batch_sizes),
+        }
+    }
 }
 
 fn fail(message: &str) -> ! {
-    eprintln!("small_batch: {message}\n\n{HELP}");
+    eprintln!("small_batch: {message}");
     std::process::exit(2);
 }
 
-fn list<T>(value: &str, parse: impl Fn(&str) -> Option<T>, what: &str) -> Vec<T> {
-    value
-        .split(',')
-        .map(|v| parse(v.trim()).unwrap_or_else(|| fail(&format!("unknown {what} {v:?}"))))
-        .collect()
-}
-
-fn parse_norm(name: &str) -> Option<Norm> {
-    Some(match name {
-        "bn" => Norm::BatchNorm,
-        "brn" => Norm::BatchRenorm,
-        "cbn" => Norm::CrossIter,
-        "cbn-ref" => Norm::CrossIterReference,
-        "gn" => Norm::GroupNorm,
-        _ => return None,
-    })
-}
-
-fn parse_args() -> Options {
-    let mut opts = Options {
-        epochs: 6,
-        seeds: 2,
-        batch_sizes: vec![1, 2, 4, 32],
-        norms: vec![
-            Norm::BatchNorm,
-            Norm::BatchRenorm,
-            Norm::CrossIter,
-            Norm::GroupNorm,
-        ],
-        samplings: vec![Sampling::Iid, Sampling::Paired],
-        out: PathBuf::from("target/small_batch"),
-        jobs: std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1),
-        idx: None,
-        idx_test: None,
-        device: "flex".to_string(),
-    };
-    let (mut images, mut labels, mut test_images, mut test_labels) = (None, None, None, None);
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let mut value = || {
-            args.next()
-                .unwrap_or_else(|| fail(&format!("{flag} needs a value")))
-        };
-        let number = |v: String| {
-            v.parse::<usize>()
-                .ok()
-                .filter(|&n| n > 0)
-                .unwrap_or_else(|| fail(&format!("not a positive number: {v:?}")))
-        };
-        match flag.as_str() {
-            "--help" | "-h" => {
-                print!("{HELP}");
-                std::process::exit(0);
-            }
-            "--epochs" => opts.epochs = number(value()),
-            "--seeds" => opts.seeds = number(value()),
-            "--jobs" => opts.jobs = number(value()),
-            "--batch-sizes" => {
-                opts.batch_sizes = list(
-                    &value(),
-                    |v| v.parse().ok().filter(|&n: &usize| n > 0),
-                    "batch size",
-                )
-            }
-            "--norms" => opts.norms = list(&value(), parse_norm, "normalization"),
-            "--sampling" => {
-                opts.samplings = list(
-                    &value(),
-                    |v| match v {
-                        "iid" => Some(Sampling::Iid),
-                        "paired" => Some(Sampling::Paired),
-                        _ => None,
-                    },
-                    "sampling",
-                )
-            }
-            "--out" => opts.out = PathBuf::from(value()),
-            "--device" => opts.device = value(),
-            "--quick" => {
-                opts.epochs = 2;
-                opts.seeds = 1;
-                opts.batch_sizes = vec![1, 2, 32];
-            }
-            "--idx-images" => images = Some(PathBuf::from(value())),
-            "--idx-labels" => labels = Some(PathBuf::from(value())),
-            "--idx-test-images" => test_images = Some(PathBuf::from(value())),
-            "--idx-test-labels" => test_labels = Some(PathBuf::from(value())),
-            other => fail(&format!("unknown flag {other:?}")),
-        }
-    }
-    opts.idx = match (images, labels) {
-        (Some(i), Some(l)) => Some((i, l)),
-        (None, None) => None,
-        _ => fail("--idx-images and --idx-labels go together"),
-    };
-    opts.idx_test = match (test_images, test_labels) {
-        (Some(i), Some(l)) if opts.idx.is_some() => Some((i, l)),
-        (None, None) => None,
-        _ => fail(
-            "--idx-test-images and --idx-test-labels go together, with --idx-images/--idx-labels",
-        ),
-    };
-    opts
-}
-
-fn load(opts: &Options) -> (Digits, Digits, String) {
-    let or_exit = |r: Result<Digits, String>| r.unwrap_or_else(|e| fail(&e));
-    match (&opts.idx, &opts.idx_test) {
-        (Some((i, l)), Some((ti, tl))) => (
-            or_exit(Digits::load_idx(i, l)),
-            or_exit(Digits::load_idx(ti, tl)),
+fn load(args: &Args) -> (LabeledImages, LabeledImages, String) {
+    let or_exit = |r: Result<LabeledImages, String>| r.unwrap_or_else(|e| fail(&e));
+    match (&args.idx_images, &args.idx_labels, &args.idx_test_images, &args.idx_test_labels) {
+        (Some(i), Some(l), Some(ti), Some(tl)) => (
+            or_exit(LabeledImages::load_idx(i, l)),
+            or_exit(LabeledImages::load_idx(ti, tl)),
             format!("IDX {} / {}", i.display(), ti.display()),
         ),
-        (Some((i, l)), None) => {
-            let data = or_exit(Digits::load_idx(i, l));
+        (Some(i), Some(l), _, _) => {
+            let data = or_exit(LabeledImages::load_idx(i, l));
             let test_len = data.len() / 5;
             let (train, test) = data.split_with_test_len(0, test_len);
             (
@@ -199,34 +141,46 @@ fn load(opts: &Options) -> (Digits, Digits, String) {
             )
         }
         _ => {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/optdigits-1797.csv.gz");
-            let (train, test) = or_exit(Digits::load_csv_gz(&path)).split(0);
-            (train, test, "UCI optical digits (CC BY 4.0)".to_string())
+            let (train, test) = args.data.load().unwrap_or_else(|e| fail(&e));
+            (train, test, args.data.source().to_string())
         }
     }
 }
 
 fn main() {
-    let opts = parse_args();
-    let device = training_device(&opts.device).unwrap_or_else(|| {
-        fail(&format!(
-            "unknown device {:?} (one of: {DEVICE_NAMES})",
-            opts.device
-        ))
+    let args = Args::parse();
+    let device = training_device(&args.device).unwrap_or_else(|| {
+        Args::command()
+            .error(
+                ErrorKind::InvalidValue,
+                format!(
+                    "unknown device {:?} (one of: {DEVICE_NAMES})",
+                    args.device
+                ),
+            )
+            .exit()
     });
-    let (train, test, source) = load(&opts);
+    let protocol = Protocol::of(&args);
+    let out = args.out.clone().unwrap_or_else(|| {
+        let name = if args.idx_images.is_some() { "idx" } else { args.data.name() };
+        PathBuf::from("target/small_batch").join(name)
+    });
+    let jobs_in_parallel = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let (train, test, source) = load(&args);
     let mut jobs = VecDeque::new();
-    for &norm in &opts.norms {
-        for &batch_size in &opts.batch_sizes {
-            for &sampling in &opts.samplings {
+    for &norm in &args.norms {
+        for &batch_size in &protocol.batch_sizes {
+            for &sampling in &args.sampling {
                 if sampling == Sampling::Paired && (batch_size < 2 || batch_size % 2 == 1) {
                     continue;
                 }
-                for seed in 1..=opts.seeds as u64 {
+                for seed in 1..=protocol.seeds as u64 {
                     jobs.push_back(RunConfig {
                         norm,
                         batch_size,
-                        epochs: opts.epochs,
+                        epochs: protocol.epochs,
                         sampling,
                         seed,
                     });
@@ -241,8 +195,8 @@ fn main() {
         train.rows,
         train.cols,
         jobs.len(),
-        opts.epochs,
-        opts.jobs
+        protocol.epochs,
+        jobs_in_parallel
     );
     println!(
         "BatchRenorm: the paper's rmax/dmax ramps compressed to each run (relaxation from 1/8 of the run, \
@@ -266,7 +220,7 @@ fn main() {
         .unwrap()
         .progress_chars("=> ");
     std::thread::scope(|scope| {
-        for _ in 0..opts.jobs.min(total_jobs).max(1) {
+        for _ in 0..jobs_in_parallel.min(total_jobs).max(1) {
             scope.spawn(|| loop {
                 let Some(cfg) = queue.lock().unwrap().pop_front() else {
                     break;
@@ -322,15 +276,15 @@ fn main() {
     let results = results.into_inner().unwrap();
     let duration = started.elapsed().as_secs_f64();
 
-    let table = markdown_table(&results, &opts.norms, &opts.batch_sizes, &opts.samplings);
+    let table = markdown_table(&results, &args.norms, &protocol.batch_sizes, &args.sampling);
     let title = format!(
         "Test accuracy, mean of {} seed(s), {} epoch(s)",
-        opts.seeds, opts.epochs
+        protocol.seeds, protocol.epochs
     );
-    std::fs::create_dir_all(&opts.out)
-        .unwrap_or_else(|e| fail(&format!("{}: {e}", opts.out.display())));
+    std::fs::create_dir_all(&out)
+        .unwrap_or_else(|e| fail(&format!("{}: {e}", out.display())));
     let write = |name: &str, text: String| {
-        let path = opts.out.join(name);
+        let path = out.join(name);
         std::fs::write(&path, text).unwrap_or_else(|e| fail(&format!("{}: {e}", path.display())));
         path
     };
@@ -344,15 +298,15 @@ fn main() {
     );
     let csv_path = write(
         "results.csv",
-        csv(&results, &opts.norms, &opts.batch_sizes, &opts.samplings),
+        csv(&results, &args.norms, &protocol.batch_sizes, &args.sampling),
     );
     let svg = write(
         "accuracy.svg",
         svg_plot(
             &results,
-            &opts.norms,
-            &opts.batch_sizes,
-            &opts.samplings,
+            &args.norms,
+            &protocol.batch_sizes,
+            &args.sampling,
             &title,
         ),
     );

@@ -5,22 +5,22 @@
 //! cargo run --release --example train_brn -- [epochs]
 //! ```
 
-mod digits;
+mod experiment;
 
 use burn::tensor::Device;
 use std::path::Path;
 use std::time::Instant;
 
-use digits::model::Norm;
-use digits::train::{train_and_evaluate, RunConfig, Sampling};
-use digits::Digits;
+use experiment::model::Norm;
+use experiment::train::{train_and_evaluate, RunConfig, Sampling};
+use experiment::LabeledImages;
 
 fn main() {
     let epochs: usize = std::env::args()
         .nth(1)
         .map(|a| a.parse().expect("epochs: a number"))
         .unwrap_or(2);
-    let data = Digits::load_csv_gz(
+    let data = LabeledImages::load_csv_gz(
         &Path::new(env!("CARGO_MANIFEST_DIR")).join("data/optdigits-1797.csv.gz"),
     )
     .unwrap_or_else(|e| panic!("{e}"));

@@ -8,18 +8,18 @@
 //! process would advance in between (a CI run of the suite failed so). No
 //! other test here draws from it: their data comes from the host.
 
-#[path = "../examples/digits/mod.rs"]
-mod digits;
+#[path = "../examples/experiment/mod.rs"]
+mod experiment;
 
 use burn::tensor::Device;
-use digits::idx::{load_idx, write_idx, IdxData};
-use digits::model::Norm;
-use digits::train::{epoch_batches, train_and_evaluate, RunConfig, Sampling};
-use digits::{Digits, SplitMix64};
+use experiment::idx::{load_idx, write_idx, IdxData};
+use experiment::model::Norm;
+use experiment::train::{epoch_batches, train_and_evaluate, RunConfig, Sampling};
+use experiment::{LabeledImages, SplitMix64};
 
-fn tiny_digits(n: usize, side: usize) -> Digits {
+fn tiny_digits(n: usize, side: usize) -> LabeledImages {
     let mut rng = SplitMix64(3);
-    Digits {
+    LabeledImages {
         rows: side,
         cols: side,
         images: (0..n)
@@ -145,7 +145,7 @@ fn idx_round_trip() {
     {
         assert!((a - b).abs() < 0.5 / 255.0, "{a} vs {b}");
     }
-    let digits = Digits::load_idx(&dir.join("img"), &dir.join("lbl")).unwrap();
+    let digits = LabeledImages::load_idx(&dir.join("img"), &dir.join("lbl")).unwrap();
     assert_eq!((digits.rows, digits.cols, digits.len()), (3, 2, 2));
     std::fs::remove_dir_all(&dir).ok();
 }

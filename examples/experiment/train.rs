@@ -10,11 +10,11 @@ use burn::optim::{GradientsParams, SgdConfig};
 use burn::tensor::Device;
 use burn::tensor::{Int, Tensor, TensorData};
 
-use super::model::{DigitsNet, Norm};
-use super::{Digits, SplitMix64};
+use super::model::{SmallCnn, Norm};
+use super::{LabeledImages, SplitMix64};
 
 /// How training batches are drawn each epoch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Sampling {
     /// Shuffle all samples, cut into batches.
     Iid,
@@ -43,7 +43,7 @@ pub struct RunConfig {
 
 /// The order of training indices for one epoch, already cut into batches.
 pub fn epoch_batches(
-    data: &Digits,
+    data: &LabeledImages,
     batch: usize,
     sampling: Sampling,
     rng: &mut SplitMix64,
@@ -81,14 +81,14 @@ pub fn epoch_batches(
     }
 }
 
-pub fn steps_per_epoch(data: &Digits, batch: usize, sampling: Sampling) -> usize {
+pub fn steps_per_epoch(data: &LabeledImages, batch: usize, sampling: Sampling) -> usize {
     match sampling {
         Sampling::Iid => data.len() / batch,
         Sampling::Paired => epoch_batches(data, batch, sampling, &mut SplitMix64(0)).len(),
     }
 }
 
-pub fn images(data: &Digits, idx: &[usize], device: &Device) -> Tensor<4> {
+pub fn images(data: &LabeledImages, idx: &[usize], device: &Device) -> Tensor<4> {
     let values: Vec<f32> = idx
         .iter()
         .flat_map(|&i| data.images[i].iter().copied())
@@ -99,7 +99,7 @@ pub fn images(data: &Digits, idx: &[usize], device: &Device) -> Tensor<4> {
     )
 }
 
-pub fn labels(data: &Digits, idx: &[usize], device: &Device) -> Tensor<1, Int> {
+pub fn labels(data: &LabeledImages, idx: &[usize], device: &Device) -> Tensor<1, Int> {
     let values: Vec<i64> = idx.iter().map(|&i| data.labels[i] as i64).collect();
     Tensor::from_data(TensorData::new(values, [idx.len()]), device)
 }
@@ -108,8 +108,8 @@ pub fn labels(data: &Digits, idx: &[usize], device: &Device) -> Tensor<1, Int> {
 /// is called after every step with (step, total, loss).
 pub fn train_and_evaluate(
     cfg: &RunConfig,
-    train: &Digits,
-    test: &Digits,
+    train: &LabeledImages,
+    test: &LabeledImages,
     device: &Device,
     mut on_step: impl FnMut(usize, usize, f32),
 ) -> f64 {
@@ -152,17 +152,17 @@ pub fn train_and_evaluate(
 /// burn's seed is global to the backend and parameters are drawn lazily at
 /// first use, so runs training in parallel would interleave their draws:
 /// the draws happen here, under a lock, by materializing the record.
-fn seeded_model(cfg: &RunConfig, total_steps: usize, device: &Device) -> DigitsNet {
+fn seeded_model(cfg: &RunConfig, total_steps: usize, device: &Device) -> SmallCnn {
     static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
     device.seed(cfg.seed);
-    let model = DigitsNet::new(cfg.norm, total_steps, device);
+    let model = SmallCnn::new(cfg.norm, total_steps, device);
     let record = model.clone().into_record();
     model.load_record(record)
 }
 
 /// Accuracy in percent of `model` in inference mode.
-pub fn evaluate(model: &DigitsNet, test: &Digits, device: &Device) -> f64 {
+pub fn evaluate(model: &SmallCnn, test: &LabeledImages, device: &Device) -> f64 {
     let mut correct = 0usize;
     let idx: Vec<usize> = (0..test.len()).collect();
     for chunk in idx.chunks(128) {

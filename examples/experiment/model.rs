@@ -35,14 +35,22 @@ pub fn brn_momentum(total_steps: usize) -> f64 {
 /// Which normalization follows each conv.
 // The variants are named after the layers (`BatchNorm`, `GroupNorm`).
 #[allow(clippy::enum_variant_names)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Norm {
+    /// burn's BatchNorm.
+    #[value(name = "bn")]
     BatchNorm,
+    /// BatchRenorm.
+    #[value(name = "brn")]
     BatchRenorm,
+    /// burn's GroupNorm, 4 groups.
+    #[value(name = "gn")]
     GroupNorm,
     /// Conv2dCbn with the library defaults (gradient through the history).
+    #[value(name = "cbn")]
     CrossIter,
     /// Conv2dCbn with the reference's choices (history terms constant).
+    #[value(name = "cbn-ref")]
     CrossIterReference,
 }
 
@@ -153,16 +161,16 @@ impl Block {
 }
 
 #[derive(Module, Debug)]
-pub struct DigitsNet {
+pub struct SmallCnn {
     blocks: Vec<Block>,
     pool: MaxPool2d,
     head: Linear,
 }
 
-impl DigitsNet {
+impl SmallCnn {
     /// `total_steps` sizes schedules that depend on the run length (BRN's).
     pub fn new(norm: Norm, total_steps: usize, device: &Device) -> Self {
-        DigitsNet {
+        SmallCnn {
             blocks: vec![
                 Block::new(norm, [1, 16], total_steps, device),
                 Block::new(norm, [16, 32], total_steps, device),

@@ -1,4 +1,5 @@
-//! The UCI optical digits (1797 8x8 images, CC BY 4.0, shipped in `data/`)
+//! The small-batch experiment's data sets (shipped in `data/`: the UCI
+//! optical digits and Fashion-MNIST-12k, or IDX files of the user's own)
 //! and the small CNN the examples train on them.
 #![allow(dead_code)]
 
@@ -28,18 +29,67 @@ pub fn training_device(name: &str) -> Option<Device> {
     Some(device.autodiff())
 }
 
+/// The data sets shipped in `data/` (each with its attribution in
+/// `data/README.md`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DataSet {
+    /// UCI optical digits (CC BY 4.0): 1797 8x8 images, 1437 train / 360
+    /// test after a fixed-seed permutation.
+    Digits,
+    /// Fashion-MNIST-12k (MIT): 10,000 train / 2,000 test 28x28 images of
+    /// 10 clothing classes.
+    Fashion,
+}
+
+impl DataSet {
+    pub fn name(self) -> &'static str {
+        match self {
+            DataSet::Digits => "digits",
+            DataSet::Fashion => "fashion",
+        }
+    }
+
+    /// Where the data set comes from, for the report.
+    pub fn source(self) -> &'static str {
+        match self {
+            DataSet::Digits => "UCI optical digits (CC BY 4.0)",
+            DataSet::Fashion => "Fashion-MNIST-12k (Zalando Research, MIT)",
+        }
+    }
+
+    /// The protocol's training and test sets.
+    pub fn load(self) -> Result<(LabeledImages, LabeledImages), String> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
+        match self {
+            DataSet::Digits => Ok(LabeledImages::load_csv_gz(&dir.join("optdigits-1797.csv.gz"))?.split(0)),
+            DataSet::Fashion => {
+                let dir = dir.join("fashion-mnist-12k");
+                let set = |name: &str| {
+                    LabeledImages::load_idx(
+                        &dir.join(format!("{name}-images.idx.gz")),
+                        &dir.join(format!("{name}-labels.idx.gz")),
+                    )
+                };
+                Ok((set("train")?, set("test")?))
+            }
+        }
+    }
+}
+
 /// Grayscale images (`[1, rows, cols]` each, row-major, values in
 /// `[0, 1]`) and their labels 0..=9.
 #[derive(Debug, Clone)]
-pub struct Digits {
+pub struct LabeledImages {
     pub rows: usize,
     pub cols: usize,
     pub images: Vec<Vec<f32>>,
     pub labels: Vec<u8>,
 }
 
-/// Deterministic SplitMix64 generator: the examples own their randomness so
-/// a seed means the same run on every machine.
+/// Deterministic SplitMix64 generator. The examples own their randomness so
+/// a seed means the same run on every machine and every version of every
+/// dependency (rand's `StdRng` promises neither), and so that
+/// `tools/pytorch_protocol.py` replays the exact batch order in a few lines.
 pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
@@ -63,7 +113,7 @@ impl SplitMix64 {
     }
 }
 
-impl Digits {
+impl LabeledImages {
     /// Reads the gzip-compressed CSV: 64 integers in 0..=16, then the label.
     pub fn load_csv_gz(path: &Path) -> Result<Self, String> {
         let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -71,7 +121,7 @@ impl Digits {
         flate2::read::GzDecoder::new(file)
             .read_to_string(&mut text)
             .map_err(|e| format!("{}: not a gzip-compressed CSV: {e}", path.display()))?;
-        let mut digits = Digits {
+        let mut digits = LabeledImages {
             rows: 8,
             cols: 8,
             images: Vec::new(),
@@ -115,13 +165,13 @@ impl Digits {
     }
 
     /// The protocol's split: permute with `seed`, first 1437 train, last 360 test.
-    pub fn split(self, seed: u64) -> (Digits, Digits) {
+    pub fn split(self, seed: u64) -> (LabeledImages, LabeledImages) {
         let test_len = 360.min(self.len() / 2);
         self.split_with_test_len(seed, test_len)
     }
 
     /// Permute with `seed`, hold out the last `test_len` samples.
-    pub fn split_with_test_len(self, seed: u64, test_len: usize) -> (Digits, Digits) {
+    pub fn split_with_test_len(self, seed: u64, test_len: usize) -> (LabeledImages, LabeledImages) {
         let mut order: Vec<usize> = (0..self.labels.len()).collect();
         SplitMix64(seed).shuffle(&mut order);
         let cut = order.len() - test_len;
@@ -129,8 +179,8 @@ impl Digits {
     }
 
     /// The samples at `idx`, in that order.
-    pub fn subset(&self, idx: &[usize]) -> Digits {
-        Digits {
+    pub fn subset(&self, idx: &[usize]) -> LabeledImages {
+        LabeledImages {
             rows: self.rows,
             cols: self.cols,
             images: idx.iter().map(|&i| self.images[i].clone()).collect(),
@@ -141,7 +191,7 @@ impl Digits {
     /// From IDX files (see [`idx::load_idx`]).
     pub fn load_idx(images: &Path, labels: &Path) -> Result<Self, String> {
         let data = idx::load_idx(images, labels)?;
-        Ok(Digits {
+        Ok(LabeledImages {
             rows: data.rows,
             cols: data.cols,
             images: data.images,

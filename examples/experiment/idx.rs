@@ -1,7 +1,9 @@
 //! MNIST-format IDX files: big-endian magic `0x00000803` (unsigned bytes,
 //! three dimensions: count, rows, columns) for images, `0x00000801` (one
-//! dimension) for labels. Pixels are scaled to `[0, 1]`.
+//! dimension) for labels, plain or gzip-compressed. Pixels are scaled to
+//! `[0, 1]`.
 
+use std::io::Read;
 use std::path::Path;
 
 /// Images (row-major `[rows, cols]` each, values in `[0, 1]`) and labels.
@@ -36,8 +38,18 @@ pub fn write_idx(images: &Path, labels: &Path, data: &IdxData) -> std::io::Resul
     std::fs::write(labels, bytes)
 }
 
+/// The file's bytes, gunzipped when it starts with gzip's magic bytes (the
+/// shipped Fashion-MNIST files are `.idx.gz`).
 fn read(path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if !bytes.starts_with(&[0x1f, 0x8b]) {
+        return Ok(bytes);
+    }
+    let mut plain = Vec::new();
+    flate2::read::GzDecoder::new(bytes.as_slice())
+        .read_to_end(&mut plain)
+        .map_err(|e| format!("{}: broken gzip stream: {e}", path.display()))?;
+    Ok(plain)
 }
 
 fn header(bytes: &[u8], path: &Path, magic: u32, dims: usize) -> Result<Vec<usize>, String> {
