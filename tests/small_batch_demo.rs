@@ -1,6 +1,7 @@
 //! Guards the small-batch demo: its training loop runs a few steps for every
-//! normalization and sampling on a handful of samples, and its IDX loader
-//! reads what it should and rejects what it should not.
+//! normalization and sampling on a handful of samples, its loaders read the
+//! shipped data sets and what they should and reject what they should not,
+//! and its report shows every configuration.
 //!
 //! A test binary of its own (not in `suite`): the training test checks that
 //! a seed reproduces a run, and the run's weights come from the backend's
@@ -14,8 +15,9 @@ mod experiment;
 use burn::tensor::Device;
 use experiment::idx::{load_idx, write_idx, IdxData};
 use experiment::model::Norm;
+use experiment::report::{columns, csv, markdown_table, svg_plot, RunResult};
 use experiment::train::{epoch_batches, train_and_evaluate, RunConfig, Sampling};
-use experiment::{LabeledImages, SplitMix64};
+use experiment::{DataSet, LabeledImages, SplitMix64};
 
 fn tiny_digits(n: usize, side: usize) -> LabeledImages {
     let mut rng = SplitMix64(3);
@@ -194,4 +196,126 @@ fn idx_rejects_bad_files() {
     let e = load_idx(&dir.join("missing"), &lbl).unwrap_err();
     assert!(e.contains("missing"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Sum of an image's bytes (pixels * 255), a checksum of what was read.
+fn byte_sum(image: &[f32]) -> u64 {
+    image.iter().map(|&p| (p * 255.0).round() as u64).sum()
+}
+
+fn class_counts(data: &LabeledImages) -> [usize; 10] {
+    let mut counts = [0; 10];
+    for &label in &data.labels {
+        counts[label as usize] += 1;
+    }
+    counts
+}
+
+/// The shipped Fashion-MNIST-12k files: 10,000 / 2,000 28x28 images, 1,000
+/// / 200 per class, and the first images' labels and bytes as the files
+/// hold them (checked with Python's gzip module).
+#[test]
+fn fashion_loads_as_shipped() {
+    let (train, test) = DataSet::Fashion.load().unwrap();
+    assert_eq!((train.rows, train.cols, train.len()), (28, 28, 10_000));
+    assert_eq!((test.rows, test.cols, test.len()), (28, 28, 2_000));
+    assert_eq!(class_counts(&train), [1_000; 10]);
+    assert_eq!(class_counts(&test), [200; 10]);
+    assert!(train.images.iter().flatten().all(|p| (0.0..=1.0).contains(p)));
+    assert_eq!((train.labels[0], byte_sum(&train.images[0])), (3, 29_376));
+    assert_eq!((test.labels[0], byte_sum(&test.images[0])), (7, 30_199));
+}
+
+/// The digits protocol: 1437 train / 360 test 8x8 images, pixels in [0, 1].
+#[test]
+fn digits_load_as_shipped() {
+    let (train, test) = DataSet::Digits.load().unwrap();
+    assert_eq!((train.rows, train.cols, train.len()), (8, 8, 1437));
+    assert_eq!((test.rows, test.cols, test.len()), (8, 8, 360));
+    assert_eq!(class_counts(&train).iter().sum::<usize>(), 1437);
+    assert!(class_counts(&test).iter().all(|&n| n > 20));
+    assert!(train.images.iter().flatten().all(|p| (0.0..=1.0).contains(p)));
+}
+
+/// A few training steps on a handful of Fashion images: BRN and CBN at
+/// batch 2 fit 40 images well above chance (10%) in 60 steps.
+#[test]
+fn fashion_trains_on_a_handful() {
+    let (train, _) = DataSet::Fashion.load().unwrap();
+    let handful = train.subset(&(0..40).collect::<Vec<_>>());
+    for norm in [Norm::BatchRenorm, Norm::CrossIter] {
+        let cfg = RunConfig {
+            norm,
+            batch_size: 2,
+            epochs: 3,
+            sampling: Sampling::Iid,
+            seed: 2,
+        };
+        let mut steps = 0;
+        let accuracy = train_and_evaluate(
+            &cfg,
+            &handful,
+            &handful,
+            &Device::flex().autodiff(),
+            |_, _, _| steps += 1,
+        );
+        assert_eq!(steps, 60, "{norm:?}");
+        // BRN reaches 47.5%, CBN 32.5% (still in its 100-step burn-in).
+        assert!(
+            accuracy >= 25.0,
+            "{norm:?}: {accuracy}% on its own 40 training images"
+        );
+    }
+}
+
+/// The table, CSV and plot hold every configuration's mean over seeds.
+#[test]
+fn report_shows_every_configuration() {
+    let run = |norm, batch_size, sampling, seed, accuracy| RunResult {
+        norm,
+        batch_size,
+        sampling,
+        seed,
+        accuracy,
+        seconds: 1.0,
+    };
+    let results = [
+        run(Norm::BatchNorm, 1, Sampling::Iid, 2, 40.0),
+        run(Norm::BatchNorm, 1, Sampling::Iid, 1, 30.0),
+        run(Norm::BatchNorm, 2, Sampling::Iid, 1, 80.0),
+        run(Norm::BatchNorm, 2, Sampling::Paired, 1, 20.0),
+        run(Norm::CrossIter, 1, Sampling::Iid, 1, 90.0),
+        run(Norm::CrossIter, 2, Sampling::Iid, 1, 91.0),
+        run(Norm::CrossIter, 2, Sampling::Paired, 1, 92.5),
+    ];
+    let norms = [Norm::BatchNorm, Norm::CrossIter];
+    let cols = columns(&[1, 2], &[Sampling::Iid, Sampling::Paired]);
+    assert_eq!(
+        cols,
+        [(1, Sampling::Iid), (2, Sampling::Iid), (2, Sampling::Paired)]
+    );
+    assert_eq!(
+        markdown_table(&results, &norms, &cols),
+        "| normalization | batch 1 iid | batch 2 iid | batch 2 paired |\n\
+         |---|---:|---:|---:|\n\
+         | BatchNorm | 35.0% | 80.0% | 20.0% |\n\
+         | CBN | 90.0% | 91.0% | 92.5% |\n"
+    );
+    let csv = csv(&results, &norms, &cols);
+    assert!(
+        csv.contains("BatchNorm,1,iid,2,35.00,30.00 40.00,1.0\n"),
+        "{csv}"
+    );
+    assert_eq!(csv.lines().count(), 7);
+    let svg = svg_plot(&results, &norms, &cols, "accuracy").unwrap();
+    assert!(svg.starts_with("<svg"), "{svg}");
+    for text in ["iid batches", "paired batches", "BatchNorm", "CBN", "batch size", "accuracy"] {
+        assert!(svg.contains(text), "{text} missing from the plot");
+    }
+    // In each normalization's colour: one line per panel and one legend
+    // entry per panel; one marker per configuration.
+    for colour in ["#D62728", "#1F77B4"] {
+        assert_eq!(svg.matches(&format!("stroke=\"{colour}\"")).count(), 4, "{colour}");
+    }
+    assert_eq!(svg.matches("<circle").count(), 6);
 }

@@ -3,16 +3,21 @@
 Same data, split and batch order as `examples/small_batch.rs` (SplitMix64
 with the same seeds), same model and SGD settings; weights come from
 PyTorch's own initialization (torch.manual_seed(seed)), so runs compare
-per configuration over seeds, not per step. BatchNorm and GroupNorm(4)
-only: the point is to see whether a baseline's behaviour is the protocol's
-or burn's.
+per configuration over seeds, not per step. BatchNorm, GroupNorm(4) and
+the reference Batch Renormalization (ludvb/batchrenorm, with its own
+defaults: the paper's uncompressed rmax/dmax ramps, momentum 0.01, eps on
+the standard deviation), to see whether a behaviour is the protocol's,
+the method's or ours.
 
     pip install torch
+    git clone https://github.com/ludvb/batchrenorm /tmp/batchrenorm   # for --norms brn
     python tools/pytorch_protocol.py --norms gn --batch-sizes 32 --seeds 4
+    python tools/pytorch_protocol.py --data fashion --norms bn,brn --batchrenorm /tmp/batchrenorm \\
+        --epochs 2 --seeds 1 --batch-sizes 1,2,32
 
 Not part of the tests or CI (it needs PyTorch).
 """
-import gzip, math, os
+import gzip, math, os, sys
 import torch, torch.nn as nn, torch.nn.functional as F
 
 M = (1 << 64) - 1
@@ -29,12 +34,26 @@ class SplitMix64:
         for i in range(len(a) - 1, 0, -1):
             j = s.below(i + 1); a[i], a[j] = a[j], a[i]
 
-rows = [l.split(',') for l in gzip.open(os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'data', 'optdigits-1797.csv.gz'), 'rt').read().split()]
-X = torch.tensor([[float(v) / 16.0 for v in r[:64]] for r in rows]).reshape(-1, 1, 8, 8)
-Y = torch.tensor([int(r[64]) for r in rows])
-order = list(range(len(Y))); SplitMix64(0).shuffle(order)
-tr, te = order[:len(order) - 360], order[len(order) - 360:]
-Xtr, Ytr, Xte, Yte = X[tr], Y[tr], X[te], Y[te]
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', 'data')
+
+def load_digits():
+    rows = [l.split(',') for l in gzip.open(os.path.join(DATA, 'optdigits-1797.csv.gz'), 'rt').read().split()]
+    X = torch.tensor([[float(v) / 16.0 for v in r[:64]] for r in rows]).reshape(-1, 1, 8, 8)
+    Y = torch.tensor([int(r[64]) for r in rows])
+    order = list(range(len(Y))); SplitMix64(0).shuffle(order)
+    tr, te = order[:len(order) - 360], order[len(order) - 360:]
+    return X[tr], Y[tr], X[te], Y[te]
+
+def load_fashion():
+    def idx(name):
+        raw = gzip.open(os.path.join(DATA, 'fashion-mnist-12k', name + '.idx.gz')).read()
+        if raw[3] == 3:
+            n, h, w = (int.from_bytes(raw[4 + 4 * i:8 + 4 * i], 'big') for i in range(3))
+            return torch.frombuffer(bytearray(raw[16:]), dtype=torch.uint8).float().div(255).reshape(n, 1, h, w)
+        return torch.frombuffer(bytearray(raw[8:]), dtype=torch.uint8).long()
+    return idx('train-images'), idx('train-labels'), idx('test-images'), idx('test-labels')
+
+Xtr = Ytr = Xte = Yte = None
 
 def epoch_batches(batch, sampling, rng):
     n = len(Ytr)
@@ -50,7 +69,12 @@ def epoch_batches(batch, sampling, rng):
     return [[k for p in pairs[i:i + h] for k in p] for i in range(0, len(pairs) - h + 1, h)]
 
 def norm(kind, c):
-    return nn.GroupNorm(4, c) if kind == 'gn' else nn.BatchNorm2d(c)
+    if kind == 'gn':
+        return nn.GroupNorm(4, c)
+    if kind == 'brn':
+        from batchrenorm import BatchRenorm2d
+        return BatchRenorm2d(c)
+    return nn.BatchNorm2d(c)
 
 class Net(nn.Module):
     def __init__(s, kind):
@@ -87,13 +111,19 @@ def run(kind, batch, sampling, seed, epochs=6, trace=False):
 def main():
     import argparse
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument('--norms', default='bn,gn', help='comma list of bn, gn')
+    ap.add_argument('--data', default='digits', choices=['digits', 'fashion'])
+    ap.add_argument('--norms', default='bn,gn', help='comma list of bn, gn, brn')
+    ap.add_argument('--batchrenorm', help='a checkout of ludvb/batchrenorm, for brn')
     ap.add_argument('--batch-sizes', default='1,2,4,32')
     ap.add_argument('--sampling', default='iid,paired')
     ap.add_argument('--seeds', type=int, default=2)
     ap.add_argument('--epochs', type=int, default=6)
     ap.add_argument('--trace-seed', type=int, default=0, help='print this seed\'s loss every 10 steps')
     a = ap.parse_args()
+    if a.batchrenorm:
+        sys.path.insert(0, a.batchrenorm)
+    global Xtr, Ytr, Xte, Yte
+    Xtr, Ytr, Xte, Yte = load_fashion() if a.data == 'fashion' else load_digits()
     torch.set_num_threads(1)
     for kind in a.norms.split(','):
         for batch in map(int, a.batch_sizes.split(',')):

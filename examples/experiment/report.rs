@@ -5,6 +5,8 @@
 
 use std::fmt::Write as _;
 
+use plotters::prelude::*;
+
 use super::model::Norm;
 use super::train::Sampling;
 
@@ -49,12 +51,14 @@ fn runs_by_seed(
     runs
 }
 
-fn columns(batch_sizes: &[usize], samplings: &[Sampling]) -> Vec<(usize, Sampling)> {
+/// Every (batch size, sampling) pair, batch-size major, but paired batches
+/// of an odd size (batch 1 has no paired variant).
+pub fn columns(batch_sizes: &[usize], samplings: &[Sampling]) -> Vec<(usize, Sampling)> {
     let mut cols = Vec::new();
     for &b in batch_sizes {
         for &s in samplings {
-            if s == Sampling::Paired && b < 2 {
-                continue; // batch 1 has no paired variant
+            if s == Sampling::Paired && b % 2 == 1 {
+                continue;
             }
             cols.push((b, s));
         }
@@ -62,16 +66,22 @@ fn columns(batch_sizes: &[usize], samplings: &[Sampling]) -> Vec<(usize, Samplin
     cols
 }
 
+/// The distinct values of `key` over `columns`, in order of appearance.
+fn distinct<T: PartialEq>(columns: &[(usize, Sampling)], key: impl Fn(&(usize, Sampling)) -> T) -> Vec<T> {
+    let mut values = Vec::new();
+    for column in columns {
+        let value = key(column);
+        if !values.contains(&value) {
+            values.push(value);
+        }
+    }
+    values
+}
+
 /// Markdown table: one row per normalization, one column per (batch, sampling).
-pub fn markdown_table(
-    results: &[RunResult],
-    norms: &[Norm],
-    batch_sizes: &[usize],
-    samplings: &[Sampling],
-) -> String {
-    let cols = columns(batch_sizes, samplings);
+pub fn markdown_table(results: &[RunResult], norms: &[Norm], cols: &[(usize, Sampling)]) -> String {
     let mut out = String::from("| normalization |");
-    for (b, s) in &cols {
+    for (b, s) in cols {
         let _ = write!(out, " batch {b} {} |", s.name());
     }
     out.push_str("\n|---|");
@@ -79,7 +89,7 @@ pub fn markdown_table(
     out.push('\n');
     for &norm in norms {
         let _ = write!(out, "| {} |", norm.name());
-        for &(b, s) in &cols {
+        for &(b, s) in cols {
             match mean_accuracy(results, norm, b, s) {
                 Some((acc, _)) => {
                     let _ = write!(out, " {acc:.1}% |");
@@ -93,17 +103,12 @@ pub fn markdown_table(
 }
 
 /// CSV with one line per configuration: mean and per-seed accuracies.
-pub fn csv(
-    results: &[RunResult],
-    norms: &[Norm],
-    batch_sizes: &[usize],
-    samplings: &[Sampling],
-) -> String {
+pub fn csv(results: &[RunResult], norms: &[Norm], cols: &[(usize, Sampling)]) -> String {
     let mut out = String::from(
         "normalization,batch_size,sampling,seeds,mean_accuracy,accuracies,mean_seconds\n",
     );
     for &norm in norms {
-        for (b, s) in columns(batch_sizes, samplings) {
+        for &(b, s) in cols {
             let runs = runs_by_seed(results, norm, b, s);
             if runs.is_empty() {
                 continue;
@@ -124,139 +129,82 @@ pub fn csv(
     out
 }
 
-const COLORS: [&str; 6] = [
-    "#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+const COLORS: [RGBColor; 6] = [
+    RGBColor(0xd6, 0x27, 0x28),
+    RGBColor(0x1f, 0x77, 0xb4),
+    RGBColor(0x2c, 0xa0, 0x2c),
+    RGBColor(0x94, 0x67, 0xbd),
+    RGBColor(0xff, 0x7f, 0x0e),
+    RGBColor(0x8c, 0x56, 0x4b),
 ];
 
-/// SVG line plot: test accuracy against batch size (log2 axis) per
-/// normalization, one panel per sampling.
+/// SVG line plot (plotters): test accuracy against batch size (log2 axis)
+/// per normalization, one panel per sampling.
 pub fn svg_plot(
     results: &[RunResult],
     norms: &[Norm],
-    batch_sizes: &[usize],
-    samplings: &[Sampling],
+    cols: &[(usize, Sampling)],
     title: &str,
-) -> String {
-    let (panel_w, panel_h, margin) = (420.0, 300.0, 55.0);
-    let width = margin + samplings.len() as f64 * (panel_w + margin) + 150.0;
-    let height = panel_h + 2.0 * margin + 20.0;
+) -> Result<String, Box<dyn std::error::Error>> {
+    let batch_sizes = distinct(cols, |&(b, _)| b);
+    let samplings = distinct(cols, |&(_, s)| s);
     let lowest = results.iter().map(|r| r.accuracy).fold(100.0f64, f64::min);
     let y_min = ((lowest / 10.0).floor() * 10.0).clamp(0.0, 90.0);
     let log_b: Vec<f64> = batch_sizes.iter().map(|&b| (b as f64).log2()).collect();
-    let (x_lo, x_hi) = (
-        log_b.iter().cloned().fold(f64::INFINITY, f64::min),
-        log_b
-            .iter()
-            .cloned()
-            .fold(f64::NEG_INFINITY, f64::max)
-            .max(1.0),
-    );
+    let x_lo = log_b.iter().copied().fold(f64::INFINITY, f64::min);
+    let x_hi = log_b.iter().copied().fold(f64::NEG_INFINITY, f64::max).max(x_lo + 1.0);
+    let pad = 0.05 * (x_hi - x_lo);
     let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="20" text-anchor="middle" font-size="15">{title}</text>"#,
-        width / 2.0
-    );
-    for (p, &sampling) in samplings.iter().enumerate() {
-        let x0 = margin + p as f64 * (panel_w + margin);
-        let y0 = margin;
-        let sx = |lb: f64| {
-            x0 + if x_hi > x_lo {
-                (lb - x_lo) / (x_hi - x_lo) * panel_w
-            } else {
-                panel_w / 2.0
+    {
+        let size = (460 * samplings.len().max(1) as u32, 380);
+        let root = SVGBackend::with_string(&mut svg, size).into_drawing_area();
+        root.fill(&WHITE)?;
+        let root = root.titled(title, ("sans-serif", 18))?;
+        for (panel, &sampling) in root
+            .split_evenly((1, samplings.len().max(1)))
+            .iter()
+            .zip(&samplings)
+        {
+            let mut chart = ChartBuilder::on(panel)
+                .caption(format!("{} batches", sampling.name()), ("sans-serif", 14))
+                .margin(12)
+                .x_label_area_size(40)
+                .y_label_area_size(50)
+                .build_cartesian_2d(x_lo - pad..x_hi + pad, y_min..100.0)?;
+            let batch_label = |lb: &f64| format!("{:.0}", lb.exp2());
+            chart
+                .configure_mesh()
+                .x_labels(((x_hi - x_lo).round() as usize + 1).max(2))
+                .x_label_formatter(&batch_label)
+                .y_label_formatter(&|acc| format!("{acc:.0}%"))
+                .x_desc("batch size")
+                .y_desc("test accuracy")
+                .draw()?;
+            for (n, &norm) in norms.iter().enumerate() {
+                let color = COLORS[n % COLORS.len()];
+                let points: Vec<(f64, f64)> = batch_sizes
+                    .iter()
+                    .zip(&log_b)
+                    .filter_map(|(&b, &lb)| {
+                        mean_accuracy(results, norm, b, sampling).map(|(acc, _)| (lb, acc))
+                    })
+                    .collect();
+                chart
+                    .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+                    .label(norm.name())
+                    .legend(move |(x, y)| {
+                        PathElement::new([(x, y), (x + 20, y)], color.stroke_width(3))
+                    });
+                chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
             }
-        };
-        let sy = |acc: f64| y0 + panel_h - (acc - y_min) / (100.0 - y_min) * panel_h;
-        let _ = writeln!(
-            svg,
-            r##"<rect x="{x0}" y="{y0}" width="{panel_w}" height="{panel_h}" fill="none" stroke="#444"/>"##
-        );
-        let _ = writeln!(
-            svg,
-            r#"<text x="{}" y="{}" text-anchor="middle">{} batches</text>"#,
-            x0 + panel_w / 2.0,
-            y0 - 8.0,
-            sampling.name()
-        );
-        let mut tick = y_min;
-        while tick <= 100.0 + 1e-9 {
-            let y = sy(tick);
-            let _ = writeln!(
-                svg,
-                r##"<line x1="{x0}" y1="{y}" x2="{}" y2="{y}" stroke="#ddd"/>"##,
-                x0 + panel_w
-            );
-            let _ = writeln!(
-                svg,
-                r#"<text x="{}" y="{}" text-anchor="end">{tick:.0}%</text>"#,
-                x0 - 5.0,
-                y + 4.0
-            );
-            tick += 10.0;
+            chart
+                .configure_series_labels()
+                .position(SeriesLabelPosition::LowerRight)
+                .background_style(WHITE.mix(0.85))
+                .border_style(BLACK)
+                .draw()?;
         }
-        for (&b, &lb) in batch_sizes.iter().zip(&log_b) {
-            let _ = writeln!(
-                svg,
-                r#"<text x="{}" y="{}" text-anchor="middle">{b}</text>"#,
-                sx(lb),
-                y0 + panel_h + 16.0
-            );
-        }
-        let _ = writeln!(
-            svg,
-            r#"<text x="{}" y="{}" text-anchor="middle">batch size</text>"#,
-            x0 + panel_w / 2.0,
-            y0 + panel_h + 34.0
-        );
-        for (n, &norm) in norms.iter().enumerate() {
-            let color = COLORS[n % COLORS.len()];
-            let points: Vec<(f64, f64)> = batch_sizes
-                .iter()
-                .zip(&log_b)
-                .filter_map(|(&b, &lb)| {
-                    mean_accuracy(results, norm, b, sampling).map(|(acc, _)| (sx(lb), sy(acc)))
-                })
-                .collect();
-            let path: Vec<String> = points
-                .iter()
-                .map(|(x, y)| format!("{x:.1},{y:.1}"))
-                .collect();
-            let _ = writeln!(
-                svg,
-                r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"/>"#,
-                path.join(" ")
-            );
-            for (x, y) in points {
-                let _ = writeln!(
-                    svg,
-                    r#"<circle cx="{x:.1}" cy="{y:.1}" r="3" fill="{color}"/>"#
-                );
-            }
-        }
+        root.present()?;
     }
-    let lx = margin + samplings.len() as f64 * (panel_w + margin);
-    for (n, &norm) in norms.iter().enumerate() {
-        let y = margin + 10.0 + 20.0 * n as f64;
-        let color = COLORS[n % COLORS.len()];
-        let _ = writeln!(
-            svg,
-            r#"<line x1="{lx}" y1="{y}" x2="{}" y2="{y}" stroke="{color}" stroke-width="3"/>"#,
-            lx + 20.0
-        );
-        let _ = writeln!(
-            svg,
-            r#"<text x="{}" y="{}">{}</text>"#,
-            lx + 26.0,
-            y + 4.0,
-            norm.name()
-        );
-    }
-    svg.push_str("</svg>\n");
-    svg
+    Ok(svg)
 }
