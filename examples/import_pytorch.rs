@@ -53,7 +53,7 @@ fn main() {
     let expected = Tensor::<4>::from_data(json_tensor(&reference["eval_output"]), &device);
     println!(
         "BatchRenorm2d (step {}): max |ours - reference| = {:e}",
-        brn.step(),
+        brn.steps(),
         y.sub(expected).abs().max().into_scalar::<f32>()
     );
 

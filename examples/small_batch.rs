@@ -20,11 +20,11 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use clap::builder::PossibleValuesParser;
+use clap::Parser;
 use experiment::model::{Norm, CBN_BURN_IN, CBN_WINDOW};
 use experiment::report::{columns, csv, markdown_table, svg_plot, RunResult};
 use experiment::train::{steps_per_epoch, train_and_evaluate, RunConfig, Sampling};
-use clap::error::ErrorKind;
-use clap::{CommandFactory, Parser};
 use experiment::{training_device, DataSet, LabeledImages, DEVICE_NAMES};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
@@ -49,7 +49,12 @@ struct Args {
     #[arg(long, value_delimiter = ',', value_parser = positive)]
     batch_sizes: Option<Vec<usize>>,
     /// Comma-separated normalizations.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "bn,brn,cbn,gn")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "bn,brn,cbn,gn"
+    )]
     norms: Vec<Norm>,
     /// Comma-separated samplings: iid (shuffled) and/or paired (the BRN
     /// paper's non-i.i.d. batches of same-class pairs; odd batch sizes have
@@ -62,8 +67,8 @@ struct Args {
     /// Runs trained in parallel [default: the CPU cores].
     #[arg(long, value_parser = positive)]
     jobs: Option<usize>,
-    /// flex or ndarray (CPU), wgpu (with --features wgpu).
-    #[arg(long, default_value = "flex")]
+    /// flex or ndarray (CPU), wgpu (built with --features wgpu).
+    #[arg(long, default_value = "flex", value_parser = PossibleValuesParser::new(DEVICE_NAMES))]
     device: String,
     /// Fewer runs: digits 2 epochs, 1 seed, batch sizes 1,2,32 (about 20 s
     /// on 2 cores); fashion 1 epoch.
@@ -141,7 +146,12 @@ fn fail(message: &str) -> ! {
 
 fn load(args: &Args) -> (LabeledImages, LabeledImages, String) {
     let or_exit = |r: Result<LabeledImages, String>| r.unwrap_or_else(|e| fail(&e));
-    match (&args.idx_images, &args.idx_labels, &args.idx_test_images, &args.idx_test_labels) {
+    match (
+        &args.idx_images,
+        &args.idx_labels,
+        &args.idx_test_images,
+        &args.idx_test_labels,
+    ) {
         (Some(i), Some(l), Some(ti), Some(tl)) => (
             or_exit(LabeledImages::load_idx(i, l)),
             or_exit(LabeledImages::load_idx(ti, tl)),
@@ -166,25 +176,21 @@ fn load(args: &Args) -> (LabeledImages, LabeledImages, String) {
 
 fn main() {
     let args = Args::parse();
-    let device = training_device(&args.device).unwrap_or_else(|| {
-        Args::command()
-            .error(
-                ErrorKind::InvalidValue,
-                format!(
-                    "unknown device {:?} (one of: {DEVICE_NAMES})",
-                    args.device
-                ),
-            )
-            .exit()
-    });
+    let device = training_device(&args.device).unwrap_or_else(|e| fail(&e));
     let protocol = Protocol::of(&args);
     let out = args.out.clone().unwrap_or_else(|| {
-        let name = if args.idx_images.is_some() { "idx" } else { args.data.name() };
+        let name = if args.idx_images.is_some() {
+            "idx"
+        } else {
+            args.data.name()
+        };
         PathBuf::from("target/small_batch").join(name)
     });
-    let jobs_in_parallel = args
-        .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let jobs_in_parallel = args.jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
     let (train, test, source) = load(&args);
     let mut jobs = VecDeque::new();
     for &norm in &args.norms {
@@ -213,7 +219,7 @@ fn main() {
     println!(
         "BatchRenorm: the paper's rmax/dmax ramps compressed to each run (relaxation from 1/8 of the run, \
          rmax 3 at its end, dmax 5 at 5/8), momentum max(0.01, 20 / run steps). \
-         CBN: window {CBN_WINDOW}, burn-in {CBN_BURN_IN} iterations."
+         CBN: window {CBN_WINDOW}, burn-in {CBN_BURN_IN} steps."
     );
 
     let started = Instant::now();
@@ -289,12 +295,16 @@ fn main() {
     let duration = started.elapsed().as_secs_f64();
 
     let table = markdown_table(&results, &args.norms, &protocol.columns);
+    let data_name = if args.idx_images.is_some() {
+        "IDX files"
+    } else {
+        args.data.title()
+    };
     let title = format!(
-        "Test accuracy, mean of {} seed(s), {} epoch(s)",
+        "{data_name}: test accuracy, mean of {} seed(s), {} epoch(s)",
         protocol.seeds, protocol.epochs
     );
-    std::fs::create_dir_all(&out)
-        .unwrap_or_else(|e| fail(&format!("{}: {e}", out.display())));
+    std::fs::create_dir_all(&out).unwrap_or_else(|e| fail(&format!("{}: {e}", out.display())));
     let write = |name: &str, text: String| {
         let path = out.join(name);
         std::fs::write(&path, text).unwrap_or_else(|e| fail(&format!("{}: {e}", path.display())));
@@ -308,19 +318,11 @@ fn main() {
             duration
         ),
     );
-    let csv_path = write(
-        "results.csv",
-        csv(&results, &args.norms, &protocol.columns),
-    );
+    let csv_path = write("results.csv", csv(&results, &args.norms, &protocol.columns));
     let svg = write(
         "accuracy.svg",
-        svg_plot(
-            &results,
-            &args.norms,
-            &protocol.columns,
-            &title,
-        )
-        .unwrap_or_else(|e| fail(&format!("drawing the plot: {e}"))),
+        svg_plot(&results, &args.norms, &protocol.columns, &title)
+            .unwrap_or_else(|e| fail(&format!("drawing the plot: {e}"))),
     );
     println!(
         "\n{title}, {} runs in {:.0} s\n\n{table}",

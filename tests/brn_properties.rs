@@ -218,7 +218,7 @@ fn resume(device: &Device) {
     let path = dir.join("brn.bpk");
     first.save_file(&path).unwrap();
     let fresh = config.init(device).load_checkpoint(&path).unwrap();
-    assert_eq!(fresh.step(), n as usize);
+    assert_eq!(fresh.steps(), n as usize);
     let (resumed, outputs_resumed) = train(fresh, n, m, device);
     std::fs::remove_dir_all(&dir).ok();
 

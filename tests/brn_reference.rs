@@ -87,7 +87,7 @@ fn replay(device: &Device, path: &Path) -> Result<(), String> {
 
     for (i, step) in fixture.steps.iter().enumerate() {
         let at = |tensor: &str| format!("step {i} ({}), {tensor}", step.mode);
-        if layer.step() as u64 != step.num_batches_tracked_before {
+        if layer.steps() as u64 != step.num_batches_tracked_before {
             layer.steps = counter(step.num_batches_tracked_before, device);
         }
         if let (Some(rmax), Some(dmax)) = (step.rmax, step.dmax) {
@@ -124,11 +124,11 @@ fn replay(device: &Device, path: &Path) -> Result<(), String> {
             RTOL,
             ATOL,
         )?;
-        if layer.step() as u64 != step.num_batches_tracked {
+        if layer.steps() as u64 != step.num_batches_tracked {
             return Err(format!(
                 "{}: {} , expected {}",
                 at("num_batches_tracked"),
-                layer.step(),
+                layer.steps(),
                 step.num_batches_tracked
             ));
         }

@@ -43,10 +43,7 @@ fn snapshot(layer: &Conv2dCbn) -> Snapshot {
             "running_var".into(),
             layer.norm.running_var.value_sync().into_data(),
         ),
-        (
-            "iterations".into(),
-            layer.norm.iterations.to_tensor().into_data(),
-        ),
+        ("steps".into(), layer.norm.steps.to_tensor().into_data()),
         ("history.mean".into(), h.mean.value_sync().into_data()),
         ("history.mean_sq".into(), h.mean_sq.value_sync().into_data()),
         (
@@ -348,7 +345,7 @@ fn cbn_state_does_not_chain_steps() {
         vec![
             ("running_mean", norm.running_mean.value_sync().is_tracked()),
             ("running_var", norm.running_var.value_sync().is_tracked()),
-            // `iterations` and `history.fill` are host counts
+            // `steps` and `history.fill` are host counts
             // (HostCounter), outside any graph.
             ("history.mean", history.mean.value_sync().is_tracked()),
             ("history.mean_sq", history.mean_sq.value_sync().is_tracked()),

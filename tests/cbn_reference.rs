@@ -198,12 +198,12 @@ fn replay(device: &Device, path: &Path) -> Result<(), String> {
             ));
         }
         // The reference counts iterations only when burn-in is on; this
-        // layer always counts training iterations.
-        if fixture.config.burnin > 0 && layer.norm.iterations() != step.iter_count {
+        // layer always counts training steps.
+        if fixture.config.burnin > 0 && layer.norm.steps() != step.iter_count {
             return Err(format!(
                 "{}: {}, expected {}",
                 at("iter_count"),
-                layer.norm.iterations(),
+                layer.norm.steps(),
                 step.iter_count
             ));
         }

@@ -34,7 +34,7 @@ fn from_batch_norm(device: &Device) {
     let bn = trained_batch_norm(4, 1e-5, inner);
     let expected = to_vec(bn.forward(x4.clone()));
     let brn = BatchRenorm::from_batch_norm(&bn, &BatchRenormConfig::new(4), 1234).unwrap();
-    assert_eq!(brn.step(), 1234);
+    assert_eq!(brn.steps(), 1234);
     check_close(
         "BRN from BatchNorm",
         &brn.forward(x4.clone()).into_data(),
@@ -227,7 +227,7 @@ fn pytorch_import(device: &Device) {
         .with_epsilon(case.eps)
         .with_eps_placement(EpsPlacement::OnStd);
     let brn = dict.batch_renorm("norm.", &brn_config, inner).unwrap();
-    assert!(brn.step() > 0, "num_batches_tracked imported");
+    assert!(brn.steps() > 0, "num_batches_tracked imported");
     let y = brn.forward(conv.forward(case.input.tensor(inner)));
     check_matmul(
         "brn2d_after_conv eval output",

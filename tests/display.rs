@@ -15,7 +15,7 @@ fn layers_print_their_configuration() {
         "BatchRenorm",
         "num_features: 4",
         "momentum: 0.01",
-        "step: 0",
+        "steps: 0",
     ] {
         assert!(text.contains(part), "{part} in {text}");
     }
@@ -38,7 +38,7 @@ fn layers_print_their_configuration() {
         "Conv2dCbn",
         "CrossIterBatchNorm",
         "window: 4",
-        "iterations: 0",
+        "steps: 0",
         "history_len: 0",
     ] {
         assert!(text.contains(part), "{part} in {text}");

@@ -1,4 +1,4 @@
-//! `HostCounter`, the step counts (BRN's `steps`, CBN's `iterations` and
+//! `HostCounter`, the step counts (BRN's and CBN's `steps` and
 //! `history.fill`) kept on the host: its record is the one a
 //! `RunningState<Tensor<1>>` field wrote (checkpoints of either layout
 //! load into the other), it behaves like burn's state under clone, `valid`,
@@ -188,9 +188,9 @@ fn burn_in_skips_window(device: &Device) {
         let _ = out.sum().backward();
         let expected = (step as usize + 1).saturating_sub(2);
         assert_eq!(
-            (jacobians_asked.get(), norm.history_len(), norm.iterations()),
+            (jacobians_asked.get(), norm.history_len(), norm.steps()),
             (expected, expected, step as usize + 1),
-            "after step {step}: (Jacobians asked, history entries, iterations)"
+            "after step {step}: (Jacobians asked, history entries, steps)"
         );
     }
 }
@@ -215,9 +215,9 @@ fn counter_moves_through_burn_store_and_optimizer_steps() {
         let grads = GradientsParams::from_grads(loss.sum().backward(), &trained);
         trained = optim.step(0.1, trained, grads);
     }
-    assert_eq!(trained.step(), 5, "optimizer steps kept the count");
+    assert_eq!(trained.steps(), 5, "optimizer steps kept the count");
     let snapshots = trained.collect(None, None, false);
     let mut fresh: BatchRenorm = BatchRenormConfig::new(2).init(&device);
     let result = fresh.apply(snapshots, None, None, false);
-    assert_eq!(fresh.step(), 5, "burn-store applied the count: {result:?}");
+    assert_eq!(fresh.steps(), 5, "burn-store applied the count: {result:?}");
 }

@@ -50,7 +50,7 @@ fn brn_non_finite_batch_leaves_state(device: &Device) {
             assert_ne!(b[0], a[0], "{bad}: running {stat} of channel 0 updated");
             assert_ne!(b[2], a[2], "{bad}: running {stat} of channel 2 updated");
         }
-        assert_eq!(guarded.step(), 2, "{bad}: the step is counted");
+        assert_eq!(guarded.steps(), 2, "{bad}: the step is counted");
         let _ = guarded.forward(batch(3, None, device));
         let state = [
             guarded.running_mean.value_sync(),
@@ -170,7 +170,7 @@ fn cbn_non_finite_batch_leaves_state(device: &Device) {
             mean_sq[2] - mean[2] * mean[2] >= 0.0 && mean_sq[3] - mean[3] * mean[3] >= 0.0,
             "{bad}: group 1's entry is a real one: {mean:?} {mean_sq:?}"
         );
-        assert_eq!(block.norm.iterations(), 3, "{bad}: the step is counted");
+        assert_eq!(block.norm.steps(), 3, "{bad}: the step is counted");
         for seed in [4, 5] {
             let output = to_vec(block.forward(image(seed, None, device)));
             assert!(

@@ -221,7 +221,11 @@ fn fashion_loads_as_shipped() {
     assert_eq!((test.rows, test.cols, test.len()), (28, 28, 2_000));
     assert_eq!(class_counts(&train), [1_000; 10]);
     assert_eq!(class_counts(&test), [200; 10]);
-    assert!(train.images.iter().flatten().all(|p| (0.0..=1.0).contains(p)));
+    assert!(train
+        .images
+        .iter()
+        .flatten()
+        .all(|p| (0.0..=1.0).contains(p)));
     assert_eq!((train.labels[0], byte_sum(&train.images[0])), (3, 29_376));
     assert_eq!((test.labels[0], byte_sum(&test.images[0])), (7, 30_199));
 }
@@ -234,7 +238,11 @@ fn digits_load_as_shipped() {
     assert_eq!((test.rows, test.cols, test.len()), (8, 8, 360));
     assert_eq!(class_counts(&train).iter().sum::<usize>(), 1437);
     assert!(class_counts(&test).iter().all(|&n| n > 20));
-    assert!(train.images.iter().flatten().all(|p| (0.0..=1.0).contains(p)));
+    assert!(train
+        .images
+        .iter()
+        .flatten()
+        .all(|p| (0.0..=1.0).contains(p)));
 }
 
 /// A few training steps on a handful of Fashion images: BRN and CBN at
@@ -292,7 +300,11 @@ fn report_shows_every_configuration() {
     let cols = columns(&[1, 2], &[Sampling::Iid, Sampling::Paired]);
     assert_eq!(
         cols,
-        [(1, Sampling::Iid), (2, Sampling::Iid), (2, Sampling::Paired)]
+        [
+            (1, Sampling::Iid),
+            (2, Sampling::Iid),
+            (2, Sampling::Paired)
+        ]
     );
     assert_eq!(
         markdown_table(&results, &norms, &cols),
@@ -309,13 +321,24 @@ fn report_shows_every_configuration() {
     assert_eq!(csv.lines().count(), 7);
     let svg = svg_plot(&results, &norms, &cols, "accuracy").unwrap();
     assert!(svg.starts_with("<svg"), "{svg}");
-    for text in ["iid batches", "paired batches", "BatchNorm", "CBN", "batch size", "accuracy"] {
+    for text in [
+        "iid batches",
+        "paired batches",
+        "BatchNorm",
+        "CBN",
+        "batch size",
+        "accuracy",
+    ] {
         assert!(svg.contains(text), "{text} missing from the plot");
     }
     // In each normalization's colour: one line per panel and one legend
     // entry per panel; one marker per configuration.
     for colour in ["#D62728", "#1F77B4"] {
-        assert_eq!(svg.matches(&format!("stroke=\"{colour}\"")).count(), 4, "{colour}");
+        assert_eq!(
+            svg.matches(&format!("stroke=\"{colour}\"")).count(),
+            4,
+            "{colour}"
+        );
     }
     assert_eq!(svg.matches("<circle").count(), 6);
 }

@@ -13,20 +13,32 @@ use std::path::Path;
 
 use burn::tensor::Device;
 
-/// The backends the examples train on, by name (`--device`).
-pub const DEVICE_NAMES: &str = "flex, ndarray (CPU), wgpu (with `--features wgpu`)";
+/// The backends the examples train on, by name (`--device`): flex and
+/// ndarray (CPU), and wgpu when built with `--features wgpu`.
+#[cfg(feature = "wgpu")]
+pub const DEVICE_NAMES: [&str; 3] = ["flex", "ndarray", "wgpu"];
+/// The backends the examples train on, by name (`--device`): flex and
+/// ndarray (CPU), and wgpu when built with `--features wgpu`.
+#[cfg(not(feature = "wgpu"))]
+pub const DEVICE_NAMES: [&str; 2] = ["flex", "ndarray"];
 
-/// The autodiff device called `name` (see [`DEVICE_NAMES`]), or `None`.
-pub fn training_device(name: &str) -> Option<Device> {
+/// The autodiff device called `name` (one of [`DEVICE_NAMES`]), or why it
+/// cannot be used.
+pub fn training_device(name: &str) -> Result<Device, String> {
     let device = match name {
         "flex" => Device::flex(),
         #[allow(deprecated)]
         "ndarray" => Device::ndarray(),
         #[cfg(feature = "wgpu")]
-        "wgpu" => bnorm::wgpu::device_or_explain(),
-        _ => return None,
+        "wgpu" => bnorm::wgpu::device().map_err(|e| e.to_string())?,
+        _ => {
+            return Err(format!(
+                "unknown device {name:?} (one of: {})",
+                DEVICE_NAMES.join(", ")
+            ))
+        }
     };
-    Some(device.autodiff())
+    Ok(device.autodiff())
 }
 
 /// The data sets shipped in `data/` (each with its attribution in
@@ -49,6 +61,14 @@ impl DataSet {
         }
     }
 
+    /// The data set's name in titles.
+    pub fn title(self) -> &'static str {
+        match self {
+            DataSet::Digits => "UCI digits",
+            DataSet::Fashion => "Fashion-MNIST",
+        }
+    }
+
     /// Where the data set comes from, for the report.
     pub fn source(self) -> &'static str {
         match self {
@@ -61,7 +81,9 @@ impl DataSet {
     pub fn load(self) -> Result<(LabeledImages, LabeledImages), String> {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
         match self {
-            DataSet::Digits => Ok(LabeledImages::load_csv_gz(&dir.join("optdigits-1797.csv.gz"))?.split(0)),
+            DataSet::Digits => {
+                Ok(LabeledImages::load_csv_gz(&dir.join("optdigits-1797.csv.gz"))?.split(0))
+            }
             DataSet::Fashion => {
                 let dir = dir.join("fashion-mnist-12k");
                 let set = |name: &str| {

@@ -15,7 +15,7 @@ use burn::tensor::{Device, Tensor};
 
 /// CBN window `k` in the demo: the current iteration and 7 earlier ones.
 pub const CBN_WINDOW: usize = 8;
-/// CBN burn-in in iterations: plain BatchNorm statistics for the first 100
+/// CBN burn-in in training steps: plain BatchNorm statistics for the first 100
 /// steps, while the weights move fastest and the Taylor step is least
 /// accurate.
 pub const CBN_BURN_IN: usize = 100;

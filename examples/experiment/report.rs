@@ -67,7 +67,10 @@ pub fn columns(batch_sizes: &[usize], samplings: &[Sampling]) -> Vec<(usize, Sam
 }
 
 /// The distinct values of `key` over `columns`, in order of appearance.
-fn distinct<T: PartialEq>(columns: &[(usize, Sampling)], key: impl Fn(&(usize, Sampling)) -> T) -> Vec<T> {
+fn distinct<T: PartialEq>(
+    columns: &[(usize, Sampling)],
+    key: impl Fn(&(usize, Sampling)) -> T,
+) -> Vec<T> {
     let mut values = Vec::new();
     for column in columns {
         let value = key(column);
@@ -152,7 +155,11 @@ pub fn svg_plot(
     let y_min = ((lowest / 10.0).floor() * 10.0).clamp(0.0, 90.0);
     let log_b: Vec<f64> = batch_sizes.iter().map(|&b| (b as f64).log2()).collect();
     let x_lo = log_b.iter().copied().fold(f64::INFINITY, f64::min);
-    let x_hi = log_b.iter().copied().fold(f64::NEG_INFINITY, f64::max).max(x_lo + 1.0);
+    let x_hi = log_b
+        .iter()
+        .copied()
+        .fold(f64::NEG_INFINITY, f64::max)
+        .max(x_lo + 1.0);
     let pad = 0.05 * (x_hi - x_lo);
     let mut svg = String::new();
     {
@@ -195,7 +202,11 @@ pub fn svg_plot(
                     .legend(move |(x, y)| {
                         PathElement::new([(x, y), (x + 20, y)], color.stroke_width(3))
                     });
-                chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, color.filled())))?;
+                chart.draw_series(
+                    points
+                        .into_iter()
+                        .map(|p| Circle::new(p, 3, color.filled())),
+                )?;
             }
             chart
                 .configure_series_labels()

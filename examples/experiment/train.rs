@@ -10,7 +10,7 @@ use burn::optim::{GradientsParams, SgdConfig};
 use burn::tensor::Device;
 use burn::tensor::{Int, Tensor, TensorData};
 
-use super::model::{SmallCnn, Norm};
+use super::model::{Norm, SmallCnn};
 use super::{LabeledImages, SplitMix64};
 
 /// How training batches are drawn each epoch.

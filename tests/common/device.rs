@@ -74,7 +74,7 @@ pub fn baseline() -> Device {
 /// burn-wgpu's default device, with a clear message when there is none.
 #[cfg(feature = "wgpu")]
 pub fn wgpu_device() -> Device {
-    bnorm::wgpu::device_or_explain()
+    bnorm::wgpu::device().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Calls the test body `$body(&device, args...)` on the autodiff device of
@@ -116,41 +116,4 @@ pub fn sync_device(device: &Device) {
     device
         .sync()
         .unwrap_or_else(|e| panic!("the device failed while finishing the test: {e:?}"));
-}
-
-/// Checks a `device_or_explain`: either a device that sums `[1, 2, 4]` to 7,
-/// or one panic that starts with `prefix`, carries the runtime's own reason
-/// (raised on its device thread; the caller's thread only sees a channel
-/// close, `RecvError`) and names `needed`. With `BNORM_EXPECT_NO_DEVICE`
-/// set, the panic is required.
-#[cfg(feature = "wgpu")]
-pub fn check_device_or_explain(
-    device_or_explain: impl FnOnce() -> Device + std::panic::UnwindSafe,
-    prefix: &str,
-    needed: &str,
-) {
-    let expect_none = std::env::var_os("BNORM_EXPECT_NO_DEVICE").is_some();
-    match std::panic::catch_unwind(device_or_explain) {
-        Ok(device) if expect_none => {
-            panic!("BNORM_EXPECT_NO_DEVICE is set, but a device came: {device:?}")
-        }
-        Ok(device) => {
-            let sum: f32 = burn::tensor::Tensor::<1>::from_floats([1.0, 2.0, 4.0], &device)
-                .sum()
-                .into_scalar();
-            assert_eq!(sum, 7.0);
-        }
-        Err(panic) => {
-            let message = panic.downcast_ref::<String>().cloned().unwrap_or_default();
-            assert!(message.starts_with(prefix), "{message}");
-            assert!(!message.contains("RecvError"), "{message}");
-            // From cubecl's device-server thread, not from another test
-            // panicking (on purpose) at the same moment.
-            assert!(
-                message[prefix.len()..].starts_with("[thread 'DS"),
-                "{message}"
-            );
-            assert!(message.contains(needed), "{message}");
-        }
-    }
 }

@@ -15,7 +15,7 @@
 //! by zero).
 //!
 //! Burn-in delays or ramps how many history entries are used: a function of
-//! the iteration count, which the layer keeps on the host
+//! the step count, which the layer keeps on the host
 //! ([`HostCounter`](crate::HostCounter)), so a burn-in step is plain
 //! BatchNorm with no window work at all.
 
@@ -25,7 +25,7 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use crate::shape::sum_axis;
 use crate::CompensatedMoments;
 
-/// How the history is phased in during the first `burn_in` iterations.
+/// How the history is phased in during the first `burn_in` training steps.
 #[derive(Config, Debug, Copy, PartialEq, Eq)]
 pub enum BurnInMode {
     /// No history while `iteration <= burn_in`, the full window after.

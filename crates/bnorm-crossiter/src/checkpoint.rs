@@ -11,7 +11,7 @@ macro_rules! checkpoint {
         impl $module {
             /// Loads a checkpoint written with
             /// [`Module::save_file`](burn::module::Module::save_file): the
-            /// parameters, running statistics, iteration count and the
+            /// parameters, running statistics, step count and the
             /// whole history window, each checked against this module's
             /// shape (channels, window, layer shape, bias or not) by
             /// burn's loader. A file that cannot be read or does not fit

@@ -63,7 +63,7 @@ pub struct CrossIterBatchNormConfig {
     /// averaging of stale statistics. Default: 1.
     #[config(default = 1.0)]
     pub rho: f64,
-    /// Iterations before the history is phased in (see `burn_in_mode`).
+    /// Training steps before the history is phased in (see `burn_in_mode`).
     /// Default: 0 (the full window from the first step).
     #[config(default = 0)]
     pub burn_in: usize,
@@ -104,7 +104,7 @@ pub struct CrossIterBatchNormConfig {
     /// with a NaN or an infinity leaves the running mean and variance of
     /// the channels it reaches as they were, and records a history entry
     /// that the window leaves out for the weight groups it reaches. The
-    /// iteration count and the history's fill still count the step (they
+    /// step count and the history's fill still count the step (they
     /// are kept on the host, and a decision on the device costs no
     /// synchronization), so burn-in moves on and the bad step takes a
     /// place in the window, empty for those channels. Default: true.
@@ -162,7 +162,7 @@ impl CrossIterBatchNormConfig {
             training: Param::from_bool(true),
             running_mean: AveragedState::new(Tensor::zeros([c], device)),
             running_var: AveragedState::new(Tensor::ones([c], device)),
-            iterations: HostCounter::new(device),
+            steps: HostCounter::new(device),
             history,
             num_features: c,
             window: self.window,

@@ -43,7 +43,7 @@ use crate::{PlainVariance, RunningStatistics, WeightLayout};
 /// Use it through [`Conv2dCbn`](crate::Conv2dCbn) or
 /// [`LinearCbn`](crate::LinearCbn), or from a custom layer with
 /// [`forward_with`](Self::forward_with). Everything a resumed run needs —
-/// running statistics, iteration counter and the whole history — is in the
+/// running statistics, step counter and the whole history — is in the
 /// record.
 #[derive(Module, Debug)]
 #[module(custom_display)]
@@ -60,8 +60,8 @@ pub struct CrossIterBatchNorm {
     pub running_mean: AveragedState<1>,
     /// Running variance, `[C]`.
     pub running_var: AveragedState<1>,
-    /// Training iterations seen (saved as `[1]`).
-    pub iterations: HostCounter,
+    /// Training steps seen (saved as `[1]`).
+    pub steps: HostCounter,
     /// The window's history (absent for `window = 1`).
     pub history: Option<CbnHistory>,
     /// Number of channels `C`.
@@ -73,7 +73,7 @@ pub struct CrossIterBatchNorm {
     pub layout: WeightLayout,
     /// Taylor compensation factor.
     pub rho: f64,
-    /// Burn-in length in iterations.
+    /// Burn-in length in training steps.
     pub burn_in: usize,
     /// How the history is phased in.
     #[module(skip)]
@@ -173,9 +173,9 @@ impl CrossIterBatchNorm {
         self.inference_affine().apply(y)
     }
 
-    /// Training iterations seen, on the host.
-    pub fn iterations(&self) -> usize {
-        self.iterations.get() as usize
+    /// Training steps seen, on the host.
+    pub fn steps(&self) -> usize {
+        self.steps.get() as usize
     }
 
     /// History entries held, on the host (0 for `window = 1`).
@@ -197,7 +197,7 @@ impl CrossIterBatchNorm {
         // Counted on the host: this step's iteration (1-based) decides the
         // burn-in without a device operation; the counter itself moves last,
         // once nothing can panic.
-        let iteration = (self.iterations.get() + 1.0).min(COUNT_SATURATION) as usize;
+        let iteration = (self.steps.get() + 1.0).min(COUNT_SATURATION) as usize;
         // The history and the entries it holds after this step's push.
         let mut push = None;
         let statistics = match &self.history {
@@ -269,7 +269,7 @@ impl CrossIterBatchNorm {
         };
         blend(&self.running_mean, stat_mean);
         blend(&self.running_var, stat_var);
-        self.iterations.increment();
+        self.steps.increment();
         step.output
     }
 }
@@ -287,7 +287,7 @@ impl ModuleDisplay for CrossIterBatchNorm {
             .add("momentum", &self.momentum)
             .add("epsilon", &self.epsilon)
             .add("affine", &self.gamma.is_some())
-            .add("iterations", &self.iterations())
+            .add("steps", &self.steps())
             .add("history_len", &self.history_len());
         bnorm_core::mode::with_training_flag(content, &self.training)
     }

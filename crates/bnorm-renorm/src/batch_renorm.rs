@@ -147,7 +147,7 @@ impl BatchRenorm {
     }
 
     /// The step counter `n` on the host (training batches seen).
-    pub fn step(&self) -> usize {
+    pub fn steps(&self) -> usize {
         self.steps.get() as usize
     }
 
@@ -258,7 +258,7 @@ impl ModuleDisplay for BatchRenorm {
             .add("epsilon", &self.epsilon)
             .add("eps_placement", &format!("{:?}", self.eps_placement))
             .add("affine", &self.gamma.is_some())
-            .add("step", &self.step());
+            .add("steps", &self.steps());
         bnorm_core::mode::with_training_flag(content, &self.training)
     }
 }
