@@ -1,12 +1,11 @@
 use burn::config::Config;
-use burn::module::Module;
 use burn::nn::conv::{Conv1d, Conv1dConfig};
 use burn::nn::{Initializer, PaddingConfig1d};
 use burn::tensor::{Device, Tensor};
 
 use bnorm_core::{conv1d_moment_jacobians, Conv1dGeometry};
 
-use crate::conv_block::{check_conv_extent, check_conv_input, check_conv_output, same_padding};
+use crate::conv_block::{conv_cbn_block, same_padding, ConvExtent};
 use crate::{CrossIterBatchNorm, CrossIterBatchNormConfig, WeightLayout};
 
 /// Configuration of a [`Conv1dCbn`]: burn's `Conv1dConfig` fields with the
@@ -92,115 +91,38 @@ impl Conv1dCbnConfig {
     }
 }
 
-/// A burn `Conv1d` followed by [`CrossIterBatchNorm`]: CBN for signals and
-/// sequences `[N, C, L]`.
-///
-/// As [`Conv2dCbn`](crate::Conv2dCbn): the Jacobians of the output moments
-/// with respect to the conv weight are computed in closed form from the
-/// conv input and output (one extra weight-gradient convolution per
-/// training step, see [`bnorm_core::conv1d_jacobian`]), and the history,
-/// with everything a resumed run needs, is in the record.
-#[derive(Module, Debug)]
-pub struct Conv1dCbn {
-    /// The convolution.
-    pub conv: Conv1d,
-    /// The normalization of its output.
-    pub norm: CrossIterBatchNorm,
+conv_cbn_block! {
+    /// A burn `Conv1d` followed by [`CrossIterBatchNorm`]: CBN for signals
+    /// and sequences `[N, C, L]`.
+    ///
+    /// As [`Conv2dCbn`](crate::Conv2dCbn): the Jacobians of the output
+    /// moments with respect to the conv weight are computed in closed form
+    /// from the conv input and output (one extra weight-gradient
+    /// convolution per training step, see [`bnorm_core::conv1d_jacobian`]),
+    /// and the history, with everything a resumed run needs, is in the
+    /// record.
+    Conv1dCbn {
+        conv: Conv1d,
+        rank: 3,
+        conv_fn: "conv1d",
+        axes: "length",
+        input: "[batch_size, channels_in, length]",
+        output: "[batch_size, channels_out, length_out]",
+        panics_also: "",
+        geometry: Conv1dGeometry,
+        jacobians: conv1d_moment_jacobians,
+    }
 }
 
 impl Conv1dCbn {
-    /// `norm(conv(x))`: training or inference as burn's `BatchNorm`.
-    ///
-    /// # Shapes
-    ///
-    /// - `input`: `[batch_size, channels_in, length]`
-    /// - output: `[batch_size, channels_out, length_out]`
-    ///
-    /// # Panics
-    ///
-    /// If `input` does not have `channels_in` channels, or its spatial
-    /// axes, padded, are smaller than the dilated kernel (the state is
-    /// untouched then).
-    pub fn forward(&self, input: Tensor<3>) -> Tensor<3> {
-        let geometry = self.check_input(&input.dims());
-        let y = self.conv.forward(input.clone());
-        self.normalize_checked(input, y, geometry)
-    }
-
-    /// `norm(y)` for `y = conv(input)` computed by the caller with this
-    /// layer's `conv` weight and bias — for a convolution kernel other than
-    /// burn's `conv1d` (a faster one for the backend, a fused one). Equal to
-    /// [`forward`](Self::forward) when `conv_output` is
-    /// `self.conv.forward(input)`.
-    ///
-    /// `input` is needed because the weight Jacobians of the moments are
-    /// computed from the conv's input and output; an output that is not
-    /// this conv's would make the compensation wrong.
-    ///
-    /// # Shapes
-    ///
-    /// - `input`: `[batch_size, channels_in, length]`
-    /// - `conv_output`: `[batch_size, channels_out, length_out]`, the conv's
-    ///   output size for `input`
-    /// - output: as `conv_output`
-    ///
-    /// # Panics
-    ///
-    /// As [`forward`](Self::forward), and if `conv_output` is not the conv's
-    /// output shape for `input` (the state is untouched then).
-    pub fn forward_conv_output(&self, input: Tensor<3>, conv_output: Tensor<3>) -> Tensor<3> {
-        let dims = input.dims();
-        let geometry = self.check_input(&dims);
-        let length = geometry.output_len(dims[2], self.conv.kernel_size);
-        let expected = [dims[0], self.norm.num_features, length];
-        check_conv_output("Conv1dCbn", &dims, &conv_output.dims(), expected);
-        self.normalize_checked(input, conv_output, geometry)
-    }
-
-    /// Checks an input of shape `dims` (see `forward`'s panics) and returns
-    /// the conv's geometry for it.
-    fn check_input(&self, dims: &[usize; 3]) -> Conv1dGeometry {
-        check_conv_input(
-            "Conv1dCbn",
-            "length",
-            dims,
-            (&self.conv.weight, self.conv.groups),
-        );
-        let geometry = self.geometry(dims[2]);
-        check_conv_extent(
-            "Conv1dCbn",
-            "length",
-            dims,
-            &[self.conv.kernel_size],
-            &[geometry.dilation],
-            &[geometry.padding],
-        );
-        geometry
-    }
-
-    /// The normalization of `y = conv(input)`, both shapes checked;
-    /// `geometry` is the conv's for this input size.
-    fn normalize_checked(
-        &self,
-        input: Tensor<3>,
-        y: Tensor<3>,
-        geometry: Conv1dGeometry,
-    ) -> Tensor<3> {
-        self.norm.forward_conv(
-            input,
-            y,
-            (&self.conv.weight, &self.conv.bias, self.conv.groups),
-            |x, y, weight_dims| conv1d_moment_jacobians(x, y, weight_dims, geometry),
-        )
-    }
-
-    /// The conv's geometry with its padding resolved for an input of
-    /// `length` as burn's `Conv1d` resolves it.
-    fn geometry(&self, length: usize) -> Conv1dGeometry {
+    /// The conv's geometry for an input of shape `dims`, its padding
+    /// resolved as burn's `Conv1d` resolves it (`Same`: the extra value of
+    /// an odd total goes to the end).
+    fn resolve_geometry(&self, dims: &[usize; 3]) -> Conv1dGeometry {
         let conv = &self.conv;
         let padding = match &conv.padding {
             PaddingConfig1d::Valid => [0, 0],
-            PaddingConfig1d::Same => same_padding(conv.kernel_size, conv.stride, length),
+            PaddingConfig1d::Same => same_padding(conv.kernel_size, conv.stride, dims[2]),
             PaddingConfig1d::Explicit(left, right) => [*left, *right],
         };
         Conv1dGeometry {
@@ -209,5 +131,21 @@ impl Conv1dCbn {
             dilation: conv.dilation,
             groups: conv.groups,
         }
+    }
+
+    /// The conv's output shape for an input of shape `dims`.
+    fn conv_output_dims(&self, dims: &[usize; 3], geometry: &Conv1dGeometry) -> [usize; 3] {
+        let length = geometry.output_len(dims[2], self.conv.kernel_size);
+        [dims[0], self.norm.num_features, length]
+    }
+
+    /// Kernel, dilation and `[before, after]` padding of the one spatial
+    /// axis.
+    fn kernel_extent(&self, geometry: &Conv1dGeometry) -> ConvExtent {
+        (
+            vec![self.conv.kernel_size],
+            vec![geometry.dilation],
+            vec![geometry.padding],
+        )
     }
 }

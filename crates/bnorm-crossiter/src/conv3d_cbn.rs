@@ -1,12 +1,11 @@
 use burn::config::Config;
-use burn::module::Module;
 use burn::nn::conv::{Conv3d, Conv3dConfig};
 use burn::nn::{Initializer, PaddingConfig3d};
 use burn::tensor::{Device, Tensor};
 
 use bnorm_core::{conv3d_moment_jacobians, Conv3dGeometry};
 
-use crate::conv_block::{check_conv_extent, check_conv_input, check_conv_output, same_padding};
+use crate::conv_block::{conv_cbn_block, same_padding, ConvExtent};
 use crate::{CrossIterBatchNorm, CrossIterBatchNormConfig, WeightLayout};
 
 /// Configuration of a [`Conv3dCbn`]: burn's `Conv3dConfig` fields with the
@@ -93,114 +92,36 @@ impl Conv3dCbnConfig {
     }
 }
 
-/// A burn `Conv3d` followed by [`CrossIterBatchNorm`]: CBN for volumes
-/// (CT, MRI, microscopy stacks), where one sample may be all that fits.
-///
-/// As [`Conv2dCbn`](crate::Conv2dCbn): the Jacobians of the output moments
-/// with respect to the conv weight are computed in closed form from the
-/// conv input and output (one extra weight-gradient convolution per
-/// training step, see [`bnorm_core::conv3d_jacobian`]), and the history,
-/// with everything a resumed run needs, is in the record.
-#[derive(Module, Debug)]
-pub struct Conv3dCbn {
-    /// The convolution.
-    pub conv: Conv3d,
-    /// The normalization of its output.
-    pub norm: CrossIterBatchNorm,
+conv_cbn_block! {
+    /// A burn `Conv3d` followed by [`CrossIterBatchNorm`]: CBN for volumes
+    /// (CT, MRI, microscopy stacks), where one sample may be all that fits.
+    ///
+    /// As [`Conv2dCbn`](crate::Conv2dCbn): the Jacobians of the output
+    /// moments with respect to the conv weight are computed in closed form
+    /// from the conv input and output (one extra weight-gradient
+    /// convolution per training step, see [`bnorm_core::conv3d_jacobian`]),
+    /// and the history, with everything a resumed run needs, is in the
+    /// record.
+    Conv3dCbn {
+        conv: Conv3d,
+        rank: 5,
+        conv_fn: "conv3d",
+        axes: "depth, height, width",
+        input: "[batch_size, channels_in, depth, height, width]",
+        output: "[batch_size, channels_out, depth_out, height_out, width_out]",
+        panics_also: ", or `Same` padding would need more on one side than the other for \
+                      this input size (burn's `Conv3d` pads both sides alike)",
+        geometry: Conv3dGeometry,
+        jacobians: conv3d_moment_jacobians,
+    }
 }
 
 impl Conv3dCbn {
-    /// `norm(conv(x))`: training or inference as burn's `BatchNorm`.
-    ///
-    /// # Shapes
-    ///
-    /// - `input`: `[batch_size, channels_in, depth, height, width]`
-    /// - output: `[batch_size, channels_out, depth_out, height_out, width_out]`
-    ///
-    /// # Panics
-    ///
-    /// If `input` does not have `channels_in` channels, its spatial axes,
-    /// padded, are smaller than the dilated kernel, or `Same` padding
-    /// would need more on one side than the other for this input size
-    /// (burn's `Conv3d` pads both sides alike). The state is untouched then.
-    pub fn forward(&self, input: Tensor<5>) -> Tensor<5> {
-        let geometry = self.check_input(&input.dims());
-        let y = self.conv.forward(input.clone());
-        self.normalize_checked(input, y, geometry)
-    }
-
-    /// `norm(y)` for `y = conv(input)` computed by the caller with this
-    /// layer's `conv` weight and bias — for a convolution kernel other than
-    /// burn's `conv3d` (a faster one for the backend, a fused one). Equal to
-    /// [`forward`](Self::forward) when `conv_output` is
-    /// `self.conv.forward(input)`.
-    ///
-    /// `input` is needed because the weight Jacobians of the moments are
-    /// computed from the conv's input and output; an output that is not
-    /// this conv's would make the compensation wrong.
-    ///
-    /// # Shapes
-    ///
-    /// - `input`: `[batch_size, channels_in, depth, height, width]`
-    /// - `conv_output`: `[batch_size, channels_out, depth_out, height_out,
-    ///   width_out]`, the conv's output size for `input`
-    /// - output: as `conv_output`
-    ///
-    /// # Panics
-    ///
-    /// As [`forward`](Self::forward), and if `conv_output` is not the conv's
-    /// output shape for `input` (the state is untouched then).
-    pub fn forward_conv_output(&self, input: Tensor<5>, conv_output: Tensor<5>) -> Tensor<5> {
-        let dims = input.dims();
-        let geometry = self.check_input(&dims);
-        let size = [dims[2], dims[3], dims[4]];
-        let [depth, height, width] = geometry.output_size(size, self.conv.kernel_size);
-        let expected = [dims[0], self.norm.num_features, depth, height, width];
-        check_conv_output("Conv3dCbn", &dims, &conv_output.dims(), expected);
-        self.normalize_checked(input, conv_output, geometry)
-    }
-
-    /// Checks an input of shape `dims` (see `forward`'s panics) and returns
-    /// the conv's geometry for it.
-    fn check_input(&self, dims: &[usize; 5]) -> Conv3dGeometry {
-        check_conv_input(
-            "Conv3dCbn",
-            "depth, height, width",
-            dims,
-            (&self.conv.weight, self.conv.groups),
-        );
-        let geometry = self.geometry([dims[2], dims[3], dims[4]]);
-        check_conv_extent(
-            "Conv3dCbn",
-            "depth, height, width",
-            dims,
-            &self.conv.kernel_size,
-            &geometry.dilation,
-            &geometry.padding.map(|p| [p, p]),
-        );
-        geometry
-    }
-
-    /// The normalization of `y = conv(input)`, both shapes checked;
-    /// `geometry` is the conv's for this input size.
-    fn normalize_checked(
-        &self,
-        input: Tensor<5>,
-        y: Tensor<5>,
-        geometry: Conv3dGeometry,
-    ) -> Tensor<5> {
-        self.norm.forward_conv(
-            input,
-            y,
-            (&self.conv.weight, &self.conv.bias, self.conv.groups),
-            |x, y, weight_dims| conv3d_moment_jacobians(x, y, weight_dims, geometry),
-        )
-    }
-
-    /// The conv's geometry with its padding resolved for an input of
-    /// `size` (depth, height, width) as burn's `Conv3d` resolves it.
-    fn geometry(&self, size: [usize; 3]) -> Conv3dGeometry {
+    /// The conv's geometry for an input of shape `dims`, its padding
+    /// resolved as burn's `Conv3d` resolves it.
+    fn resolve_geometry(&self, dims: &[usize; 5]) -> Conv3dGeometry {
         let conv = &self.conv;
+        let size = [dims[2], dims[3], dims[4]];
         let padding = match &conv.padding {
             PaddingConfig3d::Valid => [0; 3],
             PaddingConfig3d::Same => {
@@ -224,5 +145,21 @@ impl Conv3dCbn {
             dilation: conv.dilation,
             groups: conv.groups,
         }
+    }
+
+    /// The conv's output shape for an input of shape `dims`.
+    fn conv_output_dims(&self, dims: &[usize; 5], geometry: &Conv3dGeometry) -> [usize; 5] {
+        let size = [dims[2], dims[3], dims[4]];
+        let [depth, height, width] = geometry.output_size(size, self.conv.kernel_size);
+        [dims[0], self.norm.num_features, depth, height, width]
+    }
+
+    /// Kernel, dilation and `[before, after]` padding per spatial axis.
+    fn kernel_extent(&self, geometry: &Conv3dGeometry) -> ConvExtent {
+        (
+            self.conv.kernel_size.to_vec(),
+            geometry.dilation.to_vec(),
+            geometry.padding.map(|p| [p, p]).to_vec(),
+        )
     }
 }

@@ -87,6 +87,10 @@ pub(crate) fn check_conv_output<const D: usize>(
     }
 }
 
+/// A conv's kernel size, dilation and `[before, after]` padding, one entry
+/// per spatial axis.
+pub(crate) type ConvExtent = (Vec<usize>, Vec<usize>, Vec<[usize; 2]>);
+
 /// A convolution's weight `[C, C_in/G, k...]`, bias and groups `G`.
 pub(crate) type ConvParams<'a, const D: usize> =
     (&'a Param<Tensor<D>>, &'a Option<Param<Tensor<1>>>, usize);
@@ -115,3 +119,135 @@ impl CrossIterBatchNorm {
         self.forward_with(y, weight, bias, || jacobians(x_values, y_values, dims))
     }
 }
+
+/// The struct of a conv block of one rank and its `forward` and
+/// `forward_conv_output`, written once for [`Conv1dCbn`](crate::Conv1dCbn),
+/// [`Conv2dCbn`](crate::Conv2dCbn) and [`Conv3dCbn`](crate::Conv3dCbn) so
+/// their code and docs cannot drift. Each block's file supplies its config
+/// and three private methods: `resolve_geometry(&dims)` (the conv's
+/// geometry for an input shape, padding resolved as burn resolves it),
+/// `conv_output_dims(&dims, &geometry)` and `kernel_extent(&geometry)`
+/// (kernel, dilation and `[before, after]` padding per spatial axis).
+macro_rules! conv_cbn_block {
+    (
+        $(#[$struct_doc:meta])*
+        $Block:ident {
+            conv: $Conv:ident,
+            rank: $D:literal,
+            conv_fn: $conv_fn:literal,
+            axes: $axes:literal,
+            input: $input:literal,
+            output: $output:literal,
+            panics_also: $panics_also:literal,
+            geometry: $Geometry:ty,
+            jacobians: $jacobians:path $(,)?
+        }
+    ) => {
+        $(#[$struct_doc])*
+        #[derive(burn::module::Module, Debug)]
+        pub struct $Block {
+            /// The convolution.
+            pub conv: $Conv,
+            /// The normalization of its output.
+            pub norm: CrossIterBatchNorm,
+        }
+
+        impl $Block {
+            /// `norm(conv(x))`: training or inference as burn's `BatchNorm`.
+            ///
+            /// # Shapes
+            ///
+            #[doc = concat!("- `input`: `", $input, "`")]
+            #[doc = concat!("- output: `", $output, "`")]
+            ///
+            /// # Panics
+            ///
+            /// If `input` does not have `channels_in` channels, or its
+            /// spatial axes, padded, are smaller than the dilated kernel
+            #[doc = concat!($panics_also, ". The state is untouched then.")]
+            pub fn forward(&self, input: Tensor<$D>) -> Tensor<$D> {
+                let geometry = self.check_input(&input.dims());
+                let y = self.conv.forward(input.clone());
+                self.normalize_checked(input, y, geometry)
+            }
+
+            /// `norm(y)` for `y = conv(input)` computed by the caller with
+            /// this layer's `conv` weight and bias — for a convolution
+            #[doc = concat!("kernel other than burn's `", $conv_fn, "` (a faster one for the")]
+            /// backend, a fused one). Equal to [`forward`](Self::forward)
+            /// when `conv_output` is `self.conv.forward(input)`.
+            ///
+            /// `input` is needed because the weight Jacobians of the
+            /// moments are computed from the conv's input and output; an
+            /// output that is not this conv's would make the compensation
+            /// wrong.
+            ///
+            /// # Shapes
+            ///
+            #[doc = concat!("- `input`: `", $input, "`")]
+            #[doc = concat!("- `conv_output`: `", $output, "`, the conv's output size for `input`")]
+            /// - output: as `conv_output`
+            ///
+            /// # Panics
+            ///
+            /// As [`forward`](Self::forward), and if `conv_output` is not
+            /// the conv's output shape for `input` (the state is untouched
+            /// then).
+            pub fn forward_conv_output(
+                &self,
+                input: Tensor<$D>,
+                conv_output: Tensor<$D>,
+            ) -> Tensor<$D> {
+                let dims = input.dims();
+                let geometry = self.check_input(&dims);
+                let expected = self.conv_output_dims(&dims, &geometry);
+                $crate::conv_block::check_conv_output(
+                    stringify!($Block),
+                    &dims,
+                    &conv_output.dims(),
+                    expected,
+                );
+                self.normalize_checked(input, conv_output, geometry)
+            }
+
+            /// Checks an input of shape `dims` (see `forward`'s panics) and
+            /// returns the conv's geometry for it.
+            fn check_input(&self, dims: &[usize; $D]) -> $Geometry {
+                $crate::conv_block::check_conv_input(
+                    stringify!($Block),
+                    $axes,
+                    dims,
+                    (&self.conv.weight, self.conv.groups),
+                );
+                let geometry = self.resolve_geometry(dims);
+                let (kernel, dilation, padding) = self.kernel_extent(&geometry);
+                $crate::conv_block::check_conv_extent(
+                    stringify!($Block),
+                    $axes,
+                    dims,
+                    &kernel,
+                    &dilation,
+                    &padding,
+                );
+                geometry
+            }
+
+            /// The normalization of `y = conv(input)`, both shapes checked;
+            /// `geometry` is the conv's for this input size.
+            fn normalize_checked(
+                &self,
+                input: Tensor<$D>,
+                y: Tensor<$D>,
+                geometry: $Geometry,
+            ) -> Tensor<$D> {
+                self.norm.forward_conv(
+                    input,
+                    y,
+                    (&self.conv.weight, &self.conv.bias, self.conv.groups),
+                    |x, y, weight_dims| $jacobians(x, y, weight_dims, geometry),
+                )
+            }
+        }
+    };
+}
+pub(crate) use conv_cbn_block;
