@@ -162,9 +162,12 @@ macro_rules! conv_cbn_block {
             ///
             /// # Panics
             ///
-            /// If `input` does not have `channels_in` channels, or its
-            /// spatial axes, padded, are smaller than the dilated kernel
-            #[doc = concat!($panics_also, ". The state is untouched then.")]
+            #[doc = concat!(
+                "If `input` does not have `channels_in` channels, or its spatial axes, \
+                 padded, are smaller than the dilated kernel",
+                $panics_also,
+                ". The state is untouched then."
+            )]
             pub fn forward(&self, input: Tensor<$D>) -> Tensor<$D> {
                 let geometry = self.check_input(&input.dims());
                 let y = self.conv.forward(input.clone());
