@@ -3,9 +3,8 @@
 
 use crate::common;
 
-use bnorm::core::jacobian::{
-    conv2d_moment_jacobians, linear_moment_jacobians, Conv2dGeometry, HistoryEntries,
-};
+use bnorm::core::compensation::HistoryEntries;
+use bnorm::core::jacobian::{conv2d_moment_jacobians, linear_moment_jacobians, Conv2dGeometry};
 use bnorm::core::moments::channel_mean;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;

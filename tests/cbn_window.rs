@@ -5,7 +5,7 @@
 
 use crate::common;
 
-use bnorm::core::jacobian::CompensatedMoments;
+use bnorm::core::compensation::CompensatedMoments;
 use bnorm::core::moments::{bessel, channel_mean, moments, values_per_channel};
 use bnorm::core::window::{window_statistics, WindowHistory};
 use bnorm::{Conv2dCbn, Conv2dCbnConfig, CrossIterBatchNormConfig, EpsPlacement, LinearCbnConfig};

@@ -6,7 +6,7 @@
 
 use crate::common;
 
-use bnorm::core::jacobian::MomentJacobians;
+use bnorm::core::compensation::MomentJacobians;
 use bnorm::core::COUNT_SATURATION;
 use bnorm::crossiter::WeightLayout;
 use bnorm::{CrossIterBatchNormConfig, HostCounter};

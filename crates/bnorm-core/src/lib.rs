@@ -19,14 +19,17 @@
 //! - [`shape`]: the shape checks and broadcast helpers shared by the layers.
 //! - [`record_check`]: shape errors of conversions and checkpoints.
 //! - [`mode`]: training or inference, as burn's `BatchNorm` decides.
-//! - [`jacobian`]: closed-form Jacobians of moments with respect to a conv
-//!   or linear weight, and the Taylor compensation of history entries
-//!   (computed without autodiff: `inner`, private).
-//! - [`conv1d_jacobian`], [`conv3d_jacobian`]: the same Jacobians for a
-//!   1D and a 3D convolution.
+//! - [`compensation`]: what a CBN history entry keeps and its Taylor
+//!   compensation to the current weight.
 //! - [`window`]: Cross-Iteration BN window statistics and burn-in.
-//! - [`norm_step`]: the CBN training step, `y` to the normalized output,
-//!   with its gradient in closed form ([`closed_form`]).
+//! - [`norm_step`]: the training step both layers share (CBN's plain or
+//!   window statistics, BRN's corrected ones), `y` to the normalized
+//!   output, with its gradient in closed form ([`closed_form`]).
+//! - With the `cross-iter` feature (which `bnorm-crossiter` enables and
+//!   `bnorm-renorm` does not): `jacobian`, closed-form Jacobians of moments
+//!   with respect to a conv2d or linear weight (computed without autodiff),
+//!   and `conv1d_jacobian`, `conv3d_jacobian`, the same for a 1D and a 3D
+//!   convolution.
 //! - [`inference`]: inference-mode normalization as one affine map, and
 //!   folding it into the preceding layer.
 
@@ -52,21 +55,31 @@ pub use record_check::{
     check_record_shape, load_checkpoint, CheckpointError, CheckpointErrorKind, RecordShapeError,
 };
 pub mod closed_form;
-pub mod conv1d_jacobian;
-pub mod conv3d_jacobian;
+pub mod compensation;
 pub mod inference;
-mod inner;
-pub mod jacobian;
 pub mod norm_step;
-mod tap_products;
 pub mod window;
-pub use conv1d_jacobian::{conv1d_moment_jacobians, Conv1dGeometry};
-pub use conv3d_jacobian::{conv3d_moment_jacobians, Conv3dGeometry};
+pub use compensation::{linearize, CompensatedMoments, HistoryEntries, MomentJacobians};
 pub use inference::{compose_affine, InferenceAffine};
-pub use jacobian::{
-    conv2d_moment_jacobians, linear_moment_jacobians, linearize, CompensatedMoments,
-    Conv2dGeometry, HistoryEntries, MomentJacobians,
-};
+
+// The weight Jacobians of the moments, which only CBN's fused blocks
+// compute: a BatchRenorm-only build does not compile them.
+#[cfg(feature = "cross-iter")]
+pub mod conv1d_jacobian;
+#[cfg(feature = "cross-iter")]
+pub mod conv3d_jacobian;
+#[cfg(feature = "cross-iter")]
+mod inner;
+#[cfg(feature = "cross-iter")]
+pub mod jacobian;
+#[cfg(feature = "cross-iter")]
+mod tap_products;
+#[cfg(feature = "cross-iter")]
+pub use conv1d_jacobian::{conv1d_moment_jacobians, Conv1dGeometry};
+#[cfg(feature = "cross-iter")]
+pub use conv3d_jacobian::{conv3d_moment_jacobians, Conv3dGeometry};
+#[cfg(feature = "cross-iter")]
+pub use jacobian::{conv2d_moment_jacobians, linear_moment_jacobians, Conv2dGeometry};
 pub use norm_step::{
     EntriesSource, NormStep, NormStepOutput, RenormTerms, StepStatistics, WindowTerms,
 };
