@@ -1,7 +1,7 @@
 //! The small-batch experiment: BatchNorm degrades as the batch shrinks and
 //! when batches are not drawn i.i.d.; Batch Renormalization and
-//! Cross-Iteration BN hold up. Trains the digits CNN (three 3x3 conv
-//! blocks, 16/32/64 channels) with each normalization, batch size and
+//! Cross-Iteration BN hold up. Trains a small CNN (three 3x3 conv blocks,
+//! 16/32/64 channels) with each normalization, batch size and
 //! sampling, evaluates in inference mode, and writes a table, a CSV and an
 //! SVG plot. On the UCI optical digits (8x8) by default, on Fashion-MNIST
 //! (28x28) with `--data fashion`, or on IDX files of the user's own.
@@ -9,7 +9,7 @@
 //! ```sh
 //! cargo run --release --example small_batch                   # digits: 2 min on 2 cores
 //! cargo run --release --example small_batch -- --data fashion # 28x28 clothing images
-//! cargo run --release --example small_batch -- --quick        # about a minute
+//! cargo run --release --example small_batch -- --quick        # about 20 s
 //! cargo run --release --example small_batch -- --help
 //! ```
 
