@@ -5,7 +5,7 @@ use burn::tensor::{Device, Tensor};
 
 use bnorm_core::{conv1d_moment_jacobians, Conv1dGeometry};
 
-use crate::conv_block::{conv_cbn_block, same_padding, ConvExtent};
+use crate::conv_block::{conv_cbn_block, same_padding};
 use crate::{CrossIterBatchNorm, CrossIterBatchNormConfig, WeightLayout};
 
 /// Configuration of a [`Conv1dCbn`]: burn's `Conv1dConfig` fields with the
@@ -141,11 +141,14 @@ impl Conv1dCbn {
 
     /// Kernel, dilation and `[before, after]` padding of the one spatial
     /// axis.
-    fn kernel_extent(&self, geometry: &Conv1dGeometry) -> ConvExtent {
+    fn kernel_extent(
+        &self,
+        geometry: &Conv1dGeometry,
+    ) -> ([usize; 1], [usize; 1], [[usize; 2]; 1]) {
         (
-            vec![self.conv.kernel_size],
-            vec![geometry.dilation],
-            vec![geometry.padding],
+            [self.conv.kernel_size],
+            [geometry.dilation],
+            [geometry.padding],
         )
     }
 }

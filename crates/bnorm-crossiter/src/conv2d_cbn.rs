@@ -5,7 +5,7 @@ use burn::tensor::{Device, Tensor};
 
 use bnorm_core::{conv2d_moment_jacobians, Conv2dGeometry};
 
-use crate::conv_block::{conv_cbn_block, same_padding, ConvExtent};
+use crate::conv_block::{conv_cbn_block, same_padding};
 use crate::{CrossIterBatchNorm, CrossIterBatchNormConfig, WeightLayout};
 
 /// Configuration of a [`Conv2dCbn`]: burn's `Conv2dConfig` fields with the
@@ -141,11 +141,10 @@ impl Conv2dCbn {
     }
 
     /// Kernel, dilation and `[before, after]` padding per spatial axis.
-    fn kernel_extent(&self, geometry: &Conv2dGeometry) -> ConvExtent {
-        (
-            self.conv.kernel_size.to_vec(),
-            geometry.dilation.to_vec(),
-            geometry.padding.to_vec(),
-        )
+    fn kernel_extent(
+        &self,
+        geometry: &Conv2dGeometry,
+    ) -> ([usize; 2], [usize; 2], [[usize; 2]; 2]) {
+        (self.conv.kernel_size, geometry.dilation, geometry.padding)
     }
 }

@@ -5,7 +5,7 @@ use burn::tensor::{Device, Tensor};
 
 use bnorm_core::{conv3d_moment_jacobians, Conv3dGeometry};
 
-use crate::conv_block::{conv_cbn_block, same_padding, ConvExtent};
+use crate::conv_block::{conv_cbn_block, same_padding};
 use crate::{CrossIterBatchNorm, CrossIterBatchNormConfig, WeightLayout};
 
 /// Configuration of a [`Conv3dCbn`]: burn's `Conv3dConfig` fields with the
@@ -155,11 +155,11 @@ impl Conv3dCbn {
     }
 
     /// Kernel, dilation and `[before, after]` padding per spatial axis.
-    fn kernel_extent(&self, geometry: &Conv3dGeometry) -> ConvExtent {
-        (
-            self.conv.kernel_size.to_vec(),
-            geometry.dilation.to_vec(),
-            geometry.padding.map(|p| [p, p]).to_vec(),
-        )
+    fn kernel_extent(
+        &self,
+        geometry: &Conv3dGeometry,
+    ) -> ([usize; 3], [usize; 3], [[usize; 2]; 3]) {
+        let padding = geometry.padding.map(|p| [p, p]);
+        (self.conv.kernel_size, geometry.dilation, padding)
     }
 }

@@ -52,17 +52,14 @@ pub(crate) fn check_conv_extent(
     padding: &[[usize; 2]],
 ) {
     let spatial = &dims[2..];
-    let reach: Vec<usize> = kernel
-        .iter()
-        .zip(dilation)
-        .map(|(k, d)| d * (k - 1) + 1)
-        .collect();
+    let reach = || kernel.iter().zip(dilation).map(|(k, d)| d * (k - 1) + 1);
     let fits = spatial
         .iter()
-        .zip(&reach)
+        .zip(reach())
         .zip(padding)
-        .all(|((size, reach), [before, after])| size + before + after >= *reach);
+        .all(|((size, reach), [before, after])| size + before + after >= reach);
     if !fits {
+        let reach: Vec<usize> = reach().collect();
         panic!(
             "{block} expects an input whose {axes} {spatial:?}, padded by {padding:?}, hold the \
              dilated kernel {reach:?}, received shape {dims:?}"
@@ -86,10 +83,6 @@ pub(crate) fn check_conv_output<const D: usize>(
         );
     }
 }
-
-/// A conv's kernel size, dilation and `[before, after]` padding, one entry
-/// per spatial axis.
-pub(crate) type ConvExtent = (Vec<usize>, Vec<usize>, Vec<[usize; 2]>);
 
 /// A convolution's weight `[C, C_in/G, k...]`, bias and groups `G`.
 pub(crate) type ConvParams<'a, const D: usize> =
@@ -127,7 +120,8 @@ impl CrossIterBatchNorm {
 /// and three private methods: `resolve_geometry(&dims)` (the conv's
 /// geometry for an input shape, padding resolved as burn resolves it),
 /// `conv_output_dims(&dims, &geometry)` and `kernel_extent(&geometry)`
-/// (kernel, dilation and `[before, after]` padding per spatial axis).
+/// (kernel, dilation and `[before, after]` padding per spatial axis, as
+/// arrays: the check runs every step and allocates nothing).
 macro_rules! conv_cbn_block {
     (
         $(#[$struct_doc:meta])*
