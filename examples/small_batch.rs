@@ -180,7 +180,7 @@ fn main() {
     let protocol = Protocol::of(&args);
     let out = args.out.clone().unwrap_or_else(|| {
         let name = if args.idx_images.is_some() {
-            "idx"
+            "idx".to_string()
         } else {
             args.data.name()
         };

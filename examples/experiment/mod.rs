@@ -53,12 +53,20 @@ pub enum DataSet {
     Fashion,
 }
 
+/// The name clap parses `value` from (`--norms bn`, `--sampling paired`,
+/// `--data fashion`), so each value is spelled in one place.
+pub fn flag_name(value: impl clap::ValueEnum) -> String {
+    value
+        .to_possible_value()
+        .expect("every value has a name")
+        .get_name()
+        .to_string()
+}
+
 impl DataSet {
-    pub fn name(self) -> &'static str {
-        match self {
-            DataSet::Digits => "digits",
-            DataSet::Fashion => "fashion",
-        }
+    /// Its `--data` name.
+    pub fn name(self) -> String {
+        flag_name(self)
     }
 
     /// The data set's name in titles.

@@ -1,4 +1,4 @@
-//! The digits CNN of the project's protocol: three 3x3 conv blocks (16, 32,
+//! The small CNN of the experiment's protocol: three 3x3 conv blocks (16, 32,
 //! 64 channels, padding 1, no conv bias), each followed by the normalization
 //! and ReLU, a 2x2 max-pool after the second, global average pool, linear to
 //! 10 classes.
@@ -25,7 +25,7 @@ pub const CBN_BURN_IN: usize = 100;
 /// (100 steps) is a sliver of its 40k-step schedule; in a 264-step run
 /// (batch 32, 6 epochs) it would leave 7% of the initial values in the
 /// running statistics at the end, and `r`, `d` would pull towards stale
-/// ones (see the guide's protocol for the measured effect). So the
+/// ones (see docs/experiment.md for the measured effect). So the
 /// averaging spans at most 1/20 of the run:
 /// `max(0.01, 20 / total_steps)`, which leaves batch sizes 1, 2 and 4 at 0.01.
 pub fn brn_momentum(total_steps: usize) -> f64 {
@@ -55,15 +55,9 @@ pub enum Norm {
 }
 
 impl Norm {
-    /// A short tag for progress lines.
-    pub fn short(self) -> &'static str {
-        match self {
-            Norm::BatchNorm => "bn",
-            Norm::BatchRenorm => "brn",
-            Norm::GroupNorm => "gn",
-            Norm::CrossIter => "cbn",
-            Norm::CrossIterReference => "cbn-ref",
-        }
+    /// A short tag for progress lines: its `--norms` name.
+    pub fn short(self) -> String {
+        super::flag_name(self)
     }
 
     pub fn name(self) -> &'static str {

@@ -25,11 +25,9 @@ pub enum Sampling {
 }
 
 impl Sampling {
-    pub fn name(self) -> &'static str {
-        match self {
-            Sampling::Iid => "iid",
-            Sampling::Paired => "paired",
-        }
+    /// Its `--sampling` name.
+    pub fn name(self) -> String {
+        super::flag_name(self)
     }
 }
 
