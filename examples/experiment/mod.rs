@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod idx;
+pub mod learner;
 pub mod model;
 pub mod report;
 pub mod train;

@@ -108,14 +108,20 @@ pub enum Block {
 }
 
 impl Block {
-    fn new(norm: Norm, channels: [usize; 2], total_steps: usize, device: &Device) -> Self {
+    fn new(
+        norm: Norm,
+        channels: [usize; 2],
+        total_steps: usize,
+        cbn_burn_in: usize,
+        device: &Device,
+    ) -> Self {
         let padding = PaddingConfig2d::Explicit(1, 1, 1, 1);
         let c = channels[1];
         let normalization = match norm {
             Norm::CrossIter | Norm::CrossIterReference => {
                 let mut options = CrossIterBatchNormConfig::new(c)
                     .with_window(CBN_WINDOW)
-                    .with_burn_in(CBN_BURN_IN);
+                    .with_burn_in(cbn_burn_in);
                 if norm == Norm::CrossIterReference {
                     options = options.reference();
                 }
@@ -145,6 +151,19 @@ impl Block {
         })
     }
 
+    /// The training steps its normalization counted (none for burn's
+    /// layers, which count none).
+    fn steps(&self) -> Option<usize> {
+        match self {
+            Block::Plain(ConvNorm {
+                norm: Normalization::BatchRenorm(norm),
+                ..
+            }) => Some(norm.steps()),
+            Block::Plain(_) => None,
+            Block::CrossIter(cbn) => Some(cbn.norm.steps()),
+        }
+    }
+
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let y = match self {
             Block::Plain(ConvNorm { conv, norm }) => norm.forward(conv.forward(x)),
@@ -164,15 +183,28 @@ pub struct SmallCnn {
 impl SmallCnn {
     /// `total_steps` sizes schedules that depend on the run length (BRN's).
     pub fn new(norm: Norm, total_steps: usize, device: &Device) -> Self {
+        Self::with_burn_in(norm, total_steps, CBN_BURN_IN, device)
+    }
+
+    /// As [`new`](Self::new), with CBN's burn-in in training steps.
+    pub fn with_burn_in(
+        norm: Norm,
+        total_steps: usize,
+        cbn_burn_in: usize,
+        device: &Device,
+    ) -> Self {
+        let block = |channels| Block::new(norm, channels, total_steps, cbn_burn_in, device);
         SmallCnn {
-            blocks: vec![
-                Block::new(norm, [1, 16], total_steps, device),
-                Block::new(norm, [16, 32], total_steps, device),
-                Block::new(norm, [32, 64], total_steps, device),
-            ],
+            blocks: vec![block([1, 16]), block([16, 32]), block([32, 64])],
             pool: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
             head: LinearConfig::new(64, 10).init(device),
         }
+    }
+
+    /// The training steps each block's normalization counted (empty for
+    /// burn's layers).
+    pub fn norm_steps(&self) -> Vec<usize> {
+        self.blocks.iter().filter_map(Block::steps).collect()
     }
 
     /// `[N, 1, 8, 8]` images to `[N, 10]` logits.

@@ -10,13 +10,15 @@
 //! (CBN's history reads six buffers a step).
 //!
 //! [`AveragedState`] is the same state with the same record (a float
-//! [`Param`], so checkpoints load either way), the same thread semantics,
-//! and one difference: a single update is taken as it is. With updates
-//! from several threads it averages them exactly as `RunningState` does.
+//! [`Param`], so checkpoints load either way) and the same thread
+//! semantics, with two differences: a single update is taken as it is
+//! (with updates from several threads it averages them exactly as
+//! `RunningState` does), and reading the value for a record or a visitor
+//! includes the pending updates without merging them, so a record taken
+//! right after a step holds that step, and a replica that visits the model
+//! in the middle of a data-parallel step changes nothing the others read.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::thread::ThreadId;
 
 use burn::module::{
     Content, Module, ModuleDisplay, ModuleDisplayDefault, ModuleMapper, ModuleVisitor, Param,
@@ -24,17 +26,36 @@ use burn::module::{
 };
 use burn::tensor::{Device, Tensor};
 
+use crate::replica_updates::{Merge, ReplicaUpdates};
+
 /// A tensor state updated during the forward pass, thread-safe; its value
-/// is the average of the latest update of each thread since the last read
+/// is the average of the latest update of each thread since the last merge
 /// (a lone update is taken as it is, not divided by one).
 ///
-/// Clones share the value, as clones of burn's `RunningState` do.
+/// Clones share the value, as clones of burn's `RunningState` do: the
+/// replicas of a data-parallel step each record their update, and the next
+/// step reads their mean (see `replica_updates` for when updates merge).
 #[derive(Clone, Debug)]
 pub struct AveragedState<const D: usize> {
     id: ParamId,
-    /// Each thread's latest update since the value was last synced.
-    updates: Arc<Mutex<HashMap<ThreadId, Tensor<D>>>>,
-    value: Arc<Mutex<Tensor<D>>>,
+    state: Arc<Mutex<ReplicaUpdates<Tensor<D>>>>,
+}
+
+/// The mean of the threads' updates: the lone one as it is, several summed
+/// on the first one's device and divided by their number (burn's
+/// `RunningState` order and arithmetic).
+impl<const D: usize> Merge for Tensor<D> {
+    fn merge(updates: Vec<Self>) -> Self {
+        let count = updates.len();
+        let mut updates = updates.into_iter();
+        let first = updates.next().expect("a merge of at least one update");
+        let device = first.device();
+        let sum = updates.fold(first, |sum, update| update.to_device(&device).add(sum));
+        match count {
+            1 => sum,
+            _ => sum.div_scalar(count as f64),
+        }
+    }
 }
 
 impl<const D: usize> AveragedState<D> {
@@ -46,75 +67,63 @@ impl<const D: usize> AveragedState<D> {
     fn with_id(id: ParamId, value: Tensor<D>) -> Self {
         Self {
             id,
-            updates: Arc::new(Mutex::new(HashMap::new())),
-            value: Arc::new(Mutex::new(value)),
+            state: Arc::new(Mutex::new(ReplicaUpdates::new(value))),
         }
     }
 
-    /// The value as of the last sync: it does not include updates made
-    /// since (see [`value_sync`](Self::value_sync)).
+    fn state(&self) -> std::sync::MutexGuard<'_, ReplicaUpdates<Tensor<D>>> {
+        self.state.lock().unwrap()
+    }
+
+    /// The value with every update made since the last merge averaged in,
+    /// without merging them (what a record saves).
     pub fn value(&self) -> Tensor<D> {
-        self.value.lock().unwrap().clone()
+        self.state().view()
     }
 
-    /// The value, with the updates made since the last sync averaged in
-    /// when this thread made one (as burn's `RunningState::value_sync`:
-    /// other threads' updates are not waited for).
+    /// The value this thread's training step reads: when this thread made
+    /// one of the pending updates (its previous step), they are merged
+    /// first; otherwise the value as of the last merge, without another
+    /// replica's update of the current step (as burn's
+    /// `RunningState::value_sync`).
     pub fn value_sync(&self) -> Tensor<D> {
-        let mut updates = self.updates.lock().unwrap();
-        if updates.contains_key(&std::thread::current().id()) {
-            self.merge(&mut updates);
-        }
-        drop(updates);
-        self.value()
+        self.state().local()
     }
 
     /// Records `value` as this thread's update (a second update on the
     /// same thread first merges the pending ones, as burn's does).
     pub fn update(&self, value: Tensor<D>) {
-        let thread = std::thread::current().id();
-        let mut updates = self.updates.lock().unwrap();
-        if updates.contains_key(&thread) {
-            self.merge(&mut updates);
-        }
-        updates.insert(thread, value);
+        self.state().update(value);
     }
 
     /// Merges every pending update into the value.
     fn sync(&self) {
-        let mut updates = self.updates.lock().unwrap();
-        if !updates.is_empty() {
-            self.merge(&mut updates);
-        }
+        self.state().settle();
     }
 
-    /// The value becomes the mean of the pending updates: the lone one as
-    /// it is, several summed on the first one's device and divided by
-    /// their number (burn's order and arithmetic).
-    fn merge(&self, updates: &mut HashMap<ThreadId, Tensor<D>>) {
-        let count = updates.len();
-        let mut sum: Option<Tensor<D>> = None;
-        for (_, tensor) in updates.drain() {
-            sum = Some(match sum {
-                Some(current) => {
-                    let device = current.device();
-                    tensor.to_device(&device).add(current)
-                }
-                None => tensor,
-            });
-        }
-        if let Some(sum) = sum {
-            let merged = if count == 1 {
-                sum
-            } else {
-                sum.div_scalar(count as f64)
-            };
-            *self.value.lock().unwrap() = merged;
-        }
-    }
-
+    /// The record's parameter: the value with pending updates averaged in,
+    /// computed only if the visitor reads it when there are several (the
+    /// gradient conversion a replica runs mid-step does not).
     fn param(&self) -> Param<Tensor<D>> {
-        Param::initialized(self.id, self.value())
+        let state = self.state();
+        if state.pending() <= 1 {
+            return Param::initialized(self.id, state.view());
+        }
+        let updates = state.pending_updates();
+        let shape = updates[0].shape();
+        let device = updates[0].device();
+        Param::uninitialized(
+            self.id,
+            move |_, _| Tensor::merge(updates.clone()),
+            device,
+            false,
+            shape,
+        )
+    }
+
+    /// The value's shape (no merge needed: updates keep it).
+    pub fn dims(&self) -> [usize; D] {
+        self.state().own().dims()
     }
 }
 
@@ -136,26 +145,25 @@ impl<const D: usize> ModuleDisplay for AveragedState<D> {}
 
 impl<const D: usize> Module for AveragedState<D> {
     /// Visited as a float parameter, as `RunningState<Tensor<D>>` is (so
-    /// records load either way), after merging pending updates: a record
-    /// taken right after a forward pass holds that pass's update.
+    /// records load either way), holding the pending updates averaged in:
+    /// a record taken right after a forward pass holds that pass's update.
+    /// Visiting merges nothing (a replica may visit mid-step).
     fn visit<V: ModuleVisitor>(&self, visitor: &mut V) {
-        self.sync();
         visitor.visit_float(&self.param());
     }
 
+    /// Merges the pending updates, then maps the value (optimizers,
+    /// loaders and transforms run between steps).
     fn map<M: ModuleMapper>(self, mapper: &mut M) -> Self {
         self.sync();
         let (id, tensor, _) = mapper.map_float(self.param()).consume();
         // A buffer, not an optimizer target: never one that requires grad.
-        *self.value.lock().unwrap() = tensor.set_require_grad(false);
+        self.state().reset(tensor.set_require_grad(false));
         Self { id, ..self }
     }
 
     fn to_device(self, device: &Device) -> Self {
-        {
-            let mut value = self.value.lock().unwrap();
-            *value = value.clone().to_device(device);
-        }
+        self.state().map_value(|value| value.to_device(device));
         self
     }
 
@@ -165,7 +173,7 @@ impl<const D: usize> Module for AveragedState<D> {
     }
 
     fn collect_devices(&self, mut devices: Vec<Device>) -> Vec<Device> {
-        let device = self.value.lock().unwrap().device();
+        let device = self.state().own().device();
         if !devices.contains(&device) {
             devices.push(device);
         }
@@ -176,7 +184,8 @@ impl<const D: usize> Module for AveragedState<D> {
         self
     }
 
-    /// A copy without autodiff, its own value (as `RunningState::valid`).
+    /// A copy without autodiff, its own value (as `RunningState::valid`),
+    /// after merging the pending updates.
     fn valid(&self) -> Self {
         self.sync();
         AveragedState::with_id(self.id, self.value().without_autodiff())
@@ -202,8 +211,7 @@ mod tests {
         let device = Device::flex();
         let state = AveragedState::<1>::new(Tensor::from_floats([1.0, 2.0], &device));
         state.update(Tensor::from_floats([3.0, 5.0], &device));
-        // Not synced yet: the old value.
-        assert_eq!(values(state.value()), [1.0, 2.0]);
+        assert_eq!(values(state.value()), [3.0, 5.0]);
         assert_eq!(values(state.value_sync()), [3.0, 5.0]);
 
         // Two threads update the same state (data-parallel training):
@@ -218,11 +226,36 @@ mod tests {
     }
 
     #[test]
+    fn a_replica_reads_the_last_merge_until_its_own_update_merges() {
+        let device = Device::flex();
+        let state = AveragedState::<1>::new(Tensor::from_floats([1.0, 1.0], &device));
+        let replica = |state: &AveragedState<1>, value: [f32; 2]| {
+            let (state, device) = (state.clone(), device.clone());
+            std::thread::spawn(move || {
+                let read = values(state.value_sync());
+                state.update(Tensor::from_floats(value, &device));
+                // A visit mid-step (burn's gradient conversion) merges nothing.
+                let _ = state.clone().into_record();
+                read
+            })
+        };
+        // One step: the first replica's update stays pending while the
+        // second reads, so both read the value the step started from.
+        let first = replica(&state, [3.0, 5.0]).join().unwrap();
+        let second = replica(&state, [5.0, 9.0]).join().unwrap();
+        assert_eq!((first, second), (vec![1.0, 1.0], vec![1.0, 1.0]));
+        // Between steps: the mean of the two updates, without merging.
+        assert_eq!(values(state.value()), [4.0, 7.0]);
+        state.sync();
+        assert_eq!(values(state.value_sync()), [4.0, 7.0]);
+    }
+
+    #[test]
     fn record_is_running_states() {
         let device = Device::flex();
         let state = AveragedState::<1>::new(Tensor::from_floats([1.0, 2.0], &device));
         state.update(Tensor::from_floats([6.0, 8.0], &device));
-        // The record syncs pending updates and is the Param a RunningState
+        // The record holds pending updates and is the Param a RunningState
         // record holds: it loads into one, and back.
         let record = state.clone().into_record();
         let running =

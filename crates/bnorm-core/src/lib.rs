@@ -40,6 +40,7 @@ pub mod mode;
 pub mod moments;
 pub mod reciprocal;
 pub mod renorm;
+mod replica_updates;
 pub mod schedule;
 pub mod shape;
 

@@ -197,7 +197,7 @@ impl CrossIterBatchNorm {
         // Counted on the host: this step's iteration (1-based) decides the
         // burn-in without a device operation; the counter itself moves last,
         // once nothing can panic.
-        let iteration = (self.steps.get() + 1.0).min(COUNT_SATURATION) as usize;
+        let iteration = (self.steps.local() + 1.0).min(COUNT_SATURATION) as usize;
         // The history and the entries it holds after this step's push.
         let mut push = None;
         let statistics = match &self.history {
@@ -208,7 +208,7 @@ impl CrossIterBatchNorm {
                     // nor recorded, so no Jacobians either.
                     0 => plain,
                     in_use => {
-                        let filled = history.len();
+                        let filled = history.local_len();
                         push = Some((history, (filled + 1).min(in_use)));
                         let (w, b) = if self.history_gradient {
                             (weight.clone(), bias.clone())

@@ -60,7 +60,7 @@ impl CbnHistory {
 
     /// Entries the buffers can hold (`window - 1`).
     pub fn capacity(&self) -> usize {
-        self.mean.value().dims()[0]
+        self.mean.dims()[0]
     }
 
     /// The buffers as [`HistoryEntries`] (all `K`, filled or not).
@@ -87,9 +87,9 @@ impl CbnHistory {
         } = self.pushes.on(&device, || {
             let front = FrontPush::new(self.capacity(), &device);
             Pushes {
-                mask_per_channel: front.mask(self.mean.value().dims()),
-                mask_jac_mean: front.mask(self.jac_mean.value().dims()),
-                mask_jac_mean_sq: front.mask(self.jac_mean_sq.value().dims()),
+                mask_per_channel: front.mask(self.mean.dims()),
+                mask_jac_mean: front.mask(self.jac_mean.dims()),
+                mask_jac_mean_sq: front.mask(self.jac_mean_sq.dims()),
                 front,
             }
         });
@@ -123,6 +123,12 @@ impl CbnHistory {
         self.fill.get() as usize
     }
 
+    /// Entries holding data as this thread's training step sees them (a
+    /// data-parallel replica does not see another's push of the same step).
+    pub(crate) fn local_len(&self) -> usize {
+        self.fill.local() as usize
+    }
+
     /// True before the first window step.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -131,12 +137,12 @@ impl CbnHistory {
     /// Floats the buffers hold (the memory cost of the window).
     pub fn num_floats(&self) -> usize {
         [
-            self.mean.value().shape().num_elements(),
-            self.mean_sq.value().shape().num_elements(),
-            self.jac_mean.value().shape().num_elements(),
-            self.jac_mean_sq.value().shape().num_elements(),
-            self.lin_mean.value().shape().num_elements(),
-            self.lin_mean_sq.value().shape().num_elements(),
+            self.mean.dims().iter().product::<usize>(),
+            self.mean_sq.dims().iter().product::<usize>(),
+            self.jac_mean.dims().iter().product::<usize>(),
+            self.jac_mean_sq.dims().iter().product::<usize>(),
+            self.lin_mean.dims().iter().product::<usize>(),
+            self.lin_mean_sq.dims().iter().product::<usize>(),
         ]
         .iter()
         .sum()

@@ -156,7 +156,7 @@ impl BatchRenorm {
         let running_mean = self.running_mean.value_sync();
         let running_std = self.running_std.value_sync();
         // The schedules on the host: the clip bounds are scalars.
-        let step = self.steps.get();
+        let step = self.steps.local();
 
         let correction = renorm_correction(
             batch.mean.clone(),
@@ -211,7 +211,7 @@ impl BatchRenorm {
         let running_mean = self.running_mean.value_sync();
         let running_std = self.running_std.value_sync();
         // The schedules on the host: the clip bounds are scalars.
-        let step = self.steps.get();
+        let step = self.steps.local();
         let output = NormStep {
             y: input,
             gamma: self.gamma.as_ref().map(|g| g.val()),
