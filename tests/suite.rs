@@ -32,6 +32,8 @@ mod exactness;
 mod extreme;
 #[path = "host_counter.rs"]
 mod host_counter;
+#[path = "multi_device.rs"]
+mod multi_device;
 #[path = "non_finite.rs"]
 mod non_finite;
 
