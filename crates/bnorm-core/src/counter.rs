@@ -12,9 +12,16 @@
 //! The record holds the count as a `[1]` float tensor, the record of a
 //! `RunningState<Tensor<1>>`, which the layers used before: checkpoints
 //! written either way load either way.
+//!
+//! A count is of training steps, not of forward calls: the replicas of a
+//! data-parallel step (burn-train's `MultiDevice`, one clone of the model
+//! per device and thread, sharing this counter) each record the count
+//! their step ends at, and the next step merges them into one (their
+//! largest; they agree), as `AveragedState` merges tensors. After `n`
+//! optimizer steps over any number of devices the count is `n`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use burn::module::{
     Content, Module, ModuleDisplay, ModuleDisplayDefault, ModuleMapper, ModuleVisitor, Param,
@@ -23,6 +30,8 @@ use burn::module::{
 
 use burn::tensor::{Device, Shape, Tensor, TensorData};
 
+use crate::replica_updates::{Merge, ReplicaUpdates};
+
 /// Where a count saturates: float32, the record's type, counts exactly up
 /// to 2^24, far past the end of any schedule.
 pub const COUNT_SATURATION: f64 = 16_777_216.0;
@@ -30,12 +39,27 @@ pub const COUNT_SATURATION: f64 = 16_777_216.0;
 /// A count on the host, saved as a `[1]` float tensor.
 ///
 /// Clones share the count, as clones of burn's `RunningState` share their
-/// value; [`Module::valid`] and [`Module::train`] copy it.
+/// value; [`Module::valid`] and [`Module::train`] copy it. Each thread's
+/// change is kept aside until the next step merges them (see the module
+/// docs): [`get`](Self::get) reads the count with every change in,
+/// [`local`](Self::local) the count a training step on this thread starts
+/// from.
 #[derive(Clone, Debug)]
 pub struct HostCounter {
     id: ParamId,
-    count: Arc<Mutex<f64>>,
+    count: Arc<Mutex<ReplicaUpdates<Count>>>,
     device: Device,
+}
+
+/// A count; replicas of one step record the same one, and a merge keeps
+/// the largest.
+#[derive(Clone, Copy, Debug)]
+struct Count(f64);
+
+impl Merge for Count {
+    fn merge(updates: Vec<Self>) -> Self {
+        Count(updates.iter().map(|c| c.0).fold(f64::MIN, f64::max))
+    }
 }
 
 impl HostCounter {
@@ -48,7 +72,7 @@ impl HostCounter {
     pub fn at(count: f64, device: &Device) -> Self {
         Self {
             id: ParamId::new(),
-            count: Arc::new(Mutex::new(count.clamp(0.0, COUNT_SATURATION))),
+            count: Arc::new(Mutex::new(ReplicaUpdates::new(Count(clamp(count))))),
             device: device.clone(),
         }
     }
@@ -64,21 +88,42 @@ impl HostCounter {
         Self::at(read_count(tensor), &device)
     }
 
-    /// The count.
+    fn count(&self) -> MutexGuard<'_, ReplicaUpdates<Count>> {
+        self.count.lock().unwrap()
+    }
+
+    /// The count, every thread's change included (merging nothing: safe to
+    /// call at any time, from any thread).
     pub fn get(&self) -> f64 {
-        *self.count.lock().unwrap()
+        self.count().view().0
     }
 
-    /// Sets the count (clamped to `0..=2^24`).
+    /// The count as this thread sees it: its own latest change, or the
+    /// count as of the last merge. What a training step reads: another
+    /// replica's change of the same step is not seen.
+    pub fn local(&self) -> f64 {
+        self.count().own().0
+    }
+
+    /// Sets this thread's count (clamped to `0..=2^24`).
     pub fn set(&self, count: f64) {
-        *self.count.lock().unwrap() = count.clamp(0.0, COUNT_SATURATION);
+        self.count().update(Count(clamp(count)));
     }
 
-    /// Adds one (saturating at 2^24) and returns the new count.
+    /// Adds one to this thread's count (saturating at 2^24) and returns
+    /// it: [`local`](Self::local) plus one.
     pub fn increment(&self) -> f64 {
-        let mut count = self.count.lock().unwrap();
-        *count = (*count + 1.0).min(COUNT_SATURATION);
-        *count
+        let mut state = self.count();
+        let count = clamp(state.own().0 + 1.0);
+        state.update(Count(count));
+        count
+    }
+
+    /// Merges every thread's change into the count.
+    fn settle(&self) -> f64 {
+        let mut state = self.count();
+        state.settle();
+        state.view().0
     }
 
     /// The count as the `[1]` tensor the record holds.
@@ -105,6 +150,10 @@ impl HostCounter {
         );
         (param, read)
     }
+}
+
+fn clamp(count: f64) -> f64 {
+    count.clamp(0.0, COUNT_SATURATION)
 }
 
 fn count_tensor(count: f64, device: &Device) -> Tensor<1> {
@@ -156,7 +205,7 @@ impl Module for HostCounter {
         let (param, read) = self.lazy_param();
         let mapped = mapper.map_float(param);
         if mapped.is_initialized() && !read.load(Ordering::Relaxed) {
-            self.set(read_count(mapped.val()));
+            self.count().reset(Count(clamp(read_count(mapped.val()))));
         }
         Self {
             id: mapped.id,
@@ -186,20 +235,22 @@ impl Module for HostCounter {
         self
     }
 
-    /// A copy with its own count, on the device without autodiff.
+    /// A copy with its own count, on the device without autodiff (the
+    /// shared count merged first, as `AveragedState::valid` does).
     fn valid(&self) -> Self {
         HostCounter {
             id: self.id,
-            count: Arc::new(Mutex::new(self.get())),
+            count: Arc::new(Mutex::new(ReplicaUpdates::new(Count(self.settle())))),
             device: self.device.clone().without_autodiff(),
         }
     }
 
-    /// A copy with its own count, on the device with autodiff.
+    /// A copy with its own count, on the device with autodiff (the shared
+    /// count merged first).
     fn train(self) -> Self {
         HostCounter {
             id: self.id,
-            count: Arc::new(Mutex::new(self.get())),
+            count: Arc::new(Mutex::new(ReplicaUpdates::new(Count(self.settle())))),
             device: self.device.clone().autodiff(),
         }
     }
