@@ -2,16 +2,8 @@
 //! normalization and sampling on a handful of samples, its loaders read the
 //! shipped data sets and what they should and reject what they should not,
 //! and its report shows every configuration.
-//!
-//! A test binary of its own (not in `suite`): the training test checks that
-//! a seed reproduces a run, and the run's weights come from the backend's
-//! one global generator, which every other test drawing weights in the same
-//! process would advance in between (a CI run of the suite failed so). No
-//! other test here draws from it: their data comes from the host.
 
-#[path = "../examples/experiment/mod.rs"]
-mod experiment;
-
+use crate::experiment;
 use burn::tensor::Device;
 use experiment::idx::{load_idx, write_idx, IdxData};
 use experiment::model::Norm;

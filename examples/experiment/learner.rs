@@ -11,7 +11,6 @@ use std::time::Instant;
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
 use burn::data::dataset::{Dataset, DatasetError};
-use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
@@ -29,7 +28,7 @@ use burn::train::{
 };
 
 use super::model::{Norm, SmallCnn};
-use super::train::evaluate;
+use super::train::{evaluate, seeded};
 use super::LabeledImages;
 
 /// One image and its label.
@@ -163,11 +162,9 @@ impl LearnerRun {
     /// The model for this run, its weights drawn from the seed.
     fn model(&self, total_steps: usize) -> SmallCnn {
         let device = self.devices[0].clone().autodiff();
-        device.seed(self.seed);
-        let model = SmallCnn::with_burn_in(self.norm, total_steps, self.cbn_burn_in, &device);
-        // Parameters are drawn lazily: draw them now, from this seed.
-        let record = model.clone().into_record();
-        model.load_record(record)
+        seeded(self.seed, &device, || {
+            SmallCnn::with_burn_in(self.norm, total_steps, self.cbn_burn_in, &device)
+        })
     }
 
     fn check(&self, train_len: usize) -> Result<(), String> {

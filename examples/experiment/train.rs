@@ -146,15 +146,22 @@ pub fn train_and_evaluate(
 }
 
 /// The model for `cfg`, its weights drawn from `cfg.seed`.
+fn seeded_model(cfg: &RunConfig, total_steps: usize, device: &Device) -> SmallCnn {
+    seeded(cfg.seed, device, || {
+        SmallCnn::new(cfg.norm, total_steps, device)
+    })
+}
+
+/// The module `make` builds, its parameters drawn from `seed`.
 ///
 /// burn's seed is global to the backend and parameters are drawn lazily at
 /// first use, so runs training in parallel would interleave their draws:
 /// the draws happen here, under a lock, by materializing the record.
-fn seeded_model(cfg: &RunConfig, total_steps: usize, device: &Device) -> SmallCnn {
+pub fn seeded<M: Module>(seed: u64, device: &Device, make: impl FnOnce() -> M) -> M {
     static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = INIT.lock().unwrap_or_else(|e| e.into_inner());
-    device.seed(cfg.seed);
-    let model = SmallCnn::new(cfg.norm, total_steps, device);
+    device.seed(seed);
+    let model = make();
     let record = model.clone().into_record();
     model.load_record(record)
 }
