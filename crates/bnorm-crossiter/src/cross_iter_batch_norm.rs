@@ -217,9 +217,9 @@ impl CrossIterBatchNorm {
                         };
                         // Read in the step, after the batch moments (see
                         // `EntriesSource`); the clone shares the buffers.
-                        let reader = history.clone();
+                        let (reader, device) = (history.clone(), y.device());
                         StepStatistics::Window((filled > 0).then(|| WindowTerms {
-                            entries: EntriesSource::new(move || reader.entries()),
+                            entries: EntriesSource::new(move || reader.entries_on(&device)),
                             filled,
                             weight: w,
                             bias: b,
@@ -263,7 +263,7 @@ impl CrossIterBatchNorm {
         let guard = StateGuard::new(self.state_guard, &stat_mean, &stat_var);
         let m = self.momentum;
         let blend = |state: &AveragedState<1>, value: Tensor<1>| {
-            let old = state.value_sync();
+            let old = state.value_sync().to_device(&value.device());
             let updated = old.clone().mul_scalar(1.0 - m).add(value.mul_scalar(m));
             state.update(guard.apply(updated, old).detach());
         };

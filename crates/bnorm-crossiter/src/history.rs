@@ -63,7 +63,8 @@ impl CbnHistory {
         self.mean.dims()[0]
     }
 
-    /// The buffers as [`HistoryEntries`] (all `K`, filled or not).
+    /// The buffers as [`HistoryEntries`] (all `K`, filled or not), as this
+    /// thread's training step reads them (see `AveragedState::value_sync`).
     pub fn entries(&self) -> HistoryEntries {
         HistoryEntries {
             mean: self.mean.value_sync(),
@@ -72,6 +73,28 @@ impl CbnHistory {
             jac_mean_sq: self.jac_mean_sq.value_sync(),
             lin_mean: self.lin_mean.value_sync(),
             lin_mean_sq: self.lin_mean_sq.value_sync(),
+        }
+    }
+
+    /// [`entries`](Self::entries) on `device`: data-parallel replicas on
+    /// several devices share the buffers, which live on whichever device
+    /// forked last (as burn's `BatchNorm` moves its running statistics).
+    pub(crate) fn entries_on(&self, device: &Device) -> HistoryEntries {
+        let HistoryEntries {
+            mean,
+            mean_sq,
+            jac_mean,
+            jac_mean_sq,
+            lin_mean,
+            lin_mean_sq,
+        } = self.entries();
+        HistoryEntries {
+            mean: mean.to_device(device),
+            mean_sq: mean_sq.to_device(device),
+            jac_mean: jac_mean.to_device(device),
+            jac_mean_sq: jac_mean_sq.to_device(device),
+            lin_mean: lin_mean.to_device(device),
+            lin_mean_sq: lin_mean_sq.to_device(device),
         }
     }
 
@@ -97,7 +120,8 @@ impl CbnHistory {
             // Detached: built from the last step's buffer, the new one would
             // otherwise chain every step into burn-autodiff's bookkeeping,
             // and each step would get slower than the last.
-            let pushed = front.push(state.value_sync(), entry.detach(), mask_per_channel.clone());
+            let buffer = state.value_sync().to_device(&device);
+            let pushed = front.push(buffer, entry.detach(), mask_per_channel.clone());
             state.update(pushed.detach());
         };
         // The four `[K, C]` buffers one after another: one fused kernel can
@@ -109,7 +133,7 @@ impl CbnHistory {
         let update = |state: &AveragedState<3>, entry: Tensor<3>, mask| {
             state.update(
                 front
-                    .push(state.value_sync(), entry.detach(), mask)
+                    .push(state.value_sync().to_device(&device), entry.detach(), mask)
                     .detach(),
             );
         };

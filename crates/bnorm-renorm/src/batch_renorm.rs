@@ -153,8 +153,11 @@ impl BatchRenorm {
 
     fn forward_train<const D: usize>(&self, batch: BatchMoments<D>) -> Tensor<D> {
         let batch_std = self.eps_placement.std(batch.var, self.epsilon);
-        let running_mean = self.running_mean.value_sync();
-        let running_std = self.running_std.value_sync();
+        // Moved to the batch's device: data-parallel replicas on several
+        // devices share the state (as burn's `BatchNorm` moves its own).
+        let device = batch.mean.device();
+        let running_mean = self.running_mean.value_sync().to_device(&device);
+        let running_std = self.running_std.value_sync().to_device(&device);
         // The schedules on the host: the clip bounds are scalars.
         let step = self.steps.local();
 
@@ -208,8 +211,10 @@ impl BatchRenorm {
     /// closed form where the device allows it (see `bnorm_core::norm_step`:
     /// the plain batch statistics with `gamma r` and `gamma d + beta`).
     fn forward_train_step<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
-        let running_mean = self.running_mean.value_sync();
-        let running_std = self.running_std.value_sync();
+        // On the input's device (see `forward_train`).
+        let device = input.device();
+        let running_mean = self.running_mean.value_sync().to_device(&device);
+        let running_std = self.running_std.value_sync().to_device(&device);
         // The schedules on the host: the clip bounds are scalars.
         let step = self.steps.local();
         let output = NormStep {
