@@ -48,7 +48,8 @@ struct Args {
     /// Epochs [default: 3, 1 with --quick].
     #[arg(long)]
     epochs: Option<usize>,
-    /// SGD's learning rate (momentum 0.9, weight decay 5e-4).
+    /// SGD's initial learning rate, decayed to 0 along a cosine over the
+    /// run (momentum 0.9, weight decay 5e-4).
     #[arg(long, default_value_t = 0.01)]
     lr: f64,
     #[arg(long, default_value_t = 1)]

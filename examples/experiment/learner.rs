@@ -11,6 +11,7 @@ use std::time::Instant;
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
 use burn::data::dataset::{Dataset, DatasetError};
+use burn::lr_scheduler::cosine::CosineAnnealingLrSchedulerConfig;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
@@ -127,6 +128,7 @@ pub struct LearnerRun {
     pub batch_size: usize,
     pub epochs: usize,
     pub seed: u64,
+    /// SGD's initial learning rate, decayed to 0 along a cosine.
     pub learning_rate: f64,
     /// CBN's burn-in in training steps.
     pub cbn_burn_in: usize,
@@ -291,12 +293,14 @@ pub fn fit(
         .with_weight_decay(Some(WeightDecayConfig::new(5e-4)))
         .init();
 
+    // Decays to 0 over the whole run, as the small-batch experiment's; the
+    // Learner checkpoints the scheduler with the model and optimizer.
+    let schedule = CosineAnnealingLrSchedulerConfig::new(run.learning_rate, total_steps)
+        .init()
+        .map_err(|e| format!("learning rate {}: {e}", run.learning_rate))?;
+
     let started = Instant::now();
-    let result = training.launch(Learner::new(
-        run.model(total_steps),
-        optimizer,
-        run.learning_rate,
-    ));
+    let result = training.launch(Learner::new(run.model(total_steps), optimizer, schedule));
     if let Some(error) = result.error {
         return Err(format!("training failed: {error}"));
     }
