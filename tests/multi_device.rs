@@ -93,51 +93,28 @@ fn entries(layer: &Conv2dCbn) -> HistoryEntries {
     }
 }
 
+/// Every buffer of `actual` against `expected`, to float rounding.
 fn check_entries(what: &str, actual: HistoryEntries, expected: HistoryEntries) {
-    let pairs = [
-        ("mean", actual.mean.into_data(), expected.mean.into_data()),
-        (
-            "mean_sq",
-            actual.mean_sq.into_data(),
-            expected.mean_sq.into_data(),
-        ),
-        (
-            "lin_mean",
-            actual.lin_mean.into_data(),
-            expected.lin_mean.into_data(),
-        ),
-        (
-            "lin_mean_sq",
-            actual.lin_mean_sq.into_data(),
-            expected.lin_mean_sq.into_data(),
-        ),
-        (
-            "jac_mean",
-            actual.jac_mean.into_data(),
-            expected.jac_mean.into_data(),
-        ),
-        (
-            "jac_mean_sq",
-            actual.jac_mean_sq.into_data(),
-            expected.jac_mean_sq.into_data(),
-        ),
-    ];
-    for (name, actual, expected) in pairs {
-        let values: Vec<f32> = expected.try_to_vec().unwrap();
-        check_close(
-            &format!("{what}: {name}"),
-            &actual,
-            expected.shape(),
-            &values,
-            1e-5,
-            1e-6,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+    let data = |e: HistoryEntries| {
+        [
+            ("mean", e.mean.into_data()),
+            ("mean_sq", e.mean_sq.into_data()),
+            ("lin_mean", e.lin_mean.into_data()),
+            ("lin_mean_sq", e.lin_mean_sq.into_data()),
+            ("jac_mean", e.jac_mean.into_data()),
+            ("jac_mean_sq", e.jac_mean_sq.into_data()),
+        ]
+    };
+    for ((name, actual), (_, expected)) in data(actual).into_iter().zip(data(expected)) {
+        check_data(&format!("{what}: {name}"), &actual, expected);
     }
 }
 
 fn check_output(what: &str, actual: &TensorData, expected: Tensor<4>) {
-    let expected = expected.into_data();
+    check_data(what, actual, expected.into_data());
+}
+
+fn check_data(what: &str, actual: &TensorData, expected: TensorData) {
     let values: Vec<f32> = expected.try_to_vec().unwrap();
     check_close(what, actual, expected.shape(), &values, 1e-5, 1e-6)
         .unwrap_or_else(|e| panic!("{e}"));
