@@ -11,12 +11,14 @@ use crate::{
 };
 
 impl CrossIterBatchNorm {
-    /// The inference-mode transform as `x * scale + shift` per channel.
+    /// The inference-mode transform as `x * scale + shift` per channel,
+    /// from the running statistics with every pending update in (a read
+    /// that merges nothing: see `AveragedState::value`).
     pub fn inference_affine(&self) -> InferenceAffine {
         InferenceAffine::new(
-            self.running_mean.value_sync(),
+            self.running_mean.value(),
             self.eps_placement
-                .std(self.running_var.value_sync(), self.epsilon),
+                .std(self.running_var.value(), self.epsilon),
             self.gamma.as_ref().map(|g| g.val()),
             self.beta.as_ref().map(|b| b.val()),
         )

@@ -45,11 +45,13 @@ impl BatchRenorm {
         Ok(layer)
     }
 
-    /// The inference-mode transform as `x * scale + shift` per channel.
+    /// The inference-mode transform as `x * scale + shift` per channel,
+    /// from the running statistics with every pending update in (a read
+    /// that merges nothing: see `AveragedState::value`).
     pub fn inference_affine(&self) -> InferenceAffine {
         InferenceAffine::new(
-            self.running_mean.value_sync(),
-            self.running_std.value_sync(),
+            self.running_mean.value(),
+            self.running_std.value(),
             self.gamma.as_ref().map(|g| g.val()),
             self.beta.as_ref().map(|b| b.val()),
         )
