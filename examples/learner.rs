@@ -5,11 +5,13 @@
 //! ```text
 //! cargo run --release --example learner -- --quick --no-tui
 //! cargo run --release --example learner -- --norm brn --devices 2
-//! cargo run --release --example learner -- --norm cbn --resume
+//! cargo run --release --example learner -- --norm brn --devices 2 --resume
 //! ```
 //!
 //! Checkpoints and metric logs go to `target/learner/<norm>/` (burn-train's
-//! layout); `--resume` continues from the latest checkpoint there. With
+//! layout); `--resume` continues an interrupted run from the latest
+//! checkpoint there: give it the run's own flags (the learning-rate
+//! schedule and BRN's ramps are sized from `--epochs`). With
 //! `--devices N` each step runs N replicas, each on its own batch of
 //! `--batch-size` images, and burn-train sums their gradients: one
 //! optimizer step, and one step on the layers' counters.
@@ -60,7 +62,7 @@ struct Args {
     /// Continue from the latest checkpoint in the directory.
     #[arg(long)]
     resume: bool,
-    /// One epoch: about a minute on 2 cores.
+    /// One epoch (seconds on the digits, about half a minute on Fashion).
     #[arg(long)]
     quick: bool,
     /// A line per epoch instead of burn-train's terminal dashboard.
