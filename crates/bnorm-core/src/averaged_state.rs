@@ -90,6 +90,18 @@ impl<const D: usize> AveragedState<D> {
         self.state().local()
     }
 
+    /// [`value_sync`](Self::value_sync) on `device`. Replicas of a
+    /// data-parallel step on several devices share the state, which lives
+    /// where the last one forked it; moved only when it is elsewhere (as
+    /// burn's `BatchNorm` moves its running statistics).
+    pub fn value_sync_on(&self, device: &Device) -> Tensor<D> {
+        let value = self.value_sync();
+        match value.device() == *device {
+            true => value,
+            false => value.to_device(device),
+        }
+    }
+
     /// Records `value` as this thread's update (a second update on the
     /// same thread first merges the pending ones, as burn's does).
     pub fn update(&self, value: Tensor<D>) {
@@ -124,6 +136,11 @@ impl<const D: usize> AveragedState<D> {
     /// The value's shape (no merge needed: updates keep it).
     pub fn dims(&self) -> [usize; D] {
         self.state().own().dims()
+    }
+
+    /// The device the value lives on.
+    pub fn device(&self) -> Device {
+        self.state().own().device()
     }
 }
 
@@ -173,7 +190,7 @@ impl<const D: usize> Module for AveragedState<D> {
     }
 
     fn collect_devices(&self, mut devices: Vec<Device>) -> Vec<Device> {
-        let device = self.state().own().device();
+        let device = self.device();
         if !devices.contains(&device) {
             devices.push(device);
         }

@@ -263,7 +263,7 @@ impl CrossIterBatchNorm {
         let guard = StateGuard::new(self.state_guard, &stat_mean, &stat_var);
         let m = self.momentum;
         let blend = |state: &AveragedState<1>, value: Tensor<1>| {
-            let old = state.value_sync().to_device(&value.device());
+            let old = state.value_sync_on(&value.device());
             let updated = old.clone().mul_scalar(1.0 - m).add(value.mul_scalar(m));
             state.update(guard.apply(updated, old).detach());
         };

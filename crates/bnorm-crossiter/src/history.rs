@@ -66,35 +66,19 @@ impl CbnHistory {
     /// The buffers as [`HistoryEntries`] (all `K`, filled or not), as this
     /// thread's training step reads them (see `AveragedState::value_sync`).
     pub fn entries(&self) -> HistoryEntries {
-        HistoryEntries {
-            mean: self.mean.value_sync(),
-            mean_sq: self.mean_sq.value_sync(),
-            jac_mean: self.jac_mean.value_sync(),
-            jac_mean_sq: self.jac_mean_sq.value_sync(),
-            lin_mean: self.lin_mean.value_sync(),
-            lin_mean_sq: self.lin_mean_sq.value_sync(),
-        }
+        self.entries_on(&self.mean.device())
     }
 
-    /// [`entries`](Self::entries) on `device`: data-parallel replicas on
-    /// several devices share the buffers, which live on whichever device
-    /// forked last (as burn's `BatchNorm` moves its running statistics).
+    /// [`entries`](Self::entries) on `device` (data-parallel replicas on
+    /// several devices share the buffers: see `AveragedState::value_sync_on`).
     pub(crate) fn entries_on(&self, device: &Device) -> HistoryEntries {
-        let HistoryEntries {
-            mean,
-            mean_sq,
-            jac_mean,
-            jac_mean_sq,
-            lin_mean,
-            lin_mean_sq,
-        } = self.entries();
         HistoryEntries {
-            mean: mean.to_device(device),
-            mean_sq: mean_sq.to_device(device),
-            jac_mean: jac_mean.to_device(device),
-            jac_mean_sq: jac_mean_sq.to_device(device),
-            lin_mean: lin_mean.to_device(device),
-            lin_mean_sq: lin_mean_sq.to_device(device),
+            mean: self.mean.value_sync_on(device),
+            mean_sq: self.mean_sq.value_sync_on(device),
+            jac_mean: self.jac_mean.value_sync_on(device),
+            jac_mean_sq: self.jac_mean_sq.value_sync_on(device),
+            lin_mean: self.lin_mean.value_sync_on(device),
+            lin_mean_sq: self.lin_mean_sq.value_sync_on(device),
         }
     }
 
@@ -120,7 +104,7 @@ impl CbnHistory {
             // Detached: built from the last step's buffer, the new one would
             // otherwise chain every step into burn-autodiff's bookkeeping,
             // and each step would get slower than the last.
-            let buffer = state.value_sync().to_device(&device);
+            let buffer = state.value_sync_on(&device);
             let pushed = front.push(buffer, entry.detach(), mask_per_channel.clone());
             state.update(pushed.detach());
         };
@@ -133,7 +117,7 @@ impl CbnHistory {
         let update = |state: &AveragedState<3>, entry: Tensor<3>, mask| {
             state.update(
                 front
-                    .push(state.value_sync().to_device(&device), entry.detach(), mask)
+                    .push(state.value_sync_on(&device), entry.detach(), mask)
                     .detach(),
             );
         };

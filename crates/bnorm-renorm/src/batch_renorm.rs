@@ -153,11 +153,11 @@ impl BatchRenorm {
 
     fn forward_train<const D: usize>(&self, batch: BatchMoments<D>) -> Tensor<D> {
         let batch_std = self.eps_placement.std(batch.var, self.epsilon);
-        // Moved to the batch's device: data-parallel replicas on several
-        // devices share the state (as burn's `BatchNorm` moves its own).
+        // On the batch's device: data-parallel replicas on several devices
+        // share the state.
         let device = batch.mean.device();
-        let running_mean = self.running_mean.value_sync().to_device(&device);
-        let running_std = self.running_std.value_sync().to_device(&device);
+        let running_mean = self.running_mean.value_sync_on(&device);
+        let running_std = self.running_std.value_sync_on(&device);
         // The schedules on the host: the clip bounds are scalars.
         let step = self.steps.local();
 
@@ -213,8 +213,8 @@ impl BatchRenorm {
     fn forward_train_step<const D: usize>(&self, input: Tensor<D>) -> Tensor<D> {
         // On the input's device (see `forward_train`).
         let device = input.device();
-        let running_mean = self.running_mean.value_sync().to_device(&device);
-        let running_std = self.running_std.value_sync().to_device(&device);
+        let running_mean = self.running_mean.value_sync_on(&device);
+        let running_std = self.running_std.value_sync_on(&device);
         // The schedules on the host: the clip bounds are scalars.
         let step = self.steps.local();
         let output = NormStep {
