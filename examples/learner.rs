@@ -81,9 +81,6 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), String> {
-    if args.devices == 0 {
-        return Err("--devices must be at least 1, got 0".into());
-    }
     let device = training_device(&args.device)?;
     let epochs = args.epochs.unwrap_or(if args.quick { 1 } else { 3 });
     let dir = args.dir.unwrap_or_else(|| {

@@ -1,5 +1,5 @@
-//! The small CNN trained through burn-train's `Learner`: its data set and
-//! batcher, its training and validation steps, a one-line-per-epoch log for
+//! The small CNN trained through burn-train's `Learner`: its data loading,
+//! its training and validation steps, a one-line-per-epoch log for
 //! terminals without the dashboard, and [`fit`], which wires them into
 //! `SupervisedTraining` on one device or several (`MultiDevice`), with
 //! burn's checkpointer and resuming from its latest checkpoint.
@@ -16,7 +16,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::SgdConfig;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor};
 use burn::train::logger::{EvaluationProgressLogger, TrainingProgressLogger};
 use burn::train::metric::{AccuracyMetric, LossMetric, MetricDefinition};
 use burn::train::renderer::{
@@ -29,33 +29,21 @@ use burn::train::{
 };
 
 use super::model::{Norm, SmallCnn};
-use super::train::{evaluate, seeded};
+use super::train::{evaluate, images, labels, seeded};
 use super::LabeledImages;
 
-/// One image and its label.
-#[derive(Debug, Clone)]
-pub struct ImageItem {
-    pub pixels: Vec<f32>,
-    pub label: u8,
-}
+/// The indices `0..len` as a burn `Dataset`: the batcher reads the images
+/// they name.
+#[derive(Debug, Clone, Copy)]
+pub struct Indices(pub usize);
 
-/// [`LabeledImages`] as a burn `Dataset`, in its stored order.
-#[derive(Debug, Clone)]
-pub struct ImageDataset(pub Arc<LabeledImages>);
-
-impl Dataset<ImageItem> for ImageDataset {
-    /// # Panics
-    ///
-    /// If `index >= len()`, as burn's `Dataset` allows.
-    fn get(&self, index: usize) -> Result<ImageItem, DatasetError> {
-        Ok(ImageItem {
-            pixels: self.0.images[index].clone(),
-            label: self.0.labels[index],
-        })
+impl Dataset<usize> for Indices {
+    fn get(&self, index: usize) -> Result<usize, DatasetError> {
+        Ok(index)
     }
 
     fn len(&self) -> usize {
-        self.0.len()
+        self.0
     }
 }
 
@@ -66,24 +54,16 @@ pub struct ImageBatch {
     pub targets: Tensor<1, Int>,
 }
 
-/// Stacks items of `rows x cols` images into an [`ImageBatch`].
-#[derive(Debug, Clone, Copy)]
-pub struct ImageBatcher {
-    pub rows: usize,
-    pub cols: usize,
-}
+/// The images at a batch's indices, as the small-batch experiment stacks
+/// them (`train::images`, `train::labels`).
+#[derive(Debug, Clone)]
+pub struct ImageBatcher(pub Arc<LabeledImages>);
 
-impl Batcher<ImageItem, ImageBatch> for ImageBatcher {
-    fn batch(&self, items: Vec<ImageItem>, device: &Device) -> ImageBatch {
-        let n = items.len();
-        let labels: Vec<i64> = items.iter().map(|item| item.label as i64).collect();
-        let pixels: Vec<f32> = items.into_iter().flat_map(|item| item.pixels).collect();
+impl Batcher<usize, ImageBatch> for ImageBatcher {
+    fn batch(&self, indices: Vec<usize>, device: &Device) -> ImageBatch {
         ImageBatch {
-            images: Tensor::from_data(
-                TensorData::new(pixels, [n, 1, self.rows, self.cols]),
-                device,
-            ),
-            targets: Tensor::from_data(TensorData::new(labels, [n]), device),
+            images: images(&self.0, &indices, device),
+            targets: labels(&self.0, &indices, device),
         }
     }
 }
@@ -259,17 +239,15 @@ pub fn fit(
         true => Some(resume_point(run, total_steps)?),
         false => None,
     };
-    let batcher = ImageBatcher {
-        rows: train.rows,
-        cols: train.cols,
-    };
     let test = Arc::new(test);
-    let loader_train: Arc<dyn DataLoader<ImageBatch>> = DataLoaderBuilder::new(batcher)
-        .batch_size(run.batch_size)
-        .build(ImageDataset(Arc::new(train)));
-    let loader_valid = DataLoaderBuilder::new(batcher)
+    let train_len = train.len();
+    let loader_train: Arc<dyn DataLoader<ImageBatch>> =
+        DataLoaderBuilder::new(ImageBatcher(Arc::new(train)))
+            .batch_size(run.batch_size)
+            .build(Indices(train_len));
+    let loader_valid = DataLoaderBuilder::new(ImageBatcher(test.clone()))
         .batch_size(128)
-        .build(ImageDataset(test.clone()));
+        .build(Indices(test.len()));
 
     let mut training = SupervisedTraining::new(&run.dir, loader_train, loader_valid)
         .metrics((AccuracyMetric::new(), LossMetric::new()))
