@@ -10,8 +10,8 @@
 //! with `patch(p)` the `C_in/G x k` input values output position `p`
 //! reads. `P` is the batch-summed input times the 0/1 tap selection (one
 //! small matrix product), `Q` one `conv1d_weight_backward` with
-//! `grad_out = 2y/M` (on burn-ndarray, one matrix product per kernel tap:
-//! `tap_products`).
+//! `grad_out = 2y/M` (on burn's CPU backends, one matrix product per kernel
+//! tap: `tap_products`).
 //!
 //! `Q` takes the backend's 1D weight gradient on the 3D tensors as they
 //! are, not the 2D one on a height-1 view: with burn-fusion (wgpu over
@@ -27,7 +27,7 @@ use burn::backend::Dispatch;
 use burn::tensor::ops::{ConvOptions, PadMode};
 use burn::tensor::{Tensor, TensorData};
 
-use crate::inner::{burn_ndarray, JacobianWork};
+use crate::inner::{weight_gradient_by_taps, JacobianWork};
 use crate::jacobian::{batch_sum, weight_backward, AxisTaps};
 use crate::tap_products::{weight_gradient_per_tap, TapGeometry};
 use crate::MomentJacobians;
@@ -109,7 +109,7 @@ impl JacobianWork<3> for Conv1dJacobians {
         // Q: the weight gradient of grad_out = 2y/M, taken for grad_out = y
         // and scaled after (C x F values rather than every output value).
         let grad = y;
-        let mean_sq = if burn_ndarray(&x.device()) {
+        let mean_sq = if weight_gradient_by_taps(&x.device()) {
             // One matrix product per tap: a 3D conv of depth and height 1.
             let taps = TapGeometry {
                 stride: [1, 1, geometry.stride],

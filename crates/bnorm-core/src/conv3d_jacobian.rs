@@ -8,7 +8,8 @@
 //!
 //! with `patch(p)` the `C_in/G x kd x kh x kw` input values output position
 //! `p` reads. `Q` is one `conv3d_weight_backward` with `grad_out = 2y/M`
-//! (on burn-ndarray, one matrix product per kernel tap: `tap_products`).
+//! (on burn's CPU backends, one matrix product per kernel tap:
+//! `tap_products`).
 //! `P` separates along the three axes as in 2D: with the input summed over
 //! the batch, each depth plane's row and column tap selections (two small
 //! matrix products over all planes at once), then the depth tap selection
@@ -19,7 +20,7 @@ use burn::backend::Dispatch;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorData};
 
-use crate::inner::{burn_ndarray, JacobianWork};
+use crate::inner::{weight_gradient_by_taps, JacobianWork};
 use crate::jacobian::{batch_sum, plane_patch_sums, weight_backward, AxisTaps};
 use crate::tap_products::{weight_gradient_per_tap, TapGeometry};
 use crate::MomentJacobians;
@@ -87,7 +88,7 @@ impl JacobianWork<5> for Conv3dJacobians {
         // Q: the weight gradient of grad_out = 2y/M, taken for grad_out = y
         // and scaled after (C x F values rather than every output value).
         let grad = y;
-        let mean_sq = if burn_ndarray(&x.device()) {
+        let mean_sq = if weight_gradient_by_taps(&x.device()) {
             let taps = TapGeometry {
                 stride: geometry.stride,
                 padding: geometry.padding.map(|p| [p, p]),

@@ -23,20 +23,23 @@ pub(crate) trait JacobianWork<const D: usize>: Copy {
     }
 }
 
-/// Whether `device` is burn-ndarray's, with or without autodiff (for the
-/// work that takes another route there, see `tap_products`).
-pub(crate) fn burn_ndarray(device: &Device) -> bool {
+/// Whether a convolution's weight gradient on `device` (with or without
+/// autodiff) is computed as one matrix product per kernel tap
+/// (`tap_products`) rather than by the backend: on burn's CPU backends,
+/// burn-ndarray and burn-flex, which take the weight gradient from burn's
+/// generic decomposition into a forward convolution.
+pub(crate) fn weight_gradient_by_taps(device: &Device) -> bool {
     #[allow(deprecated)]
-    let ndarray = matches!(
+    let cpu = matches!(
         device.clone().inner().as_dispatch(),
-        DispatchDevice::NdArray(_)
+        DispatchDevice::NdArray(_) | DispatchDevice::Flex(_)
     );
-    ndarray
+    cpu
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{burn_ndarray, JacobianWork};
+    use super::{weight_gradient_by_taps, JacobianWork};
     use crate::MomentJacobians;
     use burn::tensor::{Device, Tensor};
 
@@ -90,10 +93,10 @@ mod tests {
 
     #[test]
     #[allow(deprecated)]
-    fn ndarray_is_recognised_with_and_without_autodiff() {
-        assert!(burn_ndarray(&Device::ndarray()));
-        assert!(burn_ndarray(&Device::ndarray().autodiff()));
-        assert!(!burn_ndarray(&Device::flex()));
-        assert!(!burn_ndarray(&Device::flex().autodiff()));
+    fn cpu_backends_take_the_taps_with_and_without_autodiff() {
+        assert!(weight_gradient_by_taps(&Device::ndarray()));
+        assert!(weight_gradient_by_taps(&Device::ndarray().autodiff()));
+        assert!(weight_gradient_by_taps(&Device::flex()));
+        assert!(weight_gradient_by_taps(&Device::flex().autodiff()));
     }
 }

@@ -16,8 +16,8 @@
 //!
 //! computed here without a second backward pass: for a conv, `P` from the
 //! batch-summed input with two small 0/1 tap-selection products and `Q`
-//! with one `conv2d_weight_backward` (on burn-ndarray, one matrix product
-//! per kernel tap instead: `tap_products`); for a linear layer, a mean
+//! with one `conv2d_weight_backward` (on burn's CPU backends, one matrix
+//! product per kernel tap instead: `tap_products`); for a linear layer, a mean
 //! and one matmul. [`crate::conv3d_jacobian`] does the same for volumes.
 //!
 //!
@@ -30,7 +30,7 @@ use burn::tensor::ops::{ConvOptions, PadMode};
 use burn::tensor::{Slice, Tensor, TensorData};
 
 use crate::compensation::MomentJacobians;
-use crate::inner::{burn_ndarray, JacobianWork};
+use crate::inner::{weight_gradient_by_taps, JacobianWork};
 use crate::tap_products::{weight_gradient_per_tap, TapGeometry};
 
 /// Geometry of a 2D convolution with possibly asymmetric padding
@@ -79,8 +79,9 @@ pub(crate) fn weight_backward<const D: usize>(
 /// result carries no autodiff graph); `weight_dims` is `W`'s shape
 /// `[C, C_in/G, kh, kw]`. The work runs
 /// without autodiff (see `inner`): no autodiff bookkeeping, and `Q`
-/// through the backend's own weight-gradient kernel (on burn-ndarray,
-/// whose kernel is slow, as one matrix product per kernel tap).
+/// through the backend's own weight-gradient kernel (on burn-ndarray and
+/// burn-flex, whose kernel is burn's generic one, as one matrix product
+/// per kernel tap).
 pub fn conv2d_moment_jacobians(
     x: Tensor<4>,
     y: Tensor<4>,
@@ -116,7 +117,7 @@ impl JacobianWork<4> for ConvJacobians {
         // Q: the weight gradient of grad_out = 2y/M, taken for grad_out = y
         // and scaled after (C x F values rather than every output value).
         let grad = y;
-        let mean_sq = if burn_ndarray(&x.device()) {
+        let mean_sq = if weight_gradient_by_taps(&x.device()) {
             // One matrix product per tap (`tap_products`): a 3D conv with a
             // depth of one.
             let [[top, bottom], [left, right]] = geometry.padding;

@@ -1,13 +1,15 @@
 //! A convolution's weight gradient as one matrix product per kernel tap,
 //! for backends whose own weight-gradient kernel is slow.
 //!
-//! burn-ndarray has no weight-gradient kernel: burn's default decomposes
-//! it into a forward convolution of the input with the output gradient as
-//! the kernel, and burn-ndarray's convolution loops innermost along the
-//! *output's* width — for a weight gradient, the kernel's three values.
-//! Computed so, `Q` made a window-8 `Conv3dCbn` step cost about half as
-//! much again as Conv3d + BatchNorm on ndarray; with the products here, on
-//! par (`benches/cbn3d_vs_conv3d_batchnorm`, docs/performance.md).
+//! burn-ndarray and burn-flex have no weight-gradient kernel of their own:
+//! burn's default decomposes it into a forward convolution of the input
+//! (batch and channels swapped) with the output gradient as the kernel.
+//! That convolution has a kernel as large as the output and an output as
+//! small as the kernel, a shape their convolutions are not built for
+//! (burn-ndarray loops innermost along the output's width, here the
+//! kernel's few values; burn-flex runs many thin matrix products). The
+//! products here have the layer's own channel counts as their sides.
+//! `docs/performance.md` has the measurements.
 //!
 //! Tap `t` of the kernel reads the (padded) input at every output position
 //! shifted by `t * dilation`: a strided slice the size of one input. Per
@@ -20,7 +22,7 @@
 //! with `P` the output positions: the same sums as the backend's weight
 //! gradient, in another order, one input-sized copy live at a time (an
 //! im2col matrix would hold all `kd kh kw` at once). On a GPU this would be
-//! a launch per tap: the layers use it on burn-ndarray only.
+//! a launch per tap: the layers use it on the CPU backends only.
 
 use burn::tensor::ops::PadMode;
 use burn::tensor::{Slice, Tensor};
