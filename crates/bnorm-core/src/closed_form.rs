@@ -52,12 +52,13 @@ use burn::backend::{
 };
 use burn::tensor::Tensor;
 
+#[cfg(feature = "cross-iter")]
+use crate::compensation_gradient::CompensationSums;
 use crate::moments::{bessel_factor, values_per_channel};
-use crate::norm_step::{
-    EntriesSource, Forward, NormStep, NormStepOutput, RenormTerms, StepStatistics, WindowTerms,
-};
+use crate::norm_step::{NormStep, NormStepOutput, RenormTerms, StepStatistics};
+#[cfg(feature = "cross-iter")]
+use crate::norm_step::{EntriesSource, WindowTerms};
 use crate::shape::{flatten_spatial, sum_axis};
-use crate::HistoryEntries;
 
 /// The backend a covered device runs on (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +120,7 @@ pub(crate) fn closed_form<const D: usize>(step: NormStep<D>) -> NormStepOutput<D
 
 /// `tensor`'s autodiff primitive on `Autodiff<B, C>` (its value and graph
 /// node); a tensor without autodiff becomes an untracked one.
-fn graph_primitive<B: Backend, C: CheckpointStrategy, const R: usize>(
+pub(crate) fn graph_primitive<B: Backend, C: CheckpointStrategy, const R: usize>(
     tensor: Tensor<R>,
     strategy: GradientCheckpointingStrategy,
 ) -> FloatTensor<Autodiff<B, C>>
@@ -151,20 +152,6 @@ where
     Tensor::from_primitive::<B>(primitive)
 }
 
-impl HistoryEntries {
-    /// The entries without autodiff.
-    fn without_autodiff(self) -> Self {
-        HistoryEntries {
-            mean: self.mean.inner(),
-            mean_sq: self.mean_sq.inner(),
-            jac_mean: self.jac_mean.inner(),
-            jac_mean_sq: self.jac_mean_sq.inner(),
-            lin_mean: self.lin_mean.inner(),
-            lin_mean_sq: self.lin_mean_sq.inner(),
-        }
-    }
-}
-
 /// The step on `Autodiff<B, C>`: the forward pass without autodiff,
 /// registered as one operation whose parents are `y`, the weight, the
 /// bias, `gamma` and `beta`.
@@ -182,6 +169,7 @@ where
     let absent = || graph_primitive::<B, C, D>(y_value.clone(), strategy);
     let (statistics, weight, bias) = match step.statistics {
         // The weight and bias only enter through the compensation.
+        #[cfg(feature = "cross-iter")]
         StepStatistics::Window(Some(terms)) if terms.rho != 0.0 => {
             let inner_terms = WindowTerms {
                 entries: without_autodiff(terms.entries),
@@ -197,6 +185,7 @@ where
                 .unwrap_or_else(absent);
             (StepStatistics::Window(Some(inner_terms)), weight, bias)
         }
+        #[cfg(feature = "cross-iter")]
         StepStatistics::Window(terms) => {
             let terms = terms.map(|t| WindowTerms {
                 entries: without_autodiff(t.entries),
@@ -216,6 +205,7 @@ where
         _ => 1.0,
     };
     // What the weight and bias gradients take besides the forward pass.
+    #[cfg(feature = "cross-iter")]
     let compensation = match &statistics {
         StepStatistics::Window(Some(terms)) if terms.rho != 0.0 => {
             Some((terms.rho, terms.weight.dims()))
@@ -256,9 +246,12 @@ where
         .stateful()
     {
         OpsKind::Tracked(prep) => {
+            #[cfg(feature = "cross-iter")]
             let compensation = compensation
                 .filter(|_| weight_tracked || bias_tracked)
                 .map(|(rho, weight_dims)| CompensationSums::new(rho, weight_dims, &forward));
+            #[cfg(not(feature = "cross-iter"))]
+            let _ = (weight_tracked, bias_tracked);
             let saved = Saved {
                 y: forward.flat_y.clone(),
                 batch_mean: forward.batch_mean_column.clone(),
@@ -273,8 +266,9 @@ where
                     .mul(forward.inv_std.clone().square())
                     .neg(),
                 var_factor,
-                inv_count: forward.window.as_ref().map(|w| w.inv_count.clone()),
+                inv_count: forward.window_inv_count(),
                 count,
+                #[cfg(feature = "cross-iter")]
                 compensation,
             };
             prep.finish(saved, output)
@@ -295,6 +289,7 @@ where
 }
 
 /// `entries` without autodiff when read.
+#[cfg(feature = "cross-iter")]
 fn without_autodiff(entries: EntriesSource) -> EntriesSource {
     EntriesSource::new(move || entries.read().without_autodiff())
 }
@@ -334,55 +329,10 @@ struct Saved {
     inv_count: Option<Tensor<1>>,
     /// `M`.
     count: usize,
+    /// What the gradients into the weight and bias take (a compensated
+    /// window step whose weight or bias is tracked).
+    #[cfg(feature = "cross-iter")]
     compensation: Option<CompensationSums>,
-}
-
-/// The kept entries' sums the gradients into the weight and bias take,
-/// in the shapes the sums leave (see `backward`).
-#[derive(Debug, Clone)]
-struct CompensationSums {
-    rho: f64,
-    /// The weight's shape `[G, C/G, F]`.
-    weight_dims: [usize; 3],
-    /// `rho sum_i keep_i P_i`, per channel, `[1, G, C/G, F]`.
-    jac_mean: Tensor<4>,
-    /// `rho sum_i keep_i Q_i`, `[1, C, F]`.
-    jac_mean_sq: Tensor<3>,
-    /// `sum_i keep_i`, `[1, C]`.
-    kept: Tensor<2>,
-    /// `sum_i keep_i 2 mu_i`, `[1, C]`.
-    kept_mean: Tensor<2>,
-}
-
-impl CompensationSums {
-    fn new<const D: usize>(rho: f64, weight_dims: [usize; 3], forward: &Forward<D>) -> Self {
-        let window = forward.window.as_ref().expect("a window step with entries");
-        let keep = window.keep.clone();
-        let entries = forward.entries.clone().expect("a window step with entries");
-        let [k, g, f] = entries.jac_mean.dims();
-        let [_, c_g, _] = weight_dims;
-        let c = g * c_g;
-        // Times rho after the sum: a fusing backend runs the product, the
-        // sum and it as one kernel (without an operation after a sum it runs
-        // two). The reshapes first, likewise: one between a product and its
-        // sum splits them.
-        let (jac_mean, keep_per_group) = (
-            entries.jac_mean.reshape([k, g, 1, f]),
-            keep.clone().reshape([k, g, c_g, 1]),
-        );
-        let keep_per_row = keep.clone().reshape([k, c, 1]);
-        let jac_mean = sum_axis(jac_mean.mul(keep_per_group), 0).mul_scalar(rho);
-        let jac_mean_sq = sum_axis(entries.jac_mean_sq.mul(keep_per_row), 0).mul_scalar(rho);
-        let kept_mean = sum_axis(keep.mul(entries.mean), 0).mul_scalar(2.0);
-        CompensationSums {
-            rho,
-            weight_dims,
-            jac_mean,
-            jac_mean_sq,
-            kept: window.kept.clone(),
-            kept_mean,
-        }
-    }
 }
 
 impl<B: Backend, const D: usize> Backward<B, 5> for ClosedFormBackward<D>
@@ -460,47 +410,19 @@ where
                 .reshape(dims);
             register_grad::<B, D>(grads, y_node, d_y);
         }
-        let Some(sums) = saved.compensation else {
-            return;
-        };
-        let inv_count = saved.inv_count.expect("a window step with entries");
-        if weight_node.is_some() {
-            let [_, _, f] = sums.weight_dims;
-            // Every reshape before the arithmetic: a fusing backend ends a
-            // kernel at a reshape between two operations.
-            let per_row = |t: Tensor<3>| t.reshape([c, 1]);
-            let (jac_mean, jac_mean_sq) = (
-                sums.jac_mean.reshape([c, f]),
-                sums.jac_mean_sq.reshape([c, f]),
-            );
-            let (d_mean_rows, d_var_rows, inv_count_rows) = (
-                per_row(d_mean.clone()),
-                per_row(d_var.clone()),
-                inv_count.clone().reshape([c, 1]),
-            );
-            let d_weight = jac_mean
-                .mul(d_mean_rows)
-                .add(jac_mean_sq.mul(d_var_rows))
-                .mul(inv_count_rows)
-                .reshape(sums.weight_dims);
-            register_grad::<B, 3>(grads, weight_node, d_weight);
+        #[cfg(feature = "cross-iter")]
+        if let Some(sums) = saved.compensation {
+            let inv_count = saved.inv_count.expect("a window step with entries");
+            let nodes = [weight_node, bias_node];
+            sums.register_grads::<B>(grads, nodes, [d_mean, d_var], inv_count);
         }
-        if bias_node.is_none() {
-            return;
-        }
-        let row = |t: Tensor<3>| t.reshape([1, c]);
-        let d_bias = sums
-            .kept
-            .mul(row(d_mean))
-            .add(sums.kept_mean.mul(row(d_var)))
-            .mul(inv_count.mul_scalar(sums.rho).reshape([1, c]))
-            .reshape([c]);
-        register_grad::<B, 1>(grads, bias_node, d_bias);
+        #[cfg(not(feature = "cross-iter"))]
+        let _ = (weight_node, bias_node, d_mean);
     }
 }
 
 /// Adds `gradient` to the gradient of `node`, if it takes one.
-fn register_grad<B: Backend, const R: usize>(
+pub(crate) fn register_grad<B: Backend, const R: usize>(
     grads: &mut Gradients,
     node: Option<NodeId>,
     gradient: Tensor<R>,
@@ -515,14 +437,26 @@ fn register_grad<B: Backend, const R: usize>(
 #[cfg(test)]
 mod tests {
     use super::{closed_form, covers};
-    use crate::norm_step::{EntriesSource, NormStep, RenormTerms, StepStatistics, WindowTerms};
-    use crate::{EpsPlacement, HistoryEntries};
+    use crate::norm_step::{NormStep, RenormTerms, StepStatistics};
+    #[cfg(feature = "cross-iter")]
+    use crate::norm_step::{EntriesSource, WindowTerms};
+    use crate::EpsPlacement;
+    #[cfg(feature = "cross-iter")]
+    use crate::HistoryEntries;
     use burn::tensor::{Device, Tensor, TensorData};
 
     const GROUPS: usize = 2;
     const CHANNELS: usize = 4;
     const PATCH: usize = 3;
+    #[cfg(feature = "cross-iter")]
     const ENTRIES: usize = 3;
+    /// The kinds of step [`compare`] runs: plain unbiased and biased (0,
+    /// 1), Batch Renormalization's corrected plain step (7) and, with the
+    /// `cross-iter` feature, the window's (2 to 6).
+    #[cfg(feature = "cross-iter")]
+    const STATISTICS: [usize; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
+    #[cfg(not(feature = "cross-iter"))]
+    const STATISTICS: [usize; 3] = [0, 1, 7];
 
     thread_local! {
         /// This thread's draws (see [`random`]).
@@ -564,6 +498,7 @@ mod tests {
 
     /// Random history entries; entry 1 of channel 2 has a negative
     /// variance (`nu < mu^2`), so the window drops it there.
+    #[cfg(feature = "cross-iter")]
     fn entries(device: &Device) -> HistoryEntries {
         let mean = random([ENTRIES, CHANNELS], device);
         let spread = random([ENTRIES, CHANNELS], device).abs().add_scalar(0.5);
@@ -633,7 +568,7 @@ mod tests {
             vec![1, CHANNELS, 1, 1],
             vec![1, CHANNELS, 3],
         ] {
-            for statistics in 0..8 {
+            for statistics in STATISTICS {
                 for placement in [EpsPlacement::InsideSqrt, EpsPlacement::OnStd] {
                     for (affine, with_bias, history_gradient) in [
                         (true, true, true),
@@ -659,9 +594,14 @@ mod tests {
                 }
             }
         }
-        assert_eq!(cases, 4 * 8 * 2 * 3);
+        assert_eq!(cases, 4 * STATISTICS.len() * 2 * 3);
         // Window steps with entries, rho != 0 and the history gradient.
-        assert_eq!(weight_gradients, 4 * 3 * 2 * 2);
+        let window_weight_gradients = if cfg!(feature = "cross-iter") {
+            4 * 3 * 2 * 2
+        } else {
+            0
+        };
+        assert_eq!(weight_gradients, window_weight_gradients);
         // The two routes round differently somewhere, so the check that
         // `run` is the closed form bit for bit can fail.
         assert!(
@@ -762,8 +702,11 @@ mod tests {
         let gamma = random([CHANNELS], device).add_scalar(1.0).require_grad();
         let beta = random([CHANNELS], device).require_grad();
         let probe = random::<D>(dims, device);
+        #[cfg(feature = "cross-iter")]
         let tracked = |t: Tensor<3>| if history_gradient { t } else { t.detach() };
+        #[cfg(feature = "cross-iter")]
         let tracked_bias = |t: Tensor<1>| if history_gradient { t } else { t.detach() };
+        #[cfg(feature = "cross-iter")]
         let terms = |filled, rho| {
             Some(WindowTerms {
                 entries: EntriesSource::values(entries(device)),
@@ -785,12 +728,20 @@ mod tests {
         let statistics = match statistics {
             0 => StepStatistics::Plain { unbiased: true },
             1 | 7 => StepStatistics::Plain { unbiased: false },
+            #[cfg(feature = "cross-iter")]
             2 => StepStatistics::Window(None),
+            #[cfg(feature = "cross-iter")]
             3 => StepStatistics::Window(terms(ENTRIES, 1.0)),
+            #[cfg(feature = "cross-iter")]
             4 => StepStatistics::Window(terms(2, 0.5)),
+            #[cfg(feature = "cross-iter")]
             5 => StepStatistics::Window(terms(1, 1.0)),
-            _ => StepStatistics::Window(terms(ENTRIES, 0.0)),
+            #[cfg(feature = "cross-iter")]
+            6 => StepStatistics::Window(terms(ENTRIES, 0.0)),
+            other => unreachable!("no step kind {other}"),
         };
+        #[cfg(not(feature = "cross-iter"))]
+        let _ = (with_bias, history_gradient);
         let step = NormStep {
             y: y.clone(),
             gamma: affine.then(|| gamma.clone()),

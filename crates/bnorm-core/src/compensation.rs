@@ -142,6 +142,18 @@ pub struct HistoryEntries {
 }
 
 impl HistoryEntries {
+    /// The entries without autodiff.
+    pub(crate) fn without_autodiff(self) -> Self {
+        HistoryEntries {
+            mean: self.mean.inner(),
+            mean_sq: self.mean_sq.inner(),
+            jac_mean: self.jac_mean.inner(),
+            jac_mean_sq: self.jac_mean_sq.inner(),
+            lin_mean: self.lin_mean.inner(),
+            lin_mean_sq: self.lin_mean_sq.inner(),
+        }
+    }
+
     /// One entry recorded now: this step's moments `[C]` and Jacobians at
     /// the current `weight` `[G, C/G, F]` and `bias` (pass them detached).
     pub fn record(

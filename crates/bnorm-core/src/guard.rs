@@ -12,6 +12,7 @@
 
 use burn::tensor::{Bool, Tensor};
 
+#[cfg(feature = "cross-iter")]
 use crate::HistoryEntries;
 
 /// One training step's guard over per-channel state updates: where the
@@ -48,6 +49,7 @@ impl StateGuard {
 ///
 /// Per group, not per channel: the mean Jacobian `P` is one per group, and
 /// a non-finite input value reaches every channel of its group anyway.
+#[cfg(feature = "cross-iter")]
 pub fn guard_entry(entry: HistoryEntries) -> HistoryEntries {
     let [_, c] = entry.mean.dims();
     let [_, g, f] = entry.jac_mean.dims();

@@ -19,17 +19,17 @@
 //! - [`shape`]: the shape checks and broadcast helpers shared by the layers.
 //! - [`record_check`]: shape errors of conversions and checkpoints.
 //! - [`mode`]: training or inference, as burn's `BatchNorm` decides.
-//! - [`compensation`]: what a CBN history entry keeps and its Taylor
-//!   compensation to the current weight.
-//! - [`window`]: Cross-Iteration BN window statistics and burn-in.
 //! - [`norm_step`]: the training step both layers share (CBN's plain or
 //!   window statistics, BRN's corrected ones), `y` to the normalized
 //!   output, with its gradient in closed form ([`closed_form`]).
 //! - With the `cross-iter` feature (which `bnorm-crossiter` enables and
-//!   `bnorm-renorm` does not): `jacobian`, closed-form Jacobians of moments
-//!   with respect to a conv2d or linear weight (computed without autodiff),
-//!   and `conv1d_jacobian`, `conv3d_jacobian`, the same for a 1D and a 3D
-//!   convolution.
+//!   `bnorm-renorm` does not), Cross-Iteration BN's math: `window`, the
+//!   window statistics and burn-in; `compensation`, what a history entry
+//!   keeps and its Taylor compensation to the current weight (and, in the
+//!   closed-form step, its gradient); `jacobian`, closed-form Jacobians of
+//!   moments with respect to a conv2d or linear weight (computed without
+//!   autodiff), and `conv1d_jacobian`, `conv3d_jacobian`, the same for a
+//!   1D and a 3D convolution.
 //! - [`inference`]: inference-mode normalization as one affine map, and
 //!   folding it into the preceding layer.
 
@@ -56,15 +56,23 @@ pub use record_check::{
     check_record_shape, load_checkpoint, CheckpointError, CheckpointErrorKind, RecordShapeError,
 };
 pub mod closed_form;
-pub mod compensation;
 pub mod inference;
 pub mod norm_step;
-pub mod window;
-pub use compensation::{linearize, CompensatedMoments, HistoryEntries, MomentJacobians};
 pub use inference::{compose_affine, InferenceAffine};
 
-// The weight Jacobians of the moments, which only CBN's fused blocks
-// compute: a BatchRenorm-only build does not compile them.
+// Cross-Iteration BN's window (its statistics, history entries, their
+// compensation and its gradient) and the weight Jacobians of the moments
+// that only CBN's fused blocks compute: a BatchRenorm-only build does not
+// compile them.
+#[cfg(feature = "cross-iter")]
+pub mod compensation;
+#[cfg(feature = "cross-iter")]
+mod compensation_gradient;
+#[cfg(feature = "cross-iter")]
+pub mod window;
+#[cfg(feature = "cross-iter")]
+pub use compensation::{linearize, CompensatedMoments, HistoryEntries, MomentJacobians};
+
 #[cfg(feature = "cross-iter")]
 pub mod conv1d_jacobian;
 #[cfg(feature = "cross-iter")]
@@ -81,9 +89,10 @@ pub use conv1d_jacobian::{conv1d_moment_jacobians, Conv1dGeometry};
 pub use conv3d_jacobian::{conv3d_moment_jacobians, Conv3dGeometry};
 #[cfg(feature = "cross-iter")]
 pub use jacobian::{conv2d_moment_jacobians, linear_moment_jacobians, Conv2dGeometry};
-pub use norm_step::{
-    EntriesSource, NormStep, NormStepOutput, RenormTerms, StepStatistics, WindowTerms,
-};
+pub use norm_step::{NormStep, NormStepOutput, RenormTerms, StepStatistics};
+#[cfg(feature = "cross-iter")]
+pub use norm_step::{EntriesSource, WindowTerms};
+#[cfg(feature = "cross-iter")]
 pub use window::{history_in_use, window_statistics, BurnInMode, FrontPush, WindowHistory};
 
 /// The unit tests' bit-for-bit comparisons.

@@ -2,8 +2,9 @@
 //! normalized output: Cross-Iteration BN's plain or window step, and Batch
 //! Renormalization's corrected plain step.
 //!
-//! Forward, per channel, over the `M` values of the channel (see
-//! [`crate::window`] and [`crate::jacobian`] for the window's terms):
+//! Forward, per channel, over the `M` values of the channel (the window's
+//! terms are Cross-Iteration BN's, in the `window` and `jacobian` modules
+//! of the `cross-iter` feature):
 //!
 //! ```text
 //! mu_t, var_t = moments(y),   nu_t = var_t + mu_t^2        the current batch
@@ -24,13 +25,17 @@
 //! burn's autodiff, operation by operation, elsewhere
 //! ([`NormStep::through_autodiff`], which the tests compare it with).
 
+#[cfg(feature = "cross-iter")]
 use std::sync::Arc;
 
 use burn::tensor::Tensor;
 
 use crate::moments::{bessel, moments_per_channel, values_per_channel};
+#[cfg(feature = "cross-iter")]
 use crate::window::{window_with_weights, WeightedWindow, WindowHistory};
-use crate::{compose_affine, reciprocal, EpsPlacement, HistoryEntries};
+#[cfg(feature = "cross-iter")]
+use crate::HistoryEntries;
+use crate::{compose_affine, reciprocal, EpsPlacement};
 
 /// One training step of normalization on `y` (a layer's output for CBN,
 /// the layer's input for BRN).
@@ -83,11 +88,13 @@ pub enum StepStatistics {
         unbiased: bool,
     },
     /// The window: the current moments and, once it holds entries, the
-    /// compensated history.
+    /// compensated history (Cross-Iteration BN; the `cross-iter` feature).
+    #[cfg(feature = "cross-iter")]
     Window(Option<WindowTerms>),
 }
 
 /// The history of a window step and what compensates it.
+#[cfg(feature = "cross-iter")]
 #[derive(Debug, Clone)]
 pub struct WindowTerms {
     /// All `K` entries, filled or not.
@@ -109,9 +116,11 @@ pub struct WindowTerms {
 /// when several threads updated it) queues a division by the thread count;
 /// queued before the moments, it keeps a fusing backend from merging the
 /// moments' operations into their reductions.
+#[cfg(feature = "cross-iter")]
 #[derive(Clone)]
 pub struct EntriesSource(Arc<dyn Fn() -> HistoryEntries>);
 
+#[cfg(feature = "cross-iter")]
 impl EntriesSource {
     /// Entries read by `read` when the step needs them.
     pub fn new(read: impl Fn() -> HistoryEntries + 'static) -> Self {
@@ -129,6 +138,7 @@ impl EntriesSource {
     }
 }
 
+#[cfg(feature = "cross-iter")]
 impl core::fmt::Debug for EntriesSource {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str("EntriesSource")
@@ -190,20 +200,25 @@ impl<const D: usize> NormStep<D> {
         let mean_sq = var.clone().add(mean_t.clone().square());
         let [batch_mean, batch_var, batch_mean_sq] =
             [mean_t.clone(), var, mean_sq].map(|t| t.reshape([dims[1]]));
+        #[cfg(feature = "cross-iter")]
         let mut entries = None;
-        let (mean, var, window) = match self.statistics {
+        #[cfg(feature = "cross-iter")]
+        let mut window = None;
+        let (mean, var) = match self.statistics {
             StepStatistics::Plain { unbiased } => {
                 let var = match unbiased {
                     true => bessel(batch_var.clone(), count),
                     false => batch_var.clone(),
                 };
-                (batch_mean.clone(), var, None)
+                (batch_mean.clone(), var)
             }
             // The window of the batch alone: `nu_t - mu_t^2` is `var_t`,
             // which the two-pass moments give without the difference's
             // cancellation (or its overflow, where `nu_t` is beyond
             // float32).
-            StepStatistics::Window(None) => (batch_mean.clone(), batch_var.clone(), None),
+            #[cfg(feature = "cross-iter")]
+            StepStatistics::Window(None) => (batch_mean.clone(), batch_var.clone()),
+            #[cfg(feature = "cross-iter")]
             StepStatistics::Window(Some(terms)) => {
                 let read = terms.entries.read();
                 entries = Some(read.clone());
@@ -212,9 +227,11 @@ impl<const D: usize> NormStep<D> {
                     moments,
                     filled: terms.filled,
                 };
-                let window =
+                let weighted =
                     window_with_weights(batch_mean.clone(), batch_mean_sq.clone(), history);
-                (window.mean.clone(), window.var.clone(), Some(window))
+                let statistics = (weighted.mean.clone(), weighted.var.clone());
+                window = Some(weighted);
+                statistics
             }
         };
         let std = self.eps_placement.std(var.clone(), self.epsilon);
@@ -263,7 +280,9 @@ impl<const D: usize> NormStep<D> {
             std,
             inv_std,
             scale,
+            #[cfg(feature = "cross-iter")]
             window,
+            #[cfg(feature = "cross-iter")]
             entries,
             gamma_eff,
             renorm,
@@ -288,12 +307,26 @@ pub(crate) struct Forward<const D: usize> {
     /// `s = gamma * inv_std`.
     pub(crate) scale: Tensor<1>,
     /// The window's weights (a window step with entries).
+    #[cfg(feature = "cross-iter")]
     pub(crate) window: Option<WeightedWindow>,
     /// The entries read (a window step with entries).
+    #[cfg(feature = "cross-iter")]
     pub(crate) entries: Option<HistoryEntries>,
     /// The scale the step normalizes with: `gamma`, or `gamma r` (`r`)
     /// with Batch Renormalization's correction.
     pub(crate) gamma_eff: Option<Tensor<1>>,
     /// `r` and `d` (with Batch Renormalization's correction).
     pub(crate) renorm: Option<(Tensor<1>, Tensor<1>)>,
+}
+
+impl<const D: usize> Forward<D> {
+    /// `1 / n`, `n` the values averaged per channel (a window step with
+    /// entries; `None` for a step that averages the batch alone).
+    pub(crate) fn window_inv_count(&self) -> Option<Tensor<1>> {
+        #[cfg(feature = "cross-iter")]
+        if let Some(window) = &self.window {
+            return Some(window.inv_count.clone());
+        }
+        None
+    }
 }
