@@ -55,9 +55,9 @@ use burn::tensor::Tensor;
 #[cfg(feature = "cross-iter")]
 use crate::compensation_gradient::CompensationSums;
 use crate::moments::{bessel_factor, values_per_channel};
-use crate::norm_step::{NormStep, NormStepOutput, RenormTerms, StepStatistics};
 #[cfg(feature = "cross-iter")]
 use crate::norm_step::{EntriesSource, WindowTerms};
+use crate::norm_step::{NormStep, NormStepOutput, RenormTerms, StepStatistics};
 use crate::shape::{flatten_spatial, sum_axis};
 
 /// The backend a covered device runs on (see the module docs).
@@ -437,9 +437,9 @@ pub(crate) fn register_grad<B: Backend, const R: usize>(
 #[cfg(test)]
 mod tests {
     use super::{closed_form, covers};
-    use crate::norm_step::{NormStep, RenormTerms, StepStatistics};
     #[cfg(feature = "cross-iter")]
     use crate::norm_step::{EntriesSource, WindowTerms};
+    use crate::norm_step::{NormStep, RenormTerms, StepStatistics};
     use crate::EpsPlacement;
     #[cfg(feature = "cross-iter")]
     use crate::HistoryEntries;

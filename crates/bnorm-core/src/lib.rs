@@ -89,9 +89,9 @@ pub use conv1d_jacobian::{conv1d_moment_jacobians, Conv1dGeometry};
 pub use conv3d_jacobian::{conv3d_moment_jacobians, Conv3dGeometry};
 #[cfg(feature = "cross-iter")]
 pub use jacobian::{conv2d_moment_jacobians, linear_moment_jacobians, Conv2dGeometry};
-pub use norm_step::{NormStep, NormStepOutput, RenormTerms, StepStatistics};
 #[cfg(feature = "cross-iter")]
 pub use norm_step::{EntriesSource, WindowTerms};
+pub use norm_step::{NormStep, NormStepOutput, RenormTerms, StepStatistics};
 #[cfg(feature = "cross-iter")]
 pub use window::{history_in_use, window_statistics, BurnInMode, FrontPush, WindowHistory};
 
