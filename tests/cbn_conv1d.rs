@@ -21,7 +21,8 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::Device;
 use burn::tensor::Tensor;
 use common::blocks::{
-    assert_conv_output_given_is_forward, assert_window_one_is_conv_batch_norm, trained_batch_norm,
+    assert_conv_output_given_is_forward, assert_records_its_conv_jacobians,
+    assert_single_value_is_finite, assert_window_one_is_conv_batch_norm, trained_batch_norm,
     window_one_norm,
 };
 use common::random::{host_seeded, uniform};
@@ -137,31 +138,9 @@ fn recorded_jacobians(device: &Device) {
             .with_groups(2),
     ];
     for (i, config) in configs.into_iter().enumerate() {
-        let config = config.with_window(3);
-        let (c_in, c) = (config.channels_in, config.channels_out);
-        let mut layer = config.init(device);
-        let w_dims = layer.conv.weight.dims();
-        let f: usize = w_dims[1..].iter().product();
-        let groups = layer.conv.groups;
-        layer.conv.weight = Param::from_tensor(uniform(w_dims, 60 + i as u64, -0.4, 0.4, device));
-        let x = uniform::<3>([1, c_in, 9], 70 + i as u64, -1.0, 1.5, device);
-        let _ = layer.forward(x.clone());
-        let history = layer.norm.history.as_ref().unwrap();
-        let recorded_p = history.jac_mean.value_sync().narrow(0, 0, 1);
-        let recorded_q = history.jac_mean_sq.value_sync().narrow(0, 0, 1);
-        let autodiff = |square: bool| {
-            let y = layer.conv.forward(x.clone());
-            let y = if square { y.square() } else { y };
-            let grads = channel_mean(y).sum().backward();
-            let grad = layer.conv.weight.grad(&grads).unwrap();
-            to_vec(grad.reshape([c, f]))
-        };
-        check_moment_jacobians(
-            &format!("config {i} recorded"),
-            (recorded_p.reshape([groups, f]), recorded_q.reshape([c, f])),
-            Tensor::ones([c], device),
-            (&autodiff(false), &autodiff(true)),
-        );
+        let x = uniform::<3>([1, config.channels_in, 9], 70 + i as u64, -1.0, 1.5, device);
+        let layer = config.with_window(3).init(device);
+        assert_records_its_conv_jacobians(&format!("config {i}"), layer, x, 60 + i as u64);
     }
 }
 
@@ -257,7 +236,7 @@ device_test!(conv1d_cbn_forward_conv_output_is_forward, conv_output_given);
 /// A checkpoint of another window or conv shape is an error naming the
 /// field; bad input panics naming expected and received shapes and leaves
 /// the state untouched; a single value per channel (batch of one, length
-/// one) stays finite through burn-in and a full window.
+/// one) stays finite through burn-in and a full window, and in eval.
 fn mismatches_and_single_value(device: &Device) {
     let err = load_error(
         cbn_config().init(device),
@@ -304,22 +283,7 @@ fn mismatches_and_single_value(device: &Device) {
         .with_window(3)
         .with_burn_in(1);
     let layer = Conv1dCbnConfig::new(2, 3, 1).with_norm(norm).init(device);
-    let layer = host_seeded(layer, 1);
-    for step in 0..5 {
-        let x = uniform::<3>([1, 2, 1], step, -1.0, 1.0, device).require_grad();
-        let y = layer.forward(x.clone());
-        assert_finite(&format!("step {step} output"), &y.clone().into_data());
-        let grads = y.sum().backward();
-        assert_finite(
-            &format!("step {step} grad x"),
-            &x.grad(&grads).unwrap().into_data(),
-        );
-        assert_finite(
-            &format!("step {step} grad W"),
-            &layer.conv.weight.grad(&grads).unwrap().into_data(),
-        );
-    }
-    assert_eq!(layer.norm.history_len(), 2);
+    assert_single_value_is_finite(layer, [1, 2, 1], device);
 }
 
 device_test!(

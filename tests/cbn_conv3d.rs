@@ -20,7 +20,8 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::Device;
 use burn::tensor::Tensor;
 use common::blocks::{
-    assert_conv_output_given_is_forward, assert_window_one_is_conv_batch_norm, trained_batch_norm,
+    assert_conv_output_given_is_forward, assert_records_its_conv_jacobians,
+    assert_single_value_is_finite, assert_window_one_is_conv_batch_norm, trained_batch_norm,
     window_one_norm,
 };
 use common::random::{host_seeded, uniform};
@@ -178,31 +179,10 @@ fn recorded_jacobians(device: &Device) {
             .with_groups(2),
     ];
     for (i, config) in configs.into_iter().enumerate() {
-        let config = config.with_window(3);
-        let [c_in, c] = config.channels;
-        let mut layer = config.init(device);
-        let w_dims = layer.conv.weight.dims();
-        let f: usize = w_dims[1..].iter().product();
-        let groups = layer.conv.groups;
-        layer.conv.weight = Param::from_tensor(uniform(w_dims, 60 + i as u64, -0.4, 0.4, device));
+        let c_in = config.channels[0];
         let x = uniform::<5>([1, c_in, 4, 5, 5], 70 + i as u64, -1.0, 1.5, device);
-        let _ = layer.forward(x.clone());
-        let history = layer.norm.history.as_ref().unwrap();
-        let recorded_p = history.jac_mean.value_sync().narrow(0, 0, 1);
-        let recorded_q = history.jac_mean_sq.value_sync().narrow(0, 0, 1);
-        let autodiff = |square: bool| {
-            let y = layer.conv.forward(x.clone());
-            let y = if square { y.square() } else { y };
-            let grads = channel_mean(y).sum().backward();
-            let grad = layer.conv.weight.grad(&grads).unwrap();
-            to_vec(grad.reshape([c, f]))
-        };
-        check_moment_jacobians(
-            &format!("config {i} recorded"),
-            (recorded_p.reshape([groups, f]), recorded_q.reshape([c, f])),
-            Tensor::ones([c], device),
-            (&autodiff(false), &autodiff(true)),
-        );
+        let layer = config.with_window(3).init(device);
+        assert_records_its_conv_jacobians(&format!("config {i}"), layer, x, 60 + i as u64);
     }
 }
 
@@ -361,26 +341,7 @@ fn single_voxel(device: &Device) {
     let layer = Conv3dCbnConfig::new([2, 3], [1, 1, 1])
         .with_norm(norm)
         .init(device);
-    let layer = host_seeded(layer, 1);
-    for step in 0..5 {
-        let x = uniform::<5>([1, 2, 1, 1, 1], step, -1.0, 1.0, device).require_grad();
-        let y = layer.forward(x.clone());
-        assert_finite(&format!("step {step} output"), &y.clone().into_data());
-        let grads = y.sum().backward();
-        assert_finite(
-            &format!("step {step} grad x"),
-            &x.grad(&grads).unwrap().into_data(),
-        );
-        assert_finite(
-            &format!("step {step} grad W"),
-            &layer.conv.weight.grad(&grads).unwrap().into_data(),
-        );
-    }
-    assert_eq!(layer.norm.history_len(), 2);
-    let eval = layer
-        .valid()
-        .forward(uniform([1, 2, 1, 1, 1], 9, -1.0, 1.0, device));
-    assert_finite("eval", &eval.into_data());
+    assert_single_value_is_finite(layer, [1, 2, 1, 1, 1], device);
 }
 
 device_test!(conv3d_cbn_single_voxel_is_finite, single_voxel);

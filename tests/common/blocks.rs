@@ -1,6 +1,7 @@
 //! burn's convolutions and the CBN blocks after them (1D, 2D, 3D) behind
 //! one trait, for the checks that read the same at every rank.
 
+use bnorm::core::moments::channel_mean;
 use bnorm::{
     Conv1dCbn, Conv2dCbn, Conv3dCbn, CrossIterBatchNorm, CrossIterBatchNormConfig, EpsPlacement,
 };
@@ -12,7 +13,10 @@ use burn::tensor::{Device, Gradients, Tensor, TensorData};
 
 use super::random::{host_seeded, uniform};
 use super::training::{sgd_steps, state_bytes, StepShapes};
-use super::{assert_bits_or_close, check_close, check_matmul, is_cube, to_vec};
+use super::{
+    assert_bits_or_close, assert_finite, check_close, check_matmul, check_moment_jacobians,
+    is_cube, to_vec,
+};
 
 /// A convolution of rank `D` (`[N, C, ...]`), plain or with its CBN.
 pub trait ConvLayer<const D: usize> {
@@ -26,6 +30,10 @@ pub trait ConvLayer<const D: usize> {
 /// A CBN block: its convolution ([`ConvLayer`]) and its normalization.
 pub trait CbnBlock<const D: usize>: ConvLayer<D> {
     fn norm(&self) -> &CrossIterBatchNorm;
+    /// The block's own convolution alone.
+    fn conv_forward(&self, input: Tensor<D>) -> Tensor<D>;
+    /// The convolution's weight groups.
+    fn groups(&self) -> usize;
 }
 
 macro_rules! conv_layer {
@@ -60,6 +68,12 @@ macro_rules! cbn_block {
         impl CbnBlock<$rank> for $block {
             fn norm(&self) -> &CrossIterBatchNorm {
                 &self.norm
+            }
+            fn conv_forward(&self, input: Tensor<$rank>) -> Tensor<$rank> {
+                self.conv.forward(input)
+            }
+            fn groups(&self) -> usize {
+                self.conv.groups
             }
         }
     )*};
@@ -238,4 +252,81 @@ where
         &direct.valid().run(x()).into_data(),
     );
     (direct, via_given)
+}
+
+/// The history entry a training step of `layer` (a window of at least 2,
+/// given a host-seeded weight from `seed`) records on input `x` holds the
+/// Jacobians of that step's moments: per channel, autodiff's gradients of
+/// `mean_c` and `meansq_c` of the block's own conv output with respect to
+/// its weight. So the block hands its padding, stride, dilation and groups
+/// to the Jacobians as burn's convolution applies them.
+pub fn assert_records_its_conv_jacobians<B, const D: usize>(
+    what: &str,
+    mut layer: B,
+    x: Tensor<D>,
+    seed: u64,
+) where
+    B: CbnBlock<D> + Module,
+{
+    let device = x.device();
+    let w_dims = layer.weight().dims();
+    let (c, f) = (w_dims[0], w_dims[1..].iter().product::<usize>());
+    let bias = layer.bias().as_ref().map(|b| b.val());
+    layer.set_params(uniform(w_dims, seed, -0.4, 0.4, &device), bias);
+    let _ = layer.run(x.clone());
+    let history = layer.norm().history.as_ref().unwrap();
+    let recorded_p = history.jac_mean.value_sync().narrow(0, 0, 1);
+    let recorded_q = history.jac_mean_sq.value_sync().narrow(0, 0, 1);
+    let autodiff = |square: bool| {
+        let y = layer.conv_forward(x.clone());
+        let y = if square { y.square() } else { y };
+        let grads = channel_mean(y).sum().backward();
+        let grad = layer.weight().grad(&grads).unwrap();
+        to_vec(grad.reshape([c, f]))
+    };
+    check_moment_jacobians(
+        &format!("{what} recorded"),
+        (
+            recorded_p.reshape([layer.groups(), f]),
+            recorded_q.reshape([c, f]),
+        ),
+        Tensor::ones([c], &device),
+        (&autodiff(false), &autodiff(true)),
+    );
+}
+
+/// `layer` (window 3, burn-in 1, host-seeded here) trained on inputs of
+/// `x_shape` that hold one value per channel (a batch of one, one
+/// position): output and the gradients of the input and the conv weight
+/// stay finite through burn-in and a full window, and so does the eval
+/// output.
+pub fn assert_single_value_is_finite<B, const D: usize>(
+    layer: B,
+    x_shape: [usize; D],
+    device: &Device,
+) where
+    B: CbnBlock<D> + Module,
+{
+    assert!(
+        x_shape[0] == 1 && x_shape[2..].iter().all(|&d| d == 1),
+        "one value per channel, got {x_shape:?}"
+    );
+    let layer = host_seeded(layer, 1);
+    for step in 0..5 {
+        let x = uniform::<D>(x_shape, step, -1.0, 1.0, device).require_grad();
+        let y = layer.run(x.clone());
+        assert_finite(&format!("step {step} output"), &y.clone().into_data());
+        let grads = y.sum().backward();
+        assert_finite(
+            &format!("step {step} grad x"),
+            &x.grad(&grads).unwrap().into_data(),
+        );
+        assert_finite(
+            &format!("step {step} grad W"),
+            &layer.weight().grad(&grads).unwrap().into_data(),
+        );
+    }
+    assert_eq!(layer.norm().history_len(), 2);
+    let eval = layer.valid().run(uniform(x_shape, 9, -1.0, 1.0, device));
+    assert_finite("eval", &eval.into_data());
 }
