@@ -18,7 +18,9 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::Device;
 use burn::tensor::{Tensor, TensorData};
-use common::blocks::{assert_window_one_is_conv_batch_norm, window_one_norm};
+use common::blocks::{
+    assert_single_value_is_finite, assert_window_one_is_conv_batch_norm, window_one_norm,
+};
 use common::random::{host_seeded, uniform};
 use common::*;
 
@@ -289,22 +291,10 @@ fn batch_of_one(device: &Device) {
         let conv = Conv2dCbnConfig::new([2, 3], [1, 1])
             .with_norm(norm.clone())
             .init(device);
-        let conv = host_seeded(conv, 1);
+        assert_single_value_is_finite(conv, [1, 2, 1, 1], device);
         let linear = host_seeded(LinearCbnConfig::new(4, 3).with_norm(norm).init(device), 2);
         for step in 0..5 {
             let what = format!("{placement:?} step {step}");
-            let x = uniform::<4>([1, 2, 1, 1], step, -1.0, 1.0, device).require_grad();
-            let y = conv.forward(x.clone());
-            assert_finite(&format!("conv {what} output"), &y.clone().into_data());
-            let grads = y.sum().backward();
-            assert_finite(
-                &format!("conv {what} grad x"),
-                &x.grad(&grads).unwrap().into_data(),
-            );
-            assert_finite(
-                &format!("conv {what} grad W"),
-                &conv.conv.weight.grad(&grads).unwrap().into_data(),
-            );
             let x = uniform::<2>([1, 4], step, -1.0, 1.0, device).require_grad();
             let y = linear.forward(x.clone());
             assert_finite(&format!("linear {what} output"), &y.clone().into_data());
@@ -318,11 +308,6 @@ fn batch_of_one(device: &Device) {
                 &linear.linear.weight.grad(&grads).unwrap().into_data(),
             );
         }
-        assert_eq!(conv.norm.history_len(), 2);
-        let eval = conv
-            .valid()
-            .forward(uniform([1, 2, 1, 1], 9, -1.0, 1.0, device));
-        assert_finite("eval", &eval.into_data());
     }
 }
 
