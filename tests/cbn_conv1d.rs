@@ -283,7 +283,7 @@ fn mismatches_and_single_value(device: &Device) {
         .with_window(3)
         .with_burn_in(1);
     let layer = Conv1dCbnConfig::new(2, 3, 1).with_norm(norm).init(device);
-    assert_single_value_is_finite(layer, [1, 2, 1], device);
+    assert_single_value_is_finite("Conv1dCbn", layer, [1, 2, 1], device);
 }
 
 device_test!(

@@ -341,7 +341,7 @@ fn single_voxel(device: &Device) {
     let layer = Conv3dCbnConfig::new([2, 3], [1, 1, 1])
         .with_norm(norm)
         .init(device);
-    assert_single_value_is_finite(layer, [1, 2, 1, 1, 1], device);
+    assert_single_value_is_finite("Conv3dCbn", layer, [1, 2, 1, 1, 1], device);
 }
 
 device_test!(conv3d_cbn_single_voxel_is_finite, single_voxel);

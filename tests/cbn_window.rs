@@ -281,7 +281,7 @@ fn window_formulas(device: &Device) {
 device_test!(cbn_window_step_is_the_formulas, window_formulas);
 
 /// A batch of one — one value per channel — never produces NaN, with
-/// either eps placement, through burn-in and a full window.
+/// either eps placement, through burn-in and a full window, and in eval.
 fn batch_of_one(device: &Device) {
     for placement in [EpsPlacement::InsideSqrt, EpsPlacement::OnStd] {
         let norm = CrossIterBatchNormConfig::new(0)
@@ -291,23 +291,9 @@ fn batch_of_one(device: &Device) {
         let conv = Conv2dCbnConfig::new([2, 3], [1, 1])
             .with_norm(norm.clone())
             .init(device);
-        assert_single_value_is_finite(conv, [1, 2, 1, 1], device);
-        let linear = host_seeded(LinearCbnConfig::new(4, 3).with_norm(norm).init(device), 2);
-        for step in 0..5 {
-            let what = format!("{placement:?} step {step}");
-            let x = uniform::<2>([1, 4], step, -1.0, 1.0, device).require_grad();
-            let y = linear.forward(x.clone());
-            assert_finite(&format!("linear {what} output"), &y.clone().into_data());
-            let grads = y.sum().backward();
-            assert_finite(
-                &format!("linear {what} grad x"),
-                &x.grad(&grads).unwrap().into_data(),
-            );
-            assert_finite(
-                &format!("linear {what} grad W"),
-                &linear.linear.weight.grad(&grads).unwrap().into_data(),
-            );
-        }
+        assert_single_value_is_finite(&format!("conv {placement:?}"), conv, [1, 2, 1, 1], device);
+        let linear = LinearCbnConfig::new(4, 3).with_norm(norm).init(device);
+        assert_single_value_is_finite(&format!("linear {placement:?}"), linear, [1, 4], device);
     }
 }
 

@@ -4,6 +4,7 @@
 use bnorm::core::moments::channel_mean;
 use bnorm::{
     Conv1dCbn, Conv2dCbn, Conv3dCbn, CrossIterBatchNorm, CrossIterBatchNormConfig, EpsPlacement,
+    LinearCbn,
 };
 use bnorm_crossiter::{PlainVariance, RunningStatistics};
 use burn::module::{Module, Param, RunningState};
@@ -80,6 +81,23 @@ macro_rules! cbn_block {
 }
 
 cbn_block!(Conv1dCbn, 3; Conv2dCbn, 4; Conv3dCbn, 5);
+
+// `LinearCbn` as a rank-2 block, for the checks that read the same for a
+// linear layer (its weight in burn's `[d_input, d_output]` layout, so not
+// for the conv Jacobian check).
+conv_layer!(LinearCbn, 2, linear);
+
+impl CbnBlock<2> for LinearCbn {
+    fn norm(&self) -> &CrossIterBatchNorm {
+        &self.norm
+    }
+    fn conv_forward(&self, input: Tensor<2>) -> Tensor<2> {
+        self.linear.forward(input)
+    }
+    fn groups(&self) -> usize {
+        1
+    }
+}
 
 /// A BatchNorm with non-trivial learned and running state (host data:
 /// the same on every backend).
@@ -297,10 +315,11 @@ pub fn assert_records_its_conv_jacobians<B, const D: usize>(
 
 /// `layer` (window 3, burn-in 1, host-seeded here) trained on inputs of
 /// `x_shape` that hold one value per channel (a batch of one, one
-/// position): output and the gradients of the input and the conv weight
-/// stay finite through burn-in and a full window, and so does the eval
-/// output.
+/// position): output and the gradients of the input and the weight stay
+/// finite through burn-in and a full window, and so does the eval output.
+/// Failures are named after `what`.
 pub fn assert_single_value_is_finite<B, const D: usize>(
+    what: &str,
     layer: B,
     x_shape: [usize; D],
     device: &Device,
@@ -309,24 +328,25 @@ pub fn assert_single_value_is_finite<B, const D: usize>(
 {
     assert!(
         x_shape[0] == 1 && x_shape[2..].iter().all(|&d| d == 1),
-        "one value per channel, got {x_shape:?}"
+        "{what}: one value per channel, got {x_shape:?}"
     );
     let layer = host_seeded(layer, 1);
     for step in 0..5 {
         let x = uniform::<D>(x_shape, step, -1.0, 1.0, device).require_grad();
         let y = layer.run(x.clone());
-        assert_finite(&format!("step {step} output"), &y.clone().into_data());
+        let what = format!("{what} step {step}");
+        assert_finite(&format!("{what} output"), &y.clone().into_data());
         let grads = y.sum().backward();
         assert_finite(
-            &format!("step {step} grad x"),
+            &format!("{what} grad x"),
             &x.grad(&grads).unwrap().into_data(),
         );
         assert_finite(
-            &format!("step {step} grad W"),
+            &format!("{what} grad W"),
             &layer.weight().grad(&grads).unwrap().into_data(),
         );
     }
-    assert_eq!(layer.norm().history_len(), 2);
+    assert_eq!(layer.norm().history_len(), 2, "{what}");
     let eval = layer.valid().run(uniform(x_shape, 9, -1.0, 1.0, device));
-    assert_finite("eval", &eval.into_data());
+    assert_finite(&format!("{what} eval"), &eval.into_data());
 }
