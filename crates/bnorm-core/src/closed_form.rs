@@ -120,7 +120,7 @@ pub(crate) fn closed_form<const D: usize>(step: NormStep<D>) -> NormStepOutput<D
 
 /// `tensor`'s autodiff primitive on `Autodiff<B, C>` (its value and graph
 /// node); a tensor without autodiff becomes an untracked one.
-pub(crate) fn graph_primitive<B: Backend, C: CheckpointStrategy, const R: usize>(
+fn graph_primitive<B: Backend, C: CheckpointStrategy, const R: usize>(
     tensor: Tensor<R>,
     strategy: GradientCheckpointingStrategy,
 ) -> FloatTensor<Autodiff<B, C>>
@@ -260,6 +260,7 @@ where
                 gamma: forward.gamma_eff.clone(),
                 renorm: forward.renorm.clone(),
                 mean_gap: forward.mean.clone().sub(forward.batch_mean.clone()),
+                #[cfg(feature = "cross-iter")]
                 mean: forward.mean.clone(),
                 inv_std_slope: eps_placement
                     .std_derivative(forward.var.clone(), forward.std.clone())
@@ -319,7 +320,8 @@ struct Saved {
     renorm: Option<(Tensor<1>, Tensor<1>)>,
     /// `mu - mu_t` (0 for a plain step).
     mean_gap: Tensor<1>,
-    /// `mu`.
+    /// `mu` (for the compensation's `dmu`).
+    #[cfg(feature = "cross-iter")]
     mean: Tensor<1>,
     /// `d inv_std / d var`.
     inv_std_slope: Tensor<1>,
@@ -388,10 +390,20 @@ where
         let f_d_var = d_var.clone().mul_scalar(saved.var_factor);
         let scale = column(saved.scale);
         let s_sum_g = scale.clone().mul(sum_g);
-        let d_mean = s_sum_g
-            .clone()
-            .add(column(saved.mean).mul(f_d_var.clone()).mul_scalar(2.0))
-            .neg();
+        #[cfg(feature = "cross-iter")]
+        if let Some(sums) = saved.compensation {
+            // dmu (through out and var) reaches only the compensated
+            // entries: computed for them alone.
+            let d_mean = s_sum_g
+                .clone()
+                .add(column(saved.mean).mul(f_d_var.clone()).mul_scalar(2.0))
+                .neg();
+            let inv_count = saved.inv_count.clone().expect("a window step with entries");
+            let nodes = [weight_node, bias_node];
+            sums.register_grads::<B>(grads, nodes, [d_mean, d_var], inv_count);
+        }
+        #[cfg(not(feature = "cross-iter"))]
+        let _ = (weight_node, bias_node, d_var);
         // 1 / (n M), per channel.
         let per_value = match &saved.inv_count {
             Some(inv_count) => column(inv_count.clone()).div_scalar(saved.count as f64),
@@ -410,14 +422,6 @@ where
                 .reshape(dims);
             register_grad::<B, D>(grads, y_node, d_y);
         }
-        #[cfg(feature = "cross-iter")]
-        if let Some(sums) = saved.compensation {
-            let inv_count = saved.inv_count.expect("a window step with entries");
-            let nodes = [weight_node, bias_node];
-            sums.register_grads::<B>(grads, nodes, [d_mean, d_var], inv_count);
-        }
-        #[cfg(not(feature = "cross-iter"))]
-        let _ = (weight_node, bias_node, d_mean);
     }
 }
 
