@@ -7,9 +7,9 @@
 //! (28x28) with `--data fashion`, or on IDX files of the user's own.
 //!
 //! ```sh
-//! cargo run --release --example small_batch                   # digits: 2 min on 2 cores
+//! cargo run --release --example small_batch                   # digits: a few minutes on 2 cores
 //! cargo run --release --example small_batch -- --data fashion # 28x28 clothing images
-//! cargo run --release --example small_batch -- --quick        # about 20 s
+//! cargo run --release --example small_batch -- --quick        # one epoch: under a minute
 //! cargo run --release --example small_batch -- --help
 //! ```
 
