@@ -47,11 +47,11 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::NodeId;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{
-    Autodiff, Backend, DispatchDevice, DispatchKindConversion, DispatchTensor,
-    GradientCheckpointingStrategy,
+    Autodiff, Backend, DispatchKindConversion, DispatchTensor, GradientCheckpointingStrategy,
 };
 use burn::tensor::Tensor;
 
+use crate::backend::{backend, BackendKind as Route};
 #[cfg(feature = "cross-iter")]
 use crate::compensation_gradient::CompensationSums;
 use crate::moments::{bessel_factor, values_per_channel};
@@ -60,29 +60,12 @@ use crate::norm_step::{EntriesSource, WindowTerms};
 use crate::norm_step::{NormStep, NormStepOutput, RenormTerms, StepStatistics};
 use crate::shape::{flatten_spatial, sum_axis};
 
-/// The backend a covered device runs on (see the module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Route {
-    NdArray,
-    Flex,
-    #[cfg(feature = "wgpu")]
-    Cube,
-}
-
-/// The route for a step on `y`'s device and its checkpointing strategy,
+/// The backend of a step on `y`'s device and its checkpointing strategy,
 /// if the closed form covers it.
 fn route<const D: usize>(y: &Tensor<D>) -> Option<(Route, GradientCheckpointingStrategy)> {
     // Without autodiff there is no graph to record.
     let strategy = y.gradient_checkpointing_strategy()?;
-    #[allow(deprecated, unreachable_patterns)]
-    let route = match y.device().inner().as_dispatch() {
-        DispatchDevice::NdArray(_) => Route::NdArray,
-        DispatchDevice::Flex(_) => Route::Flex,
-        #[cfg(feature = "wgpu")]
-        DispatchDevice::Cube(_) => Route::Cube,
-        _ => return None,
-    };
-    Some((route, strategy))
+    Some((backend(&y.device())?, strategy))
 }
 
 /// Whether [`closed_form`] covers `step`'s device.

@@ -6,9 +6,9 @@
 //! work pays autodiff's bookkeeping; the results stay on that plain device
 //! and act as constants where they meet tracked tensors.
 
-use burn::backend::DispatchDevice;
 use burn::tensor::{Device, Tensor};
 
+use crate::backend::{backend, BackendKind};
 use crate::MomentJacobians;
 
 /// Jacobian work on the values of two tensors `x`, `y` of rank `D`.
@@ -29,12 +29,10 @@ pub(crate) trait JacobianWork<const D: usize>: Copy {
 /// burn-ndarray and burn-flex, which take the weight gradient from burn's
 /// generic decomposition into a forward convolution.
 pub(crate) fn weight_gradient_by_taps(device: &Device) -> bool {
-    #[allow(deprecated)]
-    let cpu = matches!(
-        device.clone().inner().as_dispatch(),
-        DispatchDevice::NdArray(_) | DispatchDevice::Flex(_)
-    );
-    cpu
+    matches!(
+        backend(device),
+        Some(BackendKind::NdArray | BackendKind::Flex)
+    )
 }
 
 #[cfg(test)]

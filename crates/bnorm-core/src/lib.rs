@@ -34,6 +34,7 @@
 //!   folding it into the preceding layer.
 
 pub mod averaged_state;
+mod backend;
 pub mod counter;
 pub mod guard;
 pub mod mode;
