@@ -29,7 +29,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use crate::inner::{weight_gradient_by_taps, JacobianWork};
 use crate::jacobian::{batch_sum, weight_backward, AxisTaps};
-use crate::tap_products::{weight_gradient_per_tap, TapGeometry};
+use crate::tap_products::{weight_gradient_by_products, TapGeometry};
 use crate::MomentJacobians;
 
 /// Geometry of a 1D convolution with possibly asymmetric padding
@@ -110,7 +110,8 @@ impl JacobianWork<3> for Conv1dJacobians {
         // and scaled after (C x F values rather than every output value).
         let grad = y;
         let mean_sq = if weight_gradient_by_taps(&x.device()) {
-            // One matrix product per tap: a 3D conv of depth and height 1.
+            // Matrix products on the input (`tap_products`): a 3D conv of
+            // depth and height 1.
             let taps = TapGeometry {
                 stride: [1, 1, geometry.stride],
                 padding: [[0, 0], [0, 0], [left, right]],
@@ -121,7 +122,7 @@ impl JacobianWork<3> for Conv1dJacobians {
                 let [n, c, l] = t.dims();
                 t.reshape([n, c, 1, 1, l])
             };
-            weight_gradient_per_tap(volume(x), volume(grad), [c, cin_g, 1, 1, k], taps)
+            weight_gradient_by_products(volume(x), volume(grad), [c, cin_g, 1, 1, k], taps)
                 .reshape([c, f])
         } else {
             // The weight-gradient kernel takes symmetric padding only:

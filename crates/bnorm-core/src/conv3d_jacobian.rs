@@ -8,7 +8,7 @@
 //!
 //! with `patch(p)` the `C_in/G x kd x kh x kw` input values output position
 //! `p` reads. `Q` is one `conv3d_weight_backward` with `grad_out = 2y/M`
-//! (on burn's CPU backends, one matrix product per kernel tap:
+//! (on burn's CPU backends, a few matrix products on the input itself:
 //! `tap_products`).
 //! `P` separates along the three axes as in 2D: with the input summed over
 //! the batch, each depth plane's row and column tap selections (two small
@@ -22,7 +22,7 @@ use burn::tensor::{Tensor, TensorData};
 
 use crate::inner::{weight_gradient_by_taps, JacobianWork};
 use crate::jacobian::{batch_sum, plane_patch_sums, weight_backward, AxisTaps};
-use crate::tap_products::{weight_gradient_per_tap, TapGeometry};
+use crate::tap_products::{weight_gradient_by_products, TapGeometry};
 use crate::MomentJacobians;
 
 /// Geometry of a 3D convolution (axes depth, height, width), with burn's
@@ -95,7 +95,7 @@ impl JacobianWork<5> for Conv3dJacobians {
                 dilation: geometry.dilation,
                 groups: geometry.groups,
             };
-            weight_gradient_per_tap(x, grad, weight_dims, taps).reshape([c, f])
+            weight_gradient_by_products(x, grad, weight_dims, taps).reshape([c, f])
         } else {
             let options = ConvOptions::new(
                 geometry.stride,

@@ -24,7 +24,7 @@ pub(crate) trait JacobianWork<const D: usize>: Copy {
 }
 
 /// Whether a convolution's weight gradient on `device` (with or without
-/// autodiff) is computed as one matrix product per kernel tap
+/// autodiff) is computed as a few matrix products on the input itself
 /// (`tap_products`) rather than by the backend: on burn's CPU backends,
 /// burn-ndarray and burn-flex, which take the weight gradient from burn's
 /// generic decomposition into a forward convolution.

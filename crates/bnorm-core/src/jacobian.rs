@@ -16,9 +16,9 @@
 //!
 //! computed here without a second backward pass: for a conv, `P` from the
 //! batch-summed input with two small 0/1 tap-selection products and `Q`
-//! with one `conv2d_weight_backward` (on burn's CPU backends, one matrix
-//! product per kernel tap instead: `tap_products`); for a linear layer, a mean
-//! and one matmul. [`crate::conv3d_jacobian`] does the same for volumes.
+//! with one `conv2d_weight_backward` (on burn's CPU backends, a few matrix
+//! products on the input itself instead: `tap_products`); for a linear
+//! layer, a mean and one matmul. [`crate::conv3d_jacobian`] does the same for volumes.
 //!
 //!
 //! What an entry keeps and how it is compensated to the current weight:
@@ -31,7 +31,7 @@ use burn::tensor::{Slice, Tensor, TensorData};
 
 use crate::compensation::MomentJacobians;
 use crate::inner::{weight_gradient_by_taps, JacobianWork};
-use crate::tap_products::{weight_gradient_per_tap, TapGeometry};
+use crate::tap_products::{weight_gradient_by_products, TapGeometry};
 
 /// Geometry of a 2D convolution with possibly asymmetric padding
 /// (`[[top, bottom], [left, right]]`), as burn's `Conv2d` resolves it.
@@ -80,8 +80,8 @@ pub(crate) fn weight_backward<const D: usize>(
 /// `[C, C_in/G, kh, kw]`. The work runs
 /// without autodiff (see `inner`): no autodiff bookkeeping, and `Q`
 /// through the backend's own weight-gradient kernel (on burn-ndarray and
-/// burn-flex, whose kernel is burn's generic one, as one matrix product
-/// per kernel tap).
+/// burn-flex, whose kernel is burn's generic one, as a few matrix
+/// products on the input itself: `tap_products`).
 pub fn conv2d_moment_jacobians(
     x: Tensor<4>,
     y: Tensor<4>,
@@ -118,8 +118,8 @@ impl JacobianWork<4> for ConvJacobians {
         // and scaled after (C x F values rather than every output value).
         let grad = y;
         let mean_sq = if weight_gradient_by_taps(&x.device()) {
-            // One matrix product per tap (`tap_products`): a 3D conv with a
-            // depth of one.
+            // Matrix products on the input (`tap_products`): a 3D conv with
+            // a depth of one.
             let [[top, bottom], [left, right]] = geometry.padding;
             let taps = TapGeometry {
                 stride: [1, geometry.stride[0], geometry.stride[1]],
@@ -128,7 +128,7 @@ impl JacobianWork<4> for ConvJacobians {
                 groups: geometry.groups,
             };
             let volume = |t: Tensor<4>| t.unsqueeze_dim::<5>(2);
-            weight_gradient_per_tap(volume(x), volume(grad), [c, cin_g, 1, kh, kw], taps)
+            weight_gradient_by_products(volume(x), volume(grad), [c, cin_g, 1, kh, kw], taps)
                 .reshape([c, f])
         } else {
             conv2d_weight_gradient(x, grad, weight_dims, geometry)
