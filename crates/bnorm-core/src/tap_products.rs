@@ -174,7 +174,7 @@ fn weight_gradient_by_kernel_rows(
 
 /// [`weight_gradient_by_products`] as one matrix product per kernel tap
 /// (see the module docs); for every geometry.
-pub(crate) fn weight_gradient_per_tap(
+fn weight_gradient_per_tap(
     x: Tensor<5>,
     grad: Tensor<5>,
     [c, cin_g, kd, kh, kw]: [usize; 5],
