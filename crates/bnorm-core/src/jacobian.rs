@@ -18,7 +18,8 @@
 //! batch-summed input with two small 0/1 tap-selection products and `Q`
 //! with one `conv2d_weight_backward` (on burn's CPU backends, a few matrix
 //! products on the input itself instead: `tap_products`); for a linear
-//! layer, a mean and one matmul. [`crate::conv3d_jacobian`] does the same for volumes.
+//! layer, a mean and one matmul. [`crate::conv3d_jacobian`] does the same
+//! for volumes.
 //!
 //!
 //! What an entry keeps and how it is compensated to the current weight:

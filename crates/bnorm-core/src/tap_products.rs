@@ -14,9 +14,9 @@
 //! Two routes, the same sums in another order:
 //!
 //! - **By kernel row** ([`weight_gradient_by_kernel_rows`]), on
-//!   burn-flex, for the common geometry (one group, stride 1 along depth and height, no
-//!   dilation along the width). The padded input is laid out channels-last
-//!   and flat, `X[N, positions * C_in]`. With the output gradient spread
+//!   burn-flex, for the common geometry (one group, stride 1 along depth
+//!   and height, no dilation along the width). The padded input is laid
+//!   out channels-last and flat, `X[N, positions * C_in]`. With the output gradient spread
 //!   over the same grid of positions (zeros where the grid has no output,
 //!   `G[N, C, P]`), the input values that a whole row of `kw` taps reads
 //!   at grid position `p` are one contiguous run
