@@ -1,7 +1,7 @@
 //! Which of burn's backends a device runs on: the one place the library
 //! looks behind burn's runtime dispatch, for the work it routes by backend
-//! (the closed-form step's autodiff operation, the weight gradient by
-//! taps).
+//! (the closed-form step's autodiff operation, a convolution's weight
+//! gradient as matrix products: `tap_products`).
 
 use burn::backend::DispatchDevice;
 use burn::tensor::Device;

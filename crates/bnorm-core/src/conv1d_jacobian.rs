@@ -27,9 +27,9 @@ use burn::backend::Dispatch;
 use burn::tensor::ops::{ConvOptions, PadMode};
 use burn::tensor::{Tensor, TensorData};
 
-use crate::inner::{weight_gradient_by_taps, JacobianWork};
+use crate::inner::JacobianWork;
 use crate::jacobian::{batch_sum, weight_backward, AxisTaps};
-use crate::tap_products::{weight_gradient_by_products, TapGeometry};
+use crate::tap_products::{product_route, weight_gradient_by_products, TapGeometry};
 use crate::MomentJacobians;
 
 /// Geometry of a 1D convolution with possibly asymmetric padding
@@ -109,7 +109,7 @@ impl JacobianWork<3> for Conv1dJacobians {
         // Q: the weight gradient of grad_out = 2y/M, taken for grad_out = y
         // and scaled after (C x F values rather than every output value).
         let grad = y;
-        let mean_sq = if weight_gradient_by_taps(&x.device()) {
+        let mean_sq = if let Some(route) = product_route(&x.device()) {
             // Matrix products on the input (`tap_products`): a 3D conv of
             // depth and height 1.
             let taps = TapGeometry {
@@ -122,7 +122,7 @@ impl JacobianWork<3> for Conv1dJacobians {
                 let [n, c, l] = t.dims();
                 t.reshape([n, c, 1, 1, l])
             };
-            weight_gradient_by_products(volume(x), volume(grad), [c, cin_g, 1, 1, k], taps)
+            weight_gradient_by_products(volume(x), volume(grad), [c, cin_g, 1, 1, k], taps, route)
                 .reshape([c, f])
         } else {
             // The weight-gradient kernel takes symmetric padding only:

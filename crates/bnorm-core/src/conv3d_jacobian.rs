@@ -20,9 +20,9 @@ use burn::backend::Dispatch;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Tensor, TensorData};
 
-use crate::inner::{weight_gradient_by_taps, JacobianWork};
+use crate::inner::JacobianWork;
 use crate::jacobian::{batch_sum, plane_patch_sums, weight_backward, AxisTaps};
-use crate::tap_products::{weight_gradient_by_products, TapGeometry};
+use crate::tap_products::{product_route, weight_gradient_by_products, TapGeometry};
 use crate::MomentJacobians;
 
 /// Geometry of a 3D convolution (axes depth, height, width), with burn's
@@ -88,14 +88,14 @@ impl JacobianWork<5> for Conv3dJacobians {
         // Q: the weight gradient of grad_out = 2y/M, taken for grad_out = y
         // and scaled after (C x F values rather than every output value).
         let grad = y;
-        let mean_sq = if weight_gradient_by_taps(&x.device()) {
+        let mean_sq = if let Some(route) = product_route(&x.device()) {
             let taps = TapGeometry {
                 stride: geometry.stride,
                 padding: geometry.padding.map(|p| [p, p]),
                 dilation: geometry.dilation,
                 groups: geometry.groups,
             };
-            weight_gradient_by_products(x, grad, weight_dims, taps).reshape([c, f])
+            weight_gradient_by_products(x, grad, weight_dims, taps, route).reshape([c, f])
         } else {
             let options = ConvOptions::new(
                 geometry.stride,

@@ -6,9 +6,8 @@
 //! work pays autodiff's bookkeeping; the results stay on that plain device
 //! and act as constants where they meet tracked tensors.
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Tensor;
 
-use crate::backend::{backend, BackendKind};
 use crate::MomentJacobians;
 
 /// Jacobian work on the values of two tensors `x`, `y` of rank `D`.
@@ -23,21 +22,9 @@ pub(crate) trait JacobianWork<const D: usize>: Copy {
     }
 }
 
-/// Whether a convolution's weight gradient on `device` (with or without
-/// autodiff) is computed as a few matrix products on the input itself
-/// (`tap_products`) rather than by the backend: on burn's CPU backends,
-/// burn-ndarray and burn-flex, which take the weight gradient from burn's
-/// generic decomposition into a forward convolution.
-pub(crate) fn weight_gradient_by_taps(device: &Device) -> bool {
-    matches!(
-        backend(device),
-        Some(BackendKind::NdArray | BackendKind::Flex)
-    )
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{weight_gradient_by_taps, JacobianWork};
+    use super::JacobianWork;
     use crate::MomentJacobians;
     use burn::tensor::{Device, Tensor};
 
@@ -87,14 +74,5 @@ mod tests {
     #[test]
     fn work_runs_without_autodiff_flex() {
         work_runs_without_autodiff(&Device::flex());
-    }
-
-    #[test]
-    #[allow(deprecated)]
-    fn cpu_backends_take_the_taps_with_and_without_autodiff() {
-        assert!(weight_gradient_by_taps(&Device::ndarray()));
-        assert!(weight_gradient_by_taps(&Device::ndarray().autodiff()));
-        assert!(weight_gradient_by_taps(&Device::flex()));
-        assert!(weight_gradient_by_taps(&Device::flex().autodiff()));
     }
 }

@@ -31,8 +31,8 @@ use burn::tensor::ops::{ConvOptions, PadMode};
 use burn::tensor::{Slice, Tensor, TensorData};
 
 use crate::compensation::MomentJacobians;
-use crate::inner::{weight_gradient_by_taps, JacobianWork};
-use crate::tap_products::{weight_gradient_by_products, TapGeometry};
+use crate::inner::JacobianWork;
+use crate::tap_products::{product_route, weight_gradient_by_products, TapGeometry};
 
 /// Geometry of a 2D convolution with possibly asymmetric padding
 /// (`[[top, bottom], [left, right]]`), as burn's `Conv2d` resolves it.
@@ -118,7 +118,7 @@ impl JacobianWork<4> for ConvJacobians {
         // Q: the weight gradient of grad_out = 2y/M, taken for grad_out = y
         // and scaled after (C x F values rather than every output value).
         let grad = y;
-        let mean_sq = if weight_gradient_by_taps(&x.device()) {
+        let mean_sq = if let Some(route) = product_route(&x.device()) {
             // Matrix products on the input (`tap_products`): a 3D conv with
             // a depth of one.
             let [[top, bottom], [left, right]] = geometry.padding;
@@ -129,7 +129,7 @@ impl JacobianWork<4> for ConvJacobians {
                 groups: geometry.groups,
             };
             let volume = |t: Tensor<4>| t.unsqueeze_dim::<5>(2);
-            weight_gradient_by_products(volume(x), volume(grad), [c, cin_g, 1, kh, kw], taps)
+            weight_gradient_by_products(volume(x), volume(grad), [c, cin_g, 1, kh, kw], taps, route)
                 .reshape([c, f])
         } else {
             conv2d_weight_gradient(x, grad, weight_dims, geometry)

@@ -51,7 +51,7 @@
 //! the CPU backends only.
 
 use burn::tensor::ops::PadMode;
-use burn::tensor::{Slice, Tensor};
+use burn::tensor::{Device, Slice, Tensor};
 
 use crate::backend::{backend, BackendKind};
 
@@ -73,22 +73,45 @@ impl TapGeometry {
     }
 }
 
+/// How a convolution's weight gradient is computed as matrix products on a
+/// CPU backend (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ProductRoute {
+    /// burn-flex: by kernel row where the geometry allows, per tap
+    /// otherwise.
+    KernelRows,
+    /// burn-ndarray: per tap. Its matrix product copies a strided operand
+    /// out (here the overlapping runs: an im2col matrix per kernel row),
+    /// which costs it more than the copies per tap.
+    PerTap,
+}
+
+/// The route for a convolution's weight gradient on `device` (with or
+/// without autodiff): matrix products on burn's CPU backends, burn-ndarray
+/// and burn-flex, which take the weight gradient from burn's generic
+/// decomposition into a forward convolution; `None` (the backend's own
+/// kernel) elsewhere.
+pub(crate) fn product_route(device: &Device) -> Option<ProductRoute> {
+    #[allow(unreachable_patterns)]
+    match backend(device)? {
+        BackendKind::Flex => Some(ProductRoute::KernelRows),
+        BackendKind::NdArray => Some(ProductRoute::PerTap),
+        _ => None,
+    }
+}
+
 /// The weight gradient `[C, C_in/G, kd * kh * kw]` of a 3D conv with
 /// input `x` `[N, C_in, D, H, W]`, output gradient `grad`
-/// `[N, C, D', H', W']` and weight shape `[C, C_in/G, kd, kh, kw]`: by
-/// kernel row on burn-flex where the geometry allows, per tap otherwise
-/// (see the module docs).
+/// `[N, C, D', H', W']` and weight shape `[C, C_in/G, kd, kh, kw]`, by
+/// `route` (see the module docs).
 pub(crate) fn weight_gradient_by_products(
     x: Tensor<5>,
     grad: Tensor<5>,
     weight_dims: [usize; 5],
     geometry: TapGeometry,
+    route: ProductRoute,
 ) -> Tensor<3> {
-    // burn-ndarray's matrix product copies a strided operand out (here the
-    // overlapping runs: an im2col matrix per kernel row), which costs it
-    // more than the copies per tap.
-    let on_flex = backend(&x.device()) == Some(BackendKind::Flex);
-    if on_flex && geometry.reads_kernel_rows_contiguously() {
+    if route == ProductRoute::KernelRows && geometry.reads_kernel_rows_contiguously() {
         weight_gradient_by_kernel_rows(x, grad, weight_dims, geometry)
     } else {
         weight_gradient_per_tap(x, grad, weight_dims, geometry)
@@ -146,11 +169,10 @@ fn weight_gradient_by_kernel_rows(
         .slice([full, full, Slice::new(0, Some(grid as isize), 1)]);
     let step = stride[2] * cin;
     let run = kw * cin;
-    let rows: Vec<[usize; 2]> = (0..kd).flat_map(|i| (0..kh).map(move |j| [i, j])).collect();
-    let products = rows
-        .into_iter()
-        .map(|row| {
-            let first = ((row[0] * dilation[0] * h_pad) + row[1] * dilation[1]) * w_pad * cin;
+    let products = (0..kd)
+        .flat_map(|i| (0..kh).map(move |j| [i, j]))
+        .map(|[i, j]| {
+            let first = (i * dilation[0] * h_pad + j * dilation[1]) * w_pad * cin;
             let runs: Tensor<3> = x
                 .clone()
                 .slice([
@@ -227,7 +249,10 @@ fn weight_gradient_per_tap(
 
 #[cfg(test)]
 mod tests {
-    use super::{weight_gradient_by_kernel_rows, weight_gradient_per_tap, TapGeometry};
+    use super::{
+        product_route, weight_gradient_by_kernel_rows, weight_gradient_per_tap, ProductRoute,
+        TapGeometry,
+    };
     use burn::tensor::{Device, Distribution, Tensor};
 
     /// The two routes give the same weight gradient (the same sums in
@@ -294,6 +319,19 @@ mod tests {
                     "{input:?} {weight:?}: value {i}: by rows {r}, per tap {t}"
                 );
             }
+        }
+    }
+
+    /// burn-flex takes the kernel rows, burn-ndarray the taps, with and
+    /// without autodiff.
+    #[test]
+    #[allow(deprecated)]
+    fn cpu_backends_take_matrix_products() {
+        for device in [Device::flex(), Device::flex().autodiff()] {
+            assert_eq!(product_route(&device), Some(ProductRoute::KernelRows));
+        }
+        for device in [Device::ndarray(), Device::ndarray().autodiff()] {
+            assert_eq!(product_route(&device), Some(ProductRoute::PerTap));
         }
     }
 
