@@ -26,7 +26,7 @@ use clap::Parser;
 
 use experiment::learner::{fit, LearnerRun};
 use experiment::model::{Norm, CBN_BURN_IN};
-use experiment::{training_device, DataSet, DEVICE_NAMES};
+use experiment::{training_devices, DataSet, DEVICE_NAMES};
 
 #[derive(Parser, Debug)]
 #[command(about = "Train the small CNN with BatchRenorm or CBN through burn-train's Learner")]
@@ -38,7 +38,8 @@ struct Args {
     #[arg(long, value_enum, default_value = "digits")]
     data: DataSet,
     /// Replicas of the model, one per device, each on its own batch
-    /// (burn-train's MultiDevice strategy).
+    /// (burn-train's MultiDevice strategy): CUDA devices 0..N with
+    /// `--device cuda`, N replicas on the one device otherwise.
     #[arg(long, default_value_t = 1)]
     devices: usize,
     /// The backend every replica runs on.
@@ -81,7 +82,6 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> Result<(), String> {
-    let device = training_device(&args.device)?;
     let epochs = args.epochs.unwrap_or(if args.quick { 1 } else { 3 });
     let dir = args.dir.unwrap_or_else(|| {
         PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -90,7 +90,7 @@ fn run(args: Args) -> Result<(), String> {
     });
     let run = LearnerRun {
         norm: args.norm,
-        devices: vec![device; args.devices],
+        devices: training_devices(&args.device, args.devices)?,
         batch_size: args.batch_size,
         epochs,
         seed: args.seed,

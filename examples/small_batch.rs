@@ -67,7 +67,8 @@ struct Args {
     /// Runs trained in parallel [default: the CPU cores].
     #[arg(long, value_parser = positive)]
     jobs: Option<usize>,
-    /// flex or ndarray (CPU), wgpu (built with --features wgpu).
+    /// flex or ndarray (CPU), wgpu or cuda (built with --features wgpu or
+    /// --features cuda).
     #[arg(long, default_value = "flex", value_parser = PossibleValuesParser::new(DEVICE_NAMES))]
     device: String,
     /// Fewer runs: digits 2 epochs, 1 seed, batch sizes 1,2,32 (about 20 s

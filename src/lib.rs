@@ -20,7 +20,8 @@
 //! The layers run on any burn 0.22 device (`Device::flex()`,
 //! `Device::ndarray()`, `Device::wgpu(..)`, `Device::cuda(i)`, each with
 //! `.autodiff()` to train). The `wgpu` feature enables burn's wgpu backend
-//! (Vulkan, Metal, DirectX 12) and the module `wgpu`.
+//! (Vulkan, Metal, DirectX 12) and the module `wgpu`; the `cuda` feature
+//! burn's CUDA backend and the module `cuda`.
 
 pub use bnorm_core as core;
 pub use bnorm_crossiter as crossiter;
@@ -49,7 +50,9 @@ pub struct GuideExamples;
 /// Re-export of the burn version the layers are built against (0.22).
 pub use burn;
 
-#[cfg(feature = "wgpu")]
+#[cfg(feature = "cuda")]
+pub mod cuda;
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod device_probe;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;

@@ -223,6 +223,7 @@ fn brn_rank<const D: usize>(gpu_dev: &Device, shape: [usize; D], masked: bool) {
 #[rstest]
 #[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
 fn brn_parity_rank_2(#[case] device: TestDevice) {
     on_device!(device, brn_case, &[4, 3], false);
 }
@@ -230,6 +231,7 @@ fn brn_parity_rank_2(#[case] device: TestDevice) {
 #[rstest]
 #[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
 fn brn_parity_rank_3(#[case] device: TestDevice) {
     on_device!(device, brn_case, &[2, 3, 5], false);
 }
@@ -237,6 +239,7 @@ fn brn_parity_rank_3(#[case] device: TestDevice) {
 #[rstest]
 #[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
 fn brn_parity_rank_3_masked(#[case] device: TestDevice) {
     on_device!(device, brn_case, &[2, 3, 8], true);
 }
@@ -244,6 +247,7 @@ fn brn_parity_rank_3_masked(#[case] device: TestDevice) {
 #[rstest]
 #[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
 fn brn_parity_rank_4(#[case] device: TestDevice) {
     on_device!(device, brn_case, &[2, 3, 4, 4], false);
 }
@@ -251,6 +255,7 @@ fn brn_parity_rank_4(#[case] device: TestDevice) {
 #[rstest]
 #[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
 fn brn_parity_rank_5(#[case] device: TestDevice) {
     on_device!(device, brn_case, &[2, 2, 3, 3, 2], false);
 }
@@ -362,6 +367,7 @@ fn conv_output_grad_norm(
 #[rstest]
 #[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
 fn cbn_conv_parity_ramp_burn_in(#[case] device: TestDevice) {
     on_device!(
         device,
@@ -386,6 +392,7 @@ fn cbn_conv_parity_ramp_burn_in(#[case] device: TestDevice) {
 #[rstest]
 #[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
 fn cbn_conv_parity_reference_batch_of_one(#[case] device: TestDevice) {
     on_device!(
         device,
@@ -410,6 +417,7 @@ fn cbn_conv_parity_reference_batch_of_one(#[case] device: TestDevice) {
 #[rstest]
 #[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
 fn cbn_conv_parity_negative_variance_drop(#[case] device: TestDevice) {
     on_device!(
         device,
@@ -427,6 +435,7 @@ fn cbn_conv_parity_negative_variance_drop(#[case] device: TestDevice) {
 #[rstest]
 #[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
 fn cbn_linear_parity(#[case] device: TestDevice) {
     on_device!(device, linear_case);
 }
@@ -556,6 +565,7 @@ fn conv3d_case(gpu_dev: &Device) {
 #[rstest]
 #[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
 fn cbn_conv3d_parity(#[case] device: TestDevice) {
     on_device!(device, conv3d_case);
 }
@@ -583,6 +593,7 @@ fn conv1d_case(gpu_dev: &Device, config: Conv1dCbnConfig, shapes: [[usize; 3]; 2
 #[rstest]
 #[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
 fn cbn_conv1d_parity(#[case] device: TestDevice) {
     let config = Conv1dCbnConfig::new(4, 6, 3)
         .with_padding(PaddingConfig1d::Explicit(2, 0))
@@ -609,6 +620,7 @@ fn cbn_conv1d_parity(#[case] device: TestDevice) {
 #[rstest]
 #[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
 fn cbn_conv1d_parity_one_output_position(#[case] device: TestDevice) {
     let config = Conv1dCbnConfig::new(2, 3, 5);
     on_device!(
@@ -625,6 +637,7 @@ fn cbn_conv1d_parity_one_output_position(#[case] device: TestDevice) {
 #[rstest]
 #[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
 fn checkpoint_crosses_backends(#[case] device: TestDevice) {
     on_device!(device, checkpoint_case);
 }

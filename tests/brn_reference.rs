@@ -217,6 +217,7 @@ fn replay_all(device: &Device, name: &str) {
 #[case::ndarray(TestDevice::NdArray)]
 #[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
 fn brn_reference_fixtures(#[case] dev: TestDevice) {
     on_device!(dev, replay_all, dev.name());
 }

@@ -342,6 +342,7 @@ fn conversions(device: &Device) {
     let (conv, brn) = (conv.valid(), brn.valid());
     let x = uniform::<3>([2, 2, 8], 9, -1.0, 2.0, inner);
     check_matmul(
+        device,
         "Conv1d + BRN folded",
         &brn.fold_into_conv1d(&conv)
             .unwrap()
@@ -365,6 +366,7 @@ fn conversions(device: &Device) {
     let block = block.valid();
     let x = uniform::<3>([2, 2, 8], 10, -1.0, 2.0, inner);
     check_matmul(
+        device,
         "Conv1dCbn folded",
         &block.fold().forward(x.clone()).into_data(),
         &[2, 3, 8],

@@ -398,6 +398,7 @@ fn conversions(device: &Device) {
     let (conv, brn) = (conv.valid(), brn.valid());
     let x = uniform::<5>([2, 2, 3, 4, 4], 9, -1.0, 2.0, inner);
     check_matmul(
+        device,
         "Conv3d + BRN folded",
         &brn.fold_into_conv3d(&conv)
             .unwrap()
@@ -421,6 +422,7 @@ fn conversions(device: &Device) {
     let block = block.valid();
     let x = uniform::<5>([2, 2, 3, 4, 4], 10, -1.0, 2.0, inner);
     check_matmul(
+        device,
         "Conv3dCbn folded",
         &block.fold().forward(x.clone()).into_data(),
         &[2, 3, 3, 4, 4],

@@ -156,6 +156,7 @@ fn linear_jacobians(device: &Device) {
     // Both sides go through a matmul (the closed form's y^T x, autodiff's
     // backward of x W): TF32 on CUDA, see `check_matmul`.
     check_matmul(
+        device,
         "linear d mean/dW",
         &closed_dmu.into_data(),
         &[d_out, d_in],
@@ -163,6 +164,7 @@ fn linear_jacobians(device: &Device) {
     )
     .unwrap();
     check_matmul(
+        device,
         "linear d meansq/dW",
         &closed_dnu.into_data(),
         &[d_out, d_in],

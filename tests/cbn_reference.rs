@@ -136,6 +136,7 @@ fn replay(device: &Device, path: &Path) -> Result<(), String> {
                 .valid()
                 .forward(step.input.tensor(&device.clone().inner()));
             check_json_matmul(
+                device,
                 &at("output (valid())"),
                 &inference.into_data(),
                 &step.output,
@@ -143,15 +144,22 @@ fn replay(device: &Device, path: &Path) -> Result<(), String> {
             // Gradients in inference mode: the frozen-statistics path.
             layer.norm.forward_frozen(layer.conv.forward(input.clone()))
         };
-        check_json_matmul(&at("output"), &output.clone().into_data(), &step.output)?;
+        check_json_matmul(
+            device,
+            &at("output"),
+            &output.clone().into_data(),
+            &step.output,
+        )?;
         let grads = output.mul(step.grad_output.tensor(device)).sum().backward();
         let grad = |t: Option<Tensor<4>>| t.ok_or("missing gradient").map(|t| t.into_data());
         check_json_matmul(
+            device,
             &at("grad_input"),
             &grad(input.grad(&grads))?,
             &step.grad_input,
         )?;
         check_json_matmul(
+            device,
             &at("grad_conv_weight"),
             &grad(layer.conv.weight.grad(&grads))?,
             &step.grad_conv_weight,
@@ -163,7 +171,12 @@ fn replay(device: &Device, path: &Path) -> Result<(), String> {
             .unwrap()
             .grad(&grads)
             .ok_or("no gamma gradient")?;
-        check_json_matmul(&at("grad_gamma"), &gamma.into_data(), &step.grad_gamma)?;
+        check_json_matmul(
+            device,
+            &at("grad_gamma"),
+            &gamma.into_data(),
+            &step.grad_gamma,
+        )?;
         let beta = layer
             .norm
             .beta
@@ -180,11 +193,13 @@ fn replay(device: &Device, path: &Path) -> Result<(), String> {
             ATOL,
         )?;
         check_json_matmul(
+            device,
             &at("running_mean"),
             &layer.norm.running_mean.value_sync().into_data(),
             &step.running_mean,
         )?;
         check_json_matmul(
+            device,
             &at("running_var"),
             &layer.norm.running_var.value_sync().into_data(),
             &step.running_var,
@@ -225,6 +240,7 @@ fn replay_all(device: &Device, name: &str) {
 #[case::ndarray(TestDevice::NdArray)]
 #[case::flex(TestDevice::Flex)]
 #[cfg_attr(feature = "wgpu", case::wgpu(TestDevice::Wgpu))]
+#[cfg_attr(feature = "cuda", case::cuda(TestDevice::Cuda))]
 fn cbn_reference_fixtures(#[case] dev: TestDevice) {
     on_device!(dev, replay_all, dev.name());
 }

@@ -235,6 +235,7 @@ fn window_formulas(device: &Device) {
         let compare = |what: &str, actual: TensorData, expected: TensorData| {
             let values: Vec<f32> = expected.try_to_vec::<f32>().unwrap();
             check_matmul(
+                device,
                 &format!("{case}: {what}"),
                 &actual,
                 expected.shape(),
@@ -350,6 +351,7 @@ fn gradient_accumulation(device: &Device) {
         bn.beta = Param::from_tensor(norm.beta.as_ref().unwrap().val().detach());
         let pooled = bn.forward(conv.forward(Tensor::cat(micro, 0)));
         check_matmul(
+            device,
             &format!("step {step}: last micro-batch against the pooled batch"),
             &last.unwrap().into_data(),
             &[1, 3, 5, 5],

@@ -130,6 +130,7 @@ fn folding(device: &Device) {
         let expected = to_vec(brn.forward(c.forward(x.clone())));
         let folded = brn.fold_into_conv2d(&c).unwrap();
         check_matmul(
+            device,
             &format!("conv(bias={bias}) + BRN folded"),
             &folded.forward(x).into_data(),
             &[2, 4, 5, 5],
@@ -148,6 +149,7 @@ fn folding(device: &Device) {
     let block = block.valid();
     let x = uniform::<4>([2, 3, 5, 5], 10, -1.0, 2.0, inner);
     check_matmul(
+        device,
         "Conv2dCbn folded",
         &block.fold().forward(x.clone()).into_data(),
         &[2, 4, 5, 5],
@@ -163,6 +165,7 @@ fn folding(device: &Device) {
     let (linear, brn) = (linear.valid(), brn.valid());
     let xl = uniform::<2>([5, 3], 11, -1.0, 2.0, inner);
     check_matmul(
+        device,
         "linear + BRN folded",
         &brn.fold_into_linear(&linear)
             .unwrap()
@@ -181,6 +184,7 @@ fn folding(device: &Device) {
     }
     let lblock = lblock.valid();
     check_matmul(
+        device,
         "LinearCbn folded",
         &lblock.fold().forward(xl.clone()).into_data(),
         &[5, 4],
@@ -230,6 +234,7 @@ fn pytorch_import(device: &Device) {
     assert!(brn.steps() > 0, "num_batches_tracked imported");
     let y = brn.forward(conv.forward(case.input.tensor(inner)));
     check_matmul(
+        device,
         "brn2d_after_conv eval output",
         &y.into_data(),
         &case.eval_output.shape,
@@ -251,6 +256,7 @@ fn pytorch_import(device: &Device) {
     let block = dict.conv2d_cbn("conv.", "norm.", &config, inner).unwrap();
     let y = block.forward(case.input.tensor(inner));
     check_matmul(
+        device,
         "cbn2d_after_conv eval output",
         &y.into_data(),
         &case.eval_output.shape,

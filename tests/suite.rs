@@ -42,6 +42,9 @@ mod properties;
 
 #[path = "backend_parity.rs"]
 mod backend_parity;
+#[cfg(feature = "cuda")]
+#[path = "cuda_device.rs"]
+mod cuda_device;
 #[cfg(feature = "wgpu")]
 #[path = "wgpu_device.rs"]
 mod wgpu_device;

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Builds the criterion benchmarks with `--features cuda` (release) and packs
-# them into .gpu-bench/ with a runner, for a GPU machine without a Rust
-# toolchain, with the kernel_count example (--features cuda: kernels per
-# training step and, with BNORM_KERNEL_TIMES=1, their device times). A
-# folder of its own: ../shared/tools/gpu-pack.sh empties .gpu/ when it makes
-# the test pack. On that machine, from the project root:
+# the chosen ones into .gpu-bench/ with a runner, for a GPU machine without
+# a Rust toolchain. A folder of its own: tools/gpu-pack-tests.sh empties
+# .gpu/ when it makes the test pack.
+#
+#   bash tools/gpu-pack-bench.sh                 # the two comparison benches
+#   PACK_BENCHES="brn_vs_batchnorm" bash tools/gpu-pack-bench.sh
+#
+# burn-cuda links LLVM statically, so each bench binary is ~20 MB
+# compressed (what travels to a device machine is limited to 64 MiB in
+# all); PACK_BENCHES names the benches to pack. Offline, burn-cuda needs an
+# LLVM first: tools/offline-llvm.sh. On that machine, from the project root:
 #   bash .gpu-bench/bench.sh      # CUDA only (BNORM_BENCH_BACKENDS=cuda)
-#   BNORM_BENCH_BACKENDS=cuda,ndarray bash .gpu-bench/bench.sh
-#   BNORM_KERNEL_TIMES=1 bash .gpu-bench/bench.sh kernel_count 1x32x128x128
+#   BNORM_BENCH_BACKENDS=cuda,flex bash .gpu-bench/bench.sh
 set -euo pipefail
 root=$(git rev-parse --show-toplevel)
 cd "$root"
@@ -17,8 +22,10 @@ rm -rf .gpu-bench
 mkdir -p .gpu-bench/bin
 export CUDARC_CUDA_VERSION=${CUDARC_CUDA_VERSION:-13000}
 export CARGO_TARGET_DIR=${GPU_TARGET_DIR:-$root/target/gpu}
-cargo bench --features cuda --no-run --message-format=json > .gpu-bench/bin/build.json
-cargo build --release --features cuda --example kernel_count --message-format=json >> .gpu-bench/bin/build.json
+export PACK_BENCHES=${PACK_BENCHES:-cbn_vs_conv_batchnorm brn_vs_batchnorm}
+benches=()
+for name in $PACK_BENCHES; do benches+=(--bench "$name"); done
+cargo bench --features cuda --no-run "${benches[@]}" --message-format=json > .gpu-bench/bin/build.json
 python3 - "$root" <<'PY'
 import json, os, shutil, sys
 root = sys.argv[1]
@@ -32,25 +39,23 @@ for line in open(os.path.join(root, ".gpu-bench/bin/build.json")):
         name = msg["target"]["name"]
         shutil.copy2(msg["executable"], os.path.join(root, ".gpu-bench/bin", name))
         names.append(name)
-    if msg.get("reason") == "compiler-artifact" and msg.get("executable") and msg["target"]["name"] == "kernel_count":
-        shutil.copy2(msg["executable"], os.path.join(root, ".gpu-bench/bin/kernel_count"))
 open(os.path.join(root, ".gpu-bench/bin/benches.txt"), "w").write("\n".join(names) + "\n")
 print("packed benches:", " ".join(names))
 PY
 rm -f .gpu-bench/bin/build.json
-strip .gpu-bench/bin/* 2>/dev/null || true
-for f in .gpu-bench/bin/*; do [ "$f" = .gpu-bench/bin/benches.txt ] || xz -T0 -6 "$f"; done
+for f in .gpu-bench/bin/*; do
+  [ "$f" = .gpu-bench/bin/benches.txt ] || { strip "$f"; xz -T0 -6 "$f"; }
+done
 cat > .gpu-bench/bench.sh <<'RUN'
 #!/usr/bin/env bash
-# Runs the packed benchmarks (CUDA by default) from the project root, or
-# with `kernel_count [NxCxHxW]` the packed kernel_count example.
+# Runs the packed benchmarks (CUDA by default) from the project root;
+# arguments go to each bench (criterion's filters and flags).
 set -u
 root=$(pwd)
 libdirs=""
 for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/local/nvidia/lib64 /usr/lib/x86_64-linux-gnu /usr/lib64; do
   [ -d "$d" ] && libdirs="$libdirs:$d"
 done
-for f in $(find /opt /usr/local -name 'libnvrtc.so*' 2>/dev/null | head -n 5); do libdirs="$libdirs:$(dirname "$f")"; done
 export LD_LIBRARY_PATH="${libdirs#:}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export BNORM_BENCH_BACKENDS=${BNORM_BENCH_BACKENDS:-cuda}
 # Unpacked binaries and criterion's files in scratch folders, not in the
@@ -59,13 +64,6 @@ scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 export CRITERION_HOME=${CRITERION_HOME:-$scratch/criterion}
 command -v nvidia-smi >/dev/null && nvidia-smi -L
-if [ "${1:-}" = kernel_count ]; then
-  shift
-  xz -dc "$root/.gpu-bench/bin/kernel_count.xz" > "$scratch/kernel_count"
-  chmod +x "$scratch/kernel_count"
-  "$scratch/kernel_count" "$@"
-  exit
-fi
 while read -r name; do
   [ -n "$name" ] || continue
   xz -dc "$root/.gpu-bench/bin/$name.xz" > "$scratch/$name"

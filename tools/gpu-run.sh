@@ -1,16 +1,11 @@
 #!/usr/bin/env bash
 # One GPU session's run, on the device machine, from the project root:
-# the packed CUDA tests (.gpu/, from ../shared/tools/gpu-pack.sh; run a
+# the packed CUDA tests (.gpu/, from tools/gpu-pack-tests.sh; run a
 # process per test by tools/gpu-test-parallel.sh) and
 # benchmarks (.gpu-bench/, from tools/gpu-pack-bench.sh), each under its own
 # time limit, with cubecl's kernel caches carried across machines.
 #
 #   bash tools/gpu-run.sh TEST_SECONDS BENCH_SECONDS [test filters...]
-#
-# KERNEL_SHAPES="1x32x128x128 ..." runs the packed kernel_count example
-# (BNORM_KERNEL_TIMES=1: kernels per step and their device times) at each
-# shape after the benchmarks, KERNEL_SECONDS (default 120) each, into
-# $OUT/kernels-SHAPE.txt.
 #
 # GPU_TEST_REPEAT=N runs the selected tests N times (default 1), each pass
 # with its own TEST_SECONDS: with burn-cuda's autotune the kernels, and so
@@ -21,18 +16,19 @@
 # their summaries to $OUT/tests/repeats.txt.
 #
 # Why the caches: with burn's default fusion and autotune, the first step of
-# every new shape compiles kernels through NVRTC and autotunes them, on one
-# device thread; a cold run of the whole suite did not finish in 330 s on an
-# H100. cubecl.toml keeps compiled PTX under target/ (autotune results are
-# there by default). This script unpacks .gpu-cache/cubecl-cache.tar.xz.part-*
-# into target/ first, and last packs cubecl's folders of target/ into
+# every new shape compiles kernels and autotunes them, on one device thread
+# (on the burn 0.21 line a cold run of the whole suite did not finish in
+# 330 s on an H100). cubecl keeps its environment (autotune results and,
+# with cubecl.toml's `[compilation] cache = true`, compiled kernels) under
+# target/environment. This script unpacks .gpu-cache/cubecl-cache.tar.xz.part-*
+# into target/ first, and last packs target/environment into
 # $OUT/cubecl-cache.tar.xz.part-* (15 MiB parts: a file that comes back from
 # the device may hold 16 MiB), also after a time limit has cut a step short,
 # so each run starts where the last one stopped. Back on the development
 # machine:
 #   rm -rf .gpu-cache && mkdir .gpu-cache && cp /work/.device/N/cubecl-cache.* .gpu-cache/
-# and carry .gpu-cache with .gpu and .gpu-bench on the next call (64 MiB may
-# travel in all; the two packs take about 24).
+# and carry .gpu-cache with .gpu (or .gpu-bench) on the next call (64 MiB may
+# travel in all; with LLVM linked in, each packed binary takes about 20).
 set -u
 out=${OUT:?"OUT: the folder whose files come back"}
 tests_s=${1:?"seconds for the tests (0: skip)"}
@@ -71,15 +67,9 @@ if [ "$bench_s" -gt 0 ]; then
   timeout "$bench_s" bash .gpu-bench/bench.sh > "$out/bench.log" 2>&1 || status=1
   grep -E "settled after|^\|" "$out/bench.log"
 fi
-for shape in ${KERNEL_SHAPES:-}; do
-  echo "kernel_count $shape start $(date -u +%T)"
-  BNORM_KERNEL_TIMES=1 timeout "${KERNEL_SECONDS:-120}" bash .gpu-bench/bench.sh kernel_count "$shape" \
-    > "$out/kernels-$shape.txt" 2>&1 || status=1
-  grep -E "^\| (Conv2d|Batch)" "$out/kernels-$shape.txt"
-done
 echo "end $(date -u +%T)"
-# cubecl's folders: target/cuda (PTX) and target/autotune.
-caches=$(cd target && ls -d cuda autotune 2>/dev/null)
+# cubecl's environment (compiled kernels, autotune results): target/environment.
+caches=$(cd target && ls -d environment 2>/dev/null)
 if [ -n "$caches" ]; then
   XZ_OPT=-6T0 tar -cJf - -C target $caches | split -b 15M - "$out/cubecl-cache.tar.xz.part-"
 fi

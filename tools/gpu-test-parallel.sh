@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the packed CUDA tests (.gpu/, from ../shared/tools/gpu-pack.sh) with
+# Runs the packed CUDA tests (.gpu/, from tools/gpu-pack-tests.sh) with
 # one process per test, JOBS at a time, from the project root:
 #
 #   DEADLINE_S=420 RESULTS=$OUT/tests bash tools/gpu-test-parallel.sh [filters...]
@@ -31,7 +31,7 @@ pack=${GPU_PACK:-$root/.gpu}
 jobs=${JOBS:-$(nproc)}
 deadline_s=${DEADLINE_S:-0}
 results=${RESULTS:-$root/.gpu-results}
-[ -f "$pack/tests.txt" ] || { echo "no test pack: $pack/tests.txt is missing (run ../shared/tools/gpu-pack.sh)"; exit 2; }
+[ -f "$pack/tests.txt" ] || { echo "no test pack: $pack/tests.txt is missing (run tools/gpu-pack-tests.sh)"; exit 2; }
 mkdir -p "$results/failed"
 : > "$results/summary.txt"
 

@@ -127,21 +127,39 @@ pub fn settle(label: &str, mut step: impl FnMut()) {
     );
 }
 
-/// Whether to run `backend` ("ndarray", "flex"): `BNORM_BENCH_BACKENDS` is
-/// a comma-separated list (default: both).
+/// The backends a comparison bench can run on: the CPU ones, and the GPU
+/// ones built in (`--features wgpu`, `--features cuda`).
+pub const BACKENDS: &[&str] = &[
+    "ndarray",
+    "flex",
+    #[cfg(feature = "wgpu")]
+    "wgpu",
+    #[cfg(feature = "cuda")]
+    "cuda",
+];
+
+/// Whether to run `backend`: `BNORM_BENCH_BACKENDS` is a comma-separated
+/// list (default: ndarray and flex; a GPU backend only when named).
 pub fn wants(backend: &str) -> bool {
-    std::env::var("BNORM_BENCH_BACKENDS")
-        .map(|list| list.split(',').any(|b| b.trim() == backend))
-        .unwrap_or(true)
+    match std::env::var("BNORM_BENCH_BACKENDS") {
+        Ok(list) => list.split(',').any(|b| b.trim() == backend),
+        Err(_) => matches!(backend, "ndarray" | "flex"),
+    }
 }
 
-/// The autodiff device a bench named `name` ("ndarray", "flex") runs on.
+/// The autodiff device a bench named `name` (one of [`BACKENDS`]) runs on;
+/// a GPU's is checked first and named when missing. A step's time includes
+/// reading its input gradient's sum back, which waits for the device.
 pub fn bench_device(name: &str) -> burn::tensor::Device {
     let device = match name {
         #[allow(deprecated)]
         "ndarray" => burn::tensor::Device::ndarray(),
         "flex" => burn::tensor::Device::flex(),
-        other => panic!("unknown bench backend {other:?} (ndarray, flex)"),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => bnorm::wgpu::device().unwrap_or_else(|e| panic!("{e}")),
+        #[cfg(feature = "cuda")]
+        "cuda" => bnorm::cuda::device(0).unwrap_or_else(|e| panic!("{e}")),
+        other => panic!("unknown bench backend {other:?} (one of {BACKENDS:?})"),
     };
     device.autodiff()
 }
@@ -177,15 +195,15 @@ pub fn print_ratios(title: &str, groups: &[String], baseline: &str, candidate: &
 }
 
 /// A comparison bench's `main`: `$bench(&mut criterion, backend,
-/// &device) -> Vec<String>` (its criterion groups) on ndarray and flex
-/// (each as [`wants`] allows), then `$summary(backend, &groups)` for each.
+/// &device) -> Vec<String>` (its criterion groups) on each of [`BACKENDS`]
+/// that [`wants`] allows, then `$summary(backend, &groups)` for each.
 #[allow(unused_macros)] // step_memory shares this file and has its own main
 macro_rules! comparison_main {
     ($samples:expr, $seconds:expr, $bench:ident, $summary:ident) => {
         fn main() {
             let mut c = common::criterion($samples, $seconds);
             let mut summaries = Vec::new();
-            for name in ["ndarray", "flex"] {
+            for &name in common::BACKENDS {
                 if common::wants(name) {
                     let device = common::bench_device(name);
                     summaries.push((name, $bench(&mut c, name, &device)));

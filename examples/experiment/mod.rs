@@ -15,13 +15,16 @@ use std::path::Path;
 use burn::tensor::Device;
 
 /// The backends the examples train on, by name (`--device`): flex and
-/// ndarray (CPU), and wgpu when built with `--features wgpu`.
-#[cfg(feature = "wgpu")]
-pub const DEVICE_NAMES: [&str; 3] = ["flex", "ndarray", "wgpu"];
-/// The backends the examples train on, by name (`--device`): flex and
-/// ndarray (CPU), and wgpu when built with `--features wgpu`.
-#[cfg(not(feature = "wgpu"))]
-pub const DEVICE_NAMES: [&str; 2] = ["flex", "ndarray"];
+/// ndarray (CPU), wgpu when built with `--features wgpu` and cuda (device
+/// 0) with `--features cuda`.
+pub const DEVICE_NAMES: &[&str] = &[
+    "flex",
+    "ndarray",
+    #[cfg(feature = "wgpu")]
+    "wgpu",
+    #[cfg(feature = "cuda")]
+    "cuda",
+];
 
 /// The autodiff device called `name` (one of [`DEVICE_NAMES`]), or why it
 /// cannot be used.
@@ -32,6 +35,8 @@ pub fn training_device(name: &str) -> Result<Device, String> {
         "ndarray" => Device::ndarray(),
         #[cfg(feature = "wgpu")]
         "wgpu" => bnorm::wgpu::device().map_err(|e| e.to_string())?,
+        #[cfg(feature = "cuda")]
+        "cuda" => bnorm::cuda::device(0).map_err(|e| e.to_string())?,
         _ => {
             return Err(format!(
                 "unknown device {name:?} (one of: {})",
@@ -40,6 +45,22 @@ pub fn training_device(name: &str) -> Result<Device, String> {
         }
     };
     Ok(device.autodiff())
+}
+
+/// `count` autodiff devices for data-parallel replicas: CUDA devices
+/// `0..count` for `cuda`, else `count` handles of the one device `name`.
+pub fn training_devices(name: &str, count: usize) -> Result<Vec<Device>, String> {
+    #[cfg(feature = "cuda")]
+    if name == "cuda" {
+        return (0..count)
+            .map(|index| {
+                bnorm::cuda::device(index)
+                    .map(|device| device.autodiff())
+                    .map_err(|e| e.to_string())
+            })
+            .collect();
+    }
+    Ok(vec![training_device(name)?; count])
 }
 
 /// The data sets shipped in `data/` (each with its attribution in

@@ -176,7 +176,7 @@ pub fn assert_window_one_is_conv_batch_norm<Cbn, Conv, const D: usize>(
         ];
         for (name, a, b) in through_conv {
             let data = TensorData::new(a.clone(), [a.len()]);
-            check_matmul(&format!("{what} {name}"), &data, &[b.len()], &b).unwrap();
+            check_matmul(device, &format!("{what} {name}"), &data, &[b.len()], &b).unwrap();
         }
         let norm = cbn.norm();
         let norm_side = [

@@ -1,5 +1,5 @@
 //! The devices test bodies run on: ndarray and flex always, wgpu with
-//! `--features wgpu`. A test body is a plain function of an autodiff
+//! `--features wgpu`, CUDA with `--features cuda`. A test body is a plain function of an autodiff
 //! [`Device`]; [`on_device!`] calls it for a [`TestDevice`] case.
 
 use burn::tensor::Device;
@@ -13,20 +13,26 @@ pub enum TestDevice {
     Flex,
     #[cfg(feature = "wgpu")]
     Wgpu,
+    /// burn-cuda's device 0 (run where a GPU is: the GPU test pack).
+    #[cfg(feature = "cuda")]
+    Cuda,
 }
 
 impl TestDevice {
     /// The device a single-device test uses: `BNORM_DEVICE=flex` selects
-    /// flex, `BNORM_DEVICE=wgpu` wgpu (with the `wgpu` feature), anything
-    /// else ndarray.
+    /// flex, `BNORM_DEVICE=wgpu` wgpu (with the `wgpu` feature),
+    /// `BNORM_DEVICE=cuda` CUDA (with the `cuda` feature), anything else
+    /// ndarray.
     pub fn from_env() -> Self {
         match std::env::var("BNORM_DEVICE").as_deref() {
             Ok("flex") => TestDevice::Flex,
             #[cfg(feature = "wgpu")]
             Ok("wgpu") => TestDevice::Wgpu,
-            // Reached when the wgpu feature is off.
+            #[cfg(feature = "cuda")]
+            Ok("cuda") => TestDevice::Cuda,
+            // Reached for a backend whose feature is off.
             #[allow(unreachable_patterns)]
-            Ok(name @ "wgpu") => panic!(
+            Ok(name @ ("wgpu" | "cuda")) => panic!(
                 "BNORM_DEVICE={name} but the tests were built without the `{name}` feature; \
                  rebuild with `--features {name}`"
             ),
@@ -40,6 +46,8 @@ impl TestDevice {
             TestDevice::Flex => "flex",
             #[cfg(feature = "wgpu")]
             TestDevice::Wgpu => "wgpu",
+            #[cfg(feature = "cuda")]
+            TestDevice::Cuda => "cuda",
         }
     }
 
@@ -51,6 +59,8 @@ impl TestDevice {
             TestDevice::Flex => Device::flex(),
             #[cfg(feature = "wgpu")]
             TestDevice::Wgpu => wgpu_device(),
+            #[cfg(feature = "cuda")]
+            TestDevice::Cuda => cuda_device(),
         }
     }
 
@@ -62,7 +72,7 @@ impl TestDevice {
     /// Whether the backend runs on a GPU runtime (a test then waits for it
     /// before returning, see [`on_device!`]).
     pub fn is_gpu(self) -> bool {
-        self.name() == "wgpu"
+        matches!(self.name(), "wgpu" | "cuda")
     }
 }
 
@@ -75,6 +85,12 @@ pub fn baseline() -> Device {
 #[cfg(feature = "wgpu")]
 pub fn wgpu_device() -> Device {
     bnorm::wgpu::device().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// burn-cuda's device 0, with a clear message when there is none.
+#[cfg(feature = "cuda")]
+pub fn cuda_device() -> Device {
+    bnorm::cuda::device(0).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Calls the test body `$body(&device, args...)` on the autodiff device of
@@ -95,15 +111,17 @@ macro_rules! on_device {
 }
 pub(crate) use on_device;
 
-/// One test `$name` per device: ndarray, flex and, with the `wgpu`
-/// feature, wgpu (rstest cases `case_1_ndarray`, `case_2_flex`,
-/// `case_3_wgpu`), each running `$body(&device)` through [`on_device!`].
+/// One test `$name` per device: ndarray, flex and, with their features,
+/// wgpu and CUDA (rstest cases `case_1_ndarray`, `case_2_flex`,
+/// `case_3_wgpu`, `case_4_cuda`; without wgpu, CUDA's is `case_3_cuda`),
+/// each running `$body(&device)` through [`on_device!`].
 macro_rules! device_test {
     ($name:ident, $body:ident) => {
         #[rstest::rstest]
         #[case::ndarray($crate::common::TestDevice::NdArray)]
         #[case::flex($crate::common::TestDevice::Flex)]
         #[cfg_attr(feature = "wgpu", case::wgpu($crate::common::TestDevice::Wgpu))]
+        #[cfg_attr(feature = "cuda", case::cuda($crate::common::TestDevice::Cuda))]
         fn $name(#[case] dev: $crate::common::TestDevice) {
             $crate::common::on_device!(dev, $body);
         }

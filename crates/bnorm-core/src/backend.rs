@@ -12,8 +12,8 @@ pub(crate) enum BackendKind {
     NdArray,
     Flex,
     /// burn's cubecl backend (wgpu, CUDA and the other cubecl runtimes
-    /// share one backend type), with the `wgpu` feature.
-    #[cfg(feature = "wgpu")]
+    /// share one backend type), with the `wgpu` or the `cuda` feature.
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
     Cube,
 }
 
@@ -24,7 +24,7 @@ pub(crate) fn backend(device: &Device) -> Option<BackendKind> {
     let backend = match device.clone().inner().as_dispatch() {
         DispatchDevice::NdArray(_) => BackendKind::NdArray,
         DispatchDevice::Flex(_) => BackendKind::Flex,
-        #[cfg(feature = "wgpu")]
+        #[cfg(any(feature = "wgpu", feature = "cuda"))]
         DispatchDevice::Cube(_) => BackendKind::Cube,
         _ => return None,
     };

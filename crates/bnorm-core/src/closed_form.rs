@@ -32,10 +32,10 @@
 //! full-size gradient and a handful of elementwise maps.
 //!
 //! Where: an autodiff device whose backend is burn-ndarray, burn-flex or,
-//! with the `wgpu` feature, burn's cubecl backend (wgpu, CUDA and the other
-//! cubecl runtimes share one backend type), under either of burn's
-//! gradient-checkpointing strategies (the operation is compute-bound and
-//! keeps its own state, so it is the same under both). Elsewhere
+//! with the `wgpu` or the `cuda` feature, burn's cubecl backend (wgpu, CUDA
+//! and the other cubecl runtimes share one backend type), under either of
+//! burn's gradient-checkpointing strategies (the operation is compute-bound
+//! and keeps its own state, so it is the same under both). Elsewhere
 //! [`NormStep::run`] takes burn's autodiff route.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
@@ -96,7 +96,7 @@ pub(crate) fn closed_form<const D: usize>(step: NormStep<D>) -> NormStepOutput<D
     match route {
         Route::NdArray => on!(burn::backend::NdArray),
         Route::Flex => on!(burn::backend::Flex),
-        #[cfg(feature = "wgpu")]
+        #[cfg(any(feature = "wgpu", feature = "cuda"))]
         Route::Cube => on!(burn::backend::Cube),
     }
 }
@@ -625,6 +625,13 @@ mod tests {
         closed_form_gradient_is_autodiffs(
             &Device::wgpu(burn::tensor::DeviceKind::default()).autodiff(),
         );
+    }
+
+    /// Likewise on CUDA (run from the GPU test pack: no CUDA device here).
+    #[cfg(feature = "cuda")]
+    #[test]
+    fn closed_form_gradient_is_autodiffs_cuda() {
+        closed_form_gradient_is_autodiffs(&Device::cuda(0).autodiff());
     }
 
     /// Without autodiff there is no graph to record: not covered.
