@@ -22,6 +22,7 @@
 use burn::config::Config;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
+use crate::backend::{backend, BackendKind};
 use crate::shape::sum_axis;
 use crate::CompensatedMoments;
 
@@ -147,12 +148,15 @@ pub(crate) fn window_with_weights(
 }
 
 /// Pushes entries to the front of `[K, ...]` buffers, dropping the oldest
-/// (`cat([entry, buffer[..K - 1]])`), as a row gather and a masked select:
-/// elementwise work that burn's fusion merges into one kernel for several
-/// buffers of a shape, where `Tensor::cat` launches a slice assignment per
-/// input on a GPU (a window of 8 on wgpu: 12 kernels for the history's six
-/// buffers, 2 this way). Bit for bit the same buffers. Keep one and its
-/// masks for pushes every step: made anew, they are uploads every step.
+/// (`cat([entry, buffer[..K - 1]])`). On a GPU as a row gather and a masked
+/// select: elementwise work that burn's fusion merges into one kernel for
+/// several buffers of a shape, where `Tensor::cat` launches a slice
+/// assignment per input (a window of 8 on wgpu: 12 kernels for the
+/// history's six buffers, 2 this way). On burn's CPU backends, which run
+/// every operation on its own, as the concatenation itself: one copy of
+/// each buffer instead of a gather, a mask and a select over it. Bit for bit
+/// the same buffers either way. Keep one and its masks for pushes every
+/// step: made anew, they are uploads every step.
 #[derive(Debug, Clone)]
 pub struct FrontPush {
     /// `[0, 0, 1, ..., K - 2]`: the row of the old buffer each new row
@@ -160,16 +164,28 @@ pub struct FrontPush {
     shift: Tensor<1, Int>,
     /// `[true, false, ..., false]`: the row the entry goes to.
     front: Tensor<1, Bool>,
+    /// Whether pushes concatenate (burn's CPU backends) rather than gather
+    /// and mask.
+    concatenate: bool,
 }
 
 impl FrontPush {
-    /// For buffers of `capacity` (`K >= 1`) entries.
+    /// For buffers of `capacity` (`K >= 1`) entries on `device`.
     pub fn new(capacity: usize, device: &Device) -> Self {
+        let cpu = matches!(
+            backend(device),
+            Some(BackendKind::NdArray | BackendKind::Flex)
+        );
+        Self::with_route(capacity, device, cpu)
+    }
+
+    fn with_route(capacity: usize, device: &Device, concatenate: bool) -> Self {
         let shift: Vec<i64> = (0..capacity as i64).map(|i| (i - 1).max(0)).collect();
         let front: Vec<bool> = (0..capacity).map(|i| i == 0).collect();
         FrontPush {
             shift: Tensor::from_data(TensorData::new(shift, [capacity]), device),
             front: Tensor::from_data(TensorData::new(front, [capacity]), device),
+            concatenate,
         }
     }
 
@@ -196,7 +212,15 @@ impl FrontPush {
         entry: Tensor<D>,
         mask: Tensor<D, Bool>,
     ) -> Tensor<D> {
-        buffer.select(0, self.shift.clone()).mask_where(mask, entry)
+        if !self.concatenate {
+            return buffer.select(0, self.shift.clone()).mask_where(mask, entry);
+        }
+        let kept = buffer.dims()[0] - 1;
+        if kept == 0 {
+            entry
+        } else {
+            Tensor::cat(vec![entry, buffer.narrow(0, 0, kept)], 0)
+        }
     }
 }
 
@@ -206,16 +230,18 @@ mod tests {
     use crate::test_bits::bits;
     use burn::tensor::{Distribution, Tensor};
 
-    /// A push is `cat([entry, buffer[..K - 1]])` bit for bit, for every
-    /// capacity from 1 and buffers of rank 2 and 3, over several pushes
-    /// with the same `FrontPush` and masks (as the history keeps them).
+    /// A push is `cat([entry, buffer[..K - 1]])` bit for bit, by either
+    /// route, for every capacity from 1 and buffers of rank 2 and 3, over
+    /// several pushes with the same `FrontPush` and masks (as the history
+    /// keeps them).
     #[test]
     fn front_push_is_a_concatenation() {
         let device = crate::test_bits::autodiff_device();
+        assert!(FrontPush::new(2, &device).concatenate, "a CPU device");
         let random =
             |dims: [usize; 3]| Tensor::<3>::random(dims, Distribution::Normal(0.0, 1.0), &device);
-        for k in [1, 2, 5] {
-            let front = FrontPush::new(k, &device);
+        for (k, concatenate) in [1, 2, 5].into_iter().flat_map(|k| [(k, false), (k, true)]) {
+            let front = FrontPush::with_route(k, &device, concatenate);
             let mask3 = front.mask([k, 3, 4]);
             let mask2 = front.mask([k, 3]);
             let mut buffer3 = random([k, 3, 4]);
@@ -229,7 +255,7 @@ mod tests {
                     Tensor::cat(vec![entry2.clone(), buffer2.clone()], 0).narrow(0, 0, k);
                 buffer3 = front.push(buffer3, entry3, mask3.clone());
                 buffer2 = front.push(buffer2, entry2, mask2.clone());
-                let case = format!("capacity {k}, push {step}");
+                let case = format!("capacity {k}, push {step}, concatenate {concatenate}");
                 assert_eq!(buffer3.dims(), [k, 3, 4], "{case}");
                 assert_eq!(bits(buffer3.clone()), bits(expected3), "{case}");
                 assert_eq!(bits(buffer2.clone()), bits(expected2), "{case}, rank 2");
