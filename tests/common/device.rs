@@ -135,3 +135,36 @@ pub fn sync_device(device: &Device) {
         .sync()
         .unwrap_or_else(|e| panic!("the device failed while finishing the test: {e:?}"));
 }
+
+/// Checks a GPU device probe's answer (`bnorm::wgpu::device`,
+/// `bnorm::cuda::device`): a device that sums `[1, 2, 4]` to 7, or an error
+/// whose message starts with `prefix`, names `needed` and carries what the
+/// calling thread saw (`caller_saw`). With `BNORM_EXPECT_NO_DEVICE` set
+/// (CI, which has no GPU and hides lavapipe for this check) the error is
+/// required.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub fn check_device_probe<E: std::fmt::Display>(
+    probe: Result<Device, E>,
+    caller_saw: impl FnOnce(&E) -> String,
+    prefix: &str,
+    needed: &str,
+) {
+    let expect_none = std::env::var_os("BNORM_EXPECT_NO_DEVICE").is_some();
+    match probe {
+        Ok(device) if expect_none => {
+            panic!("BNORM_EXPECT_NO_DEVICE is set, but a device came: {device:?}")
+        }
+        Ok(device) => {
+            let sum: f32 = burn::tensor::Tensor::<1>::from_floats([1.0, 2.0, 4.0], &device)
+                .sum()
+                .into_scalar();
+            assert_eq!(sum, 7.0);
+        }
+        Err(error) => {
+            let message = error.to_string();
+            assert!(message.starts_with(prefix), "{message}");
+            assert!(message.contains(needed), "{message}");
+            assert!(message.contains(&caller_saw(&error)), "{message}");
+        }
+    }
+}
