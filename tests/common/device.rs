@@ -1,6 +1,7 @@
 //! The devices test bodies run on: ndarray and flex always, wgpu with
-//! `--features wgpu`, CUDA with `--features cuda`. A test body is a plain function of an autodiff
-//! [`Device`]; [`on_device!`] calls it for a [`TestDevice`] case.
+//! `--features wgpu`, CUDA with `--features cuda`. A test body is a plain
+//! function of an autodiff [`Device`]; [`on_device!`] calls it for a
+//! [`TestDevice`] case.
 
 use burn::tensor::Device;
 
