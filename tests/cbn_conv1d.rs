@@ -204,7 +204,7 @@ fn resume(device: &Device) {
 
 device_test!(conv1d_cbn_resume_is_bit_identical, resume);
 
-/// `forward_conv_output(x, conv.forward(x))` trains as `forward(x)`, bit
+/// `forward_conv_output(x, conv_forward(x))` trains as `forward(x)`, bit
 /// for bit (TF32 tolerance on CUDA): `Same` padding of an even kernel with
 /// stride 2, resolved to one pixel before and two after, through a ramp
 /// burn-in into a full window.
@@ -225,7 +225,7 @@ fn conv_output_given(device: &Device) {
                 .load_record(start.clone().into_record())
         },
         [[2, 2, 9], [2, 3, 5]],
-        |layer: &Conv1dCbn, x| layer.forward_conv_output(x.clone(), layer.conv.forward(x)),
+        |layer: &Conv1dCbn, x| layer.forward_conv_output(x.clone(), layer.conv_forward(x)),
         device,
     );
     assert_eq!(direct.norm.history_len(), 3, "the window is full");

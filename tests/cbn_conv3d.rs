@@ -239,7 +239,7 @@ fn resume(device: &Device) {
 
 device_test!(conv3d_cbn_resume_is_bit_identical, resume);
 
-/// `forward_conv_output(x, conv.forward(x))` trains as `forward(x)`, bit
+/// `forward_conv_output(x, conv_forward(x))` trains as `forward(x)`, bit
 /// for bit (TF32 tolerance on CUDA): explicit padding and a stride of 2
 /// along the height, through a ramp burn-in into a full window.
 fn conv_output_given(device: &Device) {
@@ -254,7 +254,7 @@ fn conv_output_given(device: &Device) {
                 .load_record(start.clone().into_record())
         },
         [[1, 2, 3, 4, 4], [1, 3, 3, 2, 4]],
-        |layer: &Conv3dCbn, x| layer.forward_conv_output(x.clone(), layer.conv.forward(x)),
+        |layer: &Conv3dCbn, x| layer.forward_conv_output(x.clone(), layer.conv_forward(x)),
         device,
     );
     assert_eq!(direct.norm.history_len(), 3, "the window is full");

@@ -113,7 +113,7 @@ fn resume(device: &Device) {
 
 device_test!(cbn_resume_is_bit_identical, resume);
 
-/// `forward_conv_output(x, conv.forward(x))` is `forward(x)`: the same
+/// `forward_conv_output(x, conv_forward(x))` is `forward(x)`: the same
 /// outputs, gradients and state through burn-in and a full window, bit for
 /// bit on the CPU backends; on wgpu within `check_matmul`'s tolerance (a
 /// full wgpu suite run had the two paths apart in one run and not in three
@@ -129,7 +129,7 @@ fn conv_output_given(device: &Device) {
     lockstep(
         (direct, |m: &Conv2dCbn, x: Tensor<4>| m.forward(x)),
         (given, |m: &Conv2dCbn, x: Tensor<4>| {
-            m.forward_conv_output(x.clone(), m.conv.forward(x))
+            m.forward_conv_output(x.clone(), m.conv_forward(x))
         }),
         [0, 900],
         same,

@@ -103,7 +103,7 @@ pub(crate) fn closed_form<const D: usize>(step: NormStep<D>) -> NormStepOutput<D
 
 /// `tensor`'s autodiff primitive on `Autodiff<B, C>` (its value and graph
 /// node); a tensor without autodiff becomes an untracked one.
-fn graph_primitive<B: Backend, C: CheckpointStrategy, const R: usize>(
+pub(crate) fn graph_primitive<B: Backend, C: CheckpointStrategy, const R: usize>(
     tensor: Tensor<R>,
     strategy: GradientCheckpointingStrategy,
 ) -> FloatTensor<Autodiff<B, C>>
@@ -128,7 +128,7 @@ where
 }
 
 /// A primitive of `B` as a tensor (without autodiff).
-fn tensor<B: Backend, const R: usize>(primitive: FloatTensor<B>) -> Tensor<R>
+pub(crate) fn tensor<B: Backend, const R: usize>(primitive: FloatTensor<B>) -> Tensor<R>
 where
     DispatchTensor: DispatchKindConversion<B>,
 {

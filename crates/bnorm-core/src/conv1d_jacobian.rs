@@ -47,6 +47,22 @@ impl Conv1dGeometry {
     pub fn output_len(&self, length: usize, kernel: usize) -> usize {
         crate::shape::conv_output_len(length, kernel, self.stride, self.dilation, self.padding)
     }
+
+    /// As a 3D convolution of depth and height one, for `tap_products`.
+    pub(crate) fn taps(&self) -> TapGeometry {
+        TapGeometry {
+            stride: [1, 1, self.stride],
+            padding: [[0, 0], [0, 0], self.padding],
+            dilation: [1, 1, self.dilation],
+            groups: self.groups,
+        }
+    }
+
+    /// burn's convolution options for it.
+    pub(crate) fn options(&self) -> ConvOptions<1> {
+        let [left, right] = self.padding;
+        ConvOptions::new_with_padding([self.stride], [(left, right)], [self.dilation], self.groups)
+    }
 }
 
 /// Jacobians of the per-channel moments of `y = conv1d(x, W) (+ b)`.
@@ -112,12 +128,7 @@ impl JacobianWork<3> for Conv1dJacobians {
         let mean_sq = if let Some(route) = product_route(&x.device()) {
             // Matrix products on the input (`tap_products`): a 3D conv of
             // depth and height 1.
-            let taps = TapGeometry {
-                stride: [1, 1, geometry.stride],
-                padding: [[0, 0], [0, 0], [left, right]],
-                dilation: [1, 1, geometry.dilation],
-                groups: geometry.groups,
-            };
+            let taps = geometry.taps();
             let volume = |t: Tensor<3>| {
                 let [n, c, l] = t.dims();
                 t.reshape([n, c, 1, 1, l])

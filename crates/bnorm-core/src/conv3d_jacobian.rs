@@ -44,6 +44,21 @@ impl Conv3dGeometry {
             crate::shape::conv_output_len(size[a], kernel[a], stride, dilation, [pad, pad])
         })
     }
+
+    /// For `tap_products`.
+    pub(crate) fn taps(&self) -> TapGeometry {
+        TapGeometry {
+            stride: self.stride,
+            padding: self.padding.map(|p| [p, p]),
+            dilation: self.dilation,
+            groups: self.groups,
+        }
+    }
+
+    /// burn's convolution options for it.
+    pub(crate) fn options(&self) -> ConvOptions<3> {
+        ConvOptions::new(self.stride, self.padding, self.dilation, self.groups)
+    }
 }
 
 /// Jacobians of the per-channel moments of `y = conv3d(x, W) (+ b)`.
@@ -89,12 +104,7 @@ impl JacobianWork<5> for Conv3dJacobians {
         // and scaled after (C x F values rather than every output value).
         let grad = y;
         let mean_sq = if let Some(route) = product_route(&x.device()) {
-            let taps = TapGeometry {
-                stride: geometry.stride,
-                padding: geometry.padding.map(|p| [p, p]),
-                dilation: geometry.dilation,
-                groups: geometry.groups,
-            };
+            let taps = geometry.taps();
             weight_gradient_by_products(x, grad, weight_dims, taps, route).reshape([c, f])
         } else {
             let options = ConvOptions::new(

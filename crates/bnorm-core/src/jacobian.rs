@@ -52,6 +52,28 @@ impl Conv2dGeometry {
             crate::shape::conv_output_len(size[a], kernel[a], stride, dilation, self.padding[a])
         })
     }
+
+    /// As a 3D convolution of depth one, for `tap_products`.
+    pub(crate) fn taps(&self) -> TapGeometry {
+        let [[top, bottom], [left, right]] = self.padding;
+        TapGeometry {
+            stride: [1, self.stride[0], self.stride[1]],
+            padding: [[0, 0], [top, bottom], [left, right]],
+            dilation: [1, self.dilation[0], self.dilation[1]],
+            groups: self.groups,
+        }
+    }
+
+    /// burn's convolution options for it.
+    pub(crate) fn options(&self) -> ConvOptions<2> {
+        let [[top, bottom], [left, right]] = self.padding;
+        ConvOptions::new_with_padding(
+            self.stride,
+            [(top, bottom), (left, right)],
+            self.dilation,
+            self.groups,
+        )
+    }
 }
 
 /// A weight gradient `[C, C_in/G, k...]` from the backend's
@@ -121,14 +143,8 @@ impl JacobianWork<4> for ConvJacobians {
         let mean_sq = if let Some(route) = product_route(&x.device()) {
             // Matrix products on the input (`tap_products`): a 3D conv with
             // a depth of one.
-            let [[top, bottom], [left, right]] = geometry.padding;
-            let taps = TapGeometry {
-                stride: [1, geometry.stride[0], geometry.stride[1]],
-                padding: [[0, 0], [top, bottom], [left, right]],
-                dilation: [1, geometry.dilation[0], geometry.dilation[1]],
-                groups: geometry.groups,
-            };
             let volume = |t: Tensor<4>| t.unsqueeze_dim::<5>(2);
+            let taps = geometry.taps();
             weight_gradient_by_products(volume(x), volume(grad), [c, cin_g, 1, kh, kw], taps, route)
                 .reshape([c, f])
         } else {

@@ -83,6 +83,8 @@ mod inner;
 #[cfg(feature = "cross-iter")]
 pub mod jacobian;
 #[cfg(feature = "cross-iter")]
+pub mod product_conv;
+#[cfg(feature = "cross-iter")]
 mod tap_products;
 #[cfg(feature = "cross-iter")]
 pub use conv1d_jacobian::{conv1d_moment_jacobians, Conv1dGeometry};
@@ -93,6 +95,8 @@ pub use jacobian::{conv2d_moment_jacobians, linear_moment_jacobians, Conv2dGeome
 #[cfg(feature = "cross-iter")]
 pub use norm_step::{EntriesSource, WindowTerms};
 pub use norm_step::{NormStep, NormStepOutput, RenormTerms, StepStatistics};
+#[cfg(feature = "cross-iter")]
+pub use product_conv::{conv1d_by_products, conv2d_by_products, conv3d_by_products};
 #[cfg(feature = "cross-iter")]
 pub use window::{history_in_use, window_statistics, BurnInMode, FrontPush, WindowHistory};
 

@@ -111,6 +111,7 @@ conv_cbn_block! {
         panics_also: "",
         geometry: Conv1dGeometry,
         jacobians: conv1d_moment_jacobians,
+        conv_by_products: bnorm_core::conv1d_by_products,
     }
 }
 

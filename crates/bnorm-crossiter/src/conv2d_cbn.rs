@@ -107,6 +107,7 @@ conv_cbn_block! {
         panics_also: "",
         geometry: Conv2dGeometry,
         jacobians: conv2d_moment_jacobians,
+        conv_by_products: bnorm_core::conv2d_by_products,
     }
 }
 

@@ -113,6 +113,7 @@ conv_cbn_block! {
                       this input size (burn's `Conv3d` pads both sides alike)",
         geometry: Conv3dGeometry,
         jacobians: conv3d_moment_jacobians,
+        conv_by_products: bnorm_core::conv3d_by_products,
     }
 }
 

@@ -134,7 +134,8 @@ macro_rules! conv_cbn_block {
             output: $output:literal,
             panics_also: $panics_also:literal,
             geometry: $Geometry:ty,
-            jacobians: $jacobians:path $(,)?
+            jacobians: $jacobians:path,
+            conv_by_products: $conv_by_products:path $(,)?
         }
     ) => {
         $(#[$struct_doc])*
@@ -164,15 +165,48 @@ macro_rules! conv_cbn_block {
             )]
             pub fn forward(&self, input: Tensor<$D>) -> Tensor<$D> {
                 let geometry = self.check_input(&input.dims());
-                let y = self.conv.forward(input.clone());
+                let y = self.conv_with(input.clone(), geometry);
                 self.normalize_checked(input, y, geometry)
+            }
+
+            /// The convolution of `input` as [`forward`](Self::forward)
+            #[doc = concat!("computes it: burn's `", $conv_fn, "` with this layer's weight and bias;")]
+            /// on burn-flex and burn-ndarray with autodiff, the weight's
+            /// gradient by the matrix products the block takes `Q` from
+            /// (those backends' own weight gradient is burn's generic
+            /// one, several times slower), equal to burn's up to the
+            /// order of the sums.
+            ///
+            /// # Shapes
+            ///
+            #[doc = concat!("- `input`: `", $input, "`")]
+            #[doc = concat!("- output: `", $output, "`")]
+            ///
+            /// # Panics
+            ///
+            /// As [`forward`](Self::forward).
+            pub fn conv_forward(&self, input: Tensor<$D>) -> Tensor<$D> {
+                let geometry = self.check_input(&input.dims());
+                self.conv_with(input, geometry)
+            }
+
+            /// [`conv_forward`](Self::conv_forward) for a checked input.
+            fn conv_with(&self, input: Tensor<$D>, geometry: $Geometry) -> Tensor<$D> {
+                $conv_by_products(
+                    input,
+                    self.conv.weight.val(),
+                    self.conv.bias.as_ref().map(|b| b.val()),
+                    geometry,
+                )
             }
 
             /// `norm(y)` for `y = conv(input)` computed by the caller with
             /// this layer's `conv` weight and bias — for a convolution
             #[doc = concat!("kernel other than burn's `", $conv_fn, "` (a faster one for the")]
             /// backend, a fused one). Equal to [`forward`](Self::forward)
-            /// when `conv_output` is `self.conv.forward(input)`.
+            /// when `conv_output` is [`self.conv_forward(input)`](Self::conv_forward)
+            /// (with `self.conv.forward(input)`, up to the order of the
+            /// sums in the conv's weight gradient).
             ///
             /// `input` is needed because the weight Jacobians of the
             /// moments are computed from the conv's input and output; an
