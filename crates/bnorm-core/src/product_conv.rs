@@ -9,7 +9,7 @@
 //! here the block's own convolution takes its weight gradient the same way:
 //!
 //! ```text
-//! forward:   y = conv(x, W.detach(), b)         burn's kernel; x and b keep burn's backward
+//! forward:   y = conv(x, W untracked, b)        burn's kernel; x and b keep burn's backward
 //!            out = y,  one more node with parents y and W
 //! backward:  dy = dout,  dW = weight_gradient_by_products(x, dout)
 //! ```
@@ -57,7 +57,7 @@ pub fn conv1d_by_products(
     let options = geometry.options();
     match products_for(&x, &weight) {
         Some(route) => {
-            let y = conv1d(x.clone(), weight.clone().detach(), bias, options);
+            let y = conv1d(x.clone(), untracked(weight.clone()), bias, options);
             with_product_gradient(y, weight, x, geometry.taps(), route)
         }
         None => conv1d(x, weight, bias, options),
@@ -81,7 +81,7 @@ pub fn conv2d_by_products(
     let options = geometry.options();
     match products_for(&x, &weight) {
         Some(route) => {
-            let y = conv2d(x.clone(), weight.clone().detach(), bias, options);
+            let y = conv2d(x.clone(), untracked(weight.clone()), bias, options);
             with_product_gradient(y, weight, x, geometry.taps(), route)
         }
         None => conv2d(x, weight, bias, options),
@@ -106,11 +106,18 @@ pub fn conv3d_by_products(
     let options = geometry.options();
     match products_for(&x, &weight) {
         Some(route) => {
-            let y = conv3d(x.clone(), weight.clone().detach(), bias, options);
+            let y = conv3d(x.clone(), untracked(weight.clone()), bias, options);
             with_product_gradient(y, weight, x, geometry.taps(), route)
         }
         None => conv3d(x, weight, bias, options),
     }
+}
+
+/// `weight`'s values without a gradient: burn's `detach` keeps a leaf's
+/// `require_grad`, and the convolution would then still compute a weight
+/// gradient (for a detached copy nobody reads).
+fn untracked<const D: usize>(weight: Tensor<D>) -> Tensor<D> {
+    weight.set_require_grad(false)
 }
 
 /// The product route when `weight` takes a gradient on an autodiff device
