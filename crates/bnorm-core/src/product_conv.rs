@@ -54,14 +54,13 @@ pub fn conv1d_by_products(
     bias: Option<Tensor<1>>,
     geometry: Conv1dGeometry,
 ) -> Tensor<3> {
-    let options = geometry.options();
-    match products_for(&x, &weight) {
-        Some(route) => {
-            let y = conv1d(x.clone(), untracked(weight.clone()), bias, options);
-            with_product_gradient(y, weight, x, geometry.taps(), route)
-        }
-        None => conv1d(x, weight, bias, options),
-    }
+    by_products(
+        x,
+        weight,
+        bias,
+        (geometry.options(), geometry.taps()),
+        conv1d,
+    )
 }
 
 /// burn's `conv2d(x, weight, bias)` with the `geometry`'s options; on
@@ -78,14 +77,13 @@ pub fn conv2d_by_products(
     bias: Option<Tensor<1>>,
     geometry: Conv2dGeometry,
 ) -> Tensor<4> {
-    let options = geometry.options();
-    match products_for(&x, &weight) {
-        Some(route) => {
-            let y = conv2d(x.clone(), untracked(weight.clone()), bias, options);
-            with_product_gradient(y, weight, x, geometry.taps(), route)
-        }
-        None => conv2d(x, weight, bias, options),
-    }
+    by_products(
+        x,
+        weight,
+        bias,
+        (geometry.options(), geometry.taps()),
+        conv2d,
+    )
 }
 
 /// burn's `conv3d(x, weight, bias)` with the `geometry`'s options; on
@@ -103,13 +101,30 @@ pub fn conv3d_by_products(
     bias: Option<Tensor<1>>,
     geometry: Conv3dGeometry,
 ) -> Tensor<5> {
-    let options = geometry.options();
+    by_products(
+        x,
+        weight,
+        bias,
+        (geometry.options(), geometry.taps()),
+        conv3d,
+    )
+}
+
+/// `conv(x, weight, bias, options)`, with `weight`'s gradient by products
+/// with `taps` where [`products_for`] finds a route.
+fn by_products<const D: usize, O>(
+    x: Tensor<D>,
+    weight: Tensor<D>,
+    bias: Option<Tensor<1>>,
+    (options, taps): (O, TapGeometry),
+    conv: fn(Tensor<D>, Tensor<D>, Option<Tensor<1>>, O) -> Tensor<D>,
+) -> Tensor<D> {
     match products_for(&x, &weight) {
         Some(route) => {
-            let y = conv3d(x.clone(), untracked(weight.clone()), bias, options);
-            with_product_gradient(y, weight, x, geometry.taps(), route)
+            let y = conv(x.clone(), untracked(weight.clone()), bias, options);
+            with_product_gradient(y, weight, x, taps, route)
         }
-        None => conv3d(x, weight, bias, options),
+        None => conv(x, weight, bias, options),
     }
 }
 
