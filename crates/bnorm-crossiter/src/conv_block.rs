@@ -174,8 +174,8 @@ macro_rules! conv_cbn_block {
             /// on burn-flex and burn-ndarray with autodiff, the weight's
             /// gradient by the matrix products the block takes `Q` from
             /// (those backends' own weight gradient is burn's generic
-            /// one, several times slower), equal to burn's up to the
-            /// order of the sums.
+            /// one, slower there), equal to burn's up to the order of the
+            /// sums.
             ///
             /// # Shapes
             ///
