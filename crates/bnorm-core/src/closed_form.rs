@@ -39,9 +39,7 @@
 //! [`NormStep::run`] takes burn's autodiff route.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::{
-    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
-};
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::autodiff::NodeId;
@@ -59,6 +57,44 @@ use crate::moments::{bessel_factor, values_per_channel};
 use crate::norm_step::{EntriesSource, WindowTerms};
 use crate::norm_step::{NormStep, NormStepOutput, RenormTerms, StepStatistics};
 use crate::shape::{flatten_spatial, sum_axis};
+
+/// `$f::<B, C, generics...>(args...)` for the autodiff backend
+/// `Autodiff<B, C>` of a [`Route`] and a gradient-checkpointing strategy:
+/// the one place a runtime device becomes a backend type for the crate's
+/// autodiff operations.
+macro_rules! on_autodiff_backend {
+    ($route:expr, $strategy:expr, $f:ident::<$($generic:tt),*>($($arg:expr),* $(,)?)) => {{
+        #[allow(deprecated)]
+        match $route {
+            $crate::backend::BackendKind::NdArray => on_autodiff_backend!(
+                @strategy burn::backend::NdArray, $strategy, $f, [$($generic),*], ($($arg),*)
+            ),
+            $crate::backend::BackendKind::Flex => on_autodiff_backend!(
+                @strategy burn::backend::Flex, $strategy, $f, [$($generic),*], ($($arg),*)
+            ),
+            #[cfg(any(feature = "wgpu", feature = "cuda"))]
+            $crate::backend::BackendKind::Cube => on_autodiff_backend!(
+                @strategy burn::backend::Cube, $strategy, $f, [$($generic),*], ($($arg),*)
+            ),
+        }
+    }};
+    (@strategy $backend:ty, $strategy:expr, $f:ident, [$($generic:tt),*], ($($arg:expr),*)) => {
+        match $strategy {
+            burn::backend::GradientCheckpointingStrategy::Disabled => $f::<
+                $backend,
+                burn::backend::autodiff::checkpoint::strategy::NoCheckpointing,
+                $($generic),*
+            >($($arg),*),
+            burn::backend::GradientCheckpointingStrategy::Balanced => $f::<
+                $backend,
+                burn::backend::autodiff::checkpoint::strategy::BalancedCheckpointing,
+                $($generic),*
+            >($($arg),*),
+        }
+    };
+}
+#[cfg(feature = "cross-iter")]
+pub(crate) use on_autodiff_backend;
 
 /// The backend of a step on `y`'s device and its checkpointing strategy,
 /// if the closed form covers it.
@@ -80,25 +116,7 @@ pub(crate) fn covers<const D: usize>(step: &NormStep<D>) -> bool {
 /// If the step's device is not one the closed form [`covers`].
 pub(crate) fn closed_form<const D: usize>(step: NormStep<D>) -> NormStepOutput<D> {
     let (route, strategy) = route(&step.y).expect("a device the closed form covers");
-    macro_rules! on {
-        ($backend:ty) => {
-            match strategy {
-                GradientCheckpointingStrategy::Disabled => {
-                    on_backend::<$backend, NoCheckpointing, D>(step, strategy)
-                }
-                GradientCheckpointingStrategy::Balanced => {
-                    on_backend::<$backend, BalancedCheckpointing, D>(step, strategy)
-                }
-            }
-        };
-    }
-    #[allow(deprecated)]
-    match route {
-        Route::NdArray => on!(burn::backend::NdArray),
-        Route::Flex => on!(burn::backend::Flex),
-        #[cfg(any(feature = "wgpu", feature = "cuda"))]
-        Route::Cube => on!(burn::backend::Cube),
-    }
+    on_autodiff_backend!(route, strategy, on_backend::<D>(step, strategy))
 }
 
 /// `tensor`'s autodiff primitive on `Autodiff<B, C>` (its value and graph

@@ -24,9 +24,7 @@
 //! the functions are burn's convolutions.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
-use burn::backend::autodiff::checkpoint::strategy::{
-    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
-};
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::{
@@ -35,8 +33,8 @@ use burn::backend::{
 use burn::tensor::module::{conv1d, conv2d, conv3d};
 use burn::tensor::Tensor;
 
-use crate::backend::{backend, BackendKind};
-use crate::closed_form::{graph_primitive, register_grad, tensor};
+use crate::backend::backend;
+use crate::closed_form::{graph_primitive, on_autodiff_backend, register_grad, tensor};
 use crate::tap_products::{product_route, weight_gradient_by_products, ProductRoute, TapGeometry};
 use crate::{Conv1dGeometry, Conv2dGeometry, Conv3dGeometry};
 
@@ -158,28 +156,12 @@ fn with_product_gradient<const D: usize>(
     let strategy = y
         .gradient_checkpointing_strategy()
         .expect("an autodiff device");
-    macro_rules! on {
-        ($backend:ty) => {
-            match strategy {
-                GradientCheckpointingStrategy::Disabled => {
-                    on_backend::<$backend, NoCheckpointing, D>(
-                        y, weight, x, geometry, route, strategy,
-                    )
-                }
-                GradientCheckpointingStrategy::Balanced => {
-                    on_backend::<$backend, BalancedCheckpointing, D>(
-                        y, weight, x, geometry, route, strategy,
-                    )
-                }
-            }
-        };
-    }
-    #[allow(deprecated, unreachable_patterns)]
-    match backend(&y.device()).expect("a CPU backend") {
-        BackendKind::NdArray => on!(burn::backend::NdArray),
-        BackendKind::Flex => on!(burn::backend::Flex),
-        _ => unreachable!("the product route is taken on burn's CPU backends only"),
-    }
+    let kind = backend(&y.device()).expect("a backend with a product route");
+    on_autodiff_backend!(
+        kind,
+        strategy,
+        on_backend::<D>(y, weight, x, geometry, route, strategy)
+    )
 }
 
 fn on_backend<B: Backend, C: CheckpointStrategy, const D: usize>(
