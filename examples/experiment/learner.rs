@@ -222,9 +222,9 @@ fn resume_point(run: &LearnerRun, total_steps: usize) -> Result<usize, String> {
 /// The training set is read in one permutation drawn from the run's seed,
 /// the same every epoch: burn's loaders shuffle from an RNG that
 /// checkpoints do not save, so a resumed run would see other batches than
-/// the uninterrupted one. (Not the stored order: read in the shipped
-/// Fashion-MNIST files' order, CBN trains markedly worse than on seeded
-/// permutations; docs/experiment.md.)
+/// the uninterrupted one. Not the stored order: the shipped Fashion-MNIST
+/// files end on a few classes, and an epoch's last steps set the running
+/// statistics the model is evaluated with (docs/experiment.md).
 pub fn fit(
     run: &LearnerRun,
     train: LabeledImages,
