@@ -33,7 +33,6 @@ use burn::backend::{
 use burn::tensor::module::{conv1d, conv2d, conv3d};
 use burn::tensor::Tensor;
 
-use crate::backend::backend;
 use crate::closed_form::{graph_primitive, on_autodiff_backend, register_grad, tensor};
 use crate::tap_products::{product_route, weight_gradient_by_products, ProductRoute, TapGeometry};
 use crate::{Conv1dGeometry, Conv2dGeometry, Conv3dGeometry};
@@ -156,12 +155,19 @@ fn with_product_gradient<const D: usize>(
     let strategy = y
         .gradient_checkpointing_strategy()
         .expect("an autodiff device");
-    let kind = backend(&y.device()).expect("a backend with a product route");
-    on_autodiff_backend!(
-        kind,
-        strategy,
-        on_backend::<D>(y, weight, x, geometry, route, strategy)
-    )
+    // The route names the backend (`product_route`): only burn's CPU
+    // backends are instantiated here, not burn-cubecl's.
+    #[allow(deprecated)]
+    match route {
+        ProductRoute::PerTap => on_autodiff_backend!(
+            @strategy burn::backend::NdArray, strategy, on_backend, [D],
+            (y, weight, x, geometry, route, strategy)
+        ),
+        ProductRoute::KernelRows => on_autodiff_backend!(
+            @strategy burn::backend::Flex, strategy, on_backend, [D],
+            (y, weight, x, geometry, route, strategy)
+        ),
+    }
 }
 
 fn on_backend<B: Backend, C: CheckpointStrategy, const D: usize>(
