@@ -24,7 +24,9 @@ use clap::builder::PossibleValuesParser;
 use clap::Parser;
 use experiment::model::{Norm, CBN_BURN_IN, CBN_WINDOW};
 use experiment::report::{columns, csv, markdown_table, svg_plot, RunResult};
-use experiment::train::{steps_per_epoch, train_and_evaluate, RunConfig, Sampling};
+use experiment::train::{
+    steps_per_epoch, train_and_evaluate, Replay, ReplayGradient, RunConfig, Sampling,
+};
 use experiment::{training_device, DataSet, LabeledImages, DEVICE_NAMES};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
@@ -89,6 +91,20 @@ struct Args {
     /// Test labels (IDX).
     #[arg(long, requires = "idx_test_images")]
     idx_test_labels: Option<PathBuf>,
+    /// Diagnostic (docs/experiment.md), with `--norms bn` only: each
+    /// step also forwards the previous K batches, the samples a CBN window
+    /// of K + 1 holds, and counts only the current batch's loss.
+    #[arg(long, hide = true, value_parser = positive)]
+    replay: Option<usize>,
+    /// Diagnostic: which parameters the replayed samples' gradient reaches.
+    #[arg(
+        long,
+        hide = true,
+        value_enum,
+        default_value = "all",
+        requires = "replay"
+    )]
+    replay_gradient: ReplayGradient,
 }
 
 const PROTOCOL: &str = "\
@@ -192,6 +208,13 @@ fn main() {
             .map(|n| n.get())
             .unwrap_or(1)
     });
+    let replay = args.replay.map(|batches| Replay {
+        batches,
+        gradient: args.replay_gradient,
+    });
+    if replay.is_some() && args.norms != [Norm::BatchNorm] {
+        fail("--replay is a diagnostic for burn's BatchNorm: use it with --norms bn");
+    }
     let (train, test, source) = load(&args);
     let mut jobs = VecDeque::new();
     for &norm in &args.norms {
@@ -203,6 +226,7 @@ fn main() {
                     epochs: protocol.epochs,
                     sampling,
                     seed,
+                    replay,
                 });
             }
         }
@@ -222,6 +246,19 @@ fn main() {
          rmax 3 at its end, dmax 5 at 5/8), momentum max(0.01, 20 / run steps). \
          CBN: window {CBN_WINDOW}, burn-in {CBN_BURN_IN} steps."
     );
+    if let Some(replay) = replay {
+        println!(
+            "Replay: each step also forwards the previous {} batches (their loss not counted); \
+             their gradient reaches {}.",
+            replay.batches,
+            match replay.gradient {
+                ReplayGradient::All => "every parameter",
+                ReplayGradient::Layer => "each block's own conv weight",
+                ReplayGradient::Affine =>
+                    "each block's own conv weight and the previous normalization's scale and shift",
+            }
+        );
+    }
 
     let started = Instant::now();
     let total_jobs = jobs.len();

@@ -40,6 +40,7 @@ fn main() {
                 epochs,
                 sampling,
                 seed: 1,
+                replay: None,
             };
             let acc = train_and_evaluate(&cfg, &train, &test, &device, |_, _, _| {});
             println!(

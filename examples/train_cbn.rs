@@ -45,6 +45,7 @@ fn main() {
             epochs,
             sampling: Sampling::Iid,
             seed: 1,
+            replay: None,
         };
         let acc = train_and_evaluate(&cfg, &train, &test, &device, |_, _, _| {});
         println!(

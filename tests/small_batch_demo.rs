@@ -4,11 +4,16 @@
 //! and its report shows every configuration.
 
 use crate::experiment;
-use burn::tensor::Device;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor};
 use experiment::idx::{load_idx, write_idx, IdxData};
-use experiment::model::Norm;
+use experiment::model::{Norm, SmallCnn};
 use experiment::report::{columns, csv, markdown_table, svg_plot, RunResult};
-use experiment::train::{epoch_batches, train_and_evaluate, RunConfig, Sampling};
+use experiment::train::{
+    epoch_batches, images, labels, seeded, train_and_evaluate, ReplayGradient, RunConfig, Sampling,
+};
 use experiment::{DataSet, LabeledImages, SplitMix64};
 
 fn tiny_digits(n: usize, side: usize) -> LabeledImages {
@@ -47,6 +52,7 @@ fn training_loop_runs_every_normalization() {
                 epochs: 1,
                 sampling,
                 seed: 5,
+                replay: None,
             };
             let mut steps = 0;
             let run = |steps: &mut usize| {
@@ -80,6 +86,7 @@ fn training_loop_runs_every_normalization() {
         epochs: 1,
         sampling: Sampling::Iid,
         seed: 1,
+        replay: None,
     };
     let acc = train_and_evaluate(
         &cfg,
@@ -250,6 +257,7 @@ fn fashion_trains_on_a_handful() {
             epochs: 3,
             sampling: Sampling::Iid,
             seed: 2,
+            replay: None,
         };
         let mut steps = 0;
         let accuracy = train_and_evaluate(
@@ -333,4 +341,129 @@ fn report_shows_every_configuration() {
         );
     }
     assert_eq!(svg.matches("<circle").count(), 6);
+}
+
+/// The replay diagnostic's trained rows see the same forward values in
+/// every mode (the statistics of all rows), and the replayed rows' gradient
+/// stops where each mode says: 2 trained and 4 replayed rows, loss on the
+/// trained ones, gradients compared parameter by parameter.
+#[test]
+fn replay_cuts_the_gradient_where_it_says() {
+    let device = Device::flex().autodiff();
+    let data = tiny_digits(6, 8);
+    let rows: Vec<usize> = (0..6).collect();
+    let model = seeded(7, &device, || SmallCnn::new(Norm::BatchNorm, 10, &device));
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let run = |gradient| {
+        let logits = model
+            .forward_replaying(images(&data, &rows, &device), 2, gradient)
+            .slice(0..2);
+        let loss = loss_fn.forward(logits.clone(), labels(&data, &rows[..2], &device));
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        (values(logits), parameter_gradients(&model, &grads))
+    };
+    let plain = values(model.forward(images(&data, &rows, &device)).slice(0..2));
+    let (all, layer, affine) = (
+        run(ReplayGradient::All),
+        run(ReplayGradient::Layer),
+        run(ReplayGradient::Affine),
+    );
+    assert_eq!(all.0, plain, "all: the trained rows' logits");
+    assert_eq!(layer.0, plain, "layer: the trained rows' logits");
+    // `gamma * (y - beta) / gamma + beta` rounds.
+    assert!(
+        max_gap(&affine.0, &plain) < 1e-5,
+        "affine: the trained rows' logits"
+    );
+
+    let gradient = |run: &(Vec<f32>, Vec<(String, Vec<f32>)>), name: &str| {
+        let found = run.1.iter().find(|(path, _)| path == name);
+        found
+            .unwrap_or_else(|| {
+                panic!(
+                    "no parameter {name} in {:?}",
+                    run.1.iter().map(|p| &p.0).collect::<Vec<_>>()
+                )
+            })
+            .1
+            .clone()
+    };
+    let same = |a: &[f32], b: &[f32]| max_gap(a, b) < 1e-6;
+    // What the trained rows' loss reaches past the last statistics, and the
+    // last block's own conv (the replayed rows reach it in every mode).
+    for name in [
+        "head.weight",
+        "blocks.2.Plain.norm.BatchNorm.gamma",
+        "blocks.2.Plain.conv.weight",
+    ] {
+        let reference = gradient(&all, name);
+        assert!(reference.iter().any(|g| *g != 0.0), "{name}: a gradient");
+        assert!(same(&gradient(&layer, name), &reference), "layer: {name}");
+        assert!(same(&gradient(&affine, name), &reference), "affine: {name}");
+    }
+    // Block 1's scale and shift feed block 2's statistics through the
+    // replayed rows: all and affine, not layer.
+    for name in [
+        "blocks.1.Plain.norm.BatchNorm.gamma",
+        "blocks.1.Plain.norm.BatchNorm.beta",
+    ] {
+        let reference = gradient(&all, name);
+        assert!(same(&gradient(&affine, name), &reference), "affine: {name}");
+        assert!(!same(&gradient(&layer, name), &reference), "layer: {name}");
+    }
+    // Block 1's conv weight reaches block 2's statistics through its
+    // replayed rows only with all.
+    let name = "blocks.1.Plain.conv.weight";
+    assert!(
+        same(&gradient(&affine, name), &gradient(&layer, name)),
+        "{name}"
+    );
+    assert!(
+        !same(&gradient(&all, name), &gradient(&layer, name)),
+        "{name}"
+    );
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_to_vec::<f32>().unwrap()
+}
+
+fn max_gap(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Each float parameter's gradient, by its path in the module.
+fn parameter_gradients(model: &SmallCnn, grads: &GradientsParams) -> Vec<(String, Vec<f32>)> {
+    struct Gradients<'a> {
+        grads: &'a GradientsParams,
+        path: Vec<String>,
+        found: Vec<(String, Vec<f32>)>,
+    }
+    impl ModuleVisitor for Gradients<'_> {
+        fn enter_module(&mut self, name: &str, _: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _: &str, _: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let gradient = self
+                .grads
+                .get::<D>(param.id)
+                .map(values)
+                .unwrap_or_default();
+            self.found.push((self.path.join("."), gradient));
+        }
+    }
+    let mut visitor = Gradients {
+        grads,
+        path: Vec::new(),
+        found: Vec::new(),
+    };
+    model.visit(&mut visitor);
+    visitor.found
 }

@@ -13,6 +13,8 @@ use burn::nn::{
 use burn::tensor::activation::relu;
 use burn::tensor::{Device, Tensor};
 
+use super::train::ReplayGradient;
+
 /// CBN window `k` in the demo: the current iteration and 7 earlier ones.
 pub const CBN_WINDOW: usize = 8;
 /// CBN burn-in in training steps: plain BatchNorm statistics for the first 100
@@ -171,6 +173,52 @@ impl Block {
         };
         relu(y)
     }
+
+    /// [`forward`](Self::forward) on `trained` rows followed by replayed
+    /// ones, the replayed rows' gradient cut where `gradient` says (see
+    /// [`Replay`](super::train::Replay)). burn's BatchNorm only.
+    fn forward_replaying(
+        &self,
+        x: Tensor<4>,
+        trained: usize,
+        gradient: ReplayGradient,
+    ) -> Tensor<4> {
+        let Block::Plain(ConvNorm {
+            conv,
+            norm: Normalization::BatchNorm(bn),
+        }) = self
+        else {
+            panic!("the replay diagnostic is for burn's BatchNorm");
+        };
+        let n = x.dims()[0];
+        let x = match gradient {
+            // The block's input is a constant for the replayed rows.
+            ReplayGradient::Layer => Tensor::cat(
+                vec![x.clone().slice(0..trained), x.slice(trained..n).detach()],
+                0,
+            ),
+            ReplayGradient::All | ReplayGradient::Affine => x,
+        };
+        let y = bn.forward(conv.forward(x));
+        let y = match gradient {
+            // The replayed rows' normalized values are constants, their
+            // scale and shift not: `gamma * stop(x_hat) + beta`.
+            ReplayGradient::Affine => {
+                let c = y.dims()[1];
+                let gamma = bn.gamma.val().reshape([1, c, 1, 1]);
+                let beta = bn.beta.val().reshape([1, c, 1, 1]);
+                let replayed = y.clone().slice(trained..n);
+                let normalized = replayed
+                    .sub(beta.clone().detach())
+                    .div(gamma.clone().detach())
+                    .detach();
+                let replayed = normalized.mul(gamma).add(beta);
+                Tensor::cat(vec![y.slice(0..trained), replayed], 0)
+            }
+            ReplayGradient::All | ReplayGradient::Layer => y,
+        };
+        relu(y)
+    }
 }
 
 #[derive(Module, Debug)]
@@ -207,12 +255,35 @@ impl SmallCnn {
         self.blocks.iter().filter_map(Block::steps).collect()
     }
 
-    /// `[N, 1, 8, 8]` images to `[N, 10]` logits.
+    /// `[N, 1, H, W]` images to `[N, 10]` logits.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
-        let x = self.blocks[0].forward(x);
-        let x = self.blocks[1].forward(x);
+        self.forward_blocks(x, |block, x| block.forward(x))
+    }
+
+    /// [`forward`](Self::forward) on `trained` rows followed by replayed
+    /// ones (see [`Replay`](super::train::Replay); burn's BatchNorm only).
+    ///
+    /// # Panics
+    ///
+    /// If the normalization is not burn's BatchNorm.
+    pub fn forward_replaying(
+        &self,
+        x: Tensor<4>,
+        trained: usize,
+        gradient: ReplayGradient,
+    ) -> Tensor<2> {
+        self.forward_blocks(x, |block, x| block.forward_replaying(x, trained, gradient))
+    }
+
+    fn forward_blocks(
+        &self,
+        x: Tensor<4>,
+        block: impl Fn(&Block, Tensor<4>) -> Tensor<4>,
+    ) -> Tensor<2> {
+        let x = block(&self.blocks[0], x);
+        let x = block(&self.blocks[1], x);
         let x = self.pool.forward(x);
-        let x = self.blocks[2].forward(x);
+        let x = block(&self.blocks[2], x);
         let [n, c, _, _] = x.dims();
         let x = x.mean_dim(3).mean_dim(2).reshape([n, c]);
         self.head.forward(x)

@@ -2,6 +2,8 @@
 //! lr = max(0.1 * batch / 32, 0.01) with cosine decay to 0, evaluation in
 //! inference mode (running statistics).
 
+use std::collections::VecDeque;
+
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::decay::WeightDecayConfig;
@@ -37,6 +39,36 @@ pub struct RunConfig {
     pub epochs: usize,
     pub sampling: Sampling,
     pub seed: u64,
+    /// The replay diagnostic (burn's BatchNorm only), or none.
+    pub replay: Option<Replay>,
+}
+
+/// A diagnostic of what CBN's window lacks (`--replay`, burn's BatchNorm
+/// rows only): each step also forwards the samples of the previous
+/// `batches` steps, the ones a CBN window of `batches + 1` summarizes, and
+/// counts only the current batch's loss. BatchNorm's statistics then cover
+/// the window's samples at the current weights, with no Taylor step; how
+/// far the replayed samples' gradient reaches is the variable.
+#[derive(Debug, Clone, Copy)]
+pub struct Replay {
+    /// Earlier batches forwarded with each step's batch.
+    pub batches: usize,
+    /// Which parameters the replayed samples' gradient reaches.
+    pub gradient: ReplayGradient,
+}
+
+/// Which parameters the replayed samples pass gradient to (through the
+/// normalizations' statistics: their own loss is not counted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReplayGradient {
+    /// Every parameter, as in a batch that holds them.
+    All,
+    /// Each block's own conv weight only: CBN's gradient through its
+    /// compensated history.
+    Layer,
+    /// Each block's own conv weight and the previous block's
+    /// normalization scale and shift.
+    Affine,
 }
 
 /// The order of training indices for one epoch, already cut into batches.
@@ -124,12 +156,32 @@ pub fn train_and_evaluate(
     let base_lr = (0.1 * cfg.batch_size as f64 / 32.0).max(0.01);
     let loss_fn = CrossEntropyLossConfig::new().init(device);
     let mut rng = SplitMix64(cfg.seed ^ 0x5EED);
+    // The batches of the last steps, newest first (`cfg.replay`).
+    let mut replayed: VecDeque<Vec<usize>> = VecDeque::new();
     let mut step = 0;
     for _ in 0..cfg.epochs {
         for batch in epoch_batches(train, cfg.batch_size, cfg.sampling, &mut rng) {
             let lr =
                 base_lr * 0.5 * (1.0 + (std::f64::consts::PI * step as f64 / total as f64).cos());
-            let logits = model.forward(images(train, &batch, device));
+            let logits = match cfg.replay {
+                Some(replay) => {
+                    let rows: Vec<usize> = batch
+                        .iter()
+                        .chain(replayed.iter().flatten())
+                        .copied()
+                        .collect();
+                    replayed.push_front(batch.clone());
+                    replayed.truncate(replay.batches);
+                    model
+                        .forward_replaying(
+                            images(train, &rows, device),
+                            batch.len(),
+                            replay.gradient,
+                        )
+                        .slice(0..batch.len())
+                }
+                None => model.forward(images(train, &batch, device)),
+            };
             let loss = loss_fn.forward(logits, labels(train, &batch, device));
             let loss_value = if step % 50 == 0 {
                 loss.clone().into_scalar::<f32>()
