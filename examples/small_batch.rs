@@ -27,7 +27,7 @@ use experiment::report::{columns, csv, markdown_table, svg_plot, RunResult};
 use experiment::train::{
     steps_per_epoch, train_and_evaluate, Replay, ReplayGradient, RunConfig, Sampling,
 };
-use experiment::{training_device, DataSet, LabeledImages, DEVICE_NAMES};
+use experiment::{flag_name, training_device, DataSet, LabeledImages, DEVICE_NAMES};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 /// BatchNorm vs Batch Renormalization vs Cross-Iteration BN vs GroupNorm at
@@ -338,10 +338,17 @@ fn main() {
     } else {
         args.data.title()
     };
-    let title = format!(
+    let mut title = format!(
         "{data_name}: test accuracy, mean of {} seed(s), {} epoch(s)",
         protocol.seeds, protocol.epochs
     );
+    if let Some(replay) = replay {
+        let gradient = flag_name(replay.gradient);
+        title += &format!(
+            ", replaying {} batches (gradient {gradient})",
+            replay.batches
+        );
+    }
     std::fs::create_dir_all(&out).unwrap_or_else(|e| fail(&format!("{}: {e}", out.display())));
     let write = |name: &str, text: String| {
         let path = out.join(name);
