@@ -156,6 +156,19 @@ impl Protocol {
     }
 }
 
+/// What `gradient` reaches, as `--replay-gradient` documents it (the
+/// variant's doc comment).
+fn replay_gradient_help(gradient: ReplayGradient) -> String {
+    use clap::ValueEnum;
+    let value = gradient
+        .to_possible_value()
+        .expect("every variant is a value");
+    value
+        .get_help()
+        .map(ToString::to_string)
+        .unwrap_or_default()
+}
+
 fn fail(message: &str) -> ! {
     eprintln!("small_batch: {message}");
     std::process::exit(2);
@@ -248,15 +261,10 @@ fn main() {
     );
     if let Some(replay) = replay {
         println!(
-            "Replay: each step also forwards the previous {} batches (their loss not counted); \
-             their gradient reaches {}.",
+            "Replay: each step also forwards the previous {} batches (their loss not counted). \
+             Their gradient reaches: {}.",
             replay.batches,
-            match replay.gradient {
-                ReplayGradient::All => "every parameter",
-                ReplayGradient::Layer => "each block's own conv weight",
-                ReplayGradient::Affine =>
-                    "each block's own conv weight and the previous normalization's scale and shift",
-            }
+            replay_gradient_help(replay.gradient)
         );
     }
 
